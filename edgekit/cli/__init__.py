@@ -1,0 +1,52 @@
+"""The `edgekit` command line: parses flags, calls the library, prints, maps errors to exit codes.
+
+Exit codes: 0 success; 1 a check failed (parity, gate); 2 a user error (bad input, config or flags).
+Each command lives in its own module here and is added to the group below.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import EdgekitError
+
+
+class _Group(click.Group):
+    """A click group that turns EdgekitError into one line on stderr and exit 2, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgekitError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; files already written are complete, partial ones were not kept", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="edgekit")
+def cli():
+    """edgekit: fine-tune, export, benchmark and gate image classifiers for edge devices.
+
+    \b
+    Typical path:
+      edgekit finetune --data photos/train --out runs/flowers
+      edgekit export runs/flowers --format all --quantize none,fp16,int8
+      edgekit bench runs/flowers --runtime torch,ort-cpu
+      edgekit gate --config configs/gate.yaml
+    """
+
+
+def main() -> None:
+    cli.main(prog_name="edgekit")
+
+
+from . import bench as _bench, demo as _demo, export as _export, gate as _gate, train as _train  # noqa: E402
+
+for _module in (_train, _export, _bench, _gate, _demo):
+    for _command in _module.COMMANDS:
+        cli.add_command(_command)

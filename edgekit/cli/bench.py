@@ -1,0 +1,3 @@
+"""CLI for `edgekit bench` (not written yet)."""
+
+COMMANDS = []

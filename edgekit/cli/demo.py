@@ -1,0 +1,3 @@
+"""CLI for `edgekit demo` (not written yet)."""
+
+COMMANDS = []

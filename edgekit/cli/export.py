@@ -1,0 +1,3 @@
+"""CLI for `edgekit export` (not written yet)."""
+
+COMMANDS = []

@@ -1,0 +1,3 @@
+"""CLI for `edgekit gate` (not written yet)."""
+
+COMMANDS = []

@@ -1,0 +1,61 @@
+"""What export writes into an ONNX model's metadata_props, so a bare .onnx file carries its labels
+and preprocessing and needs no run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelError
+from .preprocessing import Preprocessing
+
+LABELS_KEY = "edgekit.labels"
+PREPROCESSING_KEY = "edgekit.preprocessing"
+SOURCE_KEY = "edgekit.source"
+INPUT_KEY = "edgekit.input"  # "float32-nchw" (normalized tensor) or "uint8-nhwc" (embedded preprocessing)
+
+
+@dataclass
+class ModelMetadata:
+    labels: list[str] | None
+    preprocessing: Preprocessing | None
+    source: dict
+    input_kind: str = "float32-nchw"
+
+    def to_props(self) -> dict[str, str]:
+        props = {SOURCE_KEY: json.dumps(self.source), INPUT_KEY: self.input_kind}
+        if self.labels is not None:
+            props[LABELS_KEY] = json.dumps(self.labels)
+        if self.preprocessing is not None:
+            props[PREPROCESSING_KEY] = self.preprocessing.model_dump_json()
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], where: str = "model") -> "ModelMetadata":
+        try:
+            labels = json.loads(props[LABELS_KEY]) if LABELS_KEY in props else None
+            preprocessing = Preprocessing.model_validate_json(props[PREPROCESSING_KEY]) if PREPROCESSING_KEY in props else None
+            source = json.loads(props.get(SOURCE_KEY, "{}"))
+        except ValueError as exc:
+            raise ModelError(f"{where} has malformed edgekit metadata ({str(exc).splitlines()[0]}); re-export it") from exc
+        if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+            raise ModelError(f"{where} has malformed {LABELS_KEY}: expected a JSON list of strings; re-export it")
+        return cls(labels, preprocessing, source if isinstance(source, dict) else {}, props.get(INPUT_KEY, "float32-nchw"))
+
+    @property
+    def has_edgekit_metadata(self) -> bool:
+        return self.labels is not None and self.preprocessing is not None
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> ModelMetadata:
+    """Read only the metadata of an ONNX file (weights are not loaded)."""
+    import onnx
+
+    path = Path(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and others for a corrupt file
+        raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}); it may be truncated, re-export it") from exc
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))

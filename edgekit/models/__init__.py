@@ -1,0 +1,6 @@
+"""The model zoo and model building."""
+
+from .build import LoadedWeights, build, replace_head
+from .registry import ModelSpec, ParityTolerance, get_spec, list_specs, register
+
+__all__ = ["LoadedWeights", "ModelSpec", "ParityTolerance", "build", "get_spec", "list_specs", "register", "replace_head"]

@@ -1,0 +1,94 @@
+"""The model zoo: one typed ModelSpec per model, registered explicitly, duplicates refused."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ModelError
+from ..preprocessing import Preprocessing
+
+
+@dataclass(frozen=True)
+class ParityTolerance:
+    """How close an exported variant must stay to the float32 PyTorch model, per variant kind.
+
+    fp32 is judged on logits relative to their spread; the lossy kinds on decisions (top-1 agreement)
+    and accuracy drop, since their logits are expected to move.
+    """
+
+    fp32_max_rel_diff: float = 1e-4
+    fp16_max_rel_diff: float = 2e-2
+    fp16_min_agreement: float = 0.98
+    int8_min_agreement: float = 0.80
+    int8_max_accuracy_drop: float = 0.05
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything edgekit needs to know about one classifier architecture."""
+
+    name: str
+    family: str
+    build: Callable[[], nn.Module]  # the architecture with its original (ImageNet) head, no weights
+    head: str  # dotted path of the final nn.Linear, replaced for a new class count
+    blocks: Callable[[nn.Module], list[nn.Module]]  # backbone stages, input to output, for --unfreeze N
+    input_size: int = 224
+    weights_enum: type | None = None  # a torchvision WeightsEnum
+    load_default_weights: Callable[[], tuple[dict, Preprocessing, list[str]]] | None = None  # offline weights
+    preprocessing: Preprocessing = field(default_factory=lambda: Preprocessing.for_size(224))
+    parity: ParityTolerance = field(default_factory=ParityTolerance)
+    source: str = "torchvision"
+
+    @property
+    def default_weights(self) -> str | None:
+        if self.load_default_weights is not None:
+            return "DEFAULT"
+        if self.weights_enum is not None:
+            return self.weights_enum.DEFAULT.name
+        return None
+
+    @property
+    def weights_offline(self) -> bool:
+        """Whether DEFAULT weights are usable without a network (shipped in a package or in the hub cache)."""
+        if self.load_default_weights is not None:
+            return True
+        if self.weights_enum is None:
+            return False
+        from .build import cached_weights_file
+
+        return cached_weights_file(self.weights_enum.DEFAULT) is not None
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    """Add a model; a second spec under the same name is an error, never a silent overwrite."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"model {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "run `edgekit models` for the list"
+        raise ModelError(f"unknown model {name!r}; {hint}") from None
+
+
+def list_specs() -> list[ModelSpec]:
+    _ensure_loaded()
+    return list(_REGISTRY.values())
+
+
+def _ensure_loaded() -> None:
+    # The zoo modules call register() when imported; importing them here, once, keeps the order explicit.
+    from . import timm_models, torchvision_models  # noqa: F401

