@@ -219,3 +219,19 @@ def load_batch(paths: Sequence[str | os.PathLike], preprocessing) -> np.ndarray:
 
     transform = preprocessing.transform()
     return torch.stack([transform(load_image(p)) for p in paths]).numpy()
+
+
+def run_images(card, split: str = "val", skip_bad_images: bool = False) -> ImageFolder:
+    """The images a run was trained ("train") or validated ("val") on, re-derived from its card.
+
+    With a val_split the split is recomputed with the run's seed, so it is the same split finetune used.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', not {split!r}")
+    if card.data_dir is None:
+        raise DataError("this run has no recorded training data (a zoo model?); pass image folders explicitly, e.g. --data DIR")
+    if card.val_split is None:
+        folder = card.val_dir if split == "val" else card.data_dir
+        return scan_folder(folder, classes=card.class_names, skip_bad_images=skip_bad_images)
+    train, val = stratified_split(scan_folder(card.data_dir, classes=card.class_names, skip_bad_images=skip_bad_images), card.val_split, card.seed)
+    return val if split == "val" else train
