@@ -114,14 +114,14 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     """A state_dict from a .pt/.pth (weights_only) or .safetensors file; also unwraps {'state_dict': ...}."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         if not path.is_file():
             raise ModelError(f"{path} does not exist or is not a file")
         try:
             return load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as exc:
+        except (SafetensorError, OSError, ValueError) as exc:
             raise ModelError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from exc
     obj = load_torch(path)
     for key in ("state_dict", "model", "model_state_dict"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,10 @@ def resolve_torchvision_weights(spec: ModelSpec, name: str):
 
 def _download_torchvision(weights) -> dict:
     try:
-        return weights.get_state_dict(progress=True, check_hash=True)
+        # torch.hub defaults to weights_only=False, which would unpickle whatever sits in the hub cache.
+        return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(f"the cached file for {weights} holds pickled Python objects and was refused; delete it from {torch.hub.get_dir()}/checkpoints") from exc
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
         target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise ModelError(
@@ -139,8 +143,8 @@ def load_partial(model: nn.Module, state: dict, path: Path) -> tuple[list[str], 
                 f"{path} does not fit this model: {key} has shape {tuple(tensor.shape)} in the file but "
                 f"{tuple(own[key].shape)} in the model (a checkpoint for another architecture or class count?)"
             )
-    result = model.load_state_dict(state, strict=False)
-    matched = len(own) - len(result.missing_keys)
-    if matched == 0:
+    if not set(own) & set(state):
+        # (counted on names: BatchNorm drops a missing num_batches_tracked from missing_keys silently)
         raise ModelError(f"{path} shares no tensor names with this model; it is a checkpoint for another architecture")
+    result = model.load_state_dict(state, strict=False)
     return list(result.missing_keys), list(result.unexpected_keys)
