@@ -1,0 +1,140 @@
+"""ONNX Runtime on the CPU (ort-cpu) and on a CUDA GPU (ort-cuda)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgekitError, ModelError
+from . import Session
+
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8, "tensor(double)": np.float64}
+
+
+class OrtSession(Session):
+    def __init__(self, session, artifact: Path, runtime: str, **kwargs):
+        super().__init__(artifact, **kwargs)
+        self.runtime = runtime
+        self.device = "cuda" if runtime == "ort-cuda" else "cpu"
+        self._session = session
+        model_input = session.get_inputs()[0]
+        self._input_name = model_input.name
+        self._input_dtype = _NUMPY_TYPES.get(model_input.type)
+        self._output_name = session.get_outputs()[0].name
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        # An fp16 model may keep float16 inputs; callers always hand float32, so cast here, once, for all of them.
+        if self._input_dtype is not None and batch.dtype != self._input_dtype:
+            batch = batch.astype(self._input_dtype)
+        # session.run copies the outputs back to host memory, so on CUDA it returns only after the device is done:
+        # a wall-clock timer around it is a synchronized, device-inclusive timing.
+        (logits,) = self._session.run([self._output_name], {self._input_name: np.ascontiguousarray(batch)})
+        return np.asarray(logits, dtype=np.float32)
+
+
+class OrtRuntime:
+    """ONNX Runtime with one execution provider (CPU or CUDA)."""
+
+    suffixes = (".onnx",)
+    options = ("graph_optimization_level", "inter_op_threads", "allow_spinning", "provider_options")
+
+    def __init__(self, name: str):
+        self.name = name
+        self.provider = _PROVIDERS[name]
+        self.description = f"ONNX Runtime, {self.provider}"
+
+    def available(self) -> tuple[bool, str]:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return False, "onnxruntime is not installed; pip install onnxruntime"
+        providers = ort.get_available_providers()
+        if self.provider not in providers:
+            return False, (
+                f"onnxruntime {ort.__version__} has no {self.provider} (it has {', '.join(providers)}); "
+                "install onnxruntime-gpu on a machine with a CUDA GPU"
+            )
+        if self.name == "ort-cuda" and not _cuda_device_present():
+            return False, "no CUDA GPU is visible (onnxruntime has the CUDA provider but nvidia-smi/torch see no device)"
+        return True, ""
+
+    def load(self, artifact: Path, threads: int | None, options: dict) -> Session:
+        import onnxruntime as ort
+
+        from ..metadata import read_onnx_metadata
+
+        level = options.get("graph_optimization_level", "all")
+        if level not in GRAPH_OPTIMIZATION_LEVELS:
+            raise EdgekitError(f"graph optimization level {level!r} is not one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}")
+        session_options = ort.SessionOptions()
+        session_options.log_severity_level = 3  # errors only: ORT's provider-assignment warnings are noise in a report
+        session_options.graph_optimization_level = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[level]
+        if threads is not None:
+            session_options.intra_op_num_threads = threads
+        if options.get("inter_op_threads") is not None:
+            session_options.inter_op_num_threads = int(options["inter_op_threads"])
+        if options.get("allow_spinning") is not None:
+            # Idle intra-op threads spin for a while after each run; with several sessions interleaved on few
+            # cores that spinning can slow the next session, so it is settable (and recorded).
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options["allow_spinning"] else "0")
+        provider_options = {str(k): str(v) for k, v in (options.get("provider_options") or {}).items()}
+        providers: list = [(self.provider, provider_options)]
+        if self.provider != "CPUExecutionProvider":
+            providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
+        try:
+            session = ort.InferenceSession(str(artifact), sess_options=session_options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all without a common base
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ModelError(f"{artifact} cannot be loaded by onnxruntime ({first}); re-export it") from exc
+        used = session.get_providers()
+        if self.provider not in used:
+            raise EdgekitError(f"onnxruntime fell back to {', '.join(used)} for {artifact}; {self.provider} could not start here")
+        if len(session.get_inputs()) != 1:
+            names = ", ".join(i.name for i in session.get_inputs())
+            raise ModelError(f"{artifact} has {len(session.get_inputs())} inputs ({names}); edgekit runs image classifiers with one input")
+        metadata = read_onnx_metadata(artifact)
+        model_input = session.get_inputs()[0]
+        input_kind = _input_kind(metadata, model_input.type)
+        dims = [d if isinstance(d, int) and d > 0 else None for d in model_input.shape]
+        if len(dims) != 4:
+            raise ModelError(f"{artifact} input {model_input.name!r} has shape {model_input.shape}; expected a 4-d image batch")
+        info = {
+            "library": f"onnxruntime {ort.__version__}",
+            "providers": used,
+            "provider_options": provider_options,
+            "intra_op_threads": threads if threads is not None else "default (physical cores)",
+            "inter_op_threads": options.get("inter_op_threads", "default"),
+            "graph_optimization_level": level,
+            "allow_spinning": options.get("allow_spinning", "default"),
+            "input_type": model_input.type,
+        }
+        return OrtSession(
+            session, artifact, self.name,
+            input_kind=input_kind, input_shape=tuple(dims[1:]), fixed_batch=dims[0],
+            labels=metadata.labels, preprocessing=metadata.preprocessing, info=info,
+        )
+
+
+def _input_kind(metadata, onnx_type: str) -> str:
+    # A uint8 graph input can only mean embedded preprocessing; otherwise trust what export recorded
+    # (ModelMetadata defaults to float32-nchw when the model has no edgekit metadata).
+    return "uint8-nhwc" if onnx_type == "tensor(uint8)" else metadata.input_kind
+
+
+def _cuda_device_present() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        import shutil
+
+        return shutil.which("nvidia-smi") is not None
