@@ -1,3 +1,65 @@
-"""CLI for `edgekit gate` (not written yet)."""
+"""CLI for `edgekit gate`: exit 0 when every check holds, 1 when one fails, 2 on a bad config."""
 
-COMMANDS = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+@click.command("gate")
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="Gate config (YAML): what to check and the thresholds; see configs/gate.yaml.")
+@click.option("--baseline", type=click.Path(path_type=Path),
+              help="JSON report of an earlier run (edgekit gate --json, or edgekit bench --json) to compare with.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full gate report as JSON.")
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")
+@click.option("--md", "markdown_path", type=click.Path(path_type=Path), help="Write a markdown summary (for a PR comment).")
+@click.option("--threads", type=int, help="Override the config's bench threads.")
+def gate_command(config_path, baseline, json_path, junit_path, markdown_path, threads):
+    """Check accuracy, parity, size and relative speed of exported variants against thresholds.
+
+    \b
+    edgekit gate --config configs/gate.yaml
+    edgekit gate --config configs/gate.yaml --junit gate.xml --md gate.md --json gate.json --baseline main-gate.json
+
+    Exit status: 0 every check holds, 1 a check failed (each failure is named on one line),
+    2 a user error (a malformed config names the key).
+    """
+    from ..gate import GateConfig, gate
+    from ..gate_report import format_threshold, format_value, write_reports
+
+    config = GateConfig.from_yaml(config_path, {"threads": threads}) if Path(config_path).is_file() else None
+    if config is None:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"gate config {config_path} does not exist; see configs/gate.yaml for an example")
+    result = gate(config, baseline=baseline, progress=True)
+
+    table = Table("check", "measured", "threshold", "result", title="edgekit gate")
+    for check in result.checks:
+        state = "[yellow]skip[/yellow]" if check.skipped else ("[green]pass[/green]" if check.passed else "[bold red]FAIL[/bold red]")
+        table.add_row(check.name, format_value(check, check.value), format_threshold(check), state)
+    console.print(table)
+    if result.comparisons:
+        moves = Table("variant", "metric", "baseline", "now", "change", "noise", "verdict", title=f"vs baseline {baseline}")
+        for c in result.comparisons:
+            relative = c.metric in ("relative_latency", "size_bytes")
+            unit = "" if relative else " pt"
+            moves.add_row(c.variant, c.metric, f"{c.baseline:.4g}", f"{c.current:.4g}", f"{c.change:+.1%}{unit}", f"{c.noise:.1%}{unit}", c.verdict)
+        console.print(moves)
+    for path in write_reports(result, json_path, junit_path, markdown_path):
+        console.print(f"wrote {path}")
+    if not result.passed:
+        for message in result.failures:
+            click.echo(f"FAIL {message}", err=True)
+        click.echo(f"gate failed: {len(result.failures)} of {len(result.checks)} checks", err=True)
+        raise click.exceptions.Exit(1)
+    console.print(f"[green]gate passed: {len(result.checks)} checks[/green]")
+
+
+COMMANDS = [gate_command]

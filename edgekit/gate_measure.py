@@ -1,0 +1,195 @@
+"""The gate's measuring: find (or export) each variant's artifact, then parity on the gate's images,
+one interleaved bench run for latency, and file sizes. Fresh reports on disk are reused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import EdgekitError
+from .gate import EXPORT_QUANTIZE, GateConfig, VariantMeasure
+
+
+def measure_variants(config: GateConfig, need_anchor: bool, progress: bool = False) -> tuple[dict[str, VariantMeasure], list[str], dict | None]:
+    """(variant -> VariantMeasure, reports used or written, bench machine description)."""
+    from .runs import Run
+
+    run = Run.load(config.resolve(config.run)) if config.run is not None else None
+    names = config.measured_variants()
+    if need_anchor and config.baseline.anchor not in names:
+        names.append(config.baseline.anchor)
+    reports: list[str] = []
+    artifacts = _artifacts(config, run, names, reports, progress)
+    data = config.resolve(config.data)
+    if data is not None and not data.is_dir():
+        raise EdgekitError(f"data: {data} is not a directory; give a labelled image folder <class>/<image>")
+    measures = {name: VariantMeasure(variant=name, artifact=str(path), size_bytes=_size(path)) for name, path in artifacts.items()}
+    if run is not None:
+        for name in config.variants:
+            _add_parity(measures[name], run, artifacts[name], data, config, reports)
+    needs_latency = need_anchor or any(t.min_speedup_vs for t in config.variants.values())
+    needs_bench_accuracy = run is None and any(t.min_accuracy is not None for t in config.variants.values())
+    machine = None
+    if needs_latency or needs_bench_accuracy:
+        machine = _add_bench(measures, artifacts, data if needs_bench_accuracy else None, config, run, reports, progress)
+    return measures, reports, machine
+
+
+# --- artifacts ------------------------------------------------------------------------------------
+
+
+def artifact_candidates(exports_dir: Path, variant: str) -> list[Path]:
+    """Where `edgekit export` puts a variant (the first that exists wins)."""
+    if variant == "torch-export":
+        return [exports_dir / "model.pt2", exports_dir / "model.torch-export.pt2"]
+    candidates = [exports_dir / f"model.{variant}.onnx"]
+    if variant == "fp32":
+        candidates.insert(0, exports_dir / "model.onnx")
+    return candidates
+
+
+def _find(config: GateConfig, run, variant: str) -> Path | None:
+    if variant in config.artifacts:
+        path = config.resolve(config.artifacts[variant])
+        if not path.is_file():
+            raise EdgekitError(f"artifacts.{variant}: {path} does not exist; fix the path or remove the key to use the run's exports")
+        return path
+    if run is None:
+        return None
+    return next((p for p in artifact_candidates(run.exports_dir, variant) if p.is_file()), None)
+
+
+def _artifacts(config: GateConfig, run, names: list[str], reports: list[str], progress: bool) -> dict[str, Path]:
+    found = {name: _find(config, run, name) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    if not missing:
+        return found  # type: ignore[return-value]
+    where = f"{run.exports_dir}" if run is not None else "artifacts:"
+    if run is None:
+        raise EdgekitError(f"variant {missing[0]} has no artifact; add it under artifacts: in the config")
+    if not config.export_missing:
+        raise EdgekitError(
+            f"variant {missing[0]} has no artifact in {where}; run `edgekit export {run.path} --quantize "
+            f"{','.join(EXPORT_QUANTIZE.get(m, m) for m in missing)}` or set export_missing: true"
+        )
+    from .export import export
+
+    formats = ["onnx"] if any(m != "torch-export" for m in missing) else []
+    if "torch-export" in missing:
+        formats.append("torch-export")
+    quantize = tuple(dict.fromkeys(EXPORT_QUANTIZE[m] for m in missing if m in EXPORT_QUANTIZE)) or ("none",)
+    if any(m not in EXPORT_QUANTIZE and m != "torch-export" for m in missing):
+        raise EdgekitError(f"variant {missing[0]} cannot be exported by the gate; export it with `edgekit export` first")
+    data = config.resolve(config.data)
+    result = export(run, formats=tuple(formats), quantize=quantize, parity_data=data, progress=progress)
+    reports += [variant.path for variant in result.variants]
+    found = {name: _find(config, run, name) for name in names}
+    still = [name for name, path in found.items() if path is None]
+    if still:
+        raise EdgekitError(f"export did not produce variant {still[0]} in {run.exports_dir}; run `edgekit export` and check its output")
+    return found  # type: ignore[return-value]
+
+
+def _size(path: Path) -> int:
+    """File size with ONNX external data beside it (what a device has to store)."""
+    size = path.stat().st_size
+    side = path.with_name(path.name + ".data")
+    return size + (side.stat().st_size if side.is_file() else 0)
+
+
+# --- parity ---------------------------------------------------------------------------------------
+
+
+def _parity_report_path(run, artifact: Path, variant: str) -> Path:
+    return run.exports_dir / f"{variant}.parity.json"
+
+
+def _fresh_parity(run, artifact: Path, variant: str, data: Path | None, max_images: int):
+    """The parity report export wrote for this artifact, if it is newer than both the artifact and the
+    model and was measured on the same images; otherwise None."""
+    from .parity import ParityResult
+
+    path = _parity_report_path(run, artifact, variant)
+    if not path.is_file() or path.stat().st_mtime < max(artifact.stat().st_mtime, run.model_path.stat().st_mtime):
+        return None
+    try:
+        report = ParityResult.from_json(path)
+    except EdgekitError:
+        return None  # an unreadable old report is recomputed, not trusted
+    if Path(report.artifact).resolve() != artifact.resolve():
+        return None
+    source = report.metrics.data_source
+    wanted = str(data.resolve()) if data is not None else None
+    if wanted is not None and not _same_source(source, wanted):
+        return None
+    if wanted is None and not str(source).startswith("run"):
+        return None
+    if report.metrics.n_images > max_images or report.metrics.variant_accuracy is None:
+        return None
+    return report, path
+
+
+def _same_source(source: str, wanted: str) -> bool:
+    text = str(source)
+    return text == wanted or os.path.realpath(text) == os.path.realpath(wanted)
+
+
+def _add_parity(measure: VariantMeasure, run, artifact: Path, data: Path | None, config: GateConfig, reports: list[str]) -> None:
+    from .parity import parity
+
+    fresh = _fresh_parity(run, artifact, measure.variant, data, config.max_images) if config.reuse_reports else None
+    if fresh is not None:
+        report, path = fresh
+        reports.append(str(path))
+    else:
+        # No thresholds passed: the gate judges the metrics itself; parity's own pass/fail is not used.
+        report = parity(run, artifact, data=data, variant=measure.variant, max_images=config.max_images)
+    metrics = report.metrics
+    measure.n_images = metrics.n_images
+    measure.accuracy = metrics.variant_accuracy
+    measure.reference_accuracy = metrics.reference_accuracy
+    measure.accuracy_drop = metrics.accuracy_drop
+    measure.agreement = metrics.top1_agreement
+    measure.max_abs_diff = metrics.max_abs_diff
+    measure.max_rel_diff = metrics.max_rel_diff
+
+
+# --- bench ----------------------------------------------------------------------------------------
+
+
+def _add_bench(measures, artifacts: dict[str, Path], data: Path | None, config: GateConfig, run, reports: list[str], progress: bool) -> dict | None:
+    """One bench run with every variant interleaved; latency ratios are only ever taken inside it."""
+    from .bench import bench
+
+    targets = [artifacts[name] for name in measures]
+    options = {}
+    if config.warmup is not None:
+        options["warmup"] = config.warmup
+    if config.iterations is not None:
+        options["iterations"] = config.iterations
+    result = bench(targets, runtimes=(config.runtime,), batch_sizes=(config.batch_size,), threads=config.threads,
+                   data=data, progress=progress, **options)
+    by_artifact = {os.path.realpath(m.artifact): m for m in result.measurements
+                   if m.runtime == config.runtime and m.batch_size == config.batch_size}
+    for name, measure in measures.items():
+        row = by_artifact.get(os.path.realpath(artifacts[name]))
+        if row is None:
+            continue
+        measure.runtime = row.runtime
+        measure.batch_size = row.batch_size
+        measure.p50_ms = row.p50_ms
+        measure.p50_ci_ms = tuple(row.p50_ci_ms) if row.p50_ci_ms else None
+        if measure.accuracy is None and row.top1 is not None:
+            measure.accuracy = row.top1
+    skipped = [s for s in (result.skipped or [])]
+    if skipped and not by_artifact:
+        raise EdgekitError(f"bench measured nothing on {config.runtime}: {skipped[0]}")
+    return result.machine if isinstance(result.machine, dict) else _as_dict(result.machine)
+
+
+def _as_dict(value) -> dict | None:
+    if value is None:
+        return None
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    return {"description": str(value)}

@@ -1,0 +1,251 @@
+"""`edgekit gate`: config validation, every kind of threshold, baseline comparison, JUnit/markdown
+reports, and the whole gate on a real trained run (export, parity, bench)."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from edgekit.cli import cli
+from edgekit.errors import ConfigError
+from edgekit.gate import Check, GateConfig, GateResult, VariantMeasure
+from edgekit.gate_checks import compare_with_baseline, evaluate, load_baseline
+from edgekit.gate_report import junit_xml, markdown
+
+# --- constructed measurements: the judgement alone ------------------------------------------------
+
+
+def _config(variants: dict, **extra) -> GateConfig:
+    return GateConfig.model_validate({"run": "run", "variants": variants, **extra})
+
+
+def _measures(int8_p50=5.0, fp32_p50=10.0, ci=0.02, **int8_fields) -> dict[str, VariantMeasure]:
+    """fp32 and int8 as a healthy run would measure them; ``ci`` is the relative half-width of each median's CI."""
+    def m(variant, p50, **fields):
+        return VariantMeasure(variant=variant, artifact=f"model.{variant}.onnx", runtime="ort-cpu", batch_size=1,
+                              p50_ms=p50, p50_ci_ms=(p50 * (1 - ci), p50 * (1 + ci)), n_images=200, **fields)
+
+    fp32 = m("fp32", fp32_p50, size_bytes=16_000_000, accuracy=0.95, reference_accuracy=0.95, accuracy_drop=0.0,
+             agreement=1.0, max_abs_diff=2e-5, max_rel_diff=3e-6)
+    int8_values = dict(size_bytes=4_500_000, accuracy=0.94, reference_accuracy=0.95, accuracy_drop=0.01, agreement=0.97,
+                       max_abs_diff=0.4, max_rel_diff=0.05)
+    int8_values.update(int8_fields)
+    return {"fp32": fp32, "int8": m("int8", int8_p50, **int8_values)}
+
+
+PASSING = {
+    "fp32": {"min_accuracy": 0.9, "max_accuracy_drop": 0.0, "min_agreement": 0.99, "max_abs_diff": 1e-3, "max_rel_diff": 1e-4, "max_size_mb": 20},
+    "int8": {"min_accuracy": 0.9, "max_accuracy_drop": 0.03, "min_agreement": 0.95, "max_size_mb": 6, "min_speedup_vs": {"fp32": 1.5}},
+}
+
+
+def test_healthy_measurements_pass_every_check():
+    checks = evaluate(_config(PASSING), _measures(), [], baseline_given=False)
+    assert len(checks) == 11
+    assert all(c.passed and not c.skipped for c in checks), [c.message for c in checks if not c.passed]
+    speedup = next(c for c in checks if c.metric == "speedup_vs_fp32")
+    assert speedup.value == pytest.approx(2.0) and speedup.op == ">="
+
+
+@pytest.mark.parametrize(
+    "threshold, value, fields, metric, words",
+    [
+        ("min_accuracy", 0.96, {}, "accuracy", "accuracy 94.00% is below the minimum 96.00%"),
+        ("max_accuracy_drop", 0.005, {}, "accuracy_drop", "accuracy drop vs PyTorch fp32 1.00% exceeds the maximum 0.50% (on 200 images)"),
+        ("min_agreement", 0.99, {}, "agreement", "top-1 agreement with PyTorch fp32 97.00% is below the minimum 99.00%"),
+        ("max_abs_diff", 0.1, {}, "max_abs_diff", "|logit difference| vs PyTorch fp32 0.4 exceeds the maximum 0.1"),
+        ("max_rel_diff", 0.01, {}, "max_rel_diff", "relative to the logit spread 0.05 exceeds the maximum 0.01"),
+        ("max_size_mb", 4.0, {}, "size_mb", "file size 4.50 MB exceeds the maximum 4.00 MB"),
+        ("min_speedup_vs", {"fp32": 2.5}, {}, "speedup_vs_fp32", "int8 is 2.00x as fast as fp32"),
+    ],
+)
+def test_each_kind_of_threshold_can_fail_with_a_message_naming_it(threshold, value, fields, metric, words):
+    checks = evaluate(_config({"int8": {threshold: value}}), _measures(**fields), [], baseline_given=False)
+    assert len(checks) == 1
+    check = checks[0]
+    assert not check.passed and check.metric == metric and check.name == f"int8.{metric}"
+    assert words in check.message and check.message.startswith(f"int8.{metric}:")
+
+
+def test_a_threshold_that_was_not_measured_fails_rather_than_passing_silently():
+    measures = _measures()
+    measures["int8"].agreement = None
+    del measures["fp32"]
+    checks = evaluate(_config({"int8": {"min_agreement": 0.9, "min_speedup_vs": {"fp32": 1.2}}}), measures, [], False)
+    assert [c.passed for c in checks] == [False, False]
+    assert "was not measured" in checks[0].message and "was not measured" in checks[1].message
+
+
+def test_int8_slower_than_fp32_fails_the_speedup_ratio_whatever_the_absolute_times():
+    # the same ratio on a machine 10x slower gives the same verdict: latency is only ever a ratio
+    for scale in (1.0, 10.0):
+        checks = evaluate(_config({"int8": {"min_speedup_vs": {"fp32": 1.5}}}), _measures(int8_p50=8.0 * scale, fp32_p50=10.0 * scale), [], False)
+        assert not checks[0].passed and checks[0].value == pytest.approx(1.25)
+
+
+# --- config validation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"run": "r", "variants": {"int8": {"min_acuracy": 0.9}}}, "variants.int8.min_acuracy"),
+        ({"run": "r", "variants": {"int8": {"min_accuracy": "high"}}}, "variants.int8.min_accuracy"),
+        ({"run": "r", "variants": {"int8": {"min_accuracy": 1.5}}}, "variants.int8.min_accuracy"),
+        ({"run": "r", "variants": {"int9": {}}}, "variants.int9"),
+        ({"run": "r", "variants": {"int8": {}}, "treads": 2}, "treads"),
+        ({"run": "r", "variants": {"int8": {}}, "baseline": {"max_slowdown": "10%"}}, "baseline.max_slowdown"),
+        ({"run": "r", "variants": {"int8": {"min_speedup_vs": {"fp32": 0}}}}, "min_speedup_vs"),
+        ({"run": "r"}, "variants"),
+    ],
+)
+def test_a_malformed_config_names_the_key(tmp_path, data, key):
+    path = tmp_path / "gate.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        GateConfig.from_yaml(path)
+    result = CliRunner().invoke(cli, ["gate", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert key in result.output and "Traceback" not in result.output
+
+
+def test_parity_thresholds_without_a_run_are_refused(tmp_path):
+    path = tmp_path / "gate.yaml"
+    path.write_text(yaml.safe_dump({"artifacts": {"int8": "m.onnx"}, "data": "d", "variants": {"int8": {"min_agreement": 0.9}}}))
+    result = CliRunner().invoke(cli, ["gate", "--config", str(path)])
+    assert result.exit_code == 2 and "need `run`" in result.output
+
+
+def test_missing_config_file_and_bad_yaml_exit_2(tmp_path):
+    assert CliRunner().invoke(cli, ["gate", "--config", str(tmp_path / "nope.yaml")]).exit_code == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("variants: [int8\n")
+    result = CliRunner().invoke(cli, ["gate", "--config", str(bad)])
+    assert result.exit_code == 2 and "not valid YAML" in result.output
+
+
+def test_relative_paths_resolve_against_root_relative_to_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "gate.yaml"
+    path.write_text(yaml.safe_dump({"root": "..", "run": "runs/demo/run", "data": "/abs/data", "variants": {"fp32": {}}}))
+    monkeypatch.chdir("/")
+    config = GateConfig.from_yaml(path)
+    assert config.resolve(config.run) == tmp_path / "runs" / "demo" / "run"
+    assert config.resolve(config.data) == Path("/abs/data")
+
+
+def test_the_shipped_example_config_is_valid():
+    config = GateConfig.from_yaml(Path(__file__).parent.parent / "configs" / "gate.yaml")
+    assert config.run is not None and "int8" in config.variants
+    assert config.resolve(config.run) == (Path(__file__).parent.parent / "runs" / "demo" / "run").resolve()
+
+
+# --- baseline -------------------------------------------------------------------------------------
+
+
+def _baseline_checks(now, then, **policy):
+    config = _config({"fp32": {}, "int8": {}}, baseline=policy)
+    comparisons = compare_with_baseline(config, now, then)
+    return comparisons, evaluate(config, now, comparisons, baseline_given=True)
+
+
+def test_baseline_flags_a_planted_latency_regression():
+    # int8 went from 0.5x of fp32's latency to 0.7x: 40% slower relative to fp32, far outside 2% CIs
+    comparisons, checks = _baseline_checks(_measures(int8_p50=7.0), _measures(int8_p50=5.0))
+    latency = next(c for c in comparisons if c.metric == "relative_latency")
+    assert latency.variant == "int8" and latency.change == pytest.approx(0.4) and latency.verdict == "regression"
+    failed = [c for c in checks if not c.passed]
+    assert [c.name for c in failed] == ["int8.baseline_relative_latency"]
+    assert "+40.0%" in failed[0].message and "regression" in failed[0].message
+
+
+def test_baseline_ignores_a_change_within_the_runs_own_noise():
+    # 8% slower, but the medians' confidence intervals are +-10% each: not distinguishable from noise
+    comparisons, checks = _baseline_checks(_measures(int8_p50=5.4, ci=0.10), _measures(int8_p50=5.0, ci=0.10), max_slowdown=0.05)
+    latency = next(c for c in comparisons if c.metric == "relative_latency")
+    assert latency.change == pytest.approx(0.08) and latency.noise == pytest.approx(0.2) and latency.verdict == "within noise"
+    assert all(c.passed for c in checks)
+
+
+def test_baseline_min_noise_is_a_floor_under_tight_confidence_intervals():
+    comparisons, checks = _baseline_checks(_measures(int8_p50=5.2, ci=0.0), _measures(int8_p50=5.0, ci=0.0), max_slowdown=0.01, min_noise=0.05)
+    assert next(c for c in comparisons if c.metric == "relative_latency").verdict == "within noise"
+    assert all(c.passed for c in checks)
+
+
+def test_baseline_on_a_slower_machine_is_not_a_regression():
+    # every variant 2.5x slower (another CI runner): relative latency unchanged
+    comparisons, checks = _baseline_checks(_measures(int8_p50=12.5, fp32_p50=25.0), _measures(int8_p50=5.0, fp32_p50=10.0))
+    assert next(c for c in comparisons if c.metric == "relative_latency").change == pytest.approx(0.0)
+    assert all(c.passed for c in checks)
+
+
+def test_baseline_flags_accuracy_and_size_regressions_but_not_a_one_image_wobble():
+    now = _measures(accuracy=0.90, size_bytes=6_000_000)
+    comparisons, checks = _baseline_checks(now, _measures())
+    failed = {c.name for c in checks if not c.passed}
+    assert failed == {"int8.baseline_accuracy", "int8.baseline_size_bytes"}
+    # one image of 200 (0.5 pt) is the resolution of an accuracy: within noise
+    comparisons, checks = _baseline_checks(_measures(accuracy=0.935), _measures(), max_accuracy_drop=0.0)
+    accuracy = next(c for c in comparisons if c.metric == "accuracy" and c.variant == "int8")
+    assert accuracy.verdict == "within noise" and all(c.passed for c in checks)
+
+
+def test_baseline_from_a_bench_report_and_a_gate_report(tmp_path):
+    config = _config({"fp32": {}, "int8": {}})
+    bench_json = tmp_path / "bench.json"
+    bench_json.write_text(json.dumps({"machine": {}, "measurements": [
+        {"artifact": "a/model.onnx", "variant": "fp32", "runtime": "ort-cpu", "batch_size": 1, "p50_ms": 10.0, "p50_ci_ms": [9.9, 10.1], "size_bytes": 16_000_000, "top1": 0.95},
+        {"artifact": "a/model.int8.onnx", "variant": "int8", "runtime": "ort-cpu", "batch_size": 1, "p50_ms": 5.0, "p50_ci_ms": [4.9, 5.1], "size_bytes": 4_500_000, "top1": 0.94},
+        {"artifact": "a/model.int8.onnx", "variant": "int8", "runtime": "torch", "batch_size": 1, "p50_ms": 50.0, "p50_ci_ms": None},
+    ]}))
+    loaded = load_baseline(bench_json, config)
+    assert set(loaded) == {"fp32", "int8"} and loaded["int8"].p50_ms == 5.0
+    gate_json = tmp_path / "gate.json"
+    result = GateResult(runtime="ort-cpu", variants=list(_measures().values()), checks=[], passed=True, failures=[])
+    result.to_json(gate_json)
+    assert load_baseline(gate_json, config)["int8"].accuracy == 0.94
+    other = tmp_path / "other.json"
+    other.write_text("{\"something\": 1}")
+    with pytest.raises(Exception, match="neither a gate report"):
+        load_baseline(other, config)
+
+
+# --- reports --------------------------------------------------------------------------------------
+
+
+def _result(checks: list[Check], comparisons=()) -> GateResult:
+    failures = [c.message for c in checks if not c.passed]
+    return GateResult(runtime="ort-cpu", threads=2, variants=list(_measures().values()), checks=checks,
+                      comparisons=list(comparisons), baseline="main.json", passed=not failures, failures=failures)
+
+
+def test_junit_xml_parses_with_one_case_per_check_and_failures_marked():
+    config = _config({"fp32": {"max_rel_diff": 1e-4}, "int8": {"min_accuracy": 0.99, "min_speedup_vs": {"fp32": 1.2}}})
+    now = _measures(int8_p50=7.0)
+    comparisons = compare_with_baseline(config, now, _measures())
+    checks = evaluate(config, now, comparisons, baseline_given=True)
+    result = _result(checks, comparisons)
+    suite = ET.fromstring(junit_xml(result).split("\n", 1)[1])
+    cases = suite.findall("testcase")
+    assert suite.tag == "testsuite" and len(cases) == len(checks) == int(suite.get("tests"))
+    assert [c.get("name") for c in cases] == [c.name for c in checks]
+    failed = [c for c in cases if c.find("failure") is not None]
+    assert {c.get("name") for c in failed} == {"int8.accuracy", "int8.baseline_relative_latency"}
+    assert int(suite.get("failures")) == 2
+    assert "int8 accuracy 94.00% is below the minimum 99.00%" in failed[0].find("failure").get("message")
+
+
+def test_markdown_summary_lists_failures_checks_and_baseline_moves():
+    config = _config({"int8": {"min_accuracy": 0.99}})
+    now = _measures(int8_p50=7.0)
+    comparisons = compare_with_baseline(config, now, _measures())
+    text = markdown(_result(evaluate(config, now, comparisons, True), comparisons))
+    assert text.startswith("## :x: edgekit gate FAILED")
+    assert "| `int8.accuracy` | 94.00% | >= 99.00% | **FAIL** |" in text
+    assert "| int8 | relative_latency | 0.500x | 0.700x | +40.0% |" in text and "regression" in text
