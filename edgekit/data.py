@@ -106,7 +106,7 @@ def scan_folder(
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root} is not a directory; pass a folder laid out as <class>/<image>.jpg")
-    found = sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and not entry.name.startswith("."))
+    found = sorted(entry.name for entry in os.scandir(root) if _is_dir(entry) and not entry.name.startswith("."))
     if not found:
         raise DataError(f"{root} has no class folders; lay it out as {root}/<class name>/<image>.jpg")
     if classes is not None and list(classes) != found:
@@ -142,18 +142,37 @@ def scan_folder(
 def _walk_images(class_dir: Path) -> list[Path]:
     """Image files below ``class_dir``, following symlinks but refusing loops."""
     found: list[Path] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:
-            raise DataError(f"{dirpath} is a symlink loop (it leads back to {real}); remove the link")
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+
+    # A loop is a folder that leads back to one of its own ancestors; two links to the same folder
+    # side by side are not a loop, so only the chain of ancestors is remembered, not every folder seen.
+    def visit(directory: Path, ancestors: frozenset[str]) -> None:
+        real = os.path.realpath(directory)
+        if real in ancestors:
+            raise DataError(f"{directory} is a symlink loop (it leads back to {real}); remove the link")
+        try:
+            entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+        except OSError as exc:
+            raise DataError(f"{directory} cannot be listed ({exc.strerror or exc}); check that it exists and is readable") from exc
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            found.append(Path(dirpath) / name)
+            if _is_dir(entry):
+                subdirs.append(Path(entry.path))
+            elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Path(entry.path))
+        for subdir in subdirs:  # files first, then folders: the order os.walk gave before
+            visit(subdir, ancestors | {real})
+
+    visit(class_dir, frozenset())
     return found
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # a link to itself (ELOOP): not a folder; as a file it is reported as unreadable
+        return False
 
 
 def _track(items, description):
