@@ -42,11 +42,13 @@ class OpenVino:
         import openvino as ov
 
         from ..metadata import read_onnx_metadata
+        from ..safety import check_onnx_file
 
         device = str(options.get("device", "CPU"))
         config = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY"))}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        check_onnx_file(artifact)
         core = ov.Core()
         try:
             compiled = core.compile_model(core.read_model(str(artifact)), device, config)

@@ -65,6 +65,7 @@ class OrtRuntime:
         import onnxruntime as ort
 
         from ..metadata import read_onnx_metadata
+        from ..safety import check_onnx_file
 
         level = options.get("graph_optimization_level", "all")
         if level not in GRAPH_OPTIMIZATION_LEVELS:
@@ -89,6 +90,7 @@ class OrtRuntime:
         providers: list = [(self.provider, provider_options)]
         if self.provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
+        check_onnx_file(artifact)  # refuses corrupt files and external data pointing outside the model's folder
         try:
             session = ort.InferenceSession(str(artifact), sess_options=session_options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all without a common base

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
+from ..safety import load_exported_program
 from . import Session
 from .torch_eager import TorchSession, check_device, set_torch_threads
 
@@ -30,11 +31,7 @@ class TorchExport:
         import torch
 
         device = check_device(str(options.get("device", "cpu")))
-        try:
-            program = torch.export.load(str(artifact))
-        except Exception as exc:  # torch raises RuntimeError, zipfile errors, pickle errors... for a bad file
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ModelError(f"{artifact} is not a loadable torch.export program ({first}); re-export it") from exc
+        program = load_exported_program(artifact)  # no pickled code runs; a bad file is a ModelError
         input_kind, input_shape = _input_signature(program, artifact)
         module = program.module().to(device)
         used_threads = set_torch_threads(threads)
