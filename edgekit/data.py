@@ -176,9 +176,9 @@ def _is_dir(entry: os.DirEntry) -> bool:
 
 
 def _track(items, description):
-    from rich.progress import track
+    from .progress import track
 
-    return track(items, description=description, transient=True)
+    return track(items, description)
 
 
 def stratified_split(folder: ImageFolder, fraction: float, seed: int) -> tuple[ImageFolder, ImageFolder]:

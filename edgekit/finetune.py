@@ -17,6 +17,7 @@ from . import files
 from .data import ImageFolder, TorchImageDataset, scan_folder, stratified_split
 from .errors import ConfigError, EdgekitError
 from .models import build, get_spec
+from .progress import note, track
 from .models.build import get_submodule
 from .results import Result
 from .runs import CARD_NAME, RunCard, library_versions, save_run
@@ -267,16 +268,28 @@ class _Trainer:
         start_epoch = 1
         best_accuracy, best_epoch = -1.0, 0
         if self.config.resume:
-            state = files.load_torch(self.out / CHECKPOINT_NAME)
-            self.model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history = [EpochMetrics.model_validate(m) for m in Metrics.from_json(self.out / METRICS_NAME).model_dump()["epochs"]]
-            history = history[: state["epoch"]]
-            start_epoch = state["epoch"] + 1
+            checkpoint = self.out / CHECKPOINT_NAME
+            state = files.load_torch(checkpoint)
+            try:
+                self.model.load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                start_epoch = int(state["epoch"]) + 1
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise EdgekitError(
+                    f"{checkpoint} does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                    "resume with the same model and options, or delete it and start again"
+                ) from exc
+            if start_epoch > 1:  # epoch 0 is the state before any training: no metrics yet
+                history = [EpochMetrics.model_validate(m) for m in Metrics.from_json(self.out / METRICS_NAME).model_dump()["epochs"]]
+                history = history[: start_epoch - 1]
             if history:
                 best = max(history, key=lambda m: (m.val_accuracy, -m.epoch))
                 best_accuracy, best_epoch = best.val_accuracy, best.epoch
+        else:
+            # An epoch-0 checkpoint: a run killed during its first epoch (after model.pt and the card of a
+            # first improvement, say) can still be resumed instead of being neither new nor resumable.
+            self._save_checkpoint(0, optimizer, scheduler)
 
         stopped_early = False
         for epoch in range(start_epoch, self.config.epochs + 1):
@@ -303,28 +316,29 @@ class _Trainer:
                 # so a run killed later still leaves a complete, usable run directory.
                 save_run(self.out, self.card, self._cpu_state())
             Metrics(epochs=history, best_epoch=best_epoch, best_val_accuracy=best_accuracy).to_json(self.out / METRICS_NAME)
-            files.save_torch(
-                self.out / CHECKPOINT_NAME,
-                {"epoch": epoch, "model": self._cpu_state(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-            )
+            self._save_checkpoint(epoch, optimizer, scheduler)
             self._report(metrics, improved)
             if self.config.patience and epoch - best_epoch >= self.config.patience:
                 stopped_early = True
                 break
         return history, stopped_early
 
+    def _save_checkpoint(self, epoch: int, optimizer, scheduler) -> None:
+        files.save_torch(
+            self.out / CHECKPOINT_NAME,
+            {"epoch": epoch, "model": self._cpu_state(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        )
+
     def _cpu_state(self) -> dict:
         return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.model.state_dict().items()}
 
     def _report(self, metrics: EpochMetrics, improved: bool) -> None:
-        if self.progress:
-            from rich.console import Console
-
-            mark = " [green]best[/green]" if improved else ""
-            Console(stderr=True).print(
-                f"epoch {metrics.epoch}/{self.config.epochs}  train loss {metrics.train_loss:.4f} acc {metrics.train_accuracy:.3f}  "
-                f"val loss {metrics.val_loss:.4f} acc {metrics.val_accuracy:.3f}  {metrics.images_per_second:.0f} img/s{mark}"
-            )
+        mark = " [green]best[/green]" if improved else ""
+        note(
+            f"epoch {metrics.epoch}/{self.config.epochs}  train loss {metrics.train_loss:.4f} acc {metrics.train_accuracy:.3f}  "
+            f"val loss {metrics.val_loss:.4f} acc {metrics.val_accuracy:.3f}  {metrics.images_per_second:.0f} img/s{mark}",
+            enabled=self.progress,
+        )
 
     def _loader(self, folder: ImageFolder, train: bool, generator=None):
         preprocessing = self.card.preprocessing
@@ -371,11 +385,7 @@ class _Trainer:
         return torch.cat(features), torch.cat(labels)
 
     def _track(self, iterable, description):
-        if not self.progress:
-            return iterable
-        from rich.progress import track
-
-        return track(iterable, description=description, transient=True)
+        return track(iterable, description, enabled=self.progress)
 
     def _train_epoch(self, epoch, optimizer, scheduler, scaler, criterion, generator):
         total_loss, correct, count = 0.0, 0, 0

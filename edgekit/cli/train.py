@@ -12,7 +12,7 @@ from rich.table import Table
 from ..finetune import FinetuneConfig
 from .options import options_from_model
 
-console = Console()
+console = Console(soft_wrap=True)  # long paths stay on one line in CI logs
 
 
 @click.command("models")
