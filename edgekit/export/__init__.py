@@ -1,0 +1,366 @@
+"""Export a run's model to deployable variants, each checked for parity with the float32 PyTorch model.
+
+    result = export("runs/flowers", formats=("onnx",), quantize=("none", "int8"))
+    result.passed                    # False if any variant crossed its parity thresholds
+    result.variants[1].path          # runs/flowers/exports/model.int8.onnx
+
+Files (under <run>/exports/, each written atomically):
+    model.onnx                 fp32 ONNX (the plain name is the float32 model)
+    model.<variant>.onnx       fp16, int8, int8-dynamic; with embedded preprocessing: fp32-uint8in, int8-uint8in, ...
+    model.pt2                  torch.export program (variant "torch-export")
+    <variant>.parity.json      a ParityResult per variant
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, ExportError
+from ..metadata import ModelMetadata
+from ..parity import (
+    FLOAT_INPUT, UINT8_INPUT, UINT8_SUFFIX, ParityChecker, ParityData, ParityResult, ParityThresholds, images_in,
+    merge_thresholds, run_parity_images, thresholds_for,
+)
+from ..results import Result
+
+FORMATS = ("onnx", "torch-export")
+QUANTIZATIONS = ("none", "fp16", "int8", "int8-dynamic")
+CALIBRATION_BATCH = 8
+
+
+class VariantResult(Result):
+    """One exported file and its parity check."""
+
+    variant: str  # "fp32", "fp16", "int8", "int8-dynamic", "torch-export", "<any of the ONNX ones>-uint8in"
+    format: str  # "onnx" or "torch-export"
+    path: str
+    size_bytes: int
+    seconds: float  # export + quantization wall time (parity not included; see parity.seconds)
+    input_kind: str = FLOAT_INPUT
+    batch_sizes_checked: list[int] = []
+    parity: ParityResult
+    passed: bool
+    failures: list[str] = []  # parity failures, plus a batch-size check that failed
+    details: dict = {}  # opset, calibration method and images, nodes kept in float...
+
+
+class ExportResult(Result):
+    """Every variant exported from one run."""
+
+    run_dir: str
+    variants: list[VariantResult]
+    passed: bool
+    parity_data: str  # "images:<dir>" or "random"
+    seconds: float = 0.0
+
+
+def variant_file_name(variant: str) -> str:
+    """model.onnx for fp32, model.pt2 for torch-export, model.<variant>.onnx for the rest."""
+    if variant == "torch-export":
+        return "model.pt2"
+    return "model.onnx" if variant == "fp32" else f"model.{variant}.onnx"
+
+
+def parity_file_name(variant: str) -> str:
+    return f"{variant}.parity.json"
+
+
+def onnx_variant(quantization: str, embedded: bool = False) -> str:
+    base = "fp32" if quantization == "none" else quantization
+    return base + UINT8_SUFFIX if embedded else base
+
+
+def parse_choices(values: str | Iterable[str], allowed: Sequence[str], what: str, all_means: Sequence[str] | None = None) -> tuple[str, ...]:
+    """"a,b" or ["a", "b"] -> ("a", "b"), each checked against ``allowed``; "all" -> ``all_means``."""
+    items = values.split(",") if isinstance(values, str) else list(values)
+    chosen: list[str] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        if item == "all" and all_means is not None:
+            chosen += [a for a in all_means if a not in chosen]
+            continue
+        if item not in allowed:
+            raise ConfigError(f"{what} {item!r} is not one of {', '.join([*allowed, 'all'] if all_means else allowed)}")
+        if item not in chosen:
+            chosen.append(item)
+    if not chosen:
+        raise ConfigError(f"no {what} given; choose from {', '.join(allowed)}")
+    return tuple(chosen)
+
+
+def export(
+    run,
+    formats: str | Sequence[str] = ("onnx",),
+    quantize: str | Sequence[str] = ("none",),
+    *,
+    opset: int | None = None,
+    calib_data: str | os.PathLike | None = None,
+    calib_size: int = 300,
+    calib_method: str = "minmax",
+    parity_data: str | os.PathLike | None = None,
+    thresholds: ParityThresholds | None = None,
+    embed_preprocessing: bool = False,
+    max_parity_images: int = 256,
+    progress: bool = False,
+) -> ExportResult:
+    """Export ``run`` (a Run or run directory) to ``formats`` ("onnx", "torch-export", "all") with every
+    ``quantize`` choice for ONNX ("none", "fp16", "int8", "int8-dynamic"), and check each variant's parity.
+
+    int8 calibrates on ``calib_size`` class-stratified images of the run's training data (or ``calib_data``).
+    Parity runs on the run's validation images (or ``parity_data``; random inputs for a zoo model without
+    it). ``thresholds`` override the model's defaults field by field. ``embed_preprocessing`` adds a
+    uint8-NHWC-input twin of every ONNX variant. A variant that fails parity is kept, its report says
+    failed, and ``result.passed`` is False.
+    """
+    from ..models import get_spec
+    from ..runs import Run
+
+    started = time.perf_counter()
+    run = run if isinstance(run, Run) else Run.load(run)
+    formats = parse_choices(formats, FORMATS, "format", all_means=FORMATS)
+    quantize = parse_choices(quantize, QUANTIZATIONS, "quantization", all_means=QUANTIZATIONS)
+    if "onnx" not in formats and quantize != ("none",):
+        raise ConfigError(f"--quantize {','.join(quantize)} applies to ONNX only; add --format onnx (or all)")
+    if calib_size < 1:
+        raise ConfigError(f"--calib-size {calib_size} must be at least 1")
+    from ..quantize import CALIBRATION_METHODS
+
+    if calib_method not in CALIBRATION_METHODS:
+        raise ConfigError(f"--calib-method {calib_method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
+
+    card = run.card
+    spec = get_spec(card.model)
+    model = run.build_model()
+    calibration = _calibration_images(run, calib_data, calib_size) if "int8" in quantize and "onnx" in formats else None
+    checker = ParityChecker(model, ParityData(card.preprocessing, run_parity_images(card, parity_data, max_parity_images)))
+    exporter = _Exporter(run, model, spec, checker, opset, calibration, calib_method, thresholds)
+
+    steps: list[tuple[str, str, bool]] = []  # (format, quantization, embedded)
+    if "onnx" in formats:
+        steps += [("onnx", q, False) for q in quantize]
+        if embed_preprocessing:
+            steps += [("onnx", q, True) for q in quantize]
+    if "torch-export" in formats:
+        steps.append(("torch-export", "none", False))
+
+    variants = []
+    with _progress(progress, len(steps)) as advance, tempfile.TemporaryDirectory(prefix="edgekit-export-") as workdir:
+        exporter.workdir = Path(workdir)
+        for format_name, quantization, embedded in steps:
+            name = "torch-export" if format_name == "torch-export" else onnx_variant(quantization, embedded)
+            advance(f"exporting {name}")
+            variants.append(exporter.variant(format_name, quantization, embedded))
+    return ExportResult(
+        run_dir=str(run.path), variants=variants, passed=all(v.passed for v in variants),
+        parity_data=checker.data.source, seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+class _Exporter:
+    """Builds each variant from one float32 ONNX export per input kind (made once, in the work dir)."""
+
+    def __init__(self, run, model, spec, checker: ParityChecker, opset, calibration, calib_method, thresholds):
+        self.run = run
+        self.model = model
+        self.spec = spec
+        self.checker = checker
+        self.opset = opset
+        self.calibration = calibration
+        self.calib_method = calib_method
+        self.thresholds = thresholds
+        self.workdir: Path = Path(".")
+        self._base: dict[str, tuple[Path, float, int]] = {}  # input kind -> (fp32 onnx, seconds, opset)
+
+    # ----------------------------------------------------------------- building blocks
+
+    def module_for(self, kind: str):
+        if kind == UINT8_INPUT:
+            from .embed import EmbeddedPreprocessing
+
+            return EmbeddedPreprocessing(self.model, self.run.card.preprocessing).eval()
+        return self.model
+
+    def example(self, kind: str):
+        import torch
+
+        crop = self.run.card.preprocessing.crop
+        if kind == UINT8_INPUT:
+            from .embed import example_pixels
+
+            return example_pixels(self.run.card.preprocessing)
+        return torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
+
+    def metadata(self, variant: str, kind: str, format_name: str, extra: dict | None = None) -> ModelMetadata:
+        from .. import __version__
+
+        card = self.run.card
+        source = {
+            "model": card.model, "weights": card.weights, "run": str(self.run.path), "variant": variant, "format": format_name,
+            "edgekit": __version__, "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **(extra or {}),
+        }
+        return ModelMetadata(list(card.class_names), card.preprocessing, source, kind)
+
+    def base_onnx(self, kind: str) -> tuple[Path, float, int]:
+        """The float32 ONNX export for an input kind, made once."""
+        if kind not in self._base:
+            from .onnx import export_proto, save_proto
+
+            started = time.perf_counter()
+            proto = export_proto(self.module_for(kind), self.example(kind), self.opset)
+            opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+            path = save_proto(proto, self.workdir / f"base-{kind}.onnx")
+            self._base[kind] = (path, time.perf_counter() - started, opset)
+        return self._base[kind]
+
+    def calibration_batches(self, kind: str) -> Iterator[np.ndarray]:
+        from ..data import load_image
+
+        preprocessing = self.run.card.preprocessing
+        if kind == UINT8_INPUT:
+            resize_crop = preprocessing.geometry_transform()
+            convert = lambda image: resize_crop(image)  # noqa: E731
+        else:
+            transform = preprocessing.transform()
+            convert = lambda image: transform(image).numpy()  # noqa: E731
+        paths = self.calibration.paths
+        for start in range(0, len(paths), CALIBRATION_BATCH):
+            yield np.stack([convert(load_image(p)) for p in paths[start : start + CALIBRATION_BATCH]])
+
+    # ----------------------------------------------------------------- one variant
+
+    def variant(self, format_name: str, quantization: str, embedded: bool) -> VariantResult:
+        if format_name == "torch-export":
+            return self._torch_export()
+        return self._onnx(quantization, embedded)
+
+    def _onnx(self, quantization: str, embedded: bool) -> VariantResult:
+        from .. import quantize as quantizers
+        from .onnx import save_proto, set_metadata
+
+        import onnx
+
+        kind = UINT8_INPUT if embedded else FLOAT_INPUT
+        variant = onnx_variant(quantization, embedded)
+        base, base_seconds, opset = self.base_onnx(kind)
+        started = time.perf_counter()
+        details: dict = {"opset": opset, "fp32_export_seconds": round(base_seconds, 3)}
+        work = self.workdir / f"{variant}.onnx"
+        if quantization == "none":
+            work = base
+        elif quantization == "fp16":
+            quantizers.convert_fp16(base, work)
+        elif quantization == "int8":
+            info: dict = {}
+            quantizers.quantize_static(base, work, self.calibration_batches(kind), method=self.calib_method, info=info)
+            details.update({**info, "calibration_data": self.calibration.source, "activations": "uint8",
+                            "weights": "int8 per-channel"})
+        elif quantization == "int8-dynamic":
+            quantizers.quantize_dynamic_matmul(base, work)
+            details.update({"quantized_op_types": list(quantizers.DYNAMIC_OP_TYPES)})
+        proto = onnx.load(str(work))
+        set_metadata(proto, self.metadata(variant, kind, "onnx", {"opset": opset, **_quantization_source(details)}).to_props())
+        path = self.run.exports_dir / variant_file_name(variant)
+        save_proto(proto, path)
+        seconds = time.perf_counter() - started + (base_seconds if quantization == "none" else 0.0)
+        # Dynamic quantization scales activations per batch, so one image's logits legitimately depend on its batch.
+        tolerance = None if quantization == "int8-dynamic" else 1e-3
+        return self._finish(variant, "onnx", path, seconds, kind, details, tolerance)
+
+    def _torch_export(self) -> VariantResult:
+        from .torch_export import export_program
+
+        started = time.perf_counter()
+        path = self.run.exports_dir / variant_file_name("torch-export")
+        export_program(self.model, path, self.example(FLOAT_INPUT), self.metadata("torch-export", FLOAT_INPUT, "torch-export"))
+        return self._finish("torch-export", "torch-export", path, time.perf_counter() - started, FLOAT_INPUT, {}, 1e-3)
+
+    def _finish(self, variant: str, format_name: str, path: Path, seconds: float, kind: str, details: dict,
+                consistency_tolerance: float | None) -> VariantResult:
+        from ..parity import open_artifact
+        from .onnx import CHECK_BATCH_SIZES, check_batch_sizes
+
+        failures: list[str] = []
+        session = open_artifact(path)
+        crop = self.run.card.preprocessing.crop
+        shape = (crop, crop, 3) if kind == UINT8_INPUT else (3, crop, crop)
+        try:
+            check_batch_sizes(session.run, shape, np.uint8 if kind == UINT8_INPUT else np.float32,
+                              self.run.card.num_classes, consistency_tolerance)
+        except ExportError as exc:
+            failures.append(f"batch sizes: {exc}")
+        limits = merge_thresholds(thresholds_for(self.spec, variant), self.thresholds)
+        parity_result = self.checker.check(path, variant, limits, session=session)
+        parity_result.to_json(self.run.exports_dir / parity_file_name(variant))
+        failures += parity_result.failures
+        return VariantResult(
+            variant=variant, format=format_name, path=str(path), size_bytes=path.stat().st_size, seconds=round(seconds, 3),
+            input_kind=kind, batch_sizes_checked=list(CHECK_BATCH_SIZES), parity=parity_result, passed=not failures,
+            failures=failures, details=details,
+        )
+
+
+def _quantization_source(details: dict) -> dict:
+    """The quantization facts worth carrying inside the model file (kept small: strings and numbers)."""
+    keys = ("calibration_method", "calibration_images", "activations", "weights", "kept_float", "quantized_op_types")
+    return {"quantization": {k: details[k] for k in keys if k in details}} if any(k in details for k in keys) else {}
+
+
+def _calibration_images(run, calib_data, calib_size: int):
+    """Class-stratified calibration images: ``calib_data`` if given, else the run's training images."""
+    from ..data import run_images, stratified_sample
+    from ..parity import LabelledImages
+
+    if calib_data is not None:
+        return images_in(calib_data, run.card.class_names, calib_size, seed=0)
+    if run.card.data_dir is None:
+        raise ExportError(
+            "int8 needs calibration images and this run has no training data (a zoo model?); "
+            "pass --calib-data DIR with a few hundred images like the ones the model will see"
+        )
+    folder = stratified_sample(run_images(run.card, "train"), calib_size, seed=0)
+    return LabelledImages([p for p, _ in folder.samples], [label for _, label in folder.samples], f"images:{folder.root}")
+
+
+class _progress:
+    """A rich progress bar over the export steps when ``enabled``; otherwise silent."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled = enabled
+        self.total = total
+        self._progress = None
+        self._task = None
+        self._started = False
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True)
+            self._progress.__enter__()
+            self._task = self._progress.add_task("exporting", total=self.total)
+        return self.advance
+
+    def advance(self, description: str) -> None:
+        if self._progress is None:
+            return
+        if self._started:
+            self._progress.advance(self._task)
+        self._started = True
+        self._progress.update(self._task, description=description)
+
+    def __exit__(self, *exc_info):
+        if self._progress is not None:
+            self._progress.__exit__(*exc_info)
+        return False
+
+
+__all__ = ["ExportResult", "VariantResult", "export", "variant_file_name", "parity_file_name"]
