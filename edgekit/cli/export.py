@@ -1,3 +1,175 @@
-"""CLI for `edgekit export` (not written yet)."""
+"""CLI for `edgekit export` and `edgekit parity`. Exit 1 when a variant fails parity, 2 on a user error."""
 
-COMMANDS = []
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+# Off a terminal (CI logs, pipes) rich would squeeze tables into 80 columns; give them room instead.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, soft_wrap=True)
+
+
+def threshold_options(function):
+    """--max-rel-diff / --min-agreement / --max-accuracy-drop: override the model's parity defaults."""
+    function = click.option("--max-accuracy-drop", type=float,
+                            help="Largest allowed drop in accuracy (needs labelled images), e.g. 0.05. Default: per model and variant.")(function)
+    function = click.option("--min-agreement", type=float,
+                            help="Smallest allowed top-1 agreement with the float32 PyTorch model, e.g. 0.9. Default: per model and variant.")(function)
+    function = click.option("--max-rel-diff", type=float,
+                            help="Largest allowed max |logit diff| / reference logit spread, e.g. 1e-4. Default: per model and variant.")(function)
+    return function
+
+
+def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
+    from ..parity import ParityThresholds
+
+    given = {"max_rel_diff": max_rel_diff, "min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop}
+    given = {k: v for k, v in given.items() if v is not None}
+    return ParityThresholds(**given) if given else None
+
+
+@click.command("export")
+@click.argument("run_dir", required=False, type=click.Path(path_type=Path))
+@click.option("--model", help="Export a zoo model as is, without a fine-tune (e.g. efficientnet_lite0); no RUN_DIR then.")
+@click.option("--weights", default="DEFAULT", show_default=True, help="Weights for --model: DEFAULT, none, a torchvision name or a file.")
+@click.option("--out", type=click.Path(path_type=Path), help="Run directory created for --model [default: runs/<model>].")
+@click.option("--format", "formats", default="onnx", show_default=True, help="onnx, torch-export or all (comma-separated).")
+@click.option("--quantize", default="none", show_default=True,
+              help="ONNX variants, comma-separated: none (fp32), fp16, int8 (static, calibrated), int8-dynamic (MatMul/Gemm only), all.")
+@click.option("--opset", type=int, help="ONNX opset version [default: the exporter's].")
+@click.option("--calib-data", type=click.Path(path_type=Path), help="int8 calibration images (folder) [default: the run's training images].")
+@click.option("--calib-size", default=300, show_default=True, help="How many calibration images (class-stratified).")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True,
+              help="How int8 activation ranges are chosen from the calibration images.")
+@click.option("--parity-data", type=click.Path(path_type=Path), help="Images for the parity check [default: the run's validation images].")
+@click.option("--max-parity-images", default=256, show_default=True, help="Parity uses at most this many images (class-stratified).")
+@click.option("--embed-preprocessing", is_flag=True,
+              help="Also export a twin of each ONNX variant that takes uint8 NHWC pixels and normalizes inside the graph.")
+@threshold_options
+@click.option("--json", "as_json", is_flag=True, help="Print the ExportResult as JSON instead of a table.")
+@click.pass_context
+def export_command(ctx, run_dir, model, weights, out, formats, quantize, opset, calib_data, calib_size, calib_method,
+                   parity_data, max_parity_images, embed_preprocessing, max_rel_diff, min_agreement, max_accuracy_drop, as_json):
+    """Export a run (or a zoo model) to ONNX / torch.export, quantize, and check every variant's parity.
+
+    \b
+    edgekit export runs/flowers --format onnx --quantize int8
+    edgekit export runs/flowers --format all --quantize none,fp16,int8,int8-dynamic
+    edgekit export --model efficientnet_lite0 --weights DEFAULT --format onnx
+
+    Files land in <run>/exports/: model.onnx (fp32), model.<variant>.onnx, model.pt2, and a
+    <variant>.parity.json per variant. Exit 1 if any variant fails its parity thresholds (its file is
+    kept and its report says failed).
+    """
+    from ..errors import ConfigError
+    from ..export import export
+
+    if (run_dir is None) == (model is None):
+        raise ConfigError("pass a run directory or --model NAME (a zoo model), not both")
+    if model is not None:
+        from ..runs import run_from_zoo
+
+        run_dir = run_from_zoo(model, weights, out or Path("runs") / model).path
+    elif out is not None:
+        raise ConfigError("--out applies to --model only; a run is exported into its own exports/ folder")
+    result = export(
+        run_dir, formats=formats, quantize=quantize, opset=opset, calib_data=calib_data, calib_size=calib_size,
+        calib_method=calib_method, parity_data=parity_data, thresholds=_overrides(max_rel_diff, min_agreement, max_accuracy_drop),
+        embed_preprocessing=embed_preprocessing, max_parity_images=max_parity_images, progress=True,
+    )
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        table = Table("variant", "file", "size", "max abs diff", "rel diff", "agreement", "accuracy drop", "parity",
+                      title=f"{result.run_dir}: parity vs float32 PyTorch on {_data_words(result.parity_data, result.variants)}")
+        for variant in result.variants:
+            metrics = variant.parity.metrics
+            table.add_row(
+                variant.variant, Path(variant.path).name, _size(variant.size_bytes), f"{metrics.max_abs_diff:.2e}",
+                f"{metrics.max_rel_diff:.2e}", f"{metrics.top1_agreement:.1%}",
+                "n/a" if metrics.accuracy_drop is None else f"{metrics.accuracy_drop:+.1%}",
+                "[green]pass[/green]" if variant.passed else "[red]FAIL[/red]",
+            )
+        console.print(table)
+    if result.parity_data == "random":
+        errors.print("[yellow]parity ran on random inputs (no images at hand); pass --parity-data DIR to check on real images[/yellow]")
+    for variant in result.variants:
+        for failure in variant.failures:
+            errors.print(f"[red]{variant.variant} failed[/red] ({Path(variant.path).name}): {failure}", highlight=False)
+    if not result.passed:
+        ctx.exit(1)
+
+
+@click.command("parity")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), help="Images (a folder, or <class>/<image> folders) [default: the run's validation images].")
+@click.option("--variant", help="Which thresholds apply (fp32, fp16, int8, ...) [default: read from the artifact].")
+@click.option("--max-images", default=256, show_default=True, help="Use at most this many images (class-stratified).")
+@threshold_options
+@click.option("--out", type=click.Path(path_type=Path), help="Also write the ParityResult JSON here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ParityResult as JSON instead of a table.")
+@click.pass_context
+def parity_command(ctx, run_dir, artifact, data, variant, max_images, max_rel_diff, min_agreement, max_accuracy_drop, out, as_json):
+    """Compare an exported ARTIFACT (.onnx or .pt2) with RUN_DIR's float32 PyTorch model on real images.
+
+    \b
+    edgekit parity runs/flowers runs/flowers/exports/model.int8.onnx --data photos/val
+
+    Exit 1 if a threshold is crossed, naming the metric and its value.
+    """
+    from ..parity import parity
+
+    result = parity(run_dir, artifact, data=data, thresholds=_overrides(max_rel_diff, min_agreement, max_accuracy_drop),
+                    variant=variant, max_images=max_images)
+    if out is not None:
+        result.to_json(out)
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        metrics = result.metrics
+        table = Table("metric", "value", "limit", title=f"{artifact} ({result.variant}) vs float32 PyTorch on "
+                      f"{metrics.n_images} {'random inputs' if metrics.data_source == 'random' else metrics.data_source}")
+        limits = result.thresholds
+        rows = [
+            ("max abs diff", f"{metrics.max_abs_diff:.3e}", ""),
+            ("mean abs diff", f"{metrics.mean_abs_diff:.3e}", ""),
+            ("max rel diff", f"{metrics.max_rel_diff:.3e}", _limit("<=", limits.max_rel_diff, ".1e")),
+            ("min cosine similarity", f"{metrics.cosine_similarity:.6f}", ""),
+            ("top-1 agreement", f"{metrics.top1_agreement:.1%}", _limit(">=", limits.min_agreement, ".1%")),
+            ("top-5 overlap", f"{metrics.top5_overlap:.1%}", ""),
+        ]
+        if metrics.accuracy_drop is not None:
+            rows += [("accuracy (reference -> artifact)", f"{metrics.reference_accuracy:.1%} -> {metrics.variant_accuracy:.1%}", ""),
+                     ("accuracy drop", f"{metrics.accuracy_drop:+.1%}", _limit("<=", limits.max_accuracy_drop, ".1%"))]
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        console.print("[green]parity passed[/green]" if result.passed else "[red]parity FAILED[/red]")
+    for failure in result.failures:
+        errors.print(f"[red]failed[/red]: {failure}", highlight=False)
+    for skipped in result.not_checked:
+        errors.print(f"[yellow]not checked[/yellow]: {skipped}", highlight=False)
+    if not result.passed:
+        ctx.exit(1)
+
+
+def _limit(op: str, value: float | None, spec: str) -> str:
+    return "" if value is None else f"{op} {value:{spec}}"
+
+
+def _size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
+
+
+def _data_words(source: str, variants) -> str:
+    count = variants[0].parity.metrics.n_images if variants else 0
+    return f"{count} random inputs" if source == "random" else f"{count} images ({source.removeprefix('images:')})"
+
+
+COMMANDS = [export_command, parity_command]

@@ -331,7 +331,7 @@ def _calibration_images(run, calib_data, calib_size: int):
 
 
 class _progress:
-    """A rich progress bar over the export steps when ``enabled``; otherwise silent."""
+    """A transient progress bar over the export steps on stderr, when ``enabled`` and stderr is a terminal."""
 
     def __init__(self, enabled: bool, total: int):
         self.enabled = enabled
@@ -341,10 +341,13 @@ class _progress:
         self._started = False
 
     def __enter__(self):
-        if self.enabled:
+        from ..progress import stderr
+
+        if self.enabled and stderr.is_terminal:
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), transient=True)
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                                      transient=True, console=stderr)
             self._progress.__enter__()
             self._task = self._progress.add_task("exporting", total=self.total)
         return self.advance
