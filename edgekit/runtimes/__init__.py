@@ -29,7 +29,8 @@ class Session:
     ``input_kind`` says what ``run`` takes: "float32-nchw" (normalized, preprocessed tensor) or "uint8-nhwc"
     (resized and cropped pixels; the model normalizes). ``input_shape`` is the per-image shape without the batch
     dimension, None where the model leaves a dimension dynamic. ``fixed_batch`` is the batch size when the
-    model only accepts one. ``info`` records what was used (threads, providers, optimization level...).
+    model only accepts one. ``labels`` and ``preprocessing`` come from the ONNX metadata or the run card
+    (None for a bare model). ``info`` records what was used (threads, providers, optimization level...).
     """
 
     runtime: str = ""
@@ -44,6 +45,7 @@ class Session:
         labels: list[str] | None = None,
         preprocessing: Preprocessing | None = None,
         info: dict[str, Any] | None = None,
+        parameters: int | None = None,
     ):
         if input_kind not in INPUT_KINDS:
             raise ModelError(f"{artifact}: unknown input kind {input_kind!r}; expected one of {', '.join(INPUT_KINDS)}")
@@ -54,6 +56,7 @@ class Session:
         self.labels = labels
         self.preprocessing = preprocessing
         self.info: dict[str, Any] = dict(info or {})
+        self.parameters = parameters  # weight count where the artifact tells it, else None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (float32, shape (N, classes)) for one batch of ``input_kind`` data."""

@@ -90,7 +90,7 @@ class OrtRuntime:
         providers: list = [(self.provider, provider_options)]
         if self.provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
-        check_onnx_file(artifact)  # refuses corrupt files and external data pointing outside the model's folder
+        proto = check_onnx_file(artifact)  # refuses corrupt files and external data pointing outside the model's folder
         try:
             session = ort.InferenceSession(str(artifact), sess_options=session_options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all without a common base
@@ -121,8 +121,24 @@ class OrtRuntime:
         return OrtSession(
             session, artifact, self.name,
             input_kind=input_kind, input_shape=tuple(dims[1:]), fixed_batch=dims[0],
-            labels=metadata.labels, preprocessing=metadata.preprocessing, info=info,
+            labels=metadata.labels, preprocessing=metadata.preprocessing, info=info, parameters=onnx_parameter_count(proto),
         )
+
+
+def onnx_parameter_count(proto) -> int:
+    """Elements of the graph's weight initializers, leaving out quantization scales and zero points,
+    so an int8 model reports the same count as its float parent."""
+    import math
+
+    auxiliary: set[str] = set()
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):  # (x, scale, zero_point)
+            auxiliary.update(node.input[1:])
+        elif node.op_type in ("ConvInteger", "MatMulInteger"):  # (x, w, x_zero_point, w_zero_point)
+            auxiliary.update(node.input[2:])
+        elif node.op_type in ("QLinearConv", "QLinearMatMul"):  # (x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp[, bias])
+            auxiliary.update(name for index, name in enumerate(node.input) if index not in (0, 3, 8))
+    return sum(math.prod(t.dims) for t in proto.graph.initializer if t.name not in auxiliary and len(t.dims) > 0)
 
 
 def _input_kind(metadata, onnx_type: str) -> str:

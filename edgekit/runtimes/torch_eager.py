@@ -18,6 +18,8 @@ class TorchSession(Session):
         self.runtime = runtime
         self.device = device
         self._module = module
+        if self.parameters is None:
+            self.parameters = sum(p.numel() for p in module.parameters())
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
