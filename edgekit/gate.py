@@ -26,7 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from .errors import ConfigError, EdgekitError
 from .results import Result
 
-Variant = Literal["fp32", "fp16", "int8", "int8-dynamic", "fp32-uint8in", "torch-export"]
+# The variants `edgekit export` writes; "-uint8in" ones take uint8 pixels (embedded preprocessing).
+Variant = Literal[
+    "fp32", "fp16", "int8", "int8-dynamic", "torch-export",
+    "fp32-uint8in", "fp16-uint8in", "int8-uint8in", "int8-dynamic-uint8in",
+]
 # The --quantize value of `edgekit export` that produces each ONNX variant (torch-export is a format).
 EXPORT_QUANTIZE = {"fp32": "none", "fp16": "fp16", "int8": "int8", "int8-dynamic": "int8-dynamic"}
 

@@ -25,8 +25,10 @@ def measure_variants(config: GateConfig, need_anchor: bool, progress: bool = Fal
         raise EdgekitError(f"data: {data} is not a directory; give a labelled image folder <class>/<image>")
     measures = {name: VariantMeasure(variant=name, artifact=str(path), size_bytes=_size(path)) for name, path in artifacts.items()}
     if run is not None:
+        checker = _ParityOnce(run, data, config.max_images)
         for name in config.variants:
-            _add_parity(measures[name], run, artifacts[name], data, config, reports)
+            fresh = _fresh_parity(run, artifacts[name], name, data, config.max_images) if config.reuse_reports else None
+            _add_parity(measures[name], artifacts[name], fresh, checker, reports)
     needs_latency = need_anchor or any(t.min_speedup_vs for t in config.variants.values())
     needs_bench_accuracy = run is None and any(t.min_accuracy is not None for t in config.variants.values())
     machine = None
@@ -38,14 +40,11 @@ def measure_variants(config: GateConfig, need_anchor: bool, progress: bool = Fal
 # --- artifacts ------------------------------------------------------------------------------------
 
 
-def artifact_candidates(exports_dir: Path, variant: str) -> list[Path]:
-    """Where `edgekit export` puts a variant (the first that exists wins)."""
-    if variant == "torch-export":
-        return [exports_dir / "model.pt2", exports_dir / "model.torch-export.pt2"]
-    candidates = [exports_dir / f"model.{variant}.onnx"]
-    if variant == "fp32":
-        candidates.insert(0, exports_dir / "model.onnx")
-    return candidates
+def artifact_path(exports_dir: Path, variant: str) -> Path:
+    """Where `edgekit export` writes a variant."""
+    from .export import variant_file_name
+
+    return exports_dir / variant_file_name(variant)
 
 
 def _find(config: GateConfig, run, variant: str) -> Path | None:
@@ -56,7 +55,8 @@ def _find(config: GateConfig, run, variant: str) -> Path | None:
         return path
     if run is None:
         return None
-    return next((p for p in artifact_candidates(run.exports_dir, variant) if p.is_file()), None)
+    path = artifact_path(run.exports_dir, variant)
+    return path if path.is_file() else None
 
 
 def _artifacts(config: GateConfig, run, names: list[str], reports: list[str], progress: bool) -> dict[str, Path]:
@@ -74,14 +74,15 @@ def _artifacts(config: GateConfig, run, names: list[str], reports: list[str], pr
         )
     from .export import export
 
-    formats = ["onnx"] if any(m != "torch-export" for m in missing) else []
-    if "torch-export" in missing:
-        formats.append("torch-export")
-    quantize = tuple(dict.fromkeys(EXPORT_QUANTIZE[m] for m in missing if m in EXPORT_QUANTIZE)) or ("none",)
-    if any(m not in EXPORT_QUANTIZE and m != "torch-export" for m in missing):
-        raise EdgekitError(f"variant {missing[0]} cannot be exported by the gate; export it with `edgekit export` first")
-    data = config.resolve(config.data)
-    result = export(run, formats=tuple(formats), quantize=quantize, parity_data=data, progress=progress)
+    bases = {m.removesuffix("-uint8in") for m in missing}
+    unknown = sorted(b for b in bases if b not in EXPORT_QUANTIZE and b != "torch-export")
+    if unknown:
+        raise EdgekitError(f"variant {unknown[0]} cannot be exported by the gate; export it with `edgekit export` first")
+    formats = (["onnx"] if bases - {"torch-export"} else []) + (["torch-export"] if "torch-export" in bases else [])
+    quantize = tuple(EXPORT_QUANTIZE[b] for b in EXPORT_QUANTIZE if b in bases) or ("none",)
+    result = export(run, formats=tuple(formats), quantize=quantize, parity_data=config.resolve(config.data),
+                    embed_preprocessing=any(m.endswith("-uint8in") for m in missing),
+                    max_parity_images=config.max_images, progress=progress)
     reports += [variant.path for variant in result.variants]
     found = {name: _find(config, run, name) for name in names}
     still = [name for name, path in found.items() if path is None]
@@ -106,7 +107,7 @@ def _parity_report_path(run, artifact: Path, variant: str) -> Path:
 
 def _fresh_parity(run, artifact: Path, variant: str, data: Path | None, max_images: int):
     """The parity report export wrote for this artifact, if it is newer than both the artifact and the
-    model and was measured on the same images; otherwise None."""
+    model and was measured on the same labelled images; otherwise None."""
     from .parity import ParityResult
 
     path = _parity_report_path(run, artifact, variant)
@@ -116,34 +117,41 @@ def _fresh_parity(run, artifact: Path, variant: str, data: Path | None, max_imag
         report = ParityResult.from_json(path)
     except EdgekitError:
         return None  # an unreadable old report is recomputed, not trusted
-    if Path(report.artifact).resolve() != artifact.resolve():
+    if os.path.realpath(report.artifact) != os.path.realpath(artifact) or report.variant != variant:
         return None
     source = report.metrics.data_source
-    wanted = str(data.resolve()) if data is not None else None
-    if wanted is not None and not _same_source(source, wanted):
-        return None
-    if wanted is None and not str(source).startswith("run"):
+    if not source.startswith("images:"):
+        return None  # random inputs say nothing about accuracy
+    if data is not None and os.path.realpath(source[len("images:"):]) != os.path.realpath(data):
         return None
     if report.metrics.n_images > max_images or report.metrics.variant_accuracy is None:
         return None
     return report, path
 
 
-def _same_source(source: str, wanted: str) -> bool:
-    text = str(source)
-    return text == wanted or os.path.realpath(text) == os.path.realpath(wanted)
+class _ParityOnce:
+    """One reference model and one set of images for every variant: the PyTorch logits are computed once."""
+
+    def __init__(self, run, data: Path | None, max_images: int):
+        self.run, self.data, self.max_images = run, data, max_images
+        self._checker = None
+
+    def check(self, artifact: Path, variant: str):
+        from .parity import ParityChecker, ParityData, ParityThresholds, run_parity_images
+
+        if self._checker is None:
+            images = run_parity_images(self.run.card, self.data, self.max_images)
+            self._checker = ParityChecker(self.run.build_model(), ParityData(self.run.card.preprocessing, images))
+        # No thresholds: the gate judges the metrics itself against its own config.
+        return self._checker.check(artifact, variant, ParityThresholds())
 
 
-def _add_parity(measure: VariantMeasure, run, artifact: Path, data: Path | None, config: GateConfig, reports: list[str]) -> None:
-    from .parity import parity
-
-    fresh = _fresh_parity(run, artifact, measure.variant, data, config.max_images) if config.reuse_reports else None
+def _add_parity(measure: VariantMeasure, artifact: Path, fresh, checker: _ParityOnce, reports: list[str]) -> None:
     if fresh is not None:
         report, path = fresh
         reports.append(str(path))
     else:
-        # No thresholds passed: the gate judges the metrics itself; parity's own pass/fail is not used.
-        report = parity(run, artifact, data=data, variant=measure.variant, max_images=config.max_images)
+        report = checker.check(artifact, measure.variant)
     metrics = report.metrics
     measure.n_images = metrics.n_images
     measure.accuracy = metrics.variant_accuracy

@@ -249,3 +249,82 @@ def test_markdown_summary_lists_failures_checks_and_baseline_moves():
     assert text.startswith("## :x: edgekit gate FAILED")
     assert "| `int8.accuracy` | 94.00% | >= 99.00% | **FAIL** |" in text
     assert "| int8 | relative_latency | 0.500x | 0.700x | +40.0% |" in text and "regression" in text
+
+
+# --- the whole gate on a real trained run ---------------------------------------------------------
+
+
+def _write_config(path: Path, **data) -> Path:
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(data, default=str))))
+    return path
+
+
+PARITY_ONLY = {
+    "fp32": {"min_accuracy": 0.5, "max_accuracy_drop": 0.0, "min_agreement": 0.99, "max_rel_diff": 1e-4, "max_abs_diff": 1e-3, "max_size_mb": 100},
+    "int8": {"min_accuracy": 0.5, "max_accuracy_drop": 0.25, "min_agreement": 0.6, "max_size_mb": 100},
+}
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory, trained_run, photo_folders):
+    """A copy of the trained run with no exports, gated once through the CLI: the gate exports fp32 and
+    int8 itself, checks parity on the validation photos and writes all three reports."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("gate")
+    run_dir = base / "run"
+    shutil.copytree(trained_run.path, run_dir, ignore=shutil.ignore_patterns("exports", "bench"))
+    config = _write_config(base / "gate.yaml", run="run", data=str(photo_folders[1]), variants=PARITY_ONLY)
+    out = base / "out"
+    result = CliRunner().invoke(cli, ["gate", "--config", str(config), "--json", str(out / "gate.json"),
+                                      "--junit", str(out / "gate.xml"), "--md", str(out / "gate.md")])
+    return base, run_dir, out, result
+
+
+@pytest.mark.slow
+def test_a_passing_gate_exports_what_is_missing_and_exits_0(gated):
+    base, run_dir, out, result = gated
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "exports" / "model.onnx").is_file() and (run_dir / "exports" / "model.int8.onnx").is_file()
+    report = GateResult.from_json(out / "gate.json")
+    assert report.passed and len(report.checks) == 10 and not report.failures
+    int8 = report.measure("int8")
+    assert int8.n_images == 24 and 0.5 <= int8.accuracy <= 1.0 and int8.size_bytes < report.measure("fp32").size_bytes
+    assert "gate passed" in result.output and "fp32.max_rel_diff" in result.output
+
+
+@pytest.mark.slow
+def test_the_gate_reuses_fresh_parity_reports_made_on_the_same_images(gated, photo_folders):
+    base, run_dir, out, _ = gated
+    report = GateResult.from_json(out / "gate.json")
+    # export wrote parity reports on the gate's images moments ago: they were reused, not recomputed
+    assert str(run_dir / "exports" / "int8.parity.json") in report.reports
+    # other images: the same artifacts are checked afresh
+    config = GateConfig.from_yaml(_write_config(base / "train.yaml", run="run", data=str(photo_folders[0]), variants=PARITY_ONLY))
+    from edgekit.gate import gate
+
+    again = gate(config)
+    assert not any(path.endswith(".parity.json") for path in again.reports)
+    assert again.measure("int8").n_images == 60
+
+
+@pytest.mark.slow
+def test_junit_and_markdown_files_from_the_cli_are_complete(gated):
+    _, _, out, _ = gated
+    suite = ET.parse(out / "gate.xml").getroot()
+    assert suite.tag == "testsuite" and len(suite.findall("testcase")) == 10 and suite.get("failures") == "0"
+    assert "edgekit gate passed" in (out / "gate.md").read_text()
+
+
+@pytest.mark.slow
+def test_crossed_thresholds_exit_1_naming_each_failure(gated):
+    base, _, out, _ = gated
+    failing = {"fp32": {"max_abs_diff": 0.0, "max_size_mb": 0.001}, "int8": {"max_rel_diff": 1e-9, "min_accuracy": 1.0}}
+    config = _write_config(base / "failing.yaml", run="run", data=str(Path(GateResult.from_json(out / "gate.json").data)), variants=failing)
+    result = CliRunner().invoke(cli, ["gate", "--config", str(config), "--junit", str(base / "failing.xml")])
+    assert result.exit_code == 1, result.output
+    fail_lines = [line for line in result.output.splitlines() if line.startswith("FAIL ")]
+    named = {line.split()[1].rstrip(":") for line in fail_lines}
+    assert {"fp32.size_mb", "fp32.max_abs_diff", "int8.max_rel_diff", "int8.accuracy"} == named
+    suite = ET.parse(base / "failing.xml").getroot()
+    assert int(suite.get("failures")) == len(fail_lines) >= 2
