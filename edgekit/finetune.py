@@ -258,7 +258,7 @@ class _Trainer:
             self._cache_features()
             steps = math.ceil(len(self.train_features) / self.config.batch_size)
         else:
-            steps = math.ceil(len(self.train_folder) / self.config.batch_size)
+            steps = len(self.train_folder) // self.config.batch_size if self._lone_last_batch(len(self.train_folder)) else math.ceil(len(self.train_folder) / self.config.batch_size)
         optimizer = self._optimizer(head_params, pretrained)
         scheduler = self._scheduler(optimizer, steps)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -348,10 +348,15 @@ class _Trainer:
             batch_size=self.config.batch_size,
             shuffle=train,
             generator=generator,
+            # A lone last image in train mode makes BatchNorm fail ("more than 1 value per channel"): drop it.
+            drop_last=train and self._lone_last_batch(len(folder)),
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
+
+    def _lone_last_batch(self, images: int) -> bool:
+        return images > 1 and images % self.config.batch_size == 1
 
     def _set_train_mode(self) -> None:
         self.model.train()

@@ -51,11 +51,8 @@ class ModelMetadata:
 
 def read_onnx_metadata(path: str | os.PathLike) -> ModelMetadata:
     """Read only the metadata of an ONNX file (weights are not loaded)."""
-    import onnx
+    from .safety import check_onnx_file
 
     path = Path(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # onnx raises DecodeError and others for a corrupt file
-        raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}); it may be truncated, re-export it") from exc
+    model = check_onnx_file(path)  # a corrupt file or external data pointing outside its folder: ModelError
     return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))

@@ -85,14 +85,13 @@ def _torch_logits(model, preprocessing, images) -> np.ndarray:
 
 
 def _onnx_logits(path: Path, images) -> tuple[np.ndarray, list[str]]:
-    import onnxruntime as ort
-
     from .metadata import read_onnx_metadata
+    from .safety import onnx_session
 
     meta = read_onnx_metadata(path)
     if not meta.has_edgekit_metadata:
         raise EdgekitError(f"{path} has no edgekit labels/preprocessing metadata; export it with `edgekit export`, or predict from its run directory")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)  # checked first: corrupt files and external data outside its folder are refused
     if meta.input_kind == "uint8-nhwc":
         resize_crop = meta.preprocessing.geometry_transform()
         batch = np.stack([resize_crop(load_image(p)) for p in images])
