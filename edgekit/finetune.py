@@ -50,6 +50,11 @@ class FinetuneConfig(BaseModel):
     patience: int | None = Field(default=5, ge=1, description="stop after this many epochs without a better val accuracy")
     image_size: int | None = Field(default=None, ge=16, description="input size; default the weights' own")
     augment: bool = True
+    cache_features: bool = Field(
+        default=True,
+        description="strategy head: run the frozen backbone once and train on cached features (fast, no augmentation); "
+        "--no-cache-features re-runs it every epoch so augmentation applies",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
@@ -201,6 +206,7 @@ class _Trainer:
         self.amp_dtype = None
         if device.type == "cuda" and config.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self._cached = config.strategy == "head" and config.cache_features
         self.memory_format = torch.channels_last if (device.type == "cuda" and config.channels_last) else torch.contiguous_format
 
     # ---- set-up -------------------------------------------------------------------------------
@@ -254,7 +260,7 @@ class _Trainer:
         head_params, pretrained, frozen_blocks = self._trainable()
         self.frozen_blocks = frozen_blocks
         self.model.to(self.device, memory_format=self.memory_format)
-        if self.config.strategy == "head":
+        if self._cached:
             self._cache_features()
             steps = math.ceil(len(self.train_features) / self.config.batch_size)
         else:
@@ -394,7 +400,7 @@ class _Trainer:
 
     def _train_epoch(self, epoch, optimizer, scheduler, scaler, criterion, generator):
         total_loss, correct, count = 0.0, 0, 0
-        if self.config.strategy == "head":
+        if self._cached:
             self.head.train()
             order = torch.randperm(len(self.train_features), generator=generator)
             batches = [
@@ -403,7 +409,10 @@ class _Trainer:
             ]
             forward = self.head
         else:
-            self._set_train_mode()
+            if self.config.strategy == "head":
+                self.model.eval()  # frozen backbone: BatchNorm statistics and dropout as when features are cached
+            else:
+                self._set_train_mode()
             batches = self._loader(self.train_folder, True, generator)
             forward = self.model
         for inputs, targets in self._track(batches, f"epoch {epoch}/{self.config.epochs}"):
@@ -427,7 +436,7 @@ class _Trainer:
     @torch.no_grad()
     def _evaluate(self, criterion) -> tuple[float, float]:
         self.model.eval()
-        if self.config.strategy == "head":
+        if self._cached:
             batches = zip(self.val_features.split(256), self.val_labels.split(256))
             forward = self.head
         else:
