@@ -1,3 +1,33 @@
-"""edgekit: fine-tune, export, quantize, benchmark and gate image classifiers for edge devices."""
+"""edgekit: fine-tune, export, quantize, benchmark and gate image classifiers for edge devices.
+
+The library is the product; the `edgekit` command line only parses, calls these and prints:
+
+    edgekit.finetune(config | **options) -> FinetuneResult
+    edgekit.predict(run_or_onnx, images, top_k=5) -> PredictResult
+    edgekit.export(run, formats=..., quantize=...) -> ExportResult      (parity included)
+    edgekit.parity(run, artifact, data=None) -> ParityResult
+    edgekit.bench(targets, runtimes=..., batch_sizes=..., data=None) -> BenchResult
+    edgekit.gate(GateConfig.from_yaml(path), baseline=None) -> GateResult
+
+Every result is a pydantic model with to_json() / from_json() and a schema_version.
+"""
 
 __version__ = "0.1.0"
+
+# Imported eagerly on purpose: the functions share their names with their modules (edgekit.export is
+# both), and a lazy attribute would be shadowed by the submodule as soon as anything imported it.
+from .bench import BenchResult, bench  # noqa: E402
+from .errors import EdgekitError  # noqa: E402
+from .export import ExportResult, export  # noqa: E402
+from .finetune import FinetuneConfig, FinetuneResult, finetune  # noqa: E402
+from .gate import GateConfig, GateResult, gate  # noqa: E402
+from .models import get_spec, list_specs  # noqa: E402
+from .parity import ParityResult, parity  # noqa: E402
+from .predict import PredictResult, predict  # noqa: E402
+from .runs import Run, RunCard  # noqa: E402
+
+__all__ = [
+    "__version__", "BenchResult", "bench", "EdgekitError", "ExportResult", "export", "FinetuneConfig", "FinetuneResult",
+    "finetune", "GateConfig", "GateResult", "gate", "get_spec", "list_specs", "ParityResult", "parity", "PredictResult",
+    "predict", "Run", "RunCard",
+]

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgekit import bench as bench_module
+import importlib
+
+bench_module = importlib.import_module("edgekit.bench")  # `from edgekit import bench` is the function
 from edgekit import report, runtimes
 from edgekit.bench import BenchResult, Measurement, bench
 from edgekit.errors import DataError, EdgekitError
@@ -28,7 +30,7 @@ FAST = {"warmup": 1, "iterations": 3}
 
 @pytest.fixture(scope="module")
 def exported_run(trained_run, tmp_path_factory):
-    """A private copy of the trained run with exports: fp32, uint8 (embedded preprocessing), int8, int8-dynamic, .pt2."""
+    """A private copy of the trained run with exports: fp32, fp32-uint8in (embedded preprocessing), int8, int8-dynamic, .pt2."""
     from edgekit.runs import Run
 
     target = tmp_path_factory.mktemp("bench") / "flowers"
@@ -62,7 +64,7 @@ def _expected_top1(run, folder_dir) -> float:
 
 def test_every_variant_on_every_runtime_that_loads_it(run_result, exported_run):
     seen = {(m.variant, m.runtime, m.batch_size) for m in run_result.measurements}
-    expected = {("fp32", "torch"), ("fp32", "torch-export"), ("fp32", "ort-cpu"), ("uint8", "ort-cpu"),
+    expected = {("fp32", "torch"), ("fp32", "torch-export"), ("fp32", "ort-cpu"), ("fp32-uint8in", "ort-cpu"),
                 ("int8", "ort-cpu"), ("int8-dynamic", "ort-cpu")}
     assert seen == {(v, r, b) for v, r in expected for b in (1, 2)}
     assert {m.model for m in run_result.measurements} == {"flowers"}
@@ -93,9 +95,10 @@ def test_ratios_are_computed_within_the_result(run_result):
         fastest = min(m.p50_ms for m in group)
         for m in group:
             assert m.ratio_to_fastest == pytest.approx(m.p50_ms / fastest)
-            baseline = next(b for b in group if b.variant == "fp32" and b.runtime == m.runtime)
+            parent = "fp32-uint8in" if m.variant.endswith("-uint8in") else "fp32"
+            baseline = next(b for b in group if b.variant == parent and b.runtime == m.runtime)
             assert m.ratio_to_fp32 == pytest.approx(m.p50_ms / baseline.p50_ms)
-            assert m.fp32_baseline == f"fp32 on {m.runtime}"
+            assert m.fp32_baseline == f"{parent} on {m.runtime}"
             if m.variant.startswith("int8"):
                 assert m.slower_than_fp32 == (m.ratio_to_fp32 >= 1.0)
                 flagged = f"batch {batch_size}: {m.variant} on {m.runtime} is NOT faster"
@@ -109,7 +112,7 @@ def test_accuracy_matches_an_independent_computation(run_result, exported_run, v
     for m in run_result.measurements:
         assert m.accuracy_images == images
         assert m.top5 == 1.0  # three classes: the true one is always among the top five
-        if m.variant in ("fp32", "uint8"):  # same function, same preprocessing: same decisions
+        if m.variant in ("fp32", "fp32-uint8in"):  # same function, same preprocessing: same decisions
             assert m.top1 == pytest.approx(expected, abs=1.5 / images), m.label
     assert expected > 0.5, "the fixture model should be well above chance (1/3), or this test proves little"
 
@@ -204,7 +207,7 @@ def test_runtime_without_artifacts_and_bad_arguments(exported_run):
 
 
 def test_end_to_end_times_decoding_too(exported_run, val_dir):
-    files = [exported_run.exports_dir / "model.onnx", exported_run.exports_dir / "model.uint8.onnx"]
+    files = [exported_run.exports_dir / "model.onnx", exported_run.exports_dir / "model.fp32-uint8in.onnx"]
     result = bench(files, end_to_end=True, data=val_dir, threads=1, batch_sizes=(2,), **FAST)
     assert all(m.end_to_end for m in result.measurements)
     assert "decode" in result.settings["timing"]

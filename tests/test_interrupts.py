@@ -8,6 +8,7 @@ kill is a real SIGKILL: no finally blocks, no atexit, no cleanup of any kind.
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import os
 import signal
@@ -55,7 +56,7 @@ if kill_in_write:
         return real_fsync(fd)
     os.fsync = fsync
 if pause:
-    import edgekit.finetune as finetune_module
+    finetune_module = importlib.import_module("edgekit.finetune")  # edgekit.finetune is the function
     real_report = finetune_module._Trainer._report
     def report(self, *args, **kwargs):
         real_report(self, *args, **kwargs)

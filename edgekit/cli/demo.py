@@ -1,3 +1,53 @@
-"""CLI for `edgekit demo` (not written yet)."""
+"""CLI for `edgekit demo`: the built-in default, end to end, offline."""
 
-COMMANDS = []
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+console = Console(soft_wrap=True)
+
+
+@click.command("demo")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True, help="Folder for the data, the run and every report.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
+@click.option("--epochs", default=15, show_default=True, help="Fine-tune epochs (head-only, cached features: seconds each).")
+@click.option("--gate-config", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="End with `edgekit gate` on this config (e.g. configs/gate.yaml).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the whole demo result as JSON here.")
+def demo_command(out, overwrite, epochs, gate_config, json_path):
+    """Run the built-in default end to end, offline: scikit-learn's handwritten digits, efficientnet_lite0
+    with real ImageNet weights fine-tuned head-only, predictions on held-out digits, ONNX fp32 / int8 /
+    int8-dynamic exports each checked for parity, a benchmark of torch vs ONNX Runtime with accuracy,
+    and (with --gate-config) the CI gate. Exits 1 if a parity or gate check fails."""
+    from ..demo import run_demo
+
+    result = run_demo(out, overwrite=overwrite, epochs=epochs, gate_config=gate_config, progress=True)
+    tuned = result.finetune
+    console.print(f"[bold]fine-tune[/bold]: {result.run_dir}, best val accuracy {tuned.best_val_accuracy:.2%} at epoch {tuned.best_epoch}")
+    table = Table("held-out image", "prediction", "probability", title="predict")
+    for prediction in result.predictions.predictions:
+        label, probability = prediction.top[0]
+        table.add_row(str(Path(prediction.image).relative_to(result.data_dir)), label, f"{probability:.3f}")
+    console.print(table)
+    if result.export is not None:
+        from .export import show_export
+
+        show_export(result.export)
+    if result.bench is not None:
+        from .bench import show_bench
+
+        show_bench(result.bench)
+    if result.gate is not None:
+        from .gate import show_gate
+
+        show_gate(result.gate)
+    if json_path is not None:
+        result.to_json(json_path)
+    failed = (result.export is not None and not result.export.passed) or (result.gate is not None and not result.gate.passed)
+    raise SystemExit(1 if failed else 0)
+
+
+COMMANDS = [demo_command]
