@@ -99,6 +99,9 @@ def load_torch(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path} does not exist or is not a file")
+    from .safety import check_zip_checksums
+
+    check_zip_checksums(path)  # torch itself would load flipped bytes as silently wrong weights
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

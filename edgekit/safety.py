@@ -113,6 +113,26 @@ def _all_tensors(graph) -> Iterator:
                 yield from _all_tensors(subgraph)
 
 
+def check_zip_checksums(path: str | os.PathLike) -> None:
+    """For zip-based model files (torch.save, .pt2): every member's CRC-32 must match.
+
+    torch reads a zip member without checking its checksum, so flipped bytes inside a tensor would
+    load silently as wrong weights; this finds them (a few ms per 10 MB). Not a zip: nothing to check.
+    """
+    import zipfile
+
+    path = Path(path)
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+        raise ModelError(f"{path} is a damaged archive ({type(exc).__name__}: {str(exc)[:120]}); it may be truncated or corrupted, re-create it") from exc
+    if bad_member is not None:
+        raise ModelError(f"{path} is corrupted: {bad_member} fails its checksum; re-create or re-copy the file")
+
+
 def onnx_session(path: str | os.PathLike, providers=None, session_options=None):
     """An onnxruntime InferenceSession for a checked ONNX file; ORT's own load errors become ModelError."""
     import onnxruntime as ort
@@ -194,6 +214,7 @@ def load_exported_program(path: str | os.PathLike):
         raise ModelError(f"{path} does not exist or is not a file; pass a .pt2 file written by `edgekit export`")
     if not zipfile.is_zipfile(path):
         raise ModelError(f"{path} is not a .pt2 archive (not a zip file); it may be truncated or corrupted, re-export it")
+    check_zip_checksums(path)
     try:
         with no_unsafe_unpickling():
             return torch.export.load(str(path))
