@@ -126,10 +126,36 @@ def convert_fp16(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike) -> Pat
             converted = convert_float_to_float16(model, keep_io_types=True)
     except Exception as exc:
         raise ExportError(f"float16 conversion of {onnx_in} failed: {_first_line(exc)}") from exc
+    # The converter appends the input Casts at the end of the node list; ORT does not mind, onnx.checker
+    # (and stricter runtimes) require topological order.
+    sort_topologically(converted.graph)
     with atomic_path(onnx_out) as tmp:
         tmp.write_bytes(converted.SerializeToString())
         _copy_metadata(onnx_in, tmp)
     return Path(onnx_out)
+
+
+def sort_topologically(graph) -> None:
+    """Reorder ``graph.node`` in place so every node comes after the producers of its inputs (stable)."""
+    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        remaining = []
+        for node in pending:
+            if all(name in available for name in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                remaining.append(node)
+        if len(remaining) == len(pending):
+            raise ExportError(f"the graph has a cycle or a dangling input at node {remaining[0].name!r}; it cannot be ordered")
+        pending = remaining
+    copies = [type(node)() for node in ordered]
+    for copy, node in zip(copies, ordered):
+        copy.CopyFrom(node)
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def first_and_last_compute_nodes(model) -> list[str]:

@@ -267,6 +267,10 @@ class _Exporter:
             quantizers.quantize_dynamic_matmul(base, work)
             details.update({"quantized_op_types": list(quantizers.DYNAMIC_OP_TYPES)})
         proto = onnx.load(str(work))
+        try:
+            onnx.checker.check_model(proto, full_check=True)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(f"the {variant} ONNX graph is invalid: {str(exc).strip().splitlines()[0][:300]}") from exc
         set_metadata(proto, self.metadata(variant, kind, "onnx", {"opset": opset, **_quantization_source(details)}).to_props())
         path = self.run.exports_dir / variant_file_name(variant)
         save_proto(proto, path)
