@@ -191,11 +191,12 @@ def _baseline_checks(config: GateConfig, comparisons: list[Comparison], measures
         worsening = comparison.change if comparison.metric in ("relative_latency", "size_bytes") else -comparison.change
         passed = not (worsening > limit and comparison.outside_noise)
         name = f"{comparison.variant}.baseline_{comparison.metric}"
-        fmt = _signed_pct
+        relative = comparison.metric in ("relative_latency", "size_bytes")
+        fmt = (lambda v: f"{v + 0.0:+.1%}") if relative else (lambda v: f"{(v + 0.0) * 100:+.1f} pt")
         state = "regression" if not passed else comparison.verdict
         message = (f"{name}: {comparison.variant} {label} {fmt(worsening)} vs baseline "
                    f"({_show(comparison.metric, comparison.baseline)} -> {_show(comparison.metric, comparison.current)}; "
-                   f"noise {comparison.noise:.1%}, limit {limit:.1%}): {state}")
+                   f"noise {fmt(comparison.noise).lstrip('+')}, limit {fmt(limit).lstrip('+')}): {state}")
         checks.append(Check(name=name, variant=comparison.variant, metric=f"baseline_{comparison.metric}", value=worsening,
                             threshold=limit, op="<=", passed=passed, message=message))
     # A variant with thresholds that the baseline lacks is reported, not failed: a new variant has no past.
@@ -209,10 +210,6 @@ def _baseline_checks(config: GateConfig, comparisons: list[Comparison], measures
 
 def _pct(value: float) -> str:
     return f"{value:.2%}"
-
-
-def _signed_pct(value: float) -> str:
-    return f"{value:+.1%}"
 
 
 def _sci(value: float) -> str:

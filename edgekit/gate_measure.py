@@ -167,37 +167,61 @@ def _add_parity(measure: VariantMeasure, artifact: Path, fresh, checker: _Parity
 
 def _add_bench(measures, artifacts: dict[str, Path], data: Path | None, config: GateConfig, run, reports: list[str], progress: bool) -> dict | None:
     """One bench run with every variant interleaved; latency ratios are only ever taken inside it."""
-    from .bench import bench
+    fresh = _fresh_bench(run, artifacts, config) if config.reuse_reports and run is not None and data is None else None
+    if fresh is not None:
+        result, path = fresh
+        reports.append(str(path))
+    else:
+        from .bench import DEFAULT_ITERATIONS, DEFAULT_WARMUP, bench
 
-    targets = [artifacts[name] for name in measures]
-    options = {}
-    if config.warmup is not None:
-        options["warmup"] = config.warmup
-    if config.iterations is not None:
-        options["iterations"] = config.iterations
-    result = bench(targets, runtimes=(config.runtime,), batch_sizes=(config.batch_size,), threads=config.threads,
-                   data=data, progress=progress, **options)
-    by_artifact = {os.path.realpath(m.artifact): m for m in result.measurements
-                   if m.runtime == config.runtime and m.batch_size == config.batch_size}
+        result = bench([artifacts[name] for name in measures], runtimes=(config.runtime,), batch_sizes=(config.batch_size,),
+                       threads=config.threads, data=data, max_images=config.max_images if data is not None else None,
+                       warmup=config.warmup if config.warmup is not None else DEFAULT_WARMUP,
+                       iterations=config.iterations if config.iterations is not None else DEFAULT_ITERATIONS, progress=progress)
+    rows = _rows_by_artifact(result, config)
     for name, measure in measures.items():
-        row = by_artifact.get(os.path.realpath(artifacts[name]))
+        row = rows.get(os.path.realpath(artifacts[name]))
         if row is None:
-            continue
+            continue  # the check that needs it reports "not measured" and fails
         measure.runtime = row.runtime
         measure.batch_size = row.batch_size
         measure.p50_ms = row.p50_ms
-        measure.p50_ci_ms = tuple(row.p50_ci_ms) if row.p50_ci_ms else None
+        measure.p50_ci_ms = tuple(row.p50_ci_ms)
         if measure.accuracy is None and row.top1 is not None:
             measure.accuracy = row.top1
-    skipped = [s for s in (result.skipped or [])]
-    if skipped and not by_artifact:
-        raise EdgekitError(f"bench measured nothing on {config.runtime}: {skipped[0]}")
-    return result.machine if isinstance(result.machine, dict) else _as_dict(result.machine)
+            measure.n_images = row.accuracy_images
+    if not rows and result.skipped:
+        why = "; ".join(f"{name}: {reason}" for name, reason in result.skipped.items())
+        raise EdgekitError(f"runtime {config.runtime} measured nothing ({why}); choose another runtime: in the gate config")
+    return result.machine
 
 
-def _as_dict(value) -> dict | None:
-    if value is None:
+def _rows_by_artifact(result, config: GateConfig) -> dict:
+    return {os.path.realpath(m.artifact): m for m in result.measurements
+            if m.runtime == config.runtime and m.batch_size == config.batch_size}
+
+
+def _fresh_bench(run, artifacts: dict[str, Path], config: GateConfig):
+    """The newest `edgekit bench` report in <run>/bench that timed every needed artifact in one run, with
+    the gate's runtime, batch size and threads, on this machine, after every artifact was last written."""
+    from .bench import BenchResult, machine_info
+
+    if not run.bench_dir.is_dir():
         return None
-    if hasattr(value, "model_dump"):
-        return value.model_dump()
-    return {"description": str(value)}
+    newest_artifact = max(path.stat().st_mtime for path in artifacts.values())
+    here = machine_info()
+    for path in sorted(run.bench_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if path.stat().st_mtime < newest_artifact:
+            break  # older reports can only be staler
+        try:
+            result = BenchResult.from_json(path)
+        except EdgekitError:
+            continue
+        settings = result.settings
+        same_settings = (settings.get("threads") == config.threads and not settings.get("end_to_end")
+                         and (config.iterations is None or settings.get("iterations") == config.iterations))
+        same_machine = all(result.machine.get(key) == here.get(key) for key in ("cpu", "usable_cores", "versions"))
+        rows = _rows_by_artifact(result, config)
+        if same_settings and same_machine and all(os.path.realpath(p) in rows for p in artifacts.values()):
+            return result, path
+    return None

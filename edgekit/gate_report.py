@@ -14,12 +14,17 @@ SUITE_NAME = "edgekit gate"
 
 
 def format_value(check: Check, value: float | None) -> str:
-    """A value the way a person reads this metric: percent, MB, x-ratio or 3 significant digits."""
+    """A value the way a person reads this metric: percent, points, MB, x-ratio or 3 significant digits."""
     if value is None:
         return "-"
+    value = value + 0.0  # no "-0.0"
     metric = check.metric
-    if metric in ("accuracy", "accuracy_drop", "agreement") or metric.startswith("baseline_"):
-        return f"{value:.2%}" if not metric.startswith("baseline_") else f"{value:+.1%}"
+    if metric in ("baseline_relative_latency", "baseline_size_bytes"):
+        return f"{value:+.1%}"
+    if metric in ("baseline_accuracy", "baseline_agreement"):
+        return f"{value * 100:+.1f} pt"
+    if metric in ("accuracy", "accuracy_drop", "agreement"):
+        return f"{value:.2%}"
     if metric == "size_mb":
         return f"{value:.2f} MB"
     if metric.startswith("speedup_vs_"):
@@ -30,10 +35,14 @@ def format_value(check: Check, value: float | None) -> str:
 def format_threshold(check: Check) -> str:
     if check.threshold is None:
         return "-"
-    shown = format_value(check, check.threshold)
-    if check.metric.startswith("baseline_"):
-        shown = f"{check.threshold:.1%}"
+    shown = format_value(check, check.threshold).lstrip("+")
     return f"{check.op} {shown}"
+
+
+def format_comparison(comparison) -> tuple[str, str, str, str]:
+    """(baseline, now, change, noise) of a baseline comparison as text."""
+    return (_show(comparison.metric, comparison.baseline), _show(comparison.metric, comparison.current),
+            _change(comparison.metric, comparison.change), _change(comparison.metric, comparison.noise, signed=False))
 
 
 def junit_xml(result: GateResult) -> str:
@@ -89,11 +98,8 @@ def markdown(result: GateResult) -> str:
         lines += ["", f"**Compared with the baseline** `{result.baseline}`", "",
                   "| variant | metric | baseline | now | change | noise | verdict |", "|---|---|---|---|---|---|---|"]
         for comparison in result.comparisons:
-            lines.append(
-                f"| {comparison.variant} | {comparison.metric} | {_show(comparison.metric, comparison.baseline)} | "
-                f"{_show(comparison.metric, comparison.current)} | {_change(comparison.metric, comparison.change)} | "
-                f"{_change(comparison.metric, comparison.noise, signed=False)} | {comparison.verdict} |"
-            )
+            cells = " | ".join(format_comparison(comparison))
+            lines.append(f"| {comparison.variant} | {comparison.metric} | {cells} | {comparison.verdict} |")
     return "\n".join(lines) + "\n"
 
 
@@ -107,8 +113,10 @@ def _show(metric: str, value: float) -> str:
 
 def _change(metric: str, value: float, signed: bool = True) -> str:
     # relative changes for latency and size, absolute percentage points for accuracy and agreement
-    text = f"{value:+.1%}" if signed else f"{value:.1%}"
-    return text if metric in ("relative_latency", "size_bytes") else text.replace("%", " pt")
+    value = value + 0.0
+    if metric in ("relative_latency", "size_bytes"):
+        return f"{value:+.1%}" if signed else f"{value:.1%}"
+    return f"{value * 100:+.1f} pt" if signed else f"{value * 100:.1f} pt"
 
 
 def write_reports(result: GateResult, json_path: str | os.PathLike | None = None, junit_path: str | os.PathLike | None = None,

@@ -328,3 +328,42 @@ def test_crossed_thresholds_exit_1_naming_each_failure(gated):
     assert {"fp32.size_mb", "fp32.max_abs_diff", "int8.max_rel_diff", "int8.accuracy"} == named
     suite = ET.parse(base / "failing.xml").getroot()
     assert int(suite.get("failures")) == len(fail_lines) >= 2
+
+
+LATENCY = {"fp32": {}, "int8": {"min_agreement": 0.6, "min_speedup_vs": {"fp32": 0.05}}}
+
+
+@pytest.mark.slow
+def test_latency_ratio_and_baseline_on_a_real_bench(gated):
+    base, _, out, _ = gated
+    data = GateResult.from_json(out / "gate.json").data
+    settings = dict(run="run", data=data, threads=1, warmup=2, iterations=30)
+    config = _write_config(base / "latency.yaml", variants=LATENCY, baseline={"min_noise": 0.5}, **settings)
+    first = CliRunner().invoke(cli, ["gate", "--config", str(config), "--json", str(base / "first.json")])
+    assert first.exit_code == 0, first.output
+    report = GateResult.from_json(base / "first.json")
+    speedup = next(c for c in report.checks if c.metric == "speedup_vs_fp32")
+    int8, fp32 = report.measure("int8"), report.measure("fp32")
+    assert speedup.value == pytest.approx(fp32.p50_ms / int8.p50_ms) and int8.p50_ci_ms[0] <= int8.p50_ms <= int8.p50_ci_ms[1]
+
+    # the same models against their own report: every move is within noise
+    again = CliRunner().invoke(cli, ["gate", "--config", str(config), "--baseline", str(base / "first.json"), "--md", str(base / "again.md")])
+    assert again.exit_code == 0, again.output
+    assert "within noise" in (base / "again.md").read_text() and "regression" not in (base / "again.md").read_text()
+
+    # plant a regression: in the baseline int8 took a 50th of its time relative to fp32 (far outside the
+    # noise even on a loaded 2-core machine; the noise arithmetic itself is tested on constructed values)
+    planted = json.loads((base / "first.json").read_text())
+    for row in planted["variants"]:
+        if row["variant"] == "int8":
+            row["p50_ms"] /= 50
+            row["p50_ci_ms"] = [v / 50 for v in row["p50_ci_ms"]]
+    (base / "planted.json").write_text(json.dumps(planted))
+    worse = CliRunner().invoke(cli, ["gate", "--config", str(config), "--baseline", str(base / "planted.json")])
+    assert worse.exit_code == 1, worse.output
+    assert "FAIL int8.baseline_relative_latency" in worse.output and "regression" in worse.output
+
+    # an impossible speedup fails by name
+    config = _write_config(base / "fast.yaml", variants={"int8": {"min_speedup_vs": {"fp32": 50}}}, **settings)
+    slow = CliRunner().invoke(cli, ["gate", "--config", str(config)])
+    assert slow.exit_code == 1 and "FAIL int8.speedup_vs_fp32" in slow.output and "minimum 50.00x" in slow.output

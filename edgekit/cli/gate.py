@@ -31,7 +31,7 @@ def gate_command(config_path, baseline, json_path, junit_path, markdown_path, th
     2 a user error (a malformed config names the key).
     """
     from ..gate import GateConfig, gate
-    from ..gate_report import format_threshold, format_value, write_reports
+    from ..gate_report import format_comparison, format_threshold, format_value, write_reports
 
     config = GateConfig.from_yaml(config_path, {"threads": threads}) if Path(config_path).is_file() else None
     if config is None:
@@ -46,11 +46,12 @@ def gate_command(config_path, baseline, json_path, junit_path, markdown_path, th
         table.add_row(check.name, format_value(check, check.value), format_threshold(check), state)
     console.print(table)
     if result.comparisons:
-        moves = Table("variant", "metric", "baseline", "now", "change", "noise", "verdict", title=f"vs baseline {baseline}")
+        moves = Table(title=f"vs baseline {baseline}")
+        for column in ("variant", "metric", "baseline", "now", "change", "noise", "verdict"):
+            moves.add_column(column, no_wrap=True)
         for c in result.comparisons:
-            relative = c.metric in ("relative_latency", "size_bytes")
-            unit = "" if relative else " pt"
-            moves.add_row(c.variant, c.metric, f"{c.baseline:.4g}", f"{c.current:.4g}", f"{c.change:+.1%}{unit}", f"{c.noise:.1%}{unit}", c.verdict)
+            verdict = {"regression": "[bold red]regression[/bold red]", "improvement": "[green]improvement[/green]"}.get(c.verdict, c.verdict)
+            moves.add_row(c.variant, c.metric, *format_comparison(c), verdict)
         console.print(moves)
     for path in write_reports(result, json_path, junit_path, markdown_path):
         console.print(f"wrote {path}")
