@@ -250,7 +250,13 @@ def test_relative_difference_ignores_scale_and_shift_of_both(reference, scale, s
     moved = compare_logits(reference * scale + shift, candidate * scale + shift)
     assume(np.ptp(reference, axis=1).min() > 1e-3)  # a flat row has no spread to be relative to
     assert moved.max_rel_diff == pytest.approx(base.max_rel_diff, rel=1e-6, abs=1e-9)
-    assert moved.top1_agreement == base.top1_agreement
+
+    def margin(rows):  # top-1 minus runner-up: below rounding, a shift may legitimately swap a tie
+        ordered = np.sort(rows, axis=1)
+        return (ordered[:, -1] - ordered[:, -2]).min() if rows.shape[1] > 1 else np.inf
+
+    if min(margin(reference), margin(candidate)) > 1e-6:
+        assert moved.top1_agreement == base.top1_agreement
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy warns about the inf/nan on purpose here
