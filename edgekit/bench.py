@@ -25,6 +25,7 @@ from .results import Result
 DEFAULT_WARMUP = 3
 DEFAULT_ITERATIONS = 20
 ACCURACY_BATCH = 32
+EMBEDDED_SUFFIX = "-uint8in"  # export's name suffix for variants with the preprocessing inside (uint8 NHWC input)
 _COMPRESSED_PREFIXES = ("int", "uint4", "fp16", "bf16", "fp8", "q")  # variants expected to beat their fp32 parent
 
 
@@ -588,11 +589,9 @@ def _add_ratios(measurements: list[Measurement]) -> list[str]:
         groups.setdefault((m.model, m.batch_size), []).append(m)
     for (model, batch_size), group in groups.items():
         fastest = min(m.p50_ms for m in group)
-        fp32 = [m for m in group if m.variant == "fp32"]
         for m in group:
             m.ratio_to_fastest = m.p50_ms / fastest
-            same_runtime = [b for b in fp32 if b.runtime == m.runtime]
-            baseline = same_runtime[0] if same_runtime else (min(fp32, key=lambda b: b.p50_ms) if fp32 else None)
+            baseline = _fp32_parent(m, group)
             if baseline is None:
                 continue
             m.ratio_to_fp32 = m.p50_ms / baseline.p50_ms
@@ -605,12 +604,29 @@ def _add_ratios(measurements: list[Measurement]) -> list[str]:
                     if m.top1 is not None and baseline.top1 is not None:
                         accuracy = f", top-1 {m.top1:.1%} vs {baseline.top1:.1%}"
                     warnings.append(
-                        f"{model}, batch {batch_size}: {m.variant} on {m.runtime} is NOT faster than its fp32 parent "
+                        f"{model}, batch {batch_size}: {m.variant} on {m.runtime} is NOT faster than its fp32 parent {baseline.variant} "
                         f"({m.p50_ms:.2f} ms vs {m.p50_ms / m.ratio_to_fp32:.2f} ms, {m.ratio_to_fp32:.2f}x"
-                        f"{', within noise' if overlap else ''}{accuracy}); ship fp32 on {m.runtime} instead"
+                        f"{', within noise' if overlap else ''}{accuracy}); ship {baseline.variant} on {m.runtime} instead"
                     )
-                    m.notes.append(f"not faster than fp32 on {m.runtime} ({m.ratio_to_fp32:.2f}x)")
+                    m.notes.append(f"not faster than {baseline.label} ({m.ratio_to_fp32:.2f}x)")
     return warnings
+
+
+def fp32_parent_variant(variant: str) -> str:
+    """The float32 variant a variant was made from: int8-uint8in -> fp32-uint8in (same input kind), else fp32."""
+    suffix = EMBEDDED_SUFFIX if variant.endswith(EMBEDDED_SUFFIX) else ""
+    return "fp32" + suffix
+
+
+def _fp32_parent(m: Measurement, group: list[Measurement]) -> Measurement | None:
+    """The measurement ``m``'s ratio_to_fp32 divides by: its fp32 parent on the same runtime, else plain fp32 on the
+    same runtime, else the fastest fp32 on any runtime (so a bare int8 file is still compared with something)."""
+    for wanted in (fp32_parent_variant(m.variant), "fp32"):
+        for b in group:
+            if b.variant == wanted and b.runtime == m.runtime:
+                return b
+    fp32 = [b for b in group if b.variant == "fp32"]
+    return min(fp32, key=lambda b: b.p50_ms) if fp32 else None
 
 
 def _summary(measurements: list[Measurement]) -> list[str]:

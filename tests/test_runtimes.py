@@ -15,99 +15,46 @@ from edgekit.errors import EdgekitError, ModelError
 from edgekit.metadata import ModelMetadata
 
 
-class _EmbeddedPreprocessing(torch.nn.Module):
-    """uint8 NHWC pixels -> normalized NCHW float -> model: the "uint8-nhwc" input kind."""
-
-    def __init__(self, model, preprocessing):
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(preprocessing.mean).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(preprocessing.std).view(1, 3, 1, 1) * 255.0)
-
-    def forward(self, pixels):
-        return self.model((pixels.permute(0, 3, 1, 2).float() - self.mean) / self.std)
-
-
 def _onnx_export(model, example, path: Path, metadata: ModelMetadata | None) -> Path:
-    """A stand-in for edgekit.export until it lands: dynamic-batch ONNX with edgekit metadata props."""
-    import onnx
+    """ONNX through edgekit's own exporter (dynamo, one file, dynamic batch, metadata props)."""
+    from edgekit.export.onnx import export_onnx
 
-    torch.onnx.export(
-        model, (example,), str(path), input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False,
-    )
-    if metadata is not None:
-        proto = onnx.load(str(path))
-        onnx.helper.set_model_props(proto, metadata.to_props())
-        onnx.save(proto, str(path))
-    return path
+    return export_onnx(model, path, example, metadata)
 
 
 def write_exports(run, with_quantized: bool = False) -> dict[str, Path]:
-    """Write the variants a run's exports/ folder holds after `edgekit export`, into ``run.exports_dir``.
+    """Write what `edgekit export` leaves in a run's exports/ folder (file names as it names them):
+    model.onnx, model.fp32-uint8in.onnx (embedded preprocessing), model.pt2, and with ``with_quantized``
+    model.int8.onnx (static QDQ, calibrated on the run's real training photos) and model.int8-dynamic.onnx."""
+    from edgekit.export.embed import EmbeddedPreprocessing, example_pixels
+    from edgekit.export.torch_export import export_program
 
-    Prefers the export engineer's edgekit.export/edgekit.quantize when present.
-    """
     exports = run.exports_dir
-    exports.mkdir(parents=True, exist_ok=True)
     model = run.build_model()
     card = run.card
     crop = card.preprocessing.crop
-    example = torch.randn(2, 3, crop, crop)  # batch 2: torch.export specializes a batch of 1 to a constant
+    example = torch.randn(2, 3, crop, crop)
     metadata = ModelMetadata(list(card.class_names), card.preprocessing, {"run": run.path.name, "model": card.model})
     paths = {"fp32": _onnx_export(model, example, exports / "model.onnx", metadata)}
     uint8_meta = ModelMetadata(metadata.labels, metadata.preprocessing, metadata.source, "uint8-nhwc")
-    pixels = torch.randint(0, 256, (2, crop, crop, 3), dtype=torch.uint8)
-    paths["uint8"] = _onnx_export(_EmbeddedPreprocessing(model, card.preprocessing).eval(), pixels, exports / "model.uint8.onnx", uint8_meta)
-    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},))
-    paths["pt2"] = exports / "model.pt2"
-    torch.export.save(program, str(paths["pt2"]))
+    embedded = EmbeddedPreprocessing(model, card.preprocessing).eval()
+    paths["uint8"] = _onnx_export(embedded, example_pixels(card.preprocessing), exports / "model.fp32-uint8in.onnx", uint8_meta)
+    paths["pt2"] = export_program(model, exports / "model.pt2", example, metadata)
     if with_quantized:
-        paths.update(_quantize(run, paths["fp32"]))
+        from edgekit.data import load_batch, run_images
+        from edgekit.quantize import quantize_dynamic_matmul, quantize_static
+
+        train = run_images(card, "train")
+        batch = load_batch([p for p, _ in train.samples[:16]], card.preprocessing)
+        paths["int8"] = quantize_static(paths["fp32"], exports / "model.int8.onnx", [batch[i : i + 4] for i in range(0, 16, 4)])
+        paths["int8-dynamic"] = quantize_dynamic_matmul(paths["fp32"], exports / "model.int8-dynamic.onnx")
     return paths
-
-
-def _quantize(run, fp32: Path) -> dict[str, Path]:
-    """int8 static (QDQ, calibrated on the run's real training photos) and int8 dynamic (MatMul/Gemm only)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from edgekit.data import load_batch, run_images
-
-    train = run_images(run.card, "train")
-    batch = load_batch([p for p, _ in train.samples[:16]], run.card.preprocessing)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.items = iter([{"input": batch[i : i + 4]} for i in range(0, len(batch), 4)])
-
-        def get_next(self):
-            return next(self.items, None)
-
-    prepared = fp32.with_name("prepared.tmp.onnx")
-    quant_pre_process(str(fp32), str(prepared))
-    out = {"int8": fp32.with_name("model.int8.onnx"), "int8-dynamic": fp32.with_name("model.int8-dynamic.onnx")}
-    quantize_static(str(prepared), str(out["int8"]), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    quantize_dynamic(str(prepared), str(out["int8-dynamic"]), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
-    prepared.unlink()
-    for path in out.values():  # the quantizers drop metadata_props; put the run's labels/preprocessing back
-        _copy_metadata(fp32, path)
-    return out
-
-
-def _copy_metadata(source: Path, target: Path) -> None:
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(source), load_external_data=False).metadata_props}
-    proto = onnx.load(str(target))
-    onnx.helper.set_model_props(proto, props)
-    onnx.save(proto, str(target))
 
 
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
-    """A private copy of the trained run with exports/model.onnx, model.uint8.onnx, model.pt2 and a bare.onnx."""
+    """A private copy of the trained run with exports/model.onnx, model.fp32-uint8in.onnx, model.pt2, and a
+    bare.onnx and exports/plain.pt2 without edgekit metadata."""
     from edgekit.runs import Run
 
     target = tmp_path_factory.mktemp("runtimes") / "run"
@@ -115,6 +62,8 @@ def exported(trained_run, tmp_path_factory):
     run = Run.load(target)
     paths = write_exports(run)
     paths["bare"] = _onnx_export(run.build_model(), torch.randn(2, 3, 48, 48), target / "bare.onnx", None)
+    paths["pt2-no-metadata"] = target / "exports" / "plain.pt2"
+    torch.export.save(torch.export.export(run.build_model(), (torch.randn(2, 3, 48, 48),)), str(paths["pt2-no-metadata"]))
     return run, paths
 
 
@@ -179,6 +128,12 @@ def test_labels_preprocessing_and_shape_come_with_the_session(exported):
         assert session.labels == run.card.class_names
         assert session.preprocessing == run.card.preprocessing
         assert session.resolved_input_shape() == (3, 48, 48)
+    outside = run.path.parent / "moved.pt2"  # away from its run: the metadata inside the archive still says it all
+    shutil.copy(paths["pt2"], outside)
+    moved = runtimes.load(outside, threads=1)
+    assert moved.labels == run.card.class_names and moved.preprocessing == run.card.preprocessing
+    plain = runtimes.load(paths["pt2-no-metadata"], threads=1)  # no metadata inside: the run card it sits under
+    assert plain.labels == run.card.class_names
     bare = runtimes.load(paths["bare"])
     assert bare.labels is None and bare.preprocessing is None
     assert bare.resolved_input_shape() == (3, 48, 48)  # from the graph

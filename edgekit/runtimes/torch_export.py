@@ -63,9 +63,18 @@ def _input_signature(program, artifact: Path) -> tuple[str, tuple[int | None, ..
 
 
 def _run_metadata(artifact: Path):
-    """Labels and preprocessing of the run a .pt2 was exported from (runs/<name>/exports/x.pt2), if any."""
+    """Labels and preprocessing: the metadata `edgekit export` stores inside the archive, else the run card of
+    the run the file sits in (runs/<name>/exports/x.pt2), else none."""
     from ..runs import CARD_NAME, Run
 
+    try:
+        from ..export.torch_export import read_pt2_metadata
+    except ImportError:  # the export package is optional for running a .pt2
+        read_pt2_metadata = None
+    if read_pt2_metadata is not None:
+        metadata = read_pt2_metadata(artifact)
+        if metadata.labels is not None or metadata.preprocessing is not None:
+            return metadata.labels, metadata.preprocessing
     run_dir = artifact.parent.parent
     if artifact.parent.name == "exports" and (run_dir / CARD_NAME).is_file():
         card = Run.load(run_dir).card
