@@ -99,6 +99,9 @@ def _from_bench(data: dict, path: Path, config: GateConfig) -> dict[str, Variant
     for row in data["measurements"]:
         if not isinstance(row, dict) or row.get("runtime") != config.runtime or row.get("batch_size") != config.batch_size:
             continue
+        if str(row.get("variant")) in measures:
+            raise EdgekitError(f"--baseline {path} holds {row.get('variant')} of several models on {config.runtime}; "
+                               "pass the bench report of the one run being gated")
         try:
             ci = row.get("p50_ci_ms")
             measures[str(row["variant"])] = VariantMeasure(

@@ -29,6 +29,13 @@ def measure_variants(config: GateConfig, need_anchor: bool, progress: bool = Fal
         for name in config.variants:
             fresh = _fresh_parity(run, artifacts[name], name, data, config.max_images) if config.reuse_reports else None
             _add_parity(measures[name], artifacts[name], fresh, checker, reports)
+        needing = [n for n, t in config.variants.items() if t.min_accuracy is not None or t.max_accuracy_drop is not None]
+        if any(measures[n].accuracy is None for n in needing):
+            where = f"data: {data}" if data is not None else "the run's validation images"
+            raise EdgekitError(
+                f"{where} carry no labels the run knows (class folders must be among {run.card.class_names[:5]}...), "
+                f"so variants.{needing[0]} accuracy thresholds cannot be checked; point data: at a <class>/<image> folder of the run's classes"
+            )
     needs_latency = need_anchor or any(t.min_speedup_vs for t in config.variants.values())
     needs_bench_accuracy = run is None and any(t.min_accuracy is not None for t in config.variants.values())
     machine = None
@@ -124,7 +131,15 @@ def _fresh_parity(run, artifact: Path, variant: str, data: Path | None, max_imag
         return None  # random inputs say nothing about accuracy
     if data is not None and os.path.realpath(source[len("images:"):]) != os.path.realpath(data):
         return None
-    if report.metrics.n_images > max_images or report.metrics.variant_accuracy is None:
+    if report.metrics.variant_accuracy is None:
+        return None
+    if data is not None:
+        from .parity import images_in
+
+        expected = len(images_in(data, run.card.class_names, max_images).paths)  # a listing, no decoding
+        if report.metrics.n_images != expected:
+            return None  # made on another sample size: the gate's numbers would not be comparable
+    elif report.metrics.n_images > max_images:
         return None
     return report, path
 

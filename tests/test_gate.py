@@ -367,3 +367,34 @@ def test_latency_ratio_and_baseline_on_a_real_bench(gated):
     config = _write_config(base / "fast.yaml", variants={"int8": {"min_speedup_vs": {"fp32": 50}}}, **settings)
     slow = CliRunner().invoke(cli, ["gate", "--config", str(config)])
     assert slow.exit_code == 1 and "FAIL int8.speedup_vs_fp32" in slow.output and "minimum 50.00x" in slow.output
+
+
+@pytest.mark.slow
+def test_a_fresh_bench_report_from_edgekit_bench_is_reused(gated):
+    from edgekit.bench import bench, save_to_run
+    from edgekit.gate import gate
+
+    base, run_dir, out, _ = gated
+    data = GateResult.from_json(out / "gate.json").data
+    exports = run_dir / "exports"
+    result = bench([exports / "model.onnx", exports / "model.int8.onnx"], runtimes=("ort-cpu",), threads=1, warmup=1, iterations=12)
+    json_path, _ = save_to_run(result, run_dir)
+    config = GateConfig.from_yaml(_write_config(base / "reuse.yaml", run="run", data=data, threads=1, iterations=12, variants=LATENCY))
+    reused = gate(config)
+    assert str(json_path) in reused.reports
+    int8 = next(m for m in result.measurements if m.variant == "int8")
+    assert reused.measure("int8").p50_ms == int8.p50_ms  # the report's numbers, not a new run
+    # other settings (2 threads): the report does not apply and a new bench runs
+    other = GateConfig.from_yaml(_write_config(base / "other.yaml", run="run", data=data, threads=2, iterations=12, variants=LATENCY))
+    assert str(json_path) not in gate(other).reports
+
+
+@pytest.mark.slow
+def test_data_without_the_runs_classes_cannot_check_accuracy(gated, tmp_path):
+    from conftest import write_photo_folder
+
+    _, run_dir, _, _ = gated
+    folder = write_photo_folder(tmp_path / "other", 2, seed=3, size=32, classes=("astronaut", "camera"))
+    config = _write_config(tmp_path / "gate.yaml", run=str(run_dir), data=str(folder), variants={"fp32": {"min_accuracy": 0.5}})
+    result = CliRunner().invoke(cli, ["gate", "--config", str(config)])
+    assert result.exit_code == 2 and "carry no labels the run knows" in result.output, result.output

@@ -46,12 +46,12 @@ def gate_command(config_path, baseline, json_path, junit_path, markdown_path, th
         table.add_row(check.name, format_value(check, check.value), format_threshold(check), state)
     console.print(table)
     if result.comparisons:
-        moves = Table(title=f"vs baseline {baseline}")
-        for column in ("variant", "metric", "baseline", "now", "change", "noise", "verdict"):
-            moves.add_column(column, no_wrap=True)
+        moves = Table("metric", "baseline", "now", "change", "noise", "verdict", title=f"vs baseline {baseline}")
+        anchor = config.baseline.anchor
+        short = {"relative_latency": f"latency/{anchor}", "size_bytes": "size"}
         for c in result.comparisons:
             verdict = {"regression": "[bold red]regression[/bold red]", "improvement": "[green]improvement[/green]"}.get(c.verdict, c.verdict)
-            moves.add_row(c.variant, c.metric, *format_comparison(c), verdict)
+            moves.add_row(f"{c.variant} {short.get(c.metric, c.metric)}", *format_comparison(c), verdict)
         console.print(moves)
     for path in write_reports(result, json_path, junit_path, markdown_path):
         console.print(f"wrote {path}")
