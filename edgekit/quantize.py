@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 import logging
 import os
 import tempfile
@@ -35,11 +36,15 @@ DYNAMIC_OP_TYPES = ("MatMul", "Gemm")
 
 
 class BatchReader:
-    """The onnxruntime CalibrationDataReader protocol over any iterable of input batches."""
+    """The onnxruntime CalibrationDataReader protocol over any iterable of input batches.
 
-    def __init__(self, input_name: str, batches: Iterable[np.ndarray]):
+    With ``single_images`` every batch is split into batches of one image: ORT's histogram calibrators
+    (entropy, percentile) stack all collected outputs into one array and fail on batches of unequal size.
+    """
+
+    def __init__(self, input_name: str, batches: Iterable[np.ndarray], single_images: bool = False):
         self.input_name = input_name
-        self._batches: Iterator[np.ndarray] = iter(batches)
+        self._batches: Iterator[np.ndarray] = _split(batches) if single_images else iter(batches)
         self.count = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -51,6 +56,12 @@ class BatchReader:
 
     def rewind(self) -> None:  # part of the protocol; a one-pass reader cannot rewind and ORT does not need it
         return None
+
+
+def _split(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    for batch in batches:
+        for index in range(len(batch)):
+            yield batch[index : index + 1]
 
 
 def quantize_static(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calibration_batches: Iterable[np.ndarray],
@@ -71,11 +82,15 @@ def quantize_static(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, cal
     calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                         "percentile": CalibrationMethod.Percentile}[method]
     extra_options = {"CalibPercentile": PERCENTILE} if method == "percentile" else {}
+    batches = iter(calibration_batches)
+    first = next(batches, None)
+    if first is None or len(first) == 0:
+        raise ExportError("static int8 quantization got no calibration images; pass a folder with images (--calib-data)")
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as workdir:
         prepared = _pre_process(onnx_in, Path(workdir) / "prepared.onnx")
         model = _load(prepared)
         excluded = first_and_last_compute_nodes(model) if exclude_first_last else []
-        reader = BatchReader(model.graph.input[0].name, calibration_batches)
+        reader = BatchReader(model.graph.input[0].name, itertools.chain([first], batches), single_images=method != "minmax")
         with atomic_path(onnx_out) as tmp, _quiet():
             try:
                 ort_quantize_static(
@@ -85,8 +100,6 @@ def quantize_static(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, cal
                 )
             except Exception as exc:  # the quantizer raises ValueError, RuntimeError, ORT errors...
                 raise ExportError(f"static int8 quantization of {onnx_in} failed: {_first_line(exc)}") from exc
-            if reader.count == 0:
-                raise ExportError("static int8 quantization got no calibration images; pass a folder with images (--calib-data)")
             _copy_metadata(onnx_in, tmp)
     if info is not None:
         info.update({"kept_float": excluded, "calibration_images": reader.count, "calibration_method": method})

@@ -1,0 +1,160 @@
+"""Quantization building blocks on a real (trained) model's ONNX export: static QDQ int8, dynamic
+MatMul/Gemm int8, float16; metadata kept, no files in the working directory, mistakes refused."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgekit.data import load_batch
+from edgekit.errors import ExportError
+from edgekit.export.onnx import export_onnx
+from edgekit.metadata import ModelMetadata, read_onnx_metadata
+from edgekit.quantize import (
+    BatchReader, convert_fp16, first_and_last_compute_nodes, quantize_dynamic_matmul, quantize_static, sort_topologically,
+)
+
+
+@pytest.fixture(scope="module")
+def float_model(trained_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("quant") / "model.onnx"
+    metadata = ModelMetadata(trained_run.card.class_names, trained_run.card.preprocessing, {"variant": "fp32"})
+    return export_onnx(trained_run.build_model(), path, torch.randn(2, 3, 48, 48), metadata)
+
+
+@pytest.fixture(scope="module")
+def real_batches(trained_run, photo_folders):
+    """Batches of real training photos (calibration) and validation photos (evaluation)."""
+    train = sorted(photo_folders[0].rglob("*.jpg"))[::3]
+    val = sorted(photo_folders[1].rglob("*.jpg"))
+    preprocessing = trained_run.card.preprocessing
+    calibration = [load_batch(train[i : i + 8], preprocessing) for i in range(0, len(train), 8)]
+    return calibration, load_batch(val, preprocessing)
+
+
+def _logits(path, inputs):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+
+
+@pytest.fixture
+def in_empty_cwd(tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+@pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
+def test_static_int8_agrees_on_real_photos(float_model, real_batches, tmp_path, in_empty_cwd, method):
+    calibration, evaluation = real_batches
+    info: dict = {}
+    out = quantize_static(float_model, tmp_path / "int8.onnx", iter(calibration), method=method, info=info)
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert info["calibration_images"] == sum(len(b) for b in calibration) and len(info["kept_float"]) == 2
+    reference, quantized = _logits(float_model, evaluation), _logits(out, evaluation)
+    assert not np.allclose(reference, quantized, atol=1e-5)  # it really is a different computation
+    assert (reference.argmax(1) == quantized.argmax(1)).mean() >= 0.9
+    assert read_onnx_metadata(out).labels == read_onnx_metadata(float_model).labels  # metadata kept
+    assert os.path.getsize(out) < 0.3 * os.path.getsize(float_model)
+    assert list(in_empty_cwd.iterdir()) == []  # pre-processed and augmented models went to a temp dir
+
+
+def test_uint8_activations_and_per_channel_int8_weights(float_model, real_batches, tmp_path):
+    calibration, _ = real_batches
+    model = onnx.load(str(quantize_static(float_model, tmp_path / "q.onnx", calibration[:1])))
+    quantize_nodes = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    initializers = {t.name: t for t in model.graph.initializer}
+    activation_zero_points = {initializers[n.input[2]].data_type for n in quantize_nodes if n.input[2] in initializers}
+    assert activation_zero_points == {onnx.TensorProto.UINT8}
+    weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    assert weights, "convolution weights should be stored as int8"
+    dequantize_scales = [initializers[n.input[1]] for n in model.graph.node
+                         if n.op_type == "DequantizeLinear" and n.input[0] in {w.name for w in weights}]
+    assert any(len(s.dims) == 1 and s.dims[0] > 1 for s in dequantize_scales)  # one scale per output channel
+
+
+def test_keeping_everything_quantized_is_possible(float_model, real_batches, tmp_path):
+    calibration, _ = real_batches
+    info: dict = {}
+    quantize_static(float_model, tmp_path / "q.onnx", calibration[:1], exclude_first_last=False, info=info)
+    assert info["kept_float"] == []
+
+
+def test_static_int8_refuses_mistakes(float_model, tmp_path):
+    with pytest.raises(ExportError, match="calibration method 'mse'"):
+        quantize_static(float_model, tmp_path / "q.onnx", [], method="mse")
+    with pytest.raises(ExportError, match="no calibration images"):
+        quantize_static(float_model, tmp_path / "q.onnx", [])
+    assert not (tmp_path / "q.onnx").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_dynamic_int8_touches_only_matmul_and_gemm(float_model, real_batches, tmp_path, in_empty_cwd):
+    _, evaluation = real_batches
+    out = quantize_dynamic_matmul(float_model, tmp_path / "dyn.onnx")
+    ops = {n.op_type for n in onnx.load(str(out)).graph.node}
+    assert "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    assert "ConvInteger" not in ops and "Conv" in ops  # convolutions stay float: ConvInteger is several times slower
+    assert (_logits(float_model, evaluation).argmax(1) == _logits(out, evaluation).argmax(1)).mean() >= 0.95
+    assert read_onnx_metadata(out).source == {"variant": "fp32"}
+    assert list(in_empty_cwd.iterdir()) == []
+
+
+def test_dynamic_int8_refuses_a_model_without_matmul(tmp_path):
+    conv_only = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    path = export_onnx(conv_only, tmp_path / "conv.onnx", torch.randn(2, 3, 8, 8))
+    with pytest.raises(ExportError, match="no MatMul/Gemm"):
+        quantize_dynamic_matmul(path, tmp_path / "dyn.onnx")
+
+
+def test_fp16_keeps_float32_inputs_and_outputs(float_model, real_batches, tmp_path):
+    _, evaluation = real_batches
+    out = convert_fp16(float_model, tmp_path / "fp16.onnx")
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer if len(t.dims) > 1)
+    reference, half = _logits(float_model, evaluation), _logits(out, evaluation)
+    spread = reference.max() - reference.min()
+    assert 0 < np.abs(reference - half).max() < 0.02 * spread
+    assert read_onnx_metadata(out).labels is not None
+
+
+def test_first_and_last_compute_nodes(float_model):
+    model = onnx.load(str(float_model))
+    first, last = first_and_last_compute_nodes(model)
+    by_name = {n.name: n.op_type for n in model.graph.node}
+    assert by_name[first] == "Conv" and by_name[last] == "Gemm"
+    assert [n.name for n in model.graph.node if n.op_type == "Conv"][0] == first
+
+
+def test_topological_sort_repairs_order():
+    from onnx import helper
+
+    a = helper.make_node("Relu", ["x"], ["a"], name="a")
+    b = helper.make_node("Relu", ["a"], ["y"], name="b")
+    graph = helper.make_graph([b, a], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    sort_topologically(graph)
+    assert [n.name for n in graph.node] == ["a", "b"]
+    cycle = helper.make_graph([helper.make_node("Relu", ["z"], ["w"], name="c")], "g", [], [])
+    with pytest.raises(ExportError, match="cycle or a dangling input"):
+        sort_topologically(cycle)
+
+
+def test_batch_reader_feeds_named_batches():
+    batches = [np.zeros((2, 3), np.float32), np.ones((3, 3), np.float32)]
+    reader = BatchReader("input", batches)
+    first = reader.get_next()
+    assert set(first) == {"input"} and first["input"].shape == (2, 3)
+    assert reader.get_next()["input"].shape == (3, 3)
+    assert reader.get_next() is None and reader.count == 5
