@@ -252,3 +252,80 @@ def test_disk_full_during_finetune_is_one_line_and_exit_2(kill_data, tmp_path, m
     assert "no space left" in result.stderr and "Traceback" not in result.output
     assert_final_files_complete(out)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left behind
+
+
+# ---- export, quantization and bench: kill -9, concurrency, disk full ---------------------------------
+
+EXPORT = ["--format", "all", "--quantize", "none,int8", "--calib-size", "8", "--max-parity-images", "8"]
+
+
+@pytest.fixture
+def export_run(trained_run, tmp_path):
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(trained_run.path, target, ignore=shutil.ignore_patterns("exports", "bench"))
+    return target
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hook", [{"EDGEKIT_TEST_KILL_IN_WRITE": "3"}, {"EDGEKIT_TEST_KILL_AT_REPLACE": "4"}],
+                         ids=["mid-write-int8-quantization", "before-int8-report"])
+def test_kill_during_export_leaves_only_complete_files_and_a_rerun_finishes(export_run, hook):
+    killed = run_edgekit("export", export_run, *EXPORT, env_extra=hook)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    before = assert_final_files_complete(export_run)
+    assert any(name.startswith("exports/") for name in before)  # it was killed part-way, not before starting
+    again = run_edgekit("export", export_run, *EXPORT)
+    assert again.returncode == 0, again.stderr
+    after = assert_final_files_complete(export_run)
+    assert {"exports/model.onnx", "exports/model.int8.onnx", "exports/model.pt2"} <= set(after)
+
+
+@pytest.mark.slow
+def test_two_exports_of_one_run_at_once_do_not_corrupt_each_other(export_run):
+    args = ["--format", "onnx", "--quantize", "none,int8", "--calib-size", "8", "--max-parity-images", "8"]
+    first, second = edgekit_process("export", export_run, *args), edgekit_process("export", export_run, *args)
+    outputs = [process.communicate(timeout=300) for process in (first, second)]
+    assert first.returncode == 0, outputs[0][1]
+    assert second.returncode == 0, outputs[1][1]
+    names = assert_final_files_complete(export_run)
+    assert {"exports/model.onnx", "exports/model.int8.onnx", "exports/fp32.parity.json", "exports/int8.parity.json"} <= set(names)
+    assert not [p for p in (export_run / "exports").iterdir() if p.name.startswith(".")]  # no temp files left over
+    report = json.loads((export_run / "exports" / "int8.parity.json").read_text())
+    assert report["passed"] is True and Path(report["artifact"]).name == "model.int8.onnx"
+
+
+def test_kill_during_bench_leaves_only_complete_reports(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.path, run, ignore=shutil.ignore_patterns("exports", "bench"))
+    killed = run_edgekit("bench", run, "--iterations", "3", "--warmup", "1", env_extra={"EDGEKIT_TEST_KILL_IN_WRITE": "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    names = assert_final_files_complete(run)
+    assert not [name for name in names if name.startswith("bench/")]  # killed in its first write: no report under a final name
+
+
+def test_disk_full_during_export_keeps_the_previous_artifact(export_run, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    args = ["export", str(export_run), "--format", "onnx", "--quantize", "none", "--max-parity-images", "8"]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    artifact = export_run / "exports" / "model.onnx"
+    previous = _digest(artifact)
+    monkeypatch.setattr(os, "fsync", _enospc)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "no space left" in result.stderr and "Traceback" not in result.output
+    assert _digest(artifact) == previous
+    assert not [p for p in (export_run / "exports").iterdir() if p.name.startswith(".")]
