@@ -23,7 +23,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .errors import ConfigError, EdgekitError
+from .errors import ConfigError
 from .results import Result
 
 # The variants `edgekit export` writes; "-uint8in" ones take uint8 pixels (embedded preprocessing).
@@ -62,8 +62,9 @@ class VariantThresholds(_Strict):
         return self
 
     @property
-    def needs_parity(self) -> bool:
-        return any(v is not None for v in (self.min_accuracy, self.max_accuracy_drop, self.min_agreement, self.max_abs_diff, self.max_rel_diff))
+    def needs_reference(self) -> bool:
+        """Whether a threshold compares with the PyTorch model (accuracy alone can come from bench)."""
+        return any(v is not None for v in (self.max_accuracy_drop, self.min_agreement, self.max_abs_diff, self.max_rel_diff))
 
 
 class BaselinePolicy(_Strict):
@@ -106,10 +107,10 @@ class GateConfig(_Strict):
         if self.run is None and not self.artifacts:
             raise ValueError("give `run` (a run directory) or `artifacts` (variant: file)")
         if self.run is None:
-            needing = [name for name, t in self.variants.items() if t.needs_parity]
+            needing = [name for name, t in self.variants.items() if t.needs_reference]
             if needing:
                 raise ValueError(
-                    f"variants.{needing[0]}: accuracy/agreement/logit thresholds compare with the PyTorch model and need `run`"
+                    f"variants.{needing[0]}: accuracy-drop/agreement/logit thresholds compare with the PyTorch model and need `run`"
                 )
             if self.data is None:
                 raise ValueError("data: needed when no `run` is given (labelled images <class>/<image>)")
@@ -142,7 +143,7 @@ class GateConfig(_Strict):
         return Path(os.path.normpath(base / path))
 
     def measured_variants(self) -> list[str]:
-        """Every variant the gate needs: those with thresholds, their speedup references, and the anchor."""
+        """Every variant the gate needs: those with thresholds, then their speedup references."""
         names = list(self.variants)
         for thresholds in self.variants.values():
             names += [other for other in thresholds.min_speedup_vs if other not in names]
@@ -229,9 +230,13 @@ class GateResult(Result):
         return next((m for m in self.variants if m.variant == variant), None)
 
 
-def gate(config: GateConfig, baseline: str | os.PathLike | None = None, progress: bool = False) -> GateResult:
+def gate(config: GateConfig | str | os.PathLike, baseline: str | os.PathLike | None = None, progress: bool = False) -> GateResult:
     """Measure what ``config``'s checks need, evaluate every threshold, compare with ``baseline``
-    (a GateResult or BenchResult JSON from an earlier run) and return the verdict."""
+    (a GateResult or BenchResult JSON from an earlier run) and return the verdict.
+
+    ``config`` is a GateConfig or the path of a YAML gate config."""
+    if not isinstance(config, GateConfig):
+        config = load_config(config)
     from .gate_checks import compare_with_baseline, evaluate, load_baseline
     from .gate_measure import measure_variants
 
@@ -258,11 +263,12 @@ def gate(config: GateConfig, baseline: str | os.PathLike | None = None, progress
     )
 
 
-def load_config(path: str | os.PathLike) -> GateConfig:
-    """A GateConfig from YAML; a missing or malformed file is a ConfigError naming it."""
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> GateConfig:
+    """A GateConfig from YAML (``overrides``: flags given on the command line, None values ignored);
+    a missing or malformed file is a ConfigError naming it."""
     if not Path(path).is_file():
         raise ConfigError(f"gate config {path} does not exist; see configs/gate.yaml for an example")
-    return GateConfig.from_yaml(path)
+    return GateConfig.from_yaml(path, overrides)
 
 
-__all__ = ["BaselinePolicy", "Check", "Comparison", "EdgekitError", "GateConfig", "GateResult", "VariantMeasure", "VariantThresholds", "gate", "load_config"]
+__all__ = ["BaselinePolicy", "Check", "Comparison", "GateConfig", "GateResult", "VariantMeasure", "VariantThresholds", "gate", "load_config"]

@@ -81,6 +81,12 @@ def test_a_threshold_that_was_not_measured_fails_rather_than_passing_silently():
     assert "was not measured" in checks[0].message and "was not measured" in checks[1].message
 
 
+def test_thresholds_are_met_exactly_despite_float_rounding():
+    measures = _measures(accuracy=0.94, reference_accuracy=0.945, accuracy_drop=0.945 - 0.94)
+    assert evaluate(_config({"int8": {"max_accuracy_drop": 0.005}}), measures, [], False)[0].passed
+    assert not evaluate(_config({"int8": {"max_accuracy_drop": 0.0049}}), measures, [], False)[0].passed
+
+
 def test_int8_slower_than_fp32_fails_the_speedup_ratio_whatever_the_absolute_times():
     # the same ratio on a machine 10x slower gives the same verdict: latency is only ever a ratio
     for scale in (1.0, 10.0):
@@ -398,3 +404,19 @@ def test_data_without_the_runs_classes_cannot_check_accuracy(gated, tmp_path):
     config = _write_config(tmp_path / "gate.yaml", run=str(run_dir), data=str(folder), variants={"fp32": {"min_accuracy": 0.5}})
     result = CliRunner().invoke(cli, ["gate", "--config", str(config)])
     assert result.exit_code == 2 and "carry no labels the run knows" in result.output, result.output
+
+
+@pytest.mark.slow
+def test_bare_artifacts_without_a_run_are_gated_on_bench_accuracy_size_and_speed(gated, tmp_path):
+    _, run_dir, out, _ = gated
+    data = GateResult.from_json(out / "gate.json").data
+    exports = run_dir / "exports"
+    config = _write_config(
+        tmp_path / "bare.yaml", artifacts={"fp32": str(exports / "model.onnx"), "int8": str(exports / "model.int8.onnx")},
+        data=data, threads=1, warmup=1, iterations=10,
+        variants={"int8": {"min_accuracy": 0.5, "max_size_mb": 100, "min_speedup_vs": {"fp32": 0.05}}},
+    )
+    result = CliRunner().invoke(cli, ["gate", "--config", str(config), "--json", str(tmp_path / "bare.json")])
+    assert result.exit_code == 0, result.output
+    int8 = GateResult.from_json(tmp_path / "bare.json").measure("int8")
+    assert int8.n_images == 24 and int8.accuracy >= 0.5 and int8.agreement is None  # no PyTorch reference without a run

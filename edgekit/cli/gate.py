@@ -30,14 +30,10 @@ def gate_command(config_path, baseline, json_path, junit_path, markdown_path, th
     Exit status: 0 every check holds, 1 a check failed (each failure is named on one line),
     2 a user error (a malformed config names the key).
     """
-    from ..gate import GateConfig, gate
+    from ..gate import gate, load_config
     from ..gate_report import format_comparison, format_threshold, format_value, write_reports
 
-    config = GateConfig.from_yaml(config_path, {"threads": threads}) if Path(config_path).is_file() else None
-    if config is None:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"gate config {config_path} does not exist; see configs/gate.yaml for an example")
+    config = load_config(config_path, {"threads": threads})
     result = gate(config, baseline=baseline, progress=True)
 
     table = Table("check", "measured", "threshold", "result", title="edgekit gate")
