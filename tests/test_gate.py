@@ -108,6 +108,7 @@ def test_int8_slower_than_fp32_fails_the_speedup_ratio_whatever_the_absolute_tim
         ({"run": "r", "variants": {"int8": {}}, "baseline": {"max_slowdown": "10%"}}, "baseline.max_slowdown"),
         ({"run": "r", "variants": {"int8": {"min_speedup_vs": {"fp32": 0}}}}, "min_speedup_vs"),
         ({"run": "r"}, "variants"),
+        ({"run": "r", "variants": {"int8": {"min_speedup_vs": {"int8": 1.5}}}}, "variants.int8.min_speedup_vs.int8"),
     ],
 )
 def test_a_malformed_config_names_the_key(tmp_path, data, key):
