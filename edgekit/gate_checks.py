@@ -174,7 +174,7 @@ def _comparison(variant, metric, baseline, current, change, noise, worse) -> Com
 
 
 _BASELINE_LIMITS = {  # metric -> (policy field, how the limit reads)
-    "relative_latency": ("max_slowdown", "slower relative to {anchor}"),
+    "relative_latency": ("max_slowdown", "latency relative to {anchor}"),
     "accuracy": ("max_accuracy_drop", "accuracy drop"),
     "agreement": ("max_agreement_drop", "agreement drop"),
     "size_bytes": ("max_size_growth", "size growth"),
