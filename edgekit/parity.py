@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from .data import IMAGE_EXTENSIONS, ImageFolder, load_image, run_images, scan_folder, stratified_sample
 from .errors import DataError, EdgekitError
@@ -35,9 +35,11 @@ class ParityThresholds(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_rel_diff: float | None = None  # max |logit diff| / reference logit spread, worst image
-    min_agreement: float | None = None  # top-1 agreement with the reference
-    max_accuracy_drop: float | None = None  # reference accuracy - variant accuracy (needs labels)
+    # Bounded so that a threshold no model could ever meet (agreement 1.5, a negative difference) is a
+    # user error up front instead of a parity run that always fails.
+    max_rel_diff: float | None = Field(None, ge=0)  # max |logit diff| / reference logit spread, worst image
+    min_agreement: float | None = Field(None, ge=0, le=1)  # top-1 agreement with the reference
+    max_accuracy_drop: float | None = Field(None, ge=-1, le=1)  # reference accuracy - variant accuracy (needs labels)
 
 
 class ParityMetrics(BaseModel):

@@ -351,3 +351,43 @@ def test_self_referencing_link_beside_the_class_folders_is_ignored(tmp_path):
     data = write_photo_folder(tmp_path / "data", 3, seed=0, size=40)
     os.symlink("knot", data / "knot")
     assert scan_folder(data).classes == ["chelsea", "coffee", "rocket"]
+
+
+# ---- impossible thresholds and contradicting flags beyond finetune --------------------------------
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (["parity", "{run}", "{run}/model.onnx", "--min-agreement", "1.5"], ["min_agreement", "1.5"]),
+        (["export", "{run}", "--max-rel-diff", "-1"], ["max_rel_diff", "-1"]),
+        (["export", "{run}", "--max-accuracy-drop", "2"], ["max_accuracy_drop", "2"]),
+        (["export", "{run}", "--format", "torch-export", "--quantize", "int8"], ["--quantize int8", "ONNX only"]),
+        (["export", "{run}", "--quantize", "int4"], ["int4"]),
+        (["export", "{run}", "--calib-size", "0"], ["--calib-size 0"]),
+        (["bench", "{run}", "--iterations", "0"], ["iterations"]),
+        (["bench", "{run}", "--threads", "0"], ["threads"]),
+        (["bench", "{run}", "--batch-sizes", "0"], ["batch"]),
+        (["bench", "{run}", "--runtime", "tensorrtx"], ["tensorrtx"]),
+    ],
+)
+def test_impossible_thresholds_and_contradicting_export_flags(run_copy, args, needles):
+    args = [a.replace("{run}", str(run_copy.path)) for a in args]
+    before = sorted(p.name for p in run_copy.path.rglob("*"))
+    assert_user_error(run_cli(*args), *needles)
+    assert sorted(p.name for p in run_copy.path.rglob("*")) == before  # nothing written
+
+
+@pytest.mark.parametrize(
+    "thresholds, needles",
+    [
+        ("min_accuracy: 1.5", ["variants.fp32.min_accuracy", "1.5"]),
+        ("min_agreement: -0.1", ["variants.fp32.min_agreement", "-0.1"]),
+        ("max_size_mb: 0", ["variants.fp32.max_size_mb"]),
+        ("min_speedup_vs: {fp32: 0}", ["min_speedup_vs"]),
+        ("max_accuracy_dorp: 0.1", ["max_accuracy_dorp", "unknown key"]),
+    ],
+)
+def test_impossible_gate_thresholds(trained_run, tmp_path, thresholds, needles):
+    config = tmp_path / "gate.yaml"
+    config.write_text(f"run: {trained_run.path}\nvariants:\n  fp32:\n    {thresholds}\n", encoding="utf-8")
+    assert_user_error(run_cli("gate", "--config", config), str(config), *needles)

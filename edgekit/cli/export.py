@@ -30,7 +30,9 @@ def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
 
     given = {"max_rel_diff": max_rel_diff, "min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop}
     given = {k: v for k, v in given.items() if v is not None}
-    return ParityThresholds(**given) if given else None
+    from ..config import validate
+
+    return validate(ParityThresholds, given, "thresholds") if given else None  # out of range: ConfigError, exit 2
 
 
 @click.command("export")
