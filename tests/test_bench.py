@@ -89,6 +89,17 @@ def test_measurements_are_consistent(run_result, exported_run):
     assert by_key[("int8", "ort-cpu", 1)].size_bytes < by_key[("fp32", "ort-cpu", 1)].size_bytes / 2
 
 
+def test_ort_spinning_is_off_when_sessions_take_turns(run_result, exported_run):
+    # idle ORT threads spinning on the cores the next interleaved session needs would distort its timing
+    assert all(m.runtime_info["allow_spinning"] is False for m in run_result.measurements if m.runtime == "ort-cpu")
+    assert run_result.settings["options"]["allow_spinning"] is False
+    alone = bench(exported_run.exports_dir / "model.onnx", threads=1, **FAST)
+    assert alone.measurements[0].runtime_info["allow_spinning"] == "default"
+    chosen = bench([exported_run.exports_dir / "model.onnx", exported_run.exports_dir / "model.int8.onnx"], threads=1,
+                   options={"allow_spinning": True}, **FAST)
+    assert all(m.runtime_info["allow_spinning"] is True for m in chosen.measurements)
+
+
 def test_ratios_are_computed_within_the_result(run_result):
     for batch_size in (1, 2):
         group = [m for m in run_result.measurements if m.batch_size == batch_size]
@@ -320,14 +331,18 @@ def test_median_ci():
 
 @pytest.mark.parametrize("exact", [True, False])
 def test_peak_memory_sees_a_short_allocation(monkeypatch, exact):
+    import mmap
     import time
 
     if not exact:
         monkeypatch.setattr(bench_module, "_reset_high_water_mark", lambda: False)
+    size = 40 * 2**20
     with bench_module.PeakMemory() as memory:
-        block = np.ones(40 * 2**20 // 8)  # 40 MiB, touched
+        # fresh anonymous pages, touched: malloc could instead reuse memory this process already holds
+        block = mmap.mmap(-1, size)
+        block.write(b"\x01" * size)
         time.sleep(0.05)  # long enough for the sampler
-        del block
+        block.close()
     assert memory.delta_mb > 30
 
 
