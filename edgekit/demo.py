@@ -93,7 +93,7 @@ def run_demo(
     from .bench import bench, save_to_run
     from .export import export
     from .finetune import finetune
-    from .gate import GateConfig, gate
+    from .gate import gate, load_config
     from .predict import predict
 
     out = Path(out)
@@ -116,5 +116,7 @@ def run_demo(
         result.bench = bench([run_dir], runtimes=("torch", "ort-cpu"), batch_sizes=(1, 8), data=folders["test"], progress=progress)
         save_to_run(result.bench, run_dir)
     if "gate" in steps and gate_config is not None:
-        result.gate = gate(GateConfig.from_yaml(gate_config), progress=progress)
+        # The config's own run/data paths name the default demo folder; point them at this one.
+        overrides = {"run": str(run_dir.resolve()), "data": str(folders["test"].resolve())}
+        result.gate = gate(load_config(gate_config, overrides), progress=progress)
     return result

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 @click.command("gate")
@@ -31,10 +31,20 @@ def gate_command(config_path, baseline, json_path, junit_path, markdown_path, th
     2 a user error (a malformed config names the key).
     """
     from ..gate import gate, load_config
-    from ..gate_report import format_comparison, format_threshold, format_value, write_reports
+    from ..gate_report import write_reports
 
     config = load_config(config_path, {"threads": threads})
     result = gate(config, baseline=baseline, progress=True)
+    show_gate(result, anchor=config.baseline.anchor)
+    for path in write_reports(result, json_path, junit_path, markdown_path):
+        console.print(f"wrote {path}")
+    if not result.passed:
+        raise click.exceptions.Exit(1)
+
+
+def show_gate(result, anchor: str = "fp32") -> None:
+    """Print the checks (and baseline moves) as tables; failures one line each on stderr."""
+    from ..gate_report import format_comparison, format_threshold, format_value
 
     table = Table("check", "measured", "threshold", "result", title="edgekit gate")
     for check in result.checks:
@@ -42,21 +52,18 @@ def gate_command(config_path, baseline, json_path, junit_path, markdown_path, th
         table.add_row(check.name, format_value(check, check.value), format_threshold(check), state)
     console.print(table)
     if result.comparisons:
-        moves = Table("metric", "baseline", "now", "change", "noise", "verdict", title=f"vs baseline {baseline}")
-        anchor = config.baseline.anchor
+        moves = Table("metric", "baseline", "now", "change", "noise", "verdict", title=f"vs baseline {result.baseline}")
         short = {"relative_latency": f"latency/{anchor}", "size_bytes": "size"}
         for c in result.comparisons:
             verdict = {"regression": "[bold red]regression[/bold red]", "improvement": "[green]improvement[/green]"}.get(c.verdict, c.verdict)
             moves.add_row(f"{c.variant} {short.get(c.metric, c.metric)}", *format_comparison(c), verdict)
         console.print(moves)
-    for path in write_reports(result, json_path, junit_path, markdown_path):
-        console.print(f"wrote {path}")
-    if not result.passed:
-        for message in result.failures:
-            click.echo(f"FAIL {message}", err=True)
-        click.echo(f"gate failed: {len(result.failures)} of {len(result.checks)} checks", err=True)
-        raise click.exceptions.Exit(1)
-    console.print(f"[green]gate passed: {len(result.checks)} checks[/green]")
+    if result.passed:
+        console.print(f"[green]gate passed: {len(result.checks)} checks[/green]")
+        return
+    for message in result.failures:
+        click.echo(f"FAIL {message}", err=True)
+    click.echo(f"gate failed: {len(result.failures)} of {len(result.checks)} checks", err=True)
 
 
 COMMANDS = [gate_command]
