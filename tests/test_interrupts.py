@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 #   EDGEKIT_TEST_KILL_IN_WRITE=N    at the N-th fsync, cut the temp file in half, then SIGKILL (a kill mid-write)
 #   EDGEKIT_TEST_EPOCH_PAUSE=S      sleep S seconds after each fine-tune epoch (room for an outside kill)
 DRIVER = r"""
-import os, signal, sys, time
+import importlib, os, signal, sys, time
 import torch
 torch.set_num_threads(1)
 kill_at_replace = int(os.environ.get("EDGEKIT_TEST_KILL_AT_REPLACE", "0"))
@@ -184,10 +184,12 @@ def test_outside_kill_after_first_checkpoint_then_resume(reference_run, kill_dat
             if (out / "checkpoint.pt").exists() and (out / "metrics.json").exists():
                 break
             time.sleep(0.02)
-        assert process.poll() is None, "the run finished before it could be killed"
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (exit {process.returncode}) before it could be killed: {process.communicate()[1][-1500:]}")
         process.send_signal(signal.SIGKILL)
     finally:
-        process.kill()
+        if process.poll() is None:
+            process.kill()
         process.communicate()
     assert process.returncode == -signal.SIGKILL
     assert_final_files_complete(out)
