@@ -230,6 +230,9 @@ def test_whole_workflow_makes_no_network_call(no_network, tmp_path):
     predict(artifact, [image], top_k=2)
     session = runtimes.load(artifact)
     assert session.run(session.example_batch(2)).shape == (2, 3)
+    from edgekit.models import build
+
+    build("efficientnet_lite0", "DEFAULT", num_classes=3)  # the offline pretrained weights ship in a package
     assert no_network == []
 
 
