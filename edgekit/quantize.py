@@ -91,12 +91,18 @@ def quantize_static(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, cal
         model = _load(prepared)
         excluded = first_and_last_compute_nodes(model) if exclude_first_last else []
         reader = BatchReader(model.graph.input[0].name, itertools.chain([first], batches), single_images=method != "minmax")
+        cache = None
+        if method == "entropy":
+            # quantize_static builds its entropy calibrator with 128 bins and 128 quantized bins, which leaves
+            # exactly one candidate threshold (the full range): the same ranges as minmax. We compute the
+            # ranges with a real histogram and hand them over as ORT's calibration cache.
+            cache = _entropy_ranges(prepared, reader, Path(workdir))
         with atomic_path(onnx_out) as tmp, _quiet():
             try:
                 ort_quantize_static(
-                    str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    str(prepared), str(tmp), None if cache else reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
-                    nodes_to_exclude=excluded, extra_options=extra_options,
+                    nodes_to_exclude=excluded, extra_options=extra_options, calibration_cache_path=cache,
                 )
             except Exception as exc:  # the quantizer raises ValueError, RuntimeError, ORT errors...
                 raise ExportError(f"static int8 quantization of {onnx_in} failed: {_first_line(exc)}") from exc
@@ -178,6 +184,35 @@ def first_and_last_compute_nodes(model) -> list[str]:
     first = next((n.name for n in nodes if n.op_type == "Conv"), None)
     last = next((n.name for n in reversed(nodes) if n.op_type in ("Gemm", "MatMul")), None)
     return [name for name in (first, last) if name]
+
+
+# The TensorRT recipe (2048 bins, 128 quantized bins). Measured on EfficientNet-Lite0 (ImageNet weights, 40 real
+# photo crops): top-1 agreement 60% vs minmax 87.5% (255 quantized bins: 0%). Entropy clips heavy-tailed
+# activations that depthwise/SE nets need; it is offered, not the default, and parity catches a bad result.
+ENTROPY_BINS = 2048
+ENTROPY_QUANTIZED_BINS = 128
+
+
+def _entropy_ranges(prepared: Path, reader: BatchReader, workdir: Path) -> Path:
+    """KL-divergence (entropy) activation ranges for ``prepared``, saved as an ORT calibration cache."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static calibrates by default
+    try:
+        with _quiet():
+            calibrator = create_calibrator(
+                prepared, op_types, augmented_model_path=str(workdir / "augmented.onnx"),
+                calibrate_method=CalibrationMethod.Entropy,
+                extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
+            )
+            calibrator.collect_data(reader)
+            ranges = calibrator.compute_data()
+    except Exception as exc:
+        raise ExportError(f"entropy calibration failed: {_first_line(exc)}") from exc
+    cache = workdir / "entropy-ranges.json"
+    save_tensors_data(ranges, cache)
+    return cache
 
 
 def _pre_process(onnx_in: str | os.PathLike, prepared: Path) -> Path:
