@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/edgekit demo --out runs/demo
+	$(BIN)/edgekit demo --out runs/demo --overwrite --gate-config configs/gate.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile

@@ -11,7 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Under pytest-xdist each worker gets one thread: two workers with two OpenMP threads each on two cores
+# spin-wait on each other and run many times slower than one thread each.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 PHOTOS = ("chelsea", "coffee", "rocket")  # three real photos from scikit-image -> three classes
 TEST_SIZE = 48  # input size for the test model: small enough for CPU CI, big enough for MobileNet
