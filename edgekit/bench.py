@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import runtimes
+from . import runtimes as registry  # "runtimes" is also bench()'s parameter name
 from .errors import DataError, EdgekitError
 from .results import Result
 
@@ -98,7 +98,7 @@ class Candidate:
 class _Entry:
     candidate: Candidate
     runtime: str
-    session: runtimes.Session
+    session: registry.Session
     size_bytes: int
     rss_delta_mb: float = 0.0
     gpu_memory_mb: float | None = None
@@ -111,7 +111,7 @@ class _Entry:
 
 def bench(
     targets: Sequence[str | os.PathLike] | str | os.PathLike,
-    runtimes: Sequence[str] = ("auto",),
+    runtimes: Sequence[str] | str = ("auto",),
     batch_sizes: Sequence[int] = (1,),
     threads: int | None = None,
     data: str | os.PathLike | None = None,
@@ -137,7 +137,8 @@ def bench(
         raise EdgekitError("nothing to bench; pass a run directory or .onnx/.pt2 files")
     candidates = collect_candidates(target_list)
     options = dict(options or {})
-    pairs, skipped = _pair_with_runtimes(candidates, list(runtimes), options)
+    runtime_names = [n.strip() for n in runtimes.split(",")] if isinstance(runtimes, str) else list(runtimes)
+    pairs, skipped = _pair_with_runtimes(candidates, runtime_names, options)
     if not pairs:
         reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items()) or "no runtime can load these files"
         raise EdgekitError(f"nothing could be benched ({reasons})")
@@ -151,20 +152,24 @@ def bench(
         if not entries:
             reasons = "; ".join(f"{name}: {why}" for name, why in skipped.items())
             raise EdgekitError(f"nothing could be benched ({reasons})")
+        if folder is not None:
+            for entry in entries:  # before the long timing phase, not after it
+                _label_indices(entry.session, folder)
         for batch_size in batch_sizes:
             _time_interleaved(entries, batch_size, iterations, e2e_images, bar)
         if folder is not None:
             bar.begin(len(entries), "accuracy")
+            prepared: dict = {}  # decoded batches shared by the variants with the same preprocessing
             for entry in entries:
                 bar.describe(f"accuracy of {entry.candidate.path.name} on {entry.runtime}")
-                _accuracy(entry, folder)
+                _accuracy(entry, folder, prepared)
                 bar.advance()
 
     measurements = [m for entry in entries for m in _measurements(entry, batch_sizes, base_rss, end_to_end and e2e_images is not None)]
     measurements.sort(key=_row_order)
     warnings = _add_ratios(measurements)
     settings = {
-        "runtimes": list(runtimes),
+        "runtimes": runtime_names,
         "batch_sizes": list(batch_sizes),
         "threads": threads,
         "warmup": warmup,
@@ -192,7 +197,7 @@ def _interleaving_defaults(options: dict, pairs) -> dict:
     cores the next session needs. Measured on 2 cores (MobileNetV3-S, three ORT sessions interleaved): fp32
     p50 22.5 ms with spinning, 1.9 ms without, and 1.7 ms benched alone.
     """
-    sessions_on_ort = sum(1 for _, name in pairs if "allow_spinning" in runtimes.get_runtime(name).options)
+    sessions_on_ort = sum(1 for _, name in pairs if "allow_spinning" in registry.get_runtime(name).options)
     if len(pairs) > 1 and sessions_on_ort and "allow_spinning" not in options:
         return {**options, "allow_spinning": False}
     return options
@@ -272,7 +277,7 @@ def collect_candidates(targets: Sequence[str | os.PathLike]) -> list[Candidate]:
             for artifact in sorted(exports.glob("*.onnx")) + sorted(exports.glob("*.pt2")) if exports.is_dir() else []:
                 add(Candidate(path.name, artifact, variant_of(artifact), artifact.suffix, path))
             continue
-        kind = runtimes.artifact_kind(path)
+        kind = registry.artifact_kind(path)
         run_dir = _run_of(path)
         if kind == "run":
             if run_dir is None:
@@ -322,12 +327,12 @@ def _pair_with_runtimes(candidates, names, options) -> tuple[list[tuple[Candidat
     chosen = []
     for name in names:
         if name == "auto":
-            chosen.extend(runtimes.auto_runtime(c.path) for c in candidates)
+            chosen.extend(registry.auto_runtime(c.path) for c in candidates)
         else:
-            runtimes.get_runtime(name)  # unknown name -> EdgekitError listing the registered ones
+            registry.get_runtime(name)  # unknown name -> EdgekitError listing the registered ones
             chosen.append(name)
     chosen = list(dict.fromkeys(chosen))
-    accepted = {option for name in chosen for option in runtimes.get_runtime(name).options}
+    accepted = {option for name in chosen for option in registry.get_runtime(name).options}
     unknown = sorted(set(options) - accepted)
     if unknown:
         raise EdgekitError(
@@ -336,11 +341,12 @@ def _pair_with_runtimes(candidates, names, options) -> tuple[list[tuple[Candidat
         )
     pairs = []
     for name in chosen:
-        runtime = runtimes.get_runtime(name)
+        runtime = registry.get_runtime(name)
         matching = [c for c in candidates if c.kind in runtime.suffixes]
         if not matching:
             kinds = ", ".join("a run directory" if s == "run" else s for s in runtime.suffixes)
-            skipped[name] = f"no artifact it can load among the targets (it loads {kinds})"
+            hint = "; create one with `edgekit export`" if any(c.kind == "run" for c in candidates) else ""
+            skipped[name] = f"no artifact it can load among the targets (it loads {kinds}){hint}"
             continue
         ok, reason = runtime.available()
         if not ok:
@@ -376,12 +382,12 @@ def _load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar) -> lis
     for candidate, name in pairs:
         bar.describe(f"loading and warming up {candidate.path.name} on {name}")
         bar.advance()
-        runtime = runtimes.get_runtime(name)
+        runtime = registry.get_runtime(name)
         session_options = {k: v for k, v in options.items() if k in runtime.options}
         gpu_before = gpu_used_mb()
         try:
             with PeakMemory() as memory:
-                session = runtimes.load(candidate.path, name, threads, **session_options)
+                session = registry.load(candidate.path, name, threads, **session_options)
                 notes = _warm_up(session, batch_sizes, warmup)
         except EdgekitError as exc:
             skipped[f"{name}: {candidate.path}"] = str(exc)
@@ -400,7 +406,7 @@ def _load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar) -> lis
     return entries
 
 
-def _warm_up(session: runtimes.Session, batch_sizes, warmup: int) -> list[str]:
+def _warm_up(session: registry.Session, batch_sizes, warmup: int) -> list[str]:
     notes = []
     for batch_size in batch_sizes:
         if session.fixed_batch is not None and session.fixed_batch != batch_size:
@@ -459,7 +465,7 @@ def _timed_call(entry: _Entry, batch_size: int, e2e_images):
     return call_end_to_end
 
 
-def _image_preparer(session: runtimes.Session):
+def _image_preparer(session: registry.Session):
     """paths -> the batch this session takes: decode, then resize/crop (uint8 NHWC) or the full transform (NCHW)."""
     from .data import load_image
 
@@ -470,32 +476,51 @@ def _image_preparer(session: runtimes.Session):
     return lambda paths: np.stack([transform(load_image(p)).numpy() for p in paths])
 
 
-def _accuracy(entry: _Entry, folder) -> None:
-    """Top-1 / top-5 of the session on the labelled folder, with the session's own labels and preprocessing."""
-    session = entry.session
+def _label_indices(session: registry.Session, folder) -> list[int] | None:
+    """For each class of ``folder``, its index among the model's labels (matched by name); None without labels."""
     if session.labels is None or session.preprocessing is None:
-        return
+        return None
     index_of = {name: i for i, name in enumerate(session.labels)}
     missing = [name for name in folder.classes if name not in index_of]
     if missing:
         raise DataError(
-            f"{folder.root} has class folders the model does not know: {missing[:5]}; its labels are {session.labels[:10]}. "
-            "Pass a folder with the model's classes"
+            f"{folder.root} has class folders the model {session.artifact.name} does not know: {missing[:5]}; its labels "
+            f"are {session.labels[:10]}{'...' if len(session.labels) > 10 else ''}. Pass a folder with the model's classes"
         )
-    prepare = _image_preparer(session)
+    return [index_of[name] for name in folder.classes]
+
+
+_CACHE_LIMIT_BYTES = 256 * 2**20  # keep decoded images for the next variant only while they stay this small
+
+
+def _accuracy(entry: _Entry, folder, prepared: dict | None = None) -> None:
+    """Top-1 / top-5 of the session on the labelled folder, with the session's own labels and preprocessing."""
+    session = entry.session
+    class_to_label = _label_indices(session, folder)
+    if class_to_label is None:
+        return
     step = session.fixed_batch or ACCURACY_BATCH
+    key = (session.preprocessing.model_dump_json(), session.input_kind, step)
+    cached = prepared.get(key) if prepared is not None else None
+    keep, kept_bytes = [], 0
+    prepare = _image_preparer(session)
     top1 = top5 = 0
     k = min(5, len(session.labels))
-    for start in range(0, len(folder.samples), step):
+    for number, start in enumerate(range(0, len(folder.samples), step)):
         chunk = folder.samples[start : start + step]
-        batch = prepare([p for p, _ in chunk])
+        batch = cached[number] if cached is not None else prepare([p for p, _ in chunk])
+        if cached is None and prepared is not None and kept_bytes + batch.nbytes <= _CACHE_LIMIT_BYTES:
+            keep.append(batch)
+            kept_bytes += batch.nbytes
         if session.fixed_batch is not None and len(chunk) < step:  # pad the last chunk for a fixed-batch model
             batch = np.concatenate([batch, np.repeat(batch[-1:], step - len(chunk), axis=0)])
         logits = session.run(batch)[: len(chunk)]
-        truth = np.array([index_of[folder.classes[label]] for _, label in chunk])
+        truth = np.array([class_to_label[label] for _, label in chunk])
         ranked = np.argsort(-logits, axis=1)[:, :k]
         top1 += int((ranked[:, 0] == truth).sum())
         top5 += int((ranked == truth[:, None]).any(axis=1).sum())
+    if cached is None and prepared is not None and len(keep) == -(-len(folder.samples) // step):
+        prepared[key] = keep
     entry.top1, entry.top5, entry.accuracy_images = top1 / len(folder), top5 / len(folder), len(folder)
 
 
@@ -585,7 +610,7 @@ def _measurements(entry: _Entry, batch_sizes, base_rss: float, end_to_end: bool)
 
 def _row_order(m: Measurement):
     # per model and batch size: fp32 first, then the other variants by name, each runtime in registry order
-    names = runtimes.registered_names()
+    names = registry.registered_names()
     return (m.model, m.batch_size, m.variant != "fp32", m.variant, names.index(m.runtime) if m.runtime in names else len(names))
 
 

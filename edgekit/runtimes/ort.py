@@ -148,11 +148,15 @@ def _input_kind(metadata, onnx_type: str) -> str:
 
 
 def _cuda_device_present() -> bool:
+    """Whether a CUDA GPU is visible: torch's view when it is a CUDA build, else the NVIDIA driver's device nodes."""
+    import os
+
     try:
         import torch
 
-        return torch.cuda.is_available()
+        if torch.version.cuda is not None:
+            return torch.cuda.is_available()
     except ImportError:
-        import shutil
-
-        return shutil.which("nvidia-smi") is not None
+        pass
+    # a CPU-only torch (or none) says nothing about the GPU onnxruntime-gpu would use
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
