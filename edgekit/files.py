@@ -83,11 +83,19 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def save_torch(path: str | os.PathLike, obj: Any) -> Path:
+    """torch.save ``obj`` atomically to ``path``.
+
+    Serialized in memory first: torch's own file writer reports a full disk as a bare RuntimeError
+    ("unexpected pos ..."), while a plain Python write raises OSError(ENOSPC), which atomic_path turns
+    into a clear error with the previous file intact.
+    """
+    import io
+
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return write_bytes(path, buffer.getbuffer())
 
 
 def load_torch(path: str | os.PathLike) -> Any:

@@ -233,26 +233,48 @@ def test_disk_full_keeps_the_previous_file_and_leaves_no_temp(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
 
 
+def _full_after(monkeypatch, good_writes: int) -> None:
+    """After ``good_writes`` successful Path.write_bytes calls, every write goes to /dev/full: a real ENOSPC from the kernel."""
+    real_write_bytes = Path.write_bytes
+    count = {"n": 0}
+
+    def write_bytes(self, data):
+        count["n"] += 1
+        return real_write_bytes(self if count["n"] <= good_writes else Path("/dev/full"), data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_real_enospc_keeps_the_previous_model_and_names_it(tmp_path, monkeypatch):
+    target = files.save_torch(tmp_path / "model.pt", {"w": torch.zeros(4)})
+    _full_after(monkeypatch, 0)
+    with pytest.raises(EdgekitError, match="no space left") as info:
+        files.save_torch(target, {"w": torch.ones(100_000)})
+    assert str(target) in str(info.value)
+    assert torch.equal(files.load_torch(target)["w"], torch.zeros(4))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_torch_own_writer_would_hide_a_full_disk():
+    """Why save_torch serializes in memory first: torch.save to a full device is a bare RuntimeError."""
+    with pytest.raises(RuntimeError):
+        torch.save({"w": torch.ones(100_000)}, "/dev/full")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_disk_full_during_finetune_is_one_line_and_exit_2(kill_data, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from edgekit.cli import cli
 
-    real_save = torch.save
-    writes = {"n": 0}
-
-    def save_until_full(obj, f, *args, **kwargs):
-        writes["n"] += 1
-        if writes["n"] >= 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(obj, f, *args, **kwargs)
-
-    monkeypatch.setattr(torch, "save", save_until_full)
+    _full_after(monkeypatch, 1)  # the epoch-0 checkpoint fits, the first model.pt does not
     out = tmp_path / "run"
     result = CliRunner().invoke(cli, ["finetune", "--data", str(kill_data), "--out", str(out), *FINETUNE])
     assert result.exit_code == 2, (result.output, result.exception)
-    assert "no space left" in result.stderr and "Traceback" not in result.output
-    assert_final_files_complete(out)
+    assert "no space left" in result.stderr and str(out / "model.pt") in result.stderr and "Traceback" not in result.output
+    assert assert_final_files_complete(out) == ["checkpoint.pt"]  # resumable once space is freed
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left behind
 
 
