@@ -106,7 +106,8 @@ def markdown(result) -> str:
         lines.append("")
     for runtime, reason in result.skipped.items():
         lines.append(f"- skipped {runtime}: {reason}")
-    notes = sorted({f"{m.variant} on {m.runtime}: {note}" for m in result.measurements for note in m.notes})
+    notes = sorted({f"{m.variant} on {m.runtime}: {note}" for m in result.measurements for note in m.notes
+                    if not note.startswith("not faster than")})  # those are the warnings at the top already
     lines += [f"- note: {note}" for note in notes]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -143,20 +144,34 @@ def pareto_plot(result, path: str | os.PathLike, batch_size: int | None = None) 
         raise EdgekitError("--plot needs accuracy: bench with --data DIR (a labelled image folder) so each variant has a top-1")
     xy = [(m.p50_ms, m.top1 * 100) for m in points]
     front = pareto_front(xy)
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for index, m in enumerate(points):
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    several_models = len({m.model for m in points}) > 1
+    figure, axes = plt.subplots(figsize=(8, 5), dpi=120)
+    offsets = [(6, 6), (6, -12), (6, 16), (6, -22)]  # stagger labels of neighbouring points so they stay legible
+    by_latency = sorted(range(len(points)), key=lambda i: xy[i][0])
+    for rank, index in enumerate(by_latency):
+        m = points[index]
         on_front = index in front
-        axes.scatter(*xy[index], s=60 if on_front else 35, marker="o" if on_front else "x",
-                     color="tab:red" if m.slower_than_fp32 else ("tab:blue" if on_front else "tab:gray"), zorder=3)
-        axes.annotate(f"{m.model}: {m.variant} / {m.runtime}", xy[index], textcoords="offset points", xytext=(5, 4), fontsize=7)
+        style = ("tab:red", "x") if m.slower_than_fp32 else (("tab:blue", "o") if on_front else ("tab:gray", "x"))
+        axes.scatter(*xy[index], s=60 if on_front else 40, color=style[0], marker=style[1], zorder=3)
+        label = f"{m.model}: {m.variant} / {m.runtime}" if several_models else f"{m.variant} / {m.runtime}"
+        axes.annotate(label, xy[index], textcoords="offset points", xytext=offsets[rank % len(offsets)], fontsize=7)
     front_xy = [xy[i] for i in front]
-    axes.plot([p[0] for p in front_xy], [p[1] for p in front_xy], "--", color="tab:blue", label="Pareto front", zorder=2)
+    axes.plot([p[0] for p in front_xy], [p[1] for p in front_xy], "--o", color="tab:blue", label="Pareto front", zorder=2)
+    axes.scatter([], [], color="tab:gray", marker="x", label="dominated")
+    if any(m.slower_than_fp32 for m in points):
+        axes.scatter([], [], color="tab:red", marker="x", label="not faster than its fp32 parent")
     axes.set_xscale("log")
+    axes.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0)))  # 1-2-3-5 ticks: readable in ms
+    axes.xaxis.set_major_formatter(ScalarFormatter())
+    axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel(f"p50 latency, ms (batch {chosen}, log scale)")
     axes.set_ylabel("top-1 accuracy, %")
     axes.set_title(f"latency vs accuracy ({result.machine.get('cpu', '')[:50]})", fontsize=9)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.margins(x=0.15, y=0.15)
     figure.tight_layout()
     path = Path(path)
     with files.atomic_path(path) as tmp:
