@@ -14,6 +14,7 @@ from .preprocessing import Preprocessing
 LABELS_KEY = "edgekit.labels"
 PREPROCESSING_KEY = "edgekit.preprocessing"
 SOURCE_KEY = "edgekit.source"
+MAX_INPUT_SIDE = 8192  # pixels; larger resize/crop values in metadata are refused as implausible
 INPUT_KEY = "edgekit.input"  # "float32-nchw" (normalized tensor) or "uint8-nhwc" (embedded preprocessing)
 
 
@@ -42,6 +43,12 @@ class ModelMetadata:
             raise ModelError(f"{where} has malformed edgekit metadata ({str(exc).splitlines()[0]}); re-export it") from exc
         if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             raise ModelError(f"{where} has malformed {LABELS_KEY}: expected a JSON list of strings; re-export it")
+        # A file from elsewhere could ask every image to be resized to a billion pixels a side.
+        if preprocessing is not None and max(preprocessing.resize, preprocessing.crop) > MAX_INPUT_SIDE:
+            raise ModelError(
+                f"{where} asks for a {preprocessing.resize}/{preprocessing.crop} px resize/crop in its {PREPROCESSING_KEY}, "
+                f"more than edgekit accepts ({MAX_INPUT_SIDE}); re-export it with a sane input size"
+            )
         return cls(labels, preprocessing, source if isinstance(source, dict) else {}, props.get(INPUT_KEY, "float32-nchw"))
 
     @property

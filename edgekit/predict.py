@@ -99,4 +99,10 @@ def _onnx_logits(path: Path, images) -> tuple[np.ndarray, list[str]]:
         transform = meta.preprocessing.transform()
         batch = np.stack([transform(load_image(p)).numpy() for p in images])
     (logits,) = session.run(None, {session.get_inputs()[0].name: batch})
-    return np.asarray(logits, dtype=np.float32), meta.labels
+    logits = np.asarray(logits, dtype=np.float32)
+    if logits.ndim != 2 or logits.shape[1] != len(meta.labels):
+        raise EdgekitError(
+            f"{path} returns {logits.shape[-1]} scores per image but its metadata names {len(meta.labels)} labels; "
+            "the metadata does not belong to this model, re-export it"
+        )
+    return logits, meta.labels

@@ -286,3 +286,45 @@ def test_check_inside_refuses_escapes(tmp_path):
     for bad in ("../outside/x", "/etc/passwd", "link/x", "exports/../../outside"):
         with pytest.raises(EdgekitError, match="points outside"):
             check_inside(tmp_path / "run", bad)
+
+
+# ---- values in ONNX metadata are checked, not trusted -----------------------------------------------
+
+def _with_props(source: Path, target: Path, **changes) -> Path:
+    import onnx
+
+    model = onnx.load(str(source))
+    for prop in model.metadata_props:
+        if prop.key in changes:
+            prop.value = changes[prop.key]
+    onnx.save_model(model, str(target))
+    return target
+
+
+@pytest.fixture
+def exported_onnx(run_copy, photo_folders):
+    from edgekit.export import export
+
+    result = export(run_copy.path, formats="onnx", quantize="none", max_parity_images=8, parity_data=photo_folders[1])
+    return Path(result.variants[0].path)
+
+
+def test_metadata_that_asks_for_a_gigantic_resize_is_refused(exported_onnx, tmp_path, photo_folders):
+    from edgekit.metadata import PREPROCESSING_KEY
+
+    image = next((photo_folders[1] / "coffee").iterdir())
+    huge = '{"resize": 1000000000, "crop": 1000000000}'
+    crafted = _with_props(exported_onnx, tmp_path / "huge.onnx", **{PREPROCESSING_KEY: huge})
+    result = CliRunner().invoke(cli, ["predict", str(crafted), str(image)])
+    assert result.exit_code == 2, result.output
+    assert "huge.onnx" in result.stderr and "sane input size" in result.stderr
+
+
+def test_metadata_with_the_wrong_number_of_labels_is_refused(exported_onnx, tmp_path, photo_folders):
+    from edgekit.metadata import LABELS_KEY
+
+    image = next((photo_folders[1] / "coffee").iterdir())
+    crafted = _with_props(exported_onnx, tmp_path / "labels.onnx", **{LABELS_KEY: '["only one"]'})
+    result = CliRunner().invoke(cli, ["predict", str(crafted), str(image), "--top-k", "3"])
+    assert result.exit_code == 2, result.output
+    assert "1 labels" in result.stderr and "3 scores" in result.stderr
