@@ -30,8 +30,6 @@ def export_onnx(model, path: str | os.PathLike, example, metadata: ModelMetadata
     dynamic dimension whose example size is 1. The model is checked with onnx.checker, gets
     ``metadata`` in its metadata_props, and is written atomically. ``opset`` None: the exporter's default.
     """
-    import onnx
-
     proto = export_proto(model, example, opset)
     if metadata is not None:
         set_metadata(proto, metadata.to_props())
