@@ -87,24 +87,29 @@ def export_command(ctx, run_dir, model, weights, out, formats, quantize, opset, 
     if as_json:
         click.echo(result.to_json())
     else:
-        table = Table("variant", "file", "size", "max abs diff", "rel diff", "agreement", "accuracy drop", "parity",
-                      title=f"{result.run_dir}: parity vs float32 PyTorch on {_data_words(result.parity_data, result.variants)}")
-        for variant in result.variants:
-            metrics = variant.parity.metrics
-            table.add_row(
-                variant.variant, Path(variant.path).name, _size(variant.size_bytes), f"{metrics.max_abs_diff:.2e}",
-                f"{metrics.max_rel_diff:.2e}", f"{metrics.top1_agreement:.1%}",
-                "n/a" if metrics.accuracy_drop is None else f"{metrics.accuracy_drop:+.1%}",
-                "[green]pass[/green]" if variant.passed else "[red]FAIL[/red]",
-            )
-        console.print(table)
+        show_export(result)
+    if not result.passed:
+        ctx.exit(1)
+
+
+def show_export(result) -> None:
+    """Print every variant's parity as a table; failures (and random-input parity) on stderr."""
+    table = Table("variant", "file", "size", "max abs diff", "rel diff", "agreement", "accuracy drop", "parity",
+                  title=f"{result.run_dir}: parity vs float32 PyTorch on {_data_words(result.parity_data, result.variants)}")
+    for variant in result.variants:
+        metrics = variant.parity.metrics
+        table.add_row(
+            variant.variant, Path(variant.path).name, _size(variant.size_bytes), f"{metrics.max_abs_diff:.2e}",
+            f"{metrics.max_rel_diff:.2e}", f"{metrics.top1_agreement:.1%}",
+            "n/a" if metrics.accuracy_drop is None else f"{metrics.accuracy_drop:+.1%}",
+            "[green]pass[/green]" if variant.passed else "[red]FAIL[/red]",
+        )
+    console.print(table)
     if result.parity_data == "random":
         errors.print("[yellow]parity ran on random inputs (no images at hand); pass --parity-data DIR to check on real images[/yellow]")
     for variant in result.variants:
         for failure in variant.failures:
             errors.print(f"[red]{variant.variant} failed[/red] ({Path(variant.path).name}): {failure}", highlight=False)
-    if not result.passed:
-        ctx.exit(1)
 
 
 @click.command("parity")
