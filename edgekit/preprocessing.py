@@ -17,8 +17,9 @@ class Preprocessing(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    resize: int = Field(gt=0)
-    crop: int = Field(gt=0)
+    # Bounded so a crafted run card or ONNX metadata cannot ask for a billion-pixel resize.
+    resize: int = Field(gt=0, le=8192)
+    crop: int = Field(gt=0, le=8192)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
