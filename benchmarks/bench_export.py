@@ -121,8 +121,8 @@ def write_crops(root: Path, count: int, seed: int) -> Path:
 def bench_agreement(eval_images: int, calib_images: int) -> list[dict]:
     """int8 (and fp16) Lite0 against the float32 PyTorch model on real photo crops, per calibration choice."""
     from edgekit.export import export
-    from edgekit.quantize import quantize_static
     from edgekit.parity import ParityChecker, ParityData, ParityThresholds, images_in
+    from edgekit.quantize import quantize_static
     from edgekit.runs import run_from_zoo
 
     rows = []

@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     report = measure(args.model, args.epochs, args.repeats, args.image_size, args.device)
-    print(f"| model | epochs | input | cached img/s | naive img/s | speed-up |\n|---|---|---|---|---|---|")
+    print("| model | epochs | input | cached img/s | naive img/s | speed-up |\n|---|---|---|---|---|---|")
     print(f"| {report['model']} | {report['epochs']} | {report['image_size']} | {report['cached_images_per_s']} | "
           f"{report['naive_images_per_s']} | {report['speedup']}x |")
     if args.json:

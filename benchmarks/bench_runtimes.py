@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from side_by_side import reestimate_batchnorm, write_crops
 
 from edgekit import runtimes
 from edgekit.bench import bench
@@ -23,7 +24,6 @@ from edgekit.models import build
 from edgekit.preprocessing import Preprocessing
 from edgekit.quantize import quantize_dynamic_matmul, quantize_static
 from edgekit.runs import RunCard, save_run
-from side_by_side import reestimate_batchnorm, write_crops
 
 THREADS = 2
 SIZE = 96

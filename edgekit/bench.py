@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import runtimes as registry  # "runtimes" is also bench()'s parameter name
 from .errors import DataError, EdgekitError
+from .progress import Bar
 from .results import Result
 
 DEFAULT_WARMUP = 3
@@ -146,7 +147,7 @@ def bench(
     folder = _data_folder(data, max_images) if data is not None else None
     e2e_images = _end_to_end_images(folder, candidates) if end_to_end else None
 
-    with _Progress(progress) as bar:
+    with Bar(progress) as bar:
         base_rss = current_rss_mb()
         entries = _load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar)
         if not entries:
@@ -793,42 +794,6 @@ def save_to_run(result: BenchResult, run_dir: str | os.PathLike, when: str | Non
     result.to_json(json_path)
     files.write_text(md_path, markdown(result))
     return json_path, md_path
-
-
-class _Progress:
-    """A rich progress bar when asked for, else a silent stand-in (library functions never print by default)."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._progress = None
-        self._task = None
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True)
-            self._progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-        return False
-
-    def begin(self, total: int, description: str) -> None:
-        if self._progress is not None:
-            if self._task is not None:
-                self._progress.remove_task(self._task)
-            self._task = self._progress.add_task(description, total=total)
-
-    def describe(self, description: str) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, description=description)
-
-    def advance(self) -> None:
-        if self._progress is not None and self._task is not None:
-            self._progress.advance(self._task)
 
 
 # ---- memory ----------------------------------------------------------------------------------------------------

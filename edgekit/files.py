@@ -13,7 +13,6 @@ from typing import Any, Iterator
 
 from .errors import EdgekitError, ModelError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -17,8 +17,8 @@ from . import files
 from .data import ImageFolder, TorchImageDataset, scan_folder, stratified_split
 from .errors import ConfigError, EdgekitError
 from .models import build, get_spec
-from .progress import note, track
 from .models.build import get_submodule
+from .progress import note, track
 from .results import Result
 from .runs import CARD_NAME, RunCard, library_versions, save_run
 

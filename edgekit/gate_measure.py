@@ -152,7 +152,12 @@ class _ParityOnce:
         self._checker = None
 
     def check(self, artifact: Path, variant: str):
-        from .parity import ParityChecker, ParityData, ParityThresholds, run_parity_images
+        from .parity import (
+            ParityChecker,
+            ParityData,
+            ParityThresholds,
+            run_parity_images,
+        )
 
         if self._checker is None:
             images = run_parity_images(self.run.card, self.data, self.max_images)

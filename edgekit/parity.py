@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .data import IMAGE_EXTENSIONS, ImageFolder, load_image, run_images, scan_folder, stratified_sample
+from .data import (
+    IMAGE_EXTENSIONS,
+    ImageFolder,
+    load_image,
+    run_images,
+    scan_folder,
+    stratified_sample,
+)
 from .errors import DataError, EdgekitError
 from .results import Result
 

@@ -25,3 +25,58 @@ def note(message: str, enabled: bool = True) -> None:
     """A one-line status message on stderr (e.g. per-epoch metrics)."""
     if enabled:
         stderr.print(message, soft_wrap=True, highlight=False)
+
+
+class Bar:
+    """A transient progress bar for multi-step work (``with Bar(enabled) as bar``), on stderr and only on a
+    terminal; otherwise a silent stand-in, so library code can report progress unconditionally."""
+
+    def __init__(self, enabled: bool = True):
+        self._progress = None
+        self._task = None
+        self._stepped = False
+        if enabled and stderr.is_terminal:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), transient=True, console=stderr)
+
+    def __enter__(self) -> "Bar":
+        if self._progress is not None:
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc_info) -> bool:
+        if self._progress is not None:
+            self._progress.__exit__(*exc_info)
+        return False
+
+    def begin(self, total: int, description: str) -> None:
+        """Start a new phase of ``total`` steps (replacing the previous one)."""
+        if self._progress is not None:
+            if self._task is not None:
+                self._progress.remove_task(self._task)
+            self._task = self._progress.add_task(description, total=total)
+            self._stepped = False
+
+    def describe(self, description: str) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, description=description)
+
+    def advance(self) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task)
+
+    def step(self, description: str) -> None:
+        """Mark the previous step done and name the one starting now."""
+        if self._stepped:
+            self.advance()
+        self._stepped = True
+        self.describe(description)

@@ -195,7 +195,11 @@ ENTROPY_QUANTIZED_BINS = 128
 
 def _entropy_ranges(prepared: Path, reader: BatchReader, workdir: Path) -> Path:
     """KL-divergence (entropy) activation ranges for ``prepared``, saved as an ORT calibration cache."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        create_calibrator,
+        save_tensors_data,
+    )
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static calibrates by default

@@ -8,8 +8,8 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import EdgekitError
 from . import files
+from .errors import EdgekitError
 
 
 class Result(BaseModel):

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import write_photo_folder
 from PIL import Image
 
-from conftest import write_photo_folder
 from edgekit.cli import cli
 from edgekit.data import load_image, scan_folder
 from edgekit.errors import DataError

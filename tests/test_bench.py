@@ -6,6 +6,7 @@ tested on constructed measurements; real runs are checked for consistency (p50 <
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import sys
@@ -14,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import importlib
 
 bench_module = importlib.import_module("edgekit.bench")  # `from edgekit import bench` is the function
 from edgekit import report, runtimes
@@ -166,6 +165,7 @@ class _RankedLogits(runtimes.Session):
 
 def test_top1_top5_arithmetic(tmp_path):
     from conftest import write_photo_folder
+
     from edgekit.data import scan_folder
 
     write_photo_folder(tmp_path, 4, seed=3, size=16)  # chelsea, coffee, rocket: 12 images

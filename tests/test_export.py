@@ -19,7 +19,6 @@ from edgekit.metadata import read_onnx_metadata
 from edgekit.parity import ParityResult
 from edgekit.runs import Run
 
-
 ALL_VARIANTS = ("fp32", "fp16", "int8", "int8-dynamic", "fp32-uint8in", "int8-uint8in", "torch-export")
 
 

@@ -10,7 +10,7 @@ import torch
 
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.files import load_state_dict
-from edgekit.finetune import FinetuneConfig, finetune
+from edgekit.finetune import finetune
 from edgekit.models import build, get_spec
 from edgekit.runs import Run
 

@@ -8,7 +8,6 @@ kill is a real SIGKILL: no finally blocks, no atexit, no cleanup of any kind.
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import os
 import signal
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_photo_folder
+
 from edgekit import files
 from edgekit.errors import EdgekitError
 
@@ -199,8 +198,9 @@ def test_outside_kill_after_first_checkpoint_then_resume(reference_run, kill_dat
 
 
 def test_resume_from_a_checkpoint_of_another_model_is_a_clear_error(kill_data, tmp_path):
-    from edgekit.cli import cli
     from click.testing import CliRunner
+
+    from edgekit.cli import cli
 
     out = tmp_path / "run"
     out.mkdir()

@@ -8,17 +8,24 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import PHOTOS, write_photo_folder
 
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
 from edgekit.models import ParityTolerance
 from edgekit.parity import (
-    ParityMetrics, ParityResult, ParityThresholds, artifact_variant, compare_logits, images_in, judge, merge_thresholds,
-    parity, thresholds_for, variant_kind,
+    ParityMetrics,
+    ParityResult,
+    ParityThresholds,
+    artifact_variant,
+    compare_logits,
+    images_in,
+    judge,
+    merge_thresholds,
+    parity,
+    thresholds_for,
+    variant_kind,
 )
-
-from conftest import PHOTOS, write_photo_folder
-
 
 # --------------------------------------------------------------------------- metrics
 

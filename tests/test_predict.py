@@ -6,11 +6,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import real_photo
 from PIL import Image
 
 from edgekit.cli import cli
 from edgekit.predict import predict
-from conftest import real_photo
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,12 @@ from edgekit.errors import ExportError
 from edgekit.export.onnx import export_onnx
 from edgekit.metadata import ModelMetadata, read_onnx_metadata
 from edgekit.quantize import (
-    BatchReader, convert_fp16, first_and_last_compute_nodes, quantize_dynamic_matmul, quantize_static, sort_topologically,
+    BatchReader,
+    convert_fp16,
+    first_and_last_compute_nodes,
+    quantize_dynamic_matmul,
+    quantize_static,
+    sort_topologically,
 )
 
 

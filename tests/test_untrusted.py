@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import write_photo_folder
+
 from edgekit import files
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError, ModelError

@@ -6,8 +6,6 @@ Each command lives in its own module here and is added to the group below.
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ..errors import EdgekitError
@@ -45,7 +43,11 @@ def main() -> None:
     cli.main(prog_name="edgekit")
 
 
-from . import bench as _bench, demo as _demo, export as _export, gate as _gate, train as _train  # noqa: E402
+from . import bench as _bench  # noqa: E402
+from . import demo as _demo
+from . import export as _export
+from . import gate as _gate
+from . import train as _train
 
 for _module in (_train, _export, _bench, _gate, _demo):
     for _command in _module.COMMANDS:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.markup import escape
 
 from ..errors import EdgekitError
-
-console = Console()
+from .output import console
 
 
 def _runtime_names() -> str:
@@ -112,13 +110,7 @@ def bench_command(targets, runtime_list, batch_sizes, threads, data, max_images,
         list(targets), runtimes=names, batch_sizes=_batch_sizes(batch_sizes), threads=threads, data=data,
         warmup=warmup, iterations=iterations, end_to_end=end_to_end, progress=True, options=options, max_images=max_images,
     )
-    console.print(report.table(result))
-    for line in result.summary:
-        console.print(escape(line), style="bold")
-    for warning in result.warnings:
-        console.print(f"[bold red]warning:[/bold red] {escape(warning)}")
-    for name, reason in result.skipped.items():
-        console.print(f"[yellow]skipped {escape(name)}:[/yellow] {escape(reason)}")
+    show_bench(result)
     written = []
     if json_path is not None:
         result.to_json(json_path)
@@ -132,6 +124,19 @@ def bench_command(targets, runtime_list, batch_sizes, threads, data, max_images,
         written.extend(save_to_run(result, run_dir))
     for path in written:
         console.print(f"wrote {path}")
+
+
+def show_bench(result) -> None:
+    """Print the measurements table, the per-model verdict lines, warnings and skipped runtimes."""
+    from .. import report
+
+    console.print(report.table(result))
+    for line in result.summary:
+        console.print(escape(line), style="bold")
+    for warning in result.warnings:
+        console.print(f"[bold red]warning:[/bold red] {escape(warning)}")
+    for name, reason in result.skipped.items():
+        console.print(f"[yellow]skipped {escape(name)}:[/yellow] {escape(reason)}")
 
 
 COMMANDS = [bench_command]

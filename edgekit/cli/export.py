@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from .output import console, errors
+
 # Off a terminal (CI logs, pipes) rich would squeeze tables into 80 columns; give them room instead.
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-errors = Console(stderr=True, soft_wrap=True)
 
 
 def threshold_options(function):

@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
-console = Console(soft_wrap=True)
+from .output import console
 
 
 @click.command("gate")

