@@ -685,6 +685,8 @@ def _summary(measurements: list[Measurement]) -> list[str]:
             line += f"; fastest fp32 is {best_fp32.label}, {best_fp32.p50_ms:.2f} ms"
             if best_fp32.top1 is not None:
                 line += f" at top-1 {best_fp32.top1:.1%}"
+            if fastest.p50_ci_ms[1] >= best_fp32.p50_ci_ms[0]:
+                line += " (the two are within noise of each other: their medians' confidence intervals overlap)"
         scored = [m for m in group if m.top1 is not None]
         if scored and fp32 and fp32[0].top1 is not None:
             # the usual shipping choice: the fastest variant that keeps accuracy within a point of fp32
