@@ -709,7 +709,7 @@ def _jsonable(value):
     return str(value)
 
 
-# ---- machine, saving, progress ---------------------------------------------------------------------------------
+# ---- machine, saving ---------------------------------------------------------------------------------------
 
 _INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
                       "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm", "bf16")

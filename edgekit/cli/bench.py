@@ -11,12 +11,6 @@ from ..errors import EdgekitError
 from .output import console
 
 
-def _runtime_names() -> str:
-    from ..runtimes import registered_names
-
-    return ", ".join(registered_names())
-
-
 def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
