@@ -8,13 +8,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
+from .config import format_validation_error
 from .errors import ModelError
 from .preprocessing import Preprocessing
 
 LABELS_KEY = "edgekit.labels"
 PREPROCESSING_KEY = "edgekit.preprocessing"
 SOURCE_KEY = "edgekit.source"
-MAX_INPUT_SIDE = 8192  # pixels; larger resize/crop values in metadata are refused as implausible
 INPUT_KEY = "edgekit.input"  # "float32-nchw" (normalized tensor) or "uint8-nhwc" (embedded preprocessing)
 
 
@@ -37,18 +39,15 @@ class ModelMetadata:
     def from_props(cls, props: dict[str, str], where: str = "model") -> "ModelMetadata":
         try:
             labels = json.loads(props[LABELS_KEY]) if LABELS_KEY in props else None
+            # Validated, not trusted: the bounds on Preprocessing refuse e.g. a billion-pixel resize.
             preprocessing = Preprocessing.model_validate_json(props[PREPROCESSING_KEY]) if PREPROCESSING_KEY in props else None
             source = json.loads(props.get(SOURCE_KEY, "{}"))
+        except ValidationError as exc:
+            raise ModelError(f"{format_validation_error(exc, f'{where} {PREPROCESSING_KEY}')}; re-export it with a sane input size") from exc
         except ValueError as exc:
             raise ModelError(f"{where} has malformed edgekit metadata ({str(exc).splitlines()[0]}); re-export it") from exc
         if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             raise ModelError(f"{where} has malformed {LABELS_KEY}: expected a JSON list of strings; re-export it")
-        # A file from elsewhere could ask every image to be resized to a billion pixels a side.
-        if preprocessing is not None and max(preprocessing.resize, preprocessing.crop) > MAX_INPUT_SIDE:
-            raise ModelError(
-                f"{where} asks for a {preprocessing.resize}/{preprocessing.crop} px resize/crop in its {PREPROCESSING_KEY}, "
-                f"more than edgekit accepts ({MAX_INPUT_SIDE}); re-export it with a sane input size"
-            )
         return cls(labels, preprocessing, source if isinstance(source, dict) else {}, props.get(INPUT_KEY, "float32-nchw"))
 
     @property
