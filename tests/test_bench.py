@@ -17,6 +17,7 @@ import pytest
 import torch
 
 bench_module = importlib.import_module("edgekit.bench")  # `from edgekit import bench` is the function
+machine_module = importlib.import_module("edgekit.bench.machine")
 from edgekit import report, runtimes
 from edgekit.bench import BenchResult, Measurement, bench
 from edgekit.errors import DataError, EdgekitError
@@ -261,7 +262,7 @@ def test_int8_slower_than_fp32_is_flagged_and_explained():
         _measurement("int8", "ort-cpu", 3.46, top1=0.88), _measurement("int8-dynamic", "ort-cpu", 1.98, top1=0.90),
         _measurement("fp32", "ort-cpu", 42.8, model="resnet50"), _measurement("int8", "ort-cpu", 15.5, model="resnet50"),
     ]
-    warnings = bench_module._add_ratios(measurements)
+    warnings = bench_module.add_ratios(measurements)
     by = {(m.model, m.variant, m.runtime): m for m in measurements}
     slow = by[("m", "int8", "ort-cpu")]
     assert slow.slower_than_fp32 is True and slow.ratio_to_fp32 == pytest.approx(3.46 / 2.35)
@@ -276,12 +277,12 @@ def test_int8_slower_than_fp32_is_flagged_and_explained():
     assert "int8 on ort-cpu is NOT faster than its fp32 parent fp32" in warnings[0] and "1.47x" in warnings[0]
     assert "top-1 88.0% vs 90.0%" in warnings[0]
 
-    summary = bench_module._summary(measurements)
+    summary = bench_module.summarize(measurements)
     assert summary[0].startswith("m, batch 1: fastest is int8-dynamic on ort-cpu, 1.98 ms p50")
     assert "within noise" not in summary[0]  # 1.98 (1.88-2.08) vs 2.35 (2.23-2.47): clearly apart
     tie = [_measurement("fp32", "ort-cpu", 2.00), _measurement("int8-dynamic", "ort-cpu", 1.98)]
-    bench_module._add_ratios(tie)
-    assert "within noise of each other" in bench_module._summary(tie)[0]
+    bench_module.add_ratios(tie)
+    assert "within noise of each other" in bench_module.summarize(tie)[0]
     assert "resnet50, batch 1: fastest is int8 on ort-cpu" in summary[1]
 
     result = BenchResult(machine={"cpu": "test"}, settings={}, measurements=measurements, summary=summary, warnings=warnings)
@@ -339,9 +340,9 @@ def test_peak_memory_sees_a_short_allocation(monkeypatch, exact):
     import time
 
     if not exact:
-        monkeypatch.setattr(bench_module, "_reset_high_water_mark", lambda: False)
+        monkeypatch.setattr(machine_module, "_reset_high_water_mark", lambda: False)
     size = 40 * 2**20
-    with bench_module.PeakMemory() as memory:
+    with machine_module.PeakMemory() as memory:
         # fresh anonymous pages, touched: malloc could instead reuse memory this process already holds
         block = mmap.mmap(-1, size)
         block.write(b"\x01" * size)
