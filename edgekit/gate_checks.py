@@ -200,7 +200,7 @@ def _baseline_checks(config: GateConfig, comparisons: list[Comparison], measures
         fmt = (lambda v: f"{v + 0.0:+.1%}") if relative else (lambda v: f"{(v + 0.0) * 100:+.1f} pt")
         state = "regression" if not passed else comparison.verdict
         message = (f"{name}: {comparison.variant} {label} {fmt(worsening)} vs baseline "
-                   f"({_show(comparison.metric, comparison.baseline)} -> {_show(comparison.metric, comparison.current)}; "
+                   f"({show_measure(comparison.metric, comparison.baseline)} -> {show_measure(comparison.metric, comparison.current)}; "
                    f"noise {fmt(comparison.noise).lstrip('+')}, limit {fmt(limit).lstrip('+')}): {state}")
         checks.append(Check(name=name, variant=comparison.variant, metric=f"baseline_{comparison.metric}", value=worsening,
                             threshold=limit, op="<=", passed=passed, message=message))
@@ -221,7 +221,8 @@ def _sci(value: float) -> str:
     return f"{value:.3g}"
 
 
-def _show(metric: str, value: float) -> str:
+def show_measure(metric: str, value: float) -> str:
+    """A compared metric as people read it: latency ratios as 0.374x, sizes in MB, the rest in percent."""
     if metric == "relative_latency":
         return f"{value:.3f}x"
     if metric == "size_bytes":

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import files
 from .gate import Check, GateResult
+from .gate_checks import show_measure
 
 SUITE_NAME = "edgekit gate"
 
@@ -41,7 +42,7 @@ def format_threshold(check: Check) -> str:
 
 def format_comparison(comparison) -> tuple[str, str, str, str]:
     """(baseline, now, change, noise) of a baseline comparison as text."""
-    return (_show(comparison.metric, comparison.baseline), _show(comparison.metric, comparison.current),
+    return (show_measure(comparison.metric, comparison.baseline), show_measure(comparison.metric, comparison.current),
             _change(comparison.metric, comparison.change), _change(comparison.metric, comparison.noise, signed=False))
 
 
@@ -101,14 +102,6 @@ def markdown(result: GateResult) -> str:
             cells = " | ".join(format_comparison(comparison))
             lines.append(f"| {comparison.variant} | {comparison.metric} | {cells} | {comparison.verdict} |")
     return "\n".join(lines) + "\n"
-
-
-def _show(metric: str, value: float) -> str:
-    if metric == "relative_latency":
-        return f"{value:.3f}x"
-    if metric == "size_bytes":
-        return f"{value / 1e6:.2f} MB"
-    return f"{value:.2%}"
 
 
 def _change(metric: str, value: float, signed: bool = True) -> str:
