@@ -40,7 +40,8 @@ def validate(model: type[ConfigT], data: dict, source: str = "config") -> Config
 def format_validation_error(exc: ValidationError, source: str) -> str:
     problems = []
     for error in exc.errors()[:3]:
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        # repr() for keys like "\n" or "\t": the message must stay one readable line
+        key = ".".join(str(part) if str(part).isprintable() else repr(str(part)) for part in error["loc"]) or "(top level)"
         message = "unknown key (check the spelling)" if error["type"] == "extra_forbidden" else error["msg"]
         if error["type"] != "extra_forbidden" and "input" in error and not isinstance(error["input"], (dict, list)):
             message += f" (got {error['input']!r})"

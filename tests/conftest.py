@@ -90,3 +90,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# CI runs hypothesis on a fixed, derandomized set of examples, so a red CI is reproducible and never a
+# coin flip; local runs keep exploring new examples (and remember failures in .hypothesis/).
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+if os.environ.get("CI"):
+    _hypothesis_settings.load_profile("ci")
