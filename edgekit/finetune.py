@@ -18,7 +18,7 @@ from .data import ImageFolder, TorchImageDataset, scan_folder, stratified_split
 from .errors import ConfigError, EdgekitError
 from .models import build, get_spec
 from .models.build import get_submodule
-from .progress import note, track
+from .progress import Bar, note, track
 from .results import Result
 from .runs import CARD_NAME, RunCard, library_versions, save_run
 
@@ -415,23 +415,34 @@ class _Trainer:
                 self._set_train_mode()
             batches = self._loader(self.train_folder, True, generator)
             forward = self.model
-        for inputs, targets in self._track(batches, f"epoch {epoch}/{self.config.epochs}"):
-            inputs = inputs.to(self.device, non_blocking=True)
-            if inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=self.memory_format)
-            targets = targets.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = forward(inputs)
-                loss = criterion(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            total_loss += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
-            count += len(targets)
+        with Bar(self.progress) as bar:
+            bar.begin(len(batches), f"epoch {epoch}/{self.config.epochs}")
+            started = time.perf_counter()
+            for inputs, targets in batches:
+                batch_loss, batch_correct = self._train_step(forward, inputs, targets, optimizer, scheduler, scaler, criterion)
+                total_loss += batch_loss * len(targets)
+                correct += batch_correct
+                count += len(targets)
+                bar.describe(f"epoch {epoch}/{self.config.epochs}  loss {total_loss / count:.4f}  acc {correct / count:.3f}  "
+                             f"{count / max(time.perf_counter() - started, 1e-9):.0f} img/s")
+                bar.advance()
         return total_loss / max(count, 1), correct / max(count, 1), count
+
+    def _train_step(self, forward, inputs, targets, optimizer, scheduler, scaler, criterion) -> tuple[float, int]:
+        """One optimizer step; returns (mean loss, correct predictions) of the batch."""
+        inputs = inputs.to(self.device, non_blocking=True)
+        if inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=self.memory_format)
+        targets = targets.to(self.device, non_blocking=True)
+        with self._autocast():
+            logits = forward(inputs)
+            loss = criterion(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        return loss.item(), int((logits.argmax(1) == targets).sum().item())
 
     @torch.no_grad()
     def _evaluate(self, criterion) -> tuple[float, float]:
