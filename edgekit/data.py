@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from .errors import DataError
+from .metadata import FLOAT_INPUT, UINT8_INPUT
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # PIL raises DecompressionBombError past twice this; we make the warning zone an error too.
@@ -232,12 +233,14 @@ class TorchImageDataset:
         return self.transform(load_image(path)), label
 
 
-def load_batch(paths: Sequence[str | os.PathLike], preprocessing) -> np.ndarray:
-    """Decode and preprocess image files into one float32 NCHW batch."""
-    import torch
-
+def load_batch(paths: Sequence[str | os.PathLike], preprocessing, input_kind: str = FLOAT_INPUT) -> np.ndarray:
+    """Decode image files into the batch a model of ``input_kind`` takes: the full transform into float32
+    NCHW, or for "uint8-nhwc" (preprocessing embedded in the graph) only the resize and crop."""
+    if input_kind == UINT8_INPUT:
+        resize_crop = preprocessing.geometry_transform()
+        return np.stack([resize_crop(load_image(p)) for p in paths])
     transform = preprocessing.transform()
-    return torch.stack([transform(load_image(p)) for p in paths]).numpy()
+    return np.stack([transform(load_image(p)).numpy() for p in paths]).astype(np.float32, copy=False)
 
 
 def run_images(card, split: str = "val", skip_bad_images: bool = False) -> ImageFolder:

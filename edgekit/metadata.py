@@ -17,7 +17,9 @@ from .preprocessing import Preprocessing
 LABELS_KEY = "edgekit.labels"
 PREPROCESSING_KEY = "edgekit.preprocessing"
 SOURCE_KEY = "edgekit.source"
-INPUT_KEY = "edgekit.input"  # "float32-nchw" (normalized tensor) or "uint8-nhwc" (embedded preprocessing)
+INPUT_KEY = "edgekit.input"  # one of the two input kinds below
+FLOAT_INPUT = "float32-nchw"  # a normalized, preprocessed float tensor
+UINT8_INPUT = "uint8-nhwc"  # resized/cropped pixels; the graph normalizes (embedded preprocessing)
 
 
 @dataclass
@@ -25,7 +27,7 @@ class ModelMetadata:
     labels: list[str] | None
     preprocessing: Preprocessing | None
     source: dict
-    input_kind: str = "float32-nchw"
+    input_kind: str = FLOAT_INPUT
 
     def to_props(self) -> dict[str, str]:
         props = {SOURCE_KEY: json.dumps(self.source), INPUT_KEY: self.input_kind}
@@ -48,7 +50,7 @@ class ModelMetadata:
             raise ModelError(f"{where} has malformed edgekit metadata ({str(exc).splitlines()[0]}); re-export it") from exc
         if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             raise ModelError(f"{where} has malformed {LABELS_KEY}: expected a JSON list of strings; re-export it")
-        return cls(labels, preprocessing, source if isinstance(source, dict) else {}, props.get(INPUT_KEY, "float32-nchw"))
+        return cls(labels, preprocessing, source if isinstance(source, dict) else {}, props.get(INPUT_KEY, FLOAT_INPUT))
 
     @property
     def has_edgekit_metadata(self) -> bool:

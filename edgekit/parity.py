@@ -22,19 +22,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from .data import (
     IMAGE_EXTENSIONS,
     ImageFolder,
-    load_image,
+    load_batch,
     run_images,
     scan_folder,
     stratified_sample,
 )
 from .errors import DataError, EdgekitError
+from .metadata import FLOAT_INPUT, UINT8_INPUT
 from .results import Result
 
 RANDOM_IMAGES = 32  # how many random inputs stand in when there is no image at all
 REFERENCE = "torch-fp32"
 UINT8_SUFFIX = "-uint8in"
-FLOAT_INPUT = "float32-nchw"  # the metadata.INPUT_KEY values
-UINT8_INPUT = "uint8-nhwc"
 
 
 class ParityThresholds(BaseModel):
@@ -202,11 +201,7 @@ class ParityData:
             crop = self.preprocessing.crop
             pixels = np.random.default_rng(self.seed).integers(0, 256, size=(self.n_random, crop, crop, 3), dtype=np.uint8)
             return pixels if kind == UINT8_INPUT else normalize_pixels(pixels, self.preprocessing)
-        if kind == UINT8_INPUT:
-            resize_crop = self.preprocessing.geometry_transform()
-            return np.stack([resize_crop(load_image(path)) for path in self.images.paths])
-        transform = self.preprocessing.transform()
-        return np.stack([transform(load_image(path)).numpy() for path in self.images.paths]).astype(np.float32)
+        return load_batch(self.images.paths, self.preprocessing, kind)
 
     def reference_inputs(self, kind: str) -> np.ndarray:
         """What the float32 PyTorch model gets for an artifact of input kind ``kind``: the same pixels.

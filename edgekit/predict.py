@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .data import load_image
+from .data import load_batch
 from .errors import EdgekitError
 from .results import Result
 
@@ -78,31 +78,22 @@ def _zoo_logits(name: str, weights: str, images) -> tuple[np.ndarray, list[str]]
 def _torch_logits(model, preprocessing, images) -> np.ndarray:
     import torch
 
-    transform = preprocessing.transform()
-    batch = torch.stack([transform(load_image(p)) for p in images])
     with torch.no_grad():
-        return model(batch).numpy()
+        return model(torch.from_numpy(load_batch(images, preprocessing))).numpy()
 
 
 def _onnx_logits(path: Path, images) -> tuple[np.ndarray, list[str]]:
-    from .metadata import read_onnx_metadata
-    from .safety import onnx_session
+    from . import runtimes
 
-    meta = read_onnx_metadata(path)
-    if not meta.has_edgekit_metadata:
+    # The one way to run an artifact: the ONNX file is checked (corrupt files, external data outside its
+    # folder) and its metadata validated before ONNX Runtime opens it.
+    session = runtimes.load(path, "ort-cpu")
+    if session.labels is None or session.preprocessing is None:
         raise EdgekitError(f"{path} has no edgekit labels/preprocessing metadata; export it with `edgekit export`, or predict from its run directory")
-    session = onnx_session(path)  # checked first: corrupt files and external data outside its folder are refused
-    if meta.input_kind == "uint8-nhwc":
-        resize_crop = meta.preprocessing.geometry_transform()
-        batch = np.stack([resize_crop(load_image(p)) for p in images])
-    else:
-        transform = meta.preprocessing.transform()
-        batch = np.stack([transform(load_image(p)).numpy() for p in images])
-    (logits,) = session.run(None, {session.get_inputs()[0].name: batch})
-    logits = np.asarray(logits, dtype=np.float32)
-    if logits.ndim != 2 or logits.shape[1] != len(meta.labels):
+    logits = session.run(load_batch(images, session.preprocessing, session.input_kind))
+    if logits.ndim != 2 or logits.shape[1] != len(session.labels):
         raise EdgekitError(
-            f"{path} returns {logits.shape[-1]} scores per image but its metadata names {len(meta.labels)} labels; "
+            f"{path} returns {logits.shape[-1]} scores per image but its metadata names {len(session.labels)} labels; "
             "the metadata does not belong to this model, re-export it"
         )
-    return logits, meta.labels
+    return logits, session.labels

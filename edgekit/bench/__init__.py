@@ -258,13 +258,9 @@ def _timed_call(entry: _Entry, batch_size: int, e2e_images):
 
 def _image_preparer(session: registry.Session):
     """paths -> the batch this session takes: decode, then resize/crop (uint8 NHWC) or the full transform (NCHW)."""
-    from ..data import load_image
+    from ..data import load_batch
 
-    if session.input_kind == "uint8-nhwc":
-        geometry = session.preprocessing.geometry_transform()
-        return lambda paths: np.stack([geometry(load_image(p)) for p in paths])
-    transform = session.preprocessing.transform()
-    return lambda paths: np.stack([transform(load_image(p)).numpy() for p in paths])
+    return lambda paths: load_batch(paths, session.preprocessing, session.input_kind)
 
 
 def _label_indices(session: registry.Session, folder) -> list[int] | None:

@@ -233,18 +233,11 @@ class _Exporter:
         return self._base[kind]
 
     def calibration_batches(self, kind: str) -> Iterator[np.ndarray]:
-        from ..data import load_image
+        from ..data import load_batch
 
-        preprocessing = self.run.card.preprocessing
-        if kind == UINT8_INPUT:
-            resize_crop = preprocessing.geometry_transform()
-            convert = lambda image: resize_crop(image)  # noqa: E731
-        else:
-            transform = preprocessing.transform()
-            convert = lambda image: transform(image).numpy()  # noqa: E731
         paths = self.calibration.paths
         for start in range(0, len(paths), CALIBRATION_BATCH):
-            yield np.stack([convert(load_image(p)) for p in paths[start : start + CALIBRATION_BATCH]])
+            yield load_batch(paths[start : start + CALIBRATION_BATCH], self.run.card.preprocessing, kind)
 
     # ----------------------------------------------------------------- one variant
 

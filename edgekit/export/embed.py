@@ -12,9 +12,6 @@ from torch import nn
 
 from ..preprocessing import Preprocessing
 
-UINT8_INPUT = "uint8-nhwc"
-FLOAT_INPUT = "float32-nchw"
-
 
 class EmbeddedPreprocessing(nn.Module):
     """``model`` behind (x / 255 - mean) / std, folded into one multiply-add, on a uint8 NHWC batch."""
