@@ -20,6 +20,7 @@ from PIL import Image, ImageFile
 
 from .errors import DataError
 from .metadata import FLOAT_INPUT, UINT8_INPUT
+from .progress import track
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # PIL raises DecompressionBombError past twice this; we make the warning zone an error too.
@@ -122,7 +123,7 @@ def scan_folder(
     paths = [(path, label) for label, name in enumerate(found) for path in _walk_images(root / name)]
     samples, skipped = [], []
     if verify:
-        paths_iter = _track(paths, f"checking images in {root}") if progress else paths
+        paths_iter = track(paths, f"checking images in {root}", enabled=progress)
         for path, label in paths_iter:
             try:
                 load_image(path)
@@ -174,12 +175,6 @@ def _is_dir(entry: os.DirEntry) -> bool:
         return entry.is_dir()
     except OSError:  # a link to itself (ELOOP): not a folder; as a file it is reported as unreadable
         return False
-
-
-def _track(items, description):
-    from .progress import track
-
-    return track(items, description)
 
 
 def stratified_split(folder: ImageFolder, fraction: float, seed: int) -> tuple[ImageFolder, ImageFolder]:

@@ -388,15 +388,12 @@ class _Trainer:
 
     def _features(self, loader, name):
         features, labels = [], []
-        for images, targets in self._track(loader, f"features ({name})"):
+        for images, targets in track(loader, f"features ({name})", enabled=self.progress):
             images = images.to(self.device, memory_format=self.memory_format, non_blocking=True)
             with self._autocast():
                 features.append(self.model(images).float().cpu())
             labels.append(targets)
         return torch.cat(features), torch.cat(labels)
-
-    def _track(self, iterable, description):
-        return track(iterable, description, enabled=self.progress)
 
     def _train_epoch(self, epoch, optimizer, scheduler, scaler, criterion, generator):
         total_loss, correct, count = 0.0, 0, 0

@@ -52,10 +52,6 @@ class ModelMetadata:
             raise ModelError(f"{where} has malformed {LABELS_KEY}: expected a JSON list of strings; re-export it")
         return cls(labels, preprocessing, source if isinstance(source, dict) else {}, props.get(INPUT_KEY, FLOAT_INPUT))
 
-    @property
-    def has_edgekit_metadata(self) -> bool:
-        return self.labels is not None and self.preprocessing is not None
-
 
 def read_onnx_metadata(path: str | os.PathLike) -> ModelMetadata:
     """Read only the metadata of an ONNX file (weights are not loaded)."""

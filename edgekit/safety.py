@@ -133,18 +133,6 @@ def check_zip_checksums(path: str | os.PathLike) -> None:
         raise ModelError(f"{path} is corrupted: {bad_member} fails its checksum; re-create or re-copy the file")
 
 
-def onnx_session(path: str | os.PathLike, providers=None, session_options=None):
-    """An onnxruntime InferenceSession for a checked ONNX file; ORT's own load errors become ModelError."""
-    import onnxruntime as ort
-
-    check_onnx_file(path)
-    try:
-        return ort.InferenceSession(str(path), sess_options=session_options, providers=providers or ["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/InvalidProtobuf classes
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"onnxruntime cannot load {path} ({first}); it may be corrupted or need a newer onnxruntime, re-export it") from exc
-
-
 class _RefusedPickle:
     """Stands in for the ``pickle`` module inside torch's .pt2 reader: plain loads are refused."""
 
