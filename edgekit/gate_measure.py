@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .bench.targets import artifact_bytes
 from .errors import EdgekitError
 from .gate import EXPORT_QUANTIZE, GateConfig, VariantMeasure
 
@@ -23,7 +24,7 @@ def measure_variants(config: GateConfig, need_anchor: bool, progress: bool = Fal
     data = config.resolve(config.data)
     if data is not None and not data.is_dir():
         raise EdgekitError(f"data: {data} is not a directory; give a labelled image folder <class>/<image>")
-    measures = {name: VariantMeasure(variant=name, artifact=str(path), size_bytes=_size(path)) for name, path in artifacts.items()}
+    measures = {name: VariantMeasure(variant=name, artifact=str(path), size_bytes=artifact_bytes(path)) for name, path in artifacts.items()}
     if run is not None:
         checker = _ParityOnce(run, data, config.max_images)
         for name in config.variants:
@@ -96,13 +97,6 @@ def _artifacts(config: GateConfig, run, names: list[str], reports: list[str], pr
     if still:
         raise EdgekitError(f"export did not produce variant {still[0]} in {run.exports_dir}; run `edgekit export` and check its output")
     return found  # type: ignore[return-value]
-
-
-def _size(path: Path) -> int:
-    """File size with ONNX external data beside it (what a device has to store)."""
-    size = path.stat().st_size
-    side = path.with_name(path.name + ".data")
-    return size + (side.stat().st_size if side.is_file() else 0)
 
 
 # --- parity ---------------------------------------------------------------------------------------

@@ -169,9 +169,13 @@ def pair_with_runtimes(candidates, names, options) -> tuple[list[tuple[Candidate
 
 def artifact_size(candidate: Candidate) -> int:
     """Bytes on disk, including an ONNX model's external data files."""
-    path = candidate.path
+    return artifact_bytes(candidate.path)
+
+
+def artifact_bytes(path: Path) -> int:
+    """What a device has to store for ``path``: the file plus, for ONNX, every external data file it names."""
     size = path.stat().st_size
-    if candidate.kind == ".onnx":
+    if path.suffix == ".onnx":
         import onnx
 
         proto = onnx.load(str(path), load_external_data=False)
