@@ -30,10 +30,10 @@ from .data import (
 from .errors import DataError, EdgekitError
 from .metadata import FLOAT_INPUT, UINT8_INPUT
 from .results import Result
+from .variants import UINT8_SUFFIX, Variant  # noqa: F401  (UINT8_SUFFIX re-exported for older callers)
 
 RANDOM_IMAGES = 32  # how many random inputs stand in when there is no image at all
 REFERENCE = "torch-fp32"
-UINT8_SUFFIX = "-uint8in"
 
 
 class ParityThresholds(BaseModel):
@@ -83,14 +83,7 @@ class ParityResult(Result):
 
 def variant_kind(variant: str) -> str:
     """"fp32", "fp16" or "int8": the precision class a variant's thresholds come from."""
-    base = variant[: -len(UINT8_SUFFIX)] if variant.endswith(UINT8_SUFFIX) else variant
-    if base in ("fp32", "torch-export"):
-        return "fp32"
-    if base == "fp16":
-        return "fp16"
-    if base in ("int8", "int8-dynamic"):
-        return "int8"
-    raise EdgekitError(f"unknown variant {variant!r}; expected fp32, fp16, int8, int8-dynamic or torch-export (optionally with {UINT8_SUFFIX})")
+    return Variant.parse(variant).threshold_kind
 
 
 def thresholds_for(spec_or_tolerance, variant: str) -> ParityThresholds:
@@ -316,28 +309,8 @@ def open_artifact(artifact: str | os.PathLike):
 
 
 def artifact_variant(artifact: str | os.PathLike) -> str:
-    """The variant an artifact was exported as: from its edgekit metadata, else from its file name
-    (model.onnx -> fp32, model.<variant>.onnx -> <variant>, *.pt2 -> torch-export)."""
-    path = Path(artifact)
-    try:
-        if path.suffix == ".onnx":
-            from .metadata import read_onnx_metadata
-
-            variant = read_onnx_metadata(path).source.get("variant")
-        elif path.suffix == ".pt2":
-            from .export.torch_export import read_pt2_metadata
-
-            variant = read_pt2_metadata(path).source.get("variant")
-        else:
-            variant = None
-    except EdgekitError:
-        variant = None
-    if variant:
-        return str(variant)
-    if path.suffix == ".pt2":
-        return "torch-export"
-    parts = path.name.split(".")
-    return parts[-2] if len(parts) >= 3 else "fp32"
+    """The variant an artifact is (see ``Variant.of_artifact``: metadata, then graph, then file name)."""
+    return Variant.of_artifact(artifact).name
 
 
 def parity(run, artifact: str | os.PathLike, data: str | os.PathLike | None = None,

@@ -39,7 +39,7 @@ class OrtRuntime:
     """ONNX Runtime with one execution provider (CPU or CUDA)."""
 
     suffixes = (".onnx",)
-    options = ("graph_optimization_level", "inter_op_threads", "allow_spinning", "provider_options")
+    options = ("graph_optimization_level", "inter_op_threads", "allow_spinning", "provider_options", "session_config")
 
     def __init__(self, name: str):
         self.name = name
@@ -91,6 +91,12 @@ class OrtRuntime:
         if self.provider != "CPUExecutionProvider":
             providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
         proto = check_onnx_file(artifact)  # refuses corrupt files and external data pointing outside the model's folder
+        metadata = read_onnx_metadata(artifact)
+        # What the model needs to compute what it was validated to compute (e.g. U8U8 int8 kernels on x86 without
+        # VNNI), recorded by export; an explicit session_config option wins, for experiments.
+        session_config = {**metadata.ort_session_config, **{str(k): str(v) for k, v in (options.get("session_config") or {}).items()}}
+        for key, value in session_config.items():
+            session_options.add_session_config_entry(key, value)
         try:
             session = ort.InferenceSession(str(artifact), sess_options=session_options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all without a common base
@@ -102,7 +108,6 @@ class OrtRuntime:
         if len(session.get_inputs()) != 1:
             names = ", ".join(i.name for i in session.get_inputs())
             raise ModelError(f"{artifact} has {len(session.get_inputs())} inputs ({names}); edgekit runs image classifiers with one input")
-        metadata = read_onnx_metadata(artifact)
         model_input = session.get_inputs()[0]
         input_kind = _input_kind(metadata, model_input.type)
         dims = [d if isinstance(d, int) and d > 0 else None for d in model_input.shape]
@@ -117,6 +122,7 @@ class OrtRuntime:
             "graph_optimization_level": level,
             "allow_spinning": options.get("allow_spinning", "default"),
             "input_type": model_input.type,
+            "session_config": session_config,
         }
         return OrtSession(
             session, artifact, self.name,

@@ -1,0 +1,95 @@
+"""Which CPU runs the model, and what int8 needs on it.
+
+int8 numerics differ between CPUs, not only speed. On x86 without VNNI, ONNX Runtime's u8s8 kernels multiply
+with vpmaddubsw, which adds pairs of u8*s8 products into int16 and saturates; on real weights that cost 7 accuracy
+points (AMD EPYC Zen 2, Lite0 on digits). ORT's own fix is its session option ``session.x64quantprecision=1``
+(U8U8 kernels, no saturation); OpenVINO/NNCF's is ``OverflowFix`` (7-bit weights). VNNI (vpdpbusd) accumulates
+in int32 and ARM's dot-product instructions do too, so those need nothing.
+
+The ISA class is read from /proc/cpuinfo (flags on x86, Features on ARM); every decision takes the flags as an
+argument so tests can simulate any CPU.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import ModelError
+
+# The ORT session config entries edgekit may record in a model and apply when it runs one. An allow-list: the
+# metadata comes from files of other hands, and a session option is not something a file may set at will.
+ORT_PRECISION_KEY = "session.x64quantprecision"
+ALLOWED_ORT_SESSION_CONFIG = {ORT_PRECISION_KEY: ("0", "1")}
+
+ISA_CLASSES = ("x86-amx", "x86-avx512-vnni", "x86-avx-vnni", "x86-avx512", "x86-avx2", "x86", "arm64-dotprod", "arm64", "unknown")
+_SATURATING = ("x86-avx512", "x86-avx2", "x86")  # u8s8 int8 dot products through int16 intermediates
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU feature flags (x86 ``flags`` or ARM ``Features`` in /proc/cpuinfo); empty if unknown."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def isa_class(flags: frozenset[str] | set[str] | None = None, machine: str | None = None) -> str:
+    """The int8-relevant class of a CPU: x86-amx, x86-avx512-vnni, x86-avx-vnni, x86-avx512, x86-avx2, x86,
+    arm64-dotprod, arm64 or unknown. ``flags``/``machine`` default to this machine's."""
+    flags = cpu_flags() if flags is None else frozenset(flags)
+    machine = (machine or platform.machine()).lower()
+    if machine in ("aarch64", "arm64") or "asimd" in flags:
+        return "arm64-dotprod" if "asimddp" in flags else "arm64"
+    if machine in ("x86_64", "amd64", "i686", "x86") or "sse2" in flags:
+        if "amx_int8" in flags:
+            return "x86-amx"
+        if "avx512_vnni" in flags:
+            return "x86-avx512-vnni"
+        if "avx_vnni" in flags:
+            return "x86-avx-vnni"
+        if "avx512bw" in flags or "avx512f" in flags:
+            return "x86-avx512"
+        if "avx2" in flags:
+            return "x86-avx2"
+        return "x86"
+    return "unknown"
+
+
+def int8_saturates(isa: str) -> bool:
+    """Whether ORT's default u8s8 int8 kernels can saturate on this ISA class (x86 without VNNI)."""
+    return isa in _SATURATING
+
+
+def int8_runtime_config(isa: str) -> dict[str, str]:
+    """ORT session config entries an int8 model needs on ``isa`` so it computes what was validated."""
+    return {ORT_PRECISION_KEY: "1"} if int8_saturates(isa) else {}
+
+
+def same_int8_numerics(validated_isa: str | None, here: str) -> bool:
+    """Whether int8 results measured on ``validated_isa`` hold on ``here`` (saturating vs not is what differs)."""
+    if not validated_isa or validated_isa == here:
+        return True
+    return int8_saturates(validated_isa) == int8_saturates(here)
+
+
+def check_ort_session_config(config: object, where: str) -> dict[str, str]:
+    """The ``ort_session_config`` of a model's runtime metadata, validated against the allow-list."""
+    if not isinstance(config, dict):
+        raise ModelError(f"{where} has malformed runtime metadata (ort_session_config is not a mapping); re-export it")
+    checked = {}
+    for key, value in config.items():
+        allowed = ALLOWED_ORT_SESSION_CONFIG.get(str(key))
+        if allowed is None:
+            raise ModelError(f"{where} asks for ORT session option {key!r}, which edgekit does not apply; re-export it")
+        if str(value) not in allowed:
+            raise ModelError(f"{where} sets {key} to {value!r}; expected one of {', '.join(allowed)}; re-export it")
+        checked[str(key)] = str(value)
+    return checked
