@@ -162,11 +162,16 @@ class Variant:
                     return cls.parse(str(recorded))
                 except EdgekitError:
                     pass  # a name from a newer edgekit or another hand: the graph still tells
-            return _onnx_variant_from_graph(path)
+            try:
+                return _onnx_variant_from_graph(path)
+            except EdgekitError:
+                pass  # unreadable (or not there yet): the name is all there is
         if fmt is Format.TORCH_EXPORT:
             return cls(format=Format.TORCH_EXPORT)
         stem = path.name[: -len(path.suffix)]
         _, dot, rest = stem.partition(".")
+        if fmt is Format.ONNX:
+            return cls.parse(rest) if dot else cls()
         return cls(_precision(rest, path.name) if dot else Precision.FP32, format=fmt)
 
 
