@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from edgekit.cli import cli
 from edgekit.errors import ConfigError
 from edgekit.gate import Check, GateConfig, GateResult, VariantMeasure
-from edgekit.gate_checks import compare_with_baseline, evaluate, load_baseline
-from edgekit.gate_report import junit_xml, markdown
+from edgekit.gate.baseline import compare_with_baseline, load_baseline
+from edgekit.gate.checks import evaluate
+from edgekit.gate.report import junit_xml, markdown
 
 # --- constructed measurements: the judgement alone ------------------------------------------------
 
@@ -227,7 +228,7 @@ def test_baseline_from_a_bench_report_and_a_gate_report(tmp_path):
 
 
 def _result(checks: list[Check], comparisons=()) -> GateResult:
-    failures = [c.message for c in checks if not c.passed]
+    failures = [c.message for c in checks if c.failed]  # as gate() builds them: a not-measured check is no failure
     return GateResult(runtime="ort-cpu", threads=2, variants=list(_measures().values()), checks=checks,
                       comparisons=list(comparisons), baseline="main.json", passed=not failures, failures=failures)
 
@@ -256,6 +257,170 @@ def test_markdown_summary_lists_failures_checks_and_baseline_moves():
     assert text.startswith("## :x: edgekit gate FAILED")
     assert "| `int8.accuracy` | 94.00% | >= 99.00% | **FAIL** |" in text
     assert "| int8 | relative_latency | 0.500x | 0.700x | +40.0% |" in text and "regression" in text
+
+
+def test_the_gate_exports_missing_variants_in_one_call_and_names_the_command():
+    from types import SimpleNamespace
+
+    from edgekit.errors import EdgekitError
+    from edgekit.gate.measure import _export_request
+
+    request = _export_request(SimpleNamespace(path=Path("runs/r")), ["int8-uint8in", "torch-export", "fp32", "int8"])
+    assert request.formats == ("onnx", "torch-export") and request.quantize == ("int8", "none") and request.embed_preprocessing
+    assert request.command == "edgekit export runs/r --format onnx,torch-export --quantize int8,none --embed-preprocessing"
+    with pytest.raises(EdgekitError, match="variant executorch-int8 cannot be exported by the gate"):
+        _export_request(SimpleNamespace(path=Path("runs/r")), ["fp32", "executorch-int8"])
+
+
+def test_the_package_keeps_the_public_names():
+    import edgekit
+
+    assert callable(edgekit.gate) and edgekit.GateConfig is GateConfig and edgekit.GateResult is GateResult
+
+
+# --- contention: a latency check timed on a busy CPU is not measured --------------------------------
+
+
+def _contended(measures: dict[str, VariantMeasure], variant: str = "int8", share: float = 0.4) -> dict[str, VariantMeasure]:
+    measures[variant] = measures[variant].model_copy(update={"contended": True, "contention_share": share})
+    return measures
+
+
+def test_a_contended_latency_check_is_not_measured_while_accuracy_and_size_are_still_judged():
+    config = _config({"int8": {"min_accuracy": 0.99, "max_size_mb": 6, "min_speedup_vs": {"fp32": 1.5}}})
+    checks = {c.metric: c for c in evaluate(config, _contended(_measures()), [], baseline_given=False)}
+    speedup = checks["speedup_vs_fp32"]
+    assert speedup.status == "not_measured" and not speedup.passed and not speedup.failed
+    assert speedup.message.startswith("int8.speedup_vs_fp32: not measured") and "40% of the CPU" in speedup.message
+    assert checks["accuracy"].status == "fail" and checks["size_mb"].status == "pass"  # unaffected by the busy CPU
+    # contention on the reference variant counts as well: the ratio needs both medians
+    fp32_busy = evaluate(config, _contended(_measures(), "fp32"), [], baseline_given=False)
+    assert next(c for c in fp32_busy if c.metric == "speedup_vs_fp32").status == "not_measured"
+
+
+def test_a_contended_baseline_latency_move_is_not_measured_but_accuracy_moves_still_fail():
+    now = _contended(_measures(int8_p50=7.0, accuracy=0.90))  # a +40% latency move AND a 4-point accuracy drop
+    comparisons, checks = _baseline_checks(now, _measures())
+    latency = next(c for c in comparisons if c.metric == "relative_latency")
+    assert latency.contended and latency.verdict == "not measured (contended)"
+    by_name = {c.name: c.status for c in checks}
+    assert by_name["int8.baseline_relative_latency"] == "not_measured" and by_name["int8.baseline_accuracy"] == "fail"
+
+
+def test_exit_codes_passed_failed_and_not_measured_under_strict_contention():
+    config = _config({"int8": {"max_size_mb": 6, "min_speedup_vs": {"fp32": 1.5}}})
+    checks = evaluate(config, _contended(_measures()), [], baseline_given=False)
+    assert _result(checks).exit_code == 0 and _result(checks).passed
+    strict = _result(checks).model_copy(update={"strict_contention": True})
+    assert strict.exit_code == 3 and strict.passed
+    failing = evaluate(_config({"int8": {"max_size_mb": 1, "min_speedup_vs": {"fp32": 1.5}}}), _contended(_measures()), [], False)
+    assert _result(failing).model_copy(update={"strict_contention": True}).exit_code == 1  # a failure outranks "not measured"
+
+
+def test_junit_and_markdown_show_a_contended_check_as_skipped_not_failed():
+    config = _config({"int8": {"min_accuracy": 0.9, "min_speedup_vs": {"fp32": 1.5}}})
+    result = _result(evaluate(config, _contended(_measures()), [], baseline_given=False))
+    suite = ET.fromstring(junit_xml(result).split("\n", 1)[1])
+    case = next(c for c in suite.findall("testcase") if c.get("name") == "int8.speedup_vs_fp32")
+    skipped = case.find("skipped")
+    assert skipped is not None and case.find("failure") is None and skipped.get("type") == "not_measured"
+    assert "not measured" in skipped.get("message") and "40% of the CPU" in skipped.get("message")
+    assert suite.get("failures") == "0" and suite.get("skipped") == "1"
+    text = markdown(result)
+    assert text.startswith("## :warning: edgekit gate passed (2 checks); 1 latency check not measured")
+    assert "| `int8.speedup_vs_fp32` | 2.00x | >= 1.50x | not measured (contended) |" in text
+    assert "| `int8.accuracy` | 94.00% | >= 90.00% | pass |" in text
+
+
+def test_older_gate_reports_without_status_still_load_as_baselines(tmp_path):
+    checks = evaluate(_config({"int8": {"min_accuracy": 0.99}}), _measures(), [], baseline_given=False)
+    data = _result(checks).model_dump(mode="json")
+    for check in data["checks"]:
+        del check["status"]  # what a report from before `status` carries: passed and skipped only
+    del data["strict_contention"]
+    loaded = GateResult.from_json(json.dumps(data))
+    assert [c.status for c in loaded.checks] == ["fail"] and loaded.checks[0].passed is False
+    assert json.loads(loaded.to_json())["checks"][0]["passed"] is False  # still written for readers of `passed`
+
+
+def _tiny_onnx(path: Path, floats: int) -> Path:
+    """A valid ONNX file of about ``floats`` * 4 bytes (the gate reads its size; the bench is injected)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.zeros(floats, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [floats])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [floats])], [weight])
+    onnx.save(helper.make_model(graph), str(path))
+    return path
+
+
+@pytest.fixture
+def injected_bench(tmp_path, monkeypatch):
+    """Bare fp32/int8 artifacts and a bench that reports int8 as timed under contention (share 0.4) unless told
+    otherwise: the gate's handling of bench's flag, without depending on a real neighbour."""
+    from edgekit.bench.results import BenchResult, Measurement
+    from edgekit.gate import measure as gate_measure
+
+    fp32, int8 = _tiny_onnx(tmp_path / "model.onnx", 4000), _tiny_onnx(tmp_path / "model.int8.onnx", 1000)
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    state = {"contended": True, "calls": 0}
+
+    def fake_bench(targets, runtimes, batch_sizes, **_):
+        state["calls"] += 1
+        rows = []
+        for path, variant, p50 in ((fp32, "fp32", 10.0), (int8, "int8", 5.0)):
+            busy = state["contended"] and variant == "int8"
+            rows.append(Measurement(
+                model="model", artifact=str(path), variant=variant, runtime=runtimes[0], batch_size=batch_sizes[0], iterations=20,
+                p50_ms=p50, p90_ms=p50, p99_ms=p50, mean_ms=p50, p50_ci_ms=(p50 * 0.98, p50 * 1.02), images_per_second=100 / p50,
+                peak_rss_mb=1.0, rss_delta_mb=0.0, size_bytes=path.stat().st_size, top1=0.9, accuracy_images=20, ratio_to_fastest=1.0,
+                contended=busy, contention_share=0.4 if busy else 0.01,
+            ))
+        return BenchResult(machine={}, settings={}, measurements=rows)
+
+    monkeypatch.setattr(gate_measure, "run_bench", fake_bench)
+    config = _write_config(tmp_path / "gate.yaml", artifacts={"fp32": str(fp32), "int8": str(int8)}, data=str(tmp_path / "images"),
+                           variants={"int8": {"min_accuracy": 0.8, "max_size_mb": 1, "min_speedup_vs": {"fp32": 1.5}}})
+    return config, state
+
+
+def test_the_cli_reports_a_contended_latency_check_as_not_measured_and_exits_0(injected_bench, tmp_path):
+    config, state = injected_bench
+    out = [str(tmp_path / name) for name in ("g.json", "g.xml", "g.md")]
+    result = CliRunner().invoke(cli, ["gate", "--config", str(config), "--json", out[0], "--junit", out[1], "--md", out[2]])
+    assert result.exit_code == 0, result.output
+    assert state["calls"] == 1 and "NOT MEASURED int8.speedup_vs_fp32: not measured" in result.output
+    assert "FAIL" not in result.output and "1 latency check not measured" in result.output
+    report = GateResult.from_json(Path(out[0]))
+    assert {c.metric: c.status for c in report.checks} == {"accuracy": "pass", "size_mb": "pass", "speedup_vs_fp32": "not_measured"}
+    assert report.measure("int8").contended and report.measure("int8").contention_share == 0.4
+    assert not report.measure("fp32").contended
+    assert ET.parse(out[1]).getroot().get("skipped") == "1" and "not measured (contended)" in Path(out[2]).read_text()
+
+
+def test_strict_contention_exits_3_from_the_flag_or_the_config(injected_bench):
+    config, _ = injected_bench
+    flag = CliRunner().invoke(cli, ["gate", "--config", str(config), "--strict-contention"])
+    assert flag.exit_code == 3, flag.output
+    data = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**data, "strict_contention": True}))
+    assert CliRunner().invoke(cli, ["gate", "--config", str(config)]).exit_code == 3
+    assert CliRunner().invoke(cli, ["gate", "--config", str(config), "--no-strict-contention"]).exit_code == 0
+
+
+def test_on_a_quiet_machine_the_same_latency_check_is_judged(injected_bench):
+    config, state = injected_bench
+    state["contended"] = False
+    passing = CliRunner().invoke(cli, ["gate", "--config", str(config), "--strict-contention"])
+    assert passing.exit_code == 0 and "NOT MEASURED" not in passing.output, passing.output
+    data = yaml.safe_load(config.read_text())
+    data["variants"]["int8"]["min_speedup_vs"] = {"fp32": 3.0}
+    config.write_text(yaml.safe_dump(data))
+    failing = CliRunner().invoke(cli, ["gate", "--config", str(config)])
+    assert failing.exit_code == 1 and "FAIL int8.speedup_vs_fp32" in failing.output, failing.output
 
 
 # --- the whole gate on a real trained run ---------------------------------------------------------

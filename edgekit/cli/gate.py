@@ -1,4 +1,5 @@
-"""CLI for `edgekit gate`: exit 0 when every check holds, 1 when one fails, 2 on a bad config."""
+"""CLI for `edgekit gate`: exit 0 when every measured check holds, 1 when one fails, 2 on a bad config, 3 (only
+with --strict-contention) when a latency check could not be measured because the CPU was contended."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..gate import GateResult, gate, load_config
+from ..gate.report import check_row, format_comparison, metric_label, verdict_line, write_reports
 from .output import console
+
+_STATE_STYLE = {"pass": "green", "fail": "bold red", "not_measured": "yellow", "skipped": "yellow"}
+_VERDICT_STYLE = {"regression": "bold red", "improvement": "green"}
 
 
 @click.command("gate")
@@ -19,50 +25,55 @@ from .output import console
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")
 @click.option("--md", "markdown_path", type=click.Path(path_type=Path), help="Write a markdown summary (for a PR comment).")
 @click.option("--threads", type=int, help="Override the config's bench threads.")
-def gate_command(config_path, baseline, json_path, junit_path, markdown_path, threads):
+@click.option("--strict-contention/--no-strict-contention", "strict_contention", default=None,
+              help="Exit 3 when a latency check was not measured because other processes used the CPU "
+                   "[default: the config's strict_contention, false: such checks are reported, exit 0].")
+def gate_command(config_path, baseline, json_path, junit_path, markdown_path, threads, strict_contention):
     """Check accuracy, parity, size and relative speed of exported variants against thresholds.
 
     \b
     edgekit gate --config configs/gate.yaml
     edgekit gate --config configs/gate.yaml --junit gate.xml --md gate.md --json gate.json --baseline main-gate.json
 
-    Exit status: 0 every check holds, 1 a check failed (each failure is named on one line),
-    2 a user error (a malformed config names the key).
+    \b
+    Exit status:
+      0  every measured check holds (latency checks timed under CPU contention are
+         reported as "not measured", never as pass or fail)
+      1  a check failed (each failure is named on one line)
+      2  a user error (a malformed config names the key)
+      3  with --strict-contention: nothing failed, but a latency check was not measured
     """
-    from ..gate import gate, load_config
-    from ..gate_report import write_reports
-
-    config = load_config(config_path, {"threads": threads})
+    config = load_config(config_path, {"threads": threads, "strict_contention": strict_contention})
     result = gate(config, baseline=baseline, progress=True)
     show_gate(result, anchor=config.baseline.anchor)
     for path in write_reports(result, json_path, junit_path, markdown_path):
         console.print(f"wrote {path}")
-    if not result.passed:
-        raise click.exceptions.Exit(1)
+    if result.exit_code:
+        raise click.exceptions.Exit(result.exit_code)
 
 
-def show_gate(result, anchor: str = "fp32") -> None:
-    """Print the checks (and baseline moves) as tables; failures one line each on stderr."""
-    from ..gate_report import format_comparison, format_threshold, format_value
-
+def show_gate(result: GateResult, anchor: str = "fp32") -> None:
+    """Print the checks (and baseline moves) as tables; failures and unmeasured checks one line each on stderr."""
     table = Table("check", "measured", "threshold", "result", title="edgekit gate")
     for check in result.checks:
-        state = "[yellow]skip[/yellow]" if check.skipped else ("[green]pass[/green]" if check.passed else "[bold red]FAIL[/bold red]")
-        table.add_row(check.name, format_value(check, check.value), format_threshold(check), state)
+        name, measured, threshold, state = check_row(check)
+        table.add_row(name, measured, threshold, f"[{_STATE_STYLE[check.status]}]{state}[/]")
     console.print(table)
     if result.comparisons:
         moves = Table("metric", "baseline", "now", "change", "noise", "verdict", title=f"vs baseline {result.baseline}")
-        short = {"relative_latency": f"latency/{anchor}", "size_bytes": "size"}
         for c in result.comparisons:
-            verdict = {"regression": "[bold red]regression[/bold red]", "improvement": "[green]improvement[/green]"}.get(c.verdict, c.verdict)
-            moves.add_row(f"{c.variant} {short.get(c.metric, c.metric)}", *format_comparison(c), verdict)
+            style = _VERDICT_STYLE.get(c.verdict, "yellow" if c.contended else "")
+            verdict = f"[{style}]{c.verdict}[/]" if style else c.verdict
+            moves.add_row(f"{c.variant} {metric_label(c.metric, anchor)}", *format_comparison(c), verdict)
         console.print(moves)
+    for check in result.not_measured:
+        click.echo(f"NOT MEASURED {check.message}", err=True)
     if result.passed:
-        console.print(f"[green]gate passed: {len(result.checks)} checks[/green]")
+        console.print(f"[{'yellow' if result.not_measured else 'green'}]gate {verdict_line(result)}[/]")
         return
     for message in result.failures:
         click.echo(f"FAIL {message}", err=True)
-    click.echo(f"gate failed: {len(result.failures)} of {len(result.checks)} checks", err=True)
+    click.echo(f"gate {verdict_line(result)}", err=True)
 
 
 COMMANDS = [gate_command]

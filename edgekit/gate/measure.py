@@ -1,0 +1,287 @@
+"""The gate's measuring: find (or export) each variant's artifact, then parity on the gate's images, one
+interleaved bench run for latency, and file sizes. Fresh reports on disk are reused.
+
+Each step returns what it measured (``Found``); ``measure_variants`` merges them into one ``Measured``.
+Nothing passed in is modified."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..bench import DEFAULT_ITERATIONS, DEFAULT_WARMUP, BenchResult, machine_info
+from ..bench import bench as run_bench
+from ..bench.targets import artifact_bytes
+from ..errors import EdgekitError
+from ..export import export as run_export
+from ..parity import ParityChecker, ParityData, ParityResult, ParityThresholds, images_in, run_parity_images
+from ..runs import Run
+from ..variants import Format, InputKind, Variant
+from .config import GateConfig
+from .results import VariantMeasure
+
+
+@dataclass(frozen=True)
+class Found:
+    """What one step measured: VariantMeasure fields per variant, the reports it reused or wrote, the bench machine."""
+
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reports: tuple[str, ...] = ()
+    machine: dict | None = None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Everything the gate measured: one VariantMeasure per variant, the reports used or written (and exports
+    made), and the machine the bench ran on (None without a bench)."""
+
+    measures: dict[str, VariantMeasure]
+    reports: tuple[str, ...] = ()
+    machine: dict | None = None
+
+
+def measure_variants(config: GateConfig, need_anchor: bool = False, progress: bool = False) -> Measured:
+    """Measure what ``config``'s checks need (and, with ``need_anchor``, the baseline's latency anchor)."""
+    run_dir = config.resolve(config.run)
+    run = Run.load(run_dir) if run_dir is not None else None
+    data = _data_folder(config)
+    artifacts, exported = locate_artifacts(config, run, config.measured_variants(need_anchor), progress)
+    measures = {name: VariantMeasure(variant=name, artifact=str(path), size_bytes=artifact_bytes(path)) for name, path in artifacts.items()}
+    reports, machine = list(exported), None
+    if run is not None:
+        parity = measure_parity(config, run, artifacts, data)
+        measures, reports = _merged(measures, parity), reports + list(parity.reports)
+        _require_labels(config, run, data, measures)
+    bench_accuracy = run is None and any(t.min_accuracy is not None for t in config.variants.values())
+    if need_anchor or config.needs_latency or bench_accuracy:
+        latency = measure_latency(config, run, artifacts, data if bench_accuracy else None, progress)
+        measures, reports, machine = _merged(measures, latency), reports + list(latency.reports), latency.machine
+    return Measured(measures, tuple(reports), machine)
+
+
+def _merged(measures: dict[str, VariantMeasure], found: Found) -> dict[str, VariantMeasure]:
+    return {name: measure.model_copy(update=found.values.get(name, {})) for name, measure in measures.items()}
+
+
+def _data_folder(config: GateConfig) -> Path | None:
+    data = config.resolve(config.data)
+    if data is not None and not data.is_dir():
+        raise EdgekitError(f"data: {data} is not a directory; give a labelled image folder <class>/<image>")
+    return data
+
+
+def _require_labels(config: GateConfig, run: Run, data: Path | None, measures: dict[str, VariantMeasure]) -> None:
+    needing = [name for name, t in config.variants.items() if t.needs_accuracy]
+    if any(measures[name].accuracy is None for name in needing):
+        where = f"data: {data}" if data is not None else "the run's validation images"
+        raise EdgekitError(
+            f"{where} carry no labels the run knows (class folders must be among {run.card.class_names[:5]}...), "
+            f"so variants.{needing[0]} accuracy thresholds cannot be checked; point data: at a <class>/<image> folder of the run's classes"
+        )
+
+
+# --- artifacts ------------------------------------------------------------------------------------
+
+
+def artifact_path(exports_dir: Path, variant: str) -> Path:
+    """Where `edgekit export` writes a variant."""
+    return exports_dir / Variant.parse(variant).file_name
+
+
+def _find(config: GateConfig, run: Run | None, variant: str) -> Path | None:
+    if variant in config.artifacts:
+        path = config.resolve(config.artifacts[variant])
+        if path is None or not path.is_file():
+            raise EdgekitError(f"artifacts.{variant}: {path} does not exist; fix the path or remove the key to use the run's exports")
+        return path
+    if run is None:
+        return None
+    path = artifact_path(run.exports_dir, variant)
+    return path if path.is_file() else None
+
+
+def locate_artifacts(config: GateConfig, run: Run | None, names: list[str],
+                     progress: bool = False) -> tuple[dict[str, Path], tuple[str, ...]]:
+    """(variant -> artifact file, parity reports of the exports made): the config's artifacts, else the run's
+    exports, exporting the missing ones when ``export_missing`` allows."""
+    found = {name: _find(config, run, name) for name in names}
+    missing = [name for name, path in found.items() if path is None]
+    if not missing:
+        return {name: path for name, path in found.items() if path is not None}, ()
+    if run is None:
+        raise EdgekitError(f"variant {missing[0]} has no artifact; add it under artifacts: in the config")
+    request = _export_request(run, missing)
+    if not config.export_missing:
+        raise EdgekitError(f"variant {missing[0]} has no artifact in {run.exports_dir}; "
+                           f"run `{request.command}` or set export_missing: true")
+    result = run_export(run, formats=request.formats, quantize=request.quantize, parity_data=config.resolve(config.data),
+                        embed_preprocessing=request.embed_preprocessing, max_parity_images=config.max_images, progress=progress)
+    located = {name: _find(config, run, name) for name in names}
+    still = [name for name, path in located.items() if path is None]
+    if still:
+        raise EdgekitError(f"export did not produce variant {still[0]} in {run.exports_dir}; run `edgekit export` and check its output")
+    return {name: path for name, path in located.items() if path is not None}, tuple(v.path for v in result.variants)
+
+
+@dataclass(frozen=True)
+class _ExportRequest:
+    formats: tuple[str, ...]
+    quantize: tuple[str, ...]
+    embed_preprocessing: bool
+    command: str  # the same as an `edgekit export` command line
+
+
+def _export_request(run: Run, missing: list[str]) -> _ExportRequest:
+    """The one export() call that writes every missing variant; an error for a variant the gate cannot export."""
+    variants = [Variant.parse(name) for name in missing]
+    for variant in variants:
+        if variant.format not in (Format.ONNX, Format.TORCH_EXPORT) or variant.fixed_batch is not None:
+            raise EdgekitError(f"variant {variant} cannot be exported by the gate; export it with `edgekit export` first")
+    onnx = [v for v in variants if v.format is Format.ONNX]
+    formats = (("onnx",) if onnx else ()) + (("torch-export",) if len(onnx) < len(variants) else ())
+    quantize = tuple(dict.fromkeys(v.quantize_choice for v in onnx)) or ("none",)
+    embed = any(v.input_kind is InputKind.UINT8 for v in onnx)
+    command = f"edgekit export {run.path} --format {','.join(formats)} --quantize {','.join(quantize)}"
+    command += " --embed-preprocessing" if embed else ""
+    return _ExportRequest(formats, quantize, embed, command)
+
+
+# --- parity ---------------------------------------------------------------------------------------
+
+
+def measure_parity(config: GateConfig, run: Run, artifacts: dict[str, Path], data: Path | None) -> Found:
+    """Accuracy, agreement and logit differences of every configured variant vs the run's PyTorch model, from
+    export's parity reports where they are fresh, else measured on the gate's images."""
+    checker = _ParityOnce(run, data, config.max_images)
+    values, reports = {}, []
+    for name in config.variants:
+        fresh = _fresh_parity(run, artifacts[name], name, data, config.max_images) if config.reuse_reports else None
+        if fresh is not None:
+            report, path = fresh
+            reports.append(str(path))
+        else:
+            report = checker.check(artifacts[name], name)
+        values[name] = _parity_values(report)
+    return Found(values, tuple(reports))
+
+
+def _parity_values(report: ParityResult) -> dict[str, Any]:
+    metrics = report.metrics
+    return {"n_images": metrics.n_images, "accuracy": metrics.variant_accuracy, "reference_accuracy": metrics.reference_accuracy,
+            "accuracy_drop": metrics.accuracy_drop, "agreement": metrics.top1_agreement, "max_abs_diff": metrics.max_abs_diff,
+            "max_rel_diff": metrics.max_rel_diff}
+
+
+def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max_images: int) -> tuple[ParityResult, Path] | None:
+    """The parity report export wrote for this artifact, if it is newer than both the artifact and the
+    model and was measured on the same labelled images; otherwise None."""
+    path = run.exports_dir / Variant.parse(variant).parity_file_name
+    if not path.is_file() or path.stat().st_mtime < max(artifact.stat().st_mtime, run.model_path.stat().st_mtime):
+        return None
+    try:
+        report = ParityResult.from_json(path)
+    except EdgekitError:
+        return None  # an unreadable old report is recomputed, not trusted
+    if os.path.realpath(report.artifact) != os.path.realpath(artifact) or report.variant != variant:
+        return None
+    source = report.metrics.data_source
+    if not source.startswith("images:") or report.metrics.variant_accuracy is None:
+        return None  # random inputs say nothing about accuracy
+    if data is None:
+        return (report, path) if report.metrics.n_images <= max_images else None
+    if os.path.realpath(source[len("images:"):]) != os.path.realpath(data):
+        return None
+    expected = len(images_in(data, run.card.class_names, max_images).paths)  # a listing, no decoding
+    # made on another sample size: the gate's numbers would not be comparable
+    return (report, path) if report.metrics.n_images == expected else None
+
+
+class _ParityOnce:
+    """One reference model and one set of images for every variant: the PyTorch logits are computed once."""
+
+    def __init__(self, run: Run, data: Path | None, max_images: int):
+        self.run, self.data, self.max_images = run, data, max_images
+        self._checker: ParityChecker | None = None
+
+    def check(self, artifact: Path, variant: str) -> ParityResult:
+        if self._checker is None:
+            images = run_parity_images(self.run.card, self.data, self.max_images)
+            self._checker = ParityChecker(self.run.build_model(), ParityData(self.run.card.preprocessing, images))
+        # No thresholds: the gate judges the metrics itself against its own config.
+        return self._checker.check(artifact, variant, ParityThresholds())
+
+
+# --- bench ----------------------------------------------------------------------------------------
+
+
+def measure_latency(config: GateConfig, run: Run | None, artifacts: dict[str, Path], data: Path | None, progress: bool = False) -> Found:
+    """One bench run with every variant interleaved (latency ratios are only ever taken inside it), or a fresh
+    `edgekit bench` report that timed them all; with ``data``, also bench's top-1 accuracy. A row bench timed
+    under CPU contention keeps its flag and share, so its latency checks become "not measured"."""
+    fresh = _fresh_bench(run, artifacts, config) if config.reuse_reports and run is not None and data is None else None
+    if fresh is not None:
+        result, path = fresh
+        reports: tuple[str, ...] = (str(path),)
+    else:
+        result = run_bench(list(artifacts.values()), runtimes=(config.runtime,), batch_sizes=(config.batch_size,),
+                           threads=config.threads, data=data, max_images=config.max_images if data is not None else None,
+                           warmup=config.warmup if config.warmup is not None else DEFAULT_WARMUP,
+                           iterations=config.iterations if config.iterations is not None else DEFAULT_ITERATIONS, progress=progress)
+        reports = ()
+    rows = _rows_by_artifact(result, config)
+    if not rows and result.skipped:
+        why = "; ".join(f"{name}: {reason}" for name, reason in result.skipped.items())
+        raise EdgekitError(f"runtime {config.runtime} measured nothing ({why}); choose another runtime: in the gate config")
+    values = {}
+    for name, path in artifacts.items():
+        row = rows.get(os.path.realpath(path))
+        if row is not None:  # else the check that needs it reports "not measured" and fails
+            values[name] = _bench_values(row)
+    return Found(values, reports, dict(result.machine))  # bench's MachineInfo reads like the dict the report keeps
+
+
+def _bench_values(row) -> dict[str, Any]:
+    values = {"runtime": row.runtime, "batch_size": row.batch_size, "p50_ms": row.p50_ms, "p50_ci_ms": tuple(row.p50_ci_ms),
+              # bench adds contended/contention_share to its rows; reports written before that have neither
+              "contended": bool(getattr(row, "contended", False)), "contention_share": getattr(row, "contention_share", None)}
+    if row.top1 is not None:  # bench measures accuracy only when the gate has no run (so no parity) and asks for it
+        values.update(accuracy=row.top1, n_images=row.accuracy_images)
+    return values
+
+
+def _rows_by_artifact(result: BenchResult, config: GateConfig) -> dict:
+    return {os.path.realpath(m.artifact): m for m in result.measurements
+            if m.runtime == config.runtime and m.batch_size == config.batch_size}
+
+
+def _fresh_bench(run: Run, artifacts: dict[str, Path], config: GateConfig) -> tuple[BenchResult, Path] | None:
+    """The newest `edgekit bench` report in <run>/bench that timed every needed artifact in one run, with the
+    gate's runtime, batch size and threads, on this machine, after every artifact was last written, on a quiet
+    machine (a report with a contended row is timed again rather than reused)."""
+    if not run.bench_dir.is_dir():
+        return None
+    newest_artifact = max(path.stat().st_mtime for path in artifacts.values())
+    here = machine_info()
+    for path in sorted(run.bench_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if path.stat().st_mtime < newest_artifact:
+            break  # older reports can only be staler
+        try:
+            result = BenchResult.from_json(path)
+        except EdgekitError:
+            continue
+        if _applies(result, artifacts, config, here):
+            return result, path
+    return None
+
+
+def _applies(result: BenchResult, artifacts: dict[str, Path], config: GateConfig, here: Mapping) -> bool:
+    settings = result.settings
+    same_settings = (settings.get("threads") == config.threads and not settings.get("end_to_end")
+                     and (config.iterations is None or settings.get("iterations") == config.iterations))
+    same_machine = all(result.machine.get(key) == here.get(key) for key in ("cpu", "usable_cores", "versions"))
+    rows = _rows_by_artifact(result, config)
+    needed = [rows.get(os.path.realpath(path)) for path in artifacts.values()]
+    return same_settings and same_machine and all(row is not None and not getattr(row, "contended", False) for row in needed)
