@@ -47,8 +47,8 @@ from . import bench as _bench  # noqa: E402
 from . import demo as _demo
 from . import export as _export
 from . import gate as _gate
-from . import train as _train
+from . import finetune as _finetune
 
-for _module in (_train, _export, _bench, _gate, _demo):
+for _module in (_finetune, _export, _bench, _gate, _demo):
     for _command in _module.COMMANDS:
         cli.add_command(_command)

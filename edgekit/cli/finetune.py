@@ -49,18 +49,36 @@ def finetune_command(config_path, **flags):
     """Fine-tune a pretrained classifier on an image folder (<class>/<image>) into a run directory.
 
     \b
-    edgekit finetune --model mobilenet_v3_large --weights DEFAULT \\
-        --data photos/train --val-data photos/val --epochs 10 --out runs/flowers
+    edgekit finetune --data photos/train --val-data photos/val --out runs/flowers
+    edgekit finetune --model mobilenet_v3_large --weights DEFAULT --strategy partial \\
+        --data photos/train --val-data photos/val --out runs/flowers-partial
+
+    \b
+    Data-parallel (strategies partial and full):
+    torchrun --nproc-per-node 2 -m edgekit finetune --strategy full ...
     """
     from .. import config
     from ..finetune import finetune
 
     result = finetune(config.load(FinetuneConfig, config_path, flags), progress=True)
+    if result is None:  # a secondary torchrun rank with nothing to do (strategy head solves on rank 0)
+        return
+    how = f"at epoch {result.best_epoch}/{result.epochs_run}"
+    if result.head_solve is not None:
+        solve = result.head_solve
+        how = f"with the head solved by L-BFGS (l2 {solve.l2:.3g}, {solve.iterations} iterations)"
+    scale = f" x{result.world_size} ranks" if result.world_size > 1 else ""
     console.print(
         f"run written to [bold]{result.run_dir}[/bold]: best val accuracy {result.best_val_accuracy:.2%} "
-        f"at epoch {result.best_epoch}/{result.epochs_run} on {result.device} "
-        f"({result.train_images} train / {result.val_images} val images, {result.images_per_second:.0f} img/s)"
+        f"{how} on {result.device}{scale} ({result.train_images} train / {result.val_images} val images, {result.seconds:.1f} s)"
     )
+    if result.features is not None:
+        features = result.features
+        if features.extracted == 0:
+            console.print(f"features: all {features.images} from the cache ({features.cache_dir}); no image went through the backbone")
+        else:
+            stored = f"; stored in the cache ({features.cache_dir})" if features.cache_dir else "; not cached (--no-cache)"
+            console.print(f"features: {features.extracted} of {features.images} extracted with {features.runtime}{stored}")
     if result.skipped_images:
         console.print(f"[yellow]skipped {len(result.skipped_images)} unreadable image(s)[/yellow], e.g. {result.skipped_images[0]}")
 
