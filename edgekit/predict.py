@@ -41,7 +41,7 @@ def predict(
     if model is not None:
         logits, labels = _zoo_logits(model, weights, images)
         source = f"{model}:{weights}"
-    elif Path(source).suffix == ".onnx":
+    elif Path(source).suffix in (".onnx", ".xml", ".pte"):  # ONNX, OpenVINO IR, ExecuTorch: labels travel with the file
         logits, labels = _onnx_logits(Path(source), images)
     else:
         logits, labels = _run_logits(Path(source), images)
@@ -87,9 +87,10 @@ def _onnx_logits(path: Path, images) -> tuple[np.ndarray, list[str]]:
 
     # The one way to run an artifact: the ONNX file is checked (corrupt files, external data outside its
     # folder) and its metadata validated before ONNX Runtime opens it.
-    session = runtimes.load(path, "ort-cpu")
+    session = runtimes.load(path, "auto")  # .onnx: ort-cpu, .xml: openvino, .pte: executorch
     if session.labels is None or session.preprocessing is None:
-        raise EdgekitError(f"{path} has no edgekit labels/preprocessing metadata; export it with `edgekit export`, or predict from its run directory")
+        raise EdgekitError(f"{path} has no edgekit labels/preprocessing metadata (a .pte keeps them in {path.name}.json); "
+                           "export it with `edgekit export`, or predict from its run directory")
     logits = session.run(load_batch(images, session.preprocessing, session.input_kind))
     if logits.ndim != 2 or logits.shape[1] != len(session.labels):
         raise EdgekitError(

@@ -150,18 +150,22 @@ def available_runtimes() -> dict[str, str | None]:
 
 
 def artifact_kind(artifact: str | os.PathLike) -> str:
-    """".onnx", ".pt2" or "run" (a run directory, or the model.pt inside one)."""
+    """".onnx", ".pt2", ".xml" (OpenVINO IR), ".pte" (ExecuTorch) or "run" (a run directory, or the model.pt inside one)."""
     path = Path(artifact)
-    if path.suffix in (".onnx", ".pt2"):
+    if path.suffix in _AUTO_RUNTIMES:
         return path.suffix
     if path.is_dir() or path.suffix in (".pt", ".pth"):
         return "run"
-    raise EdgekitError(f"{path} is not a model edgekit can run; pass an .onnx or .pt2 file or a run directory")
+    raise EdgekitError(f"{path} is not a model edgekit can run; pass an .onnx, .pt2, .xml (OpenVINO) or .pte (ExecuTorch) file or a run directory")
 
 
 def auto_runtime(artifact: str | os.PathLike) -> str:
-    """The natural runtime for an artifact: .onnx -> ort-cpu, .pt2 -> torch-export, run / model.pt -> torch."""
-    return {".onnx": "ort-cpu", ".pt2": "torch-export", "run": "torch"}[artifact_kind(artifact)]
+    """The natural runtime for an artifact: .onnx -> ort-cpu, .pt2 -> torch-export, .xml -> openvino,
+    .pte -> executorch, run / model.pt -> torch."""
+    return {**_AUTO_RUNTIMES, "run": "torch"}[artifact_kind(artifact)]
+
+
+_AUTO_RUNTIMES = {".onnx": "ort-cpu", ".pt2": "torch-export", ".xml": "openvino", ".pte": "executorch"}
 
 
 def load(artifact: str | os.PathLike, runtime: str = "auto", threads: int | None = None, **options) -> Session:
@@ -196,10 +200,10 @@ def _ensure_loaded() -> None:
     # Registration is explicit and ordered here (no import side effects scattered around the package).
     if _REGISTRY:
         return
-    from . import openvino, ort, torch_eager, torch_export
+    from . import executorch, openvino, ort, torch_eager, torch_export
 
     for runtime in (torch_eager.TorchEager(), torch_export.TorchExport(), ort.OrtRuntime("ort-cpu"),
-                    ort.OrtRuntime("ort-cuda"), openvino.OpenVino()):
+                    ort.OrtRuntime("ort-cuda"), openvino.OpenVino(), executorch.ExecuTorch()):
         register(runtime)
 
 

@@ -1,0 +1,281 @@
+"""PyTorch -> ExecuTorch program (.pte) lowered to the XNNPACK delegate: float32 and pt2e static int8.
+
+Files (under <run>/exports/):
+    model.pte / model.int8.pte            the programs (torch.export -> to_edge_transform_and_lower(XnnpackPartitioner))
+    model.pte.json / model.int8.pte.json  their side files (a .pte has no metadata field of its own)
+
+The side file is data only: a JSON object with
+    "edgekit_side_file": 1                        format version
+    "program": {"sha256", "bytes", "max_batch", "dynamic_batch"}
+    "metadata": {"edgekit.labels": ..., ...}      the very strings export writes into ONNX metadata_props
+It is read back by ``read_side_file``: size-limited, unknown keys refused, the SHA-256 checked against the .pte
+(so a truncated, corrupted or swapped program is refused before the C++ runtime parses it), and the metadata
+validated by ``ModelMetadata.from_props`` exactly like ONNX metadata. It never holds a path or code.
+
+Batch: the program takes a dynamic batch of 1..MAX_BATCH (the memory plan is sized for the upper bound; the
+runtime runs larger batches in chunks).
+
+int8: torchao's pt2e ``prepare_pt2e``/``convert_pt2e`` with ExecuTorch's ``XNNPACKQuantizer`` (symmetric, per-channel
+weights, static per-tensor activations), calibrated on the same class-stratified images as ONNX int8. The stock
+quantizer fuses conv->ReLU but lets a conv->hardtanh (ReLU6) share the conv's observer, so every ReLU6 output is
+quantized on the wide pre-activation range (51.5% top-1 agreement on Lite0); ``Relu6AwareXNNPACKQuantizer``
+annotates conv->hardtanh like conv->ReLU (84.5%, still fully delegated, same speed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from ..errors import ExportError, ModelError
+from ..files import write_bytes, write_json
+from ..metadata import ModelMetadata
+
+INSTALL_HINT = "pip install 'edgekit[executorch]'"
+MAX_BATCH = 8
+SIDE_SUFFIX = ".json"  # model.pte -> model.pte.json
+SIDE_FILE_VERSION = 1
+MAX_SIDE_FILE_BYTES = 1_000_000
+_SIDE_KEYS = {"edgekit_side_file", "program", "metadata"}
+_PROGRAM_KEYS = {"sha256", "bytes", "max_batch", "dynamic_batch"}
+# Graph nodes that are bookkeeping, not work: never counted as falling back.
+_BOOKKEEPING = ("getitem", "sym_size", "sym_numel", "sym_stride")
+# Outside the delegate these only move or reshape data (portable kernels, cheap): noted, not warned about.
+_DATA_MOVEMENT = ("view_copy", "_to_dim_order_copy", "squeeze_copy", "unsqueeze_copy", "permute_copy", "clone", "expand_copy")
+
+
+def require_executorch():
+    """Import ExecuTorch's export side, or a one-line error naming the extra."""
+    try:
+        import executorch.exir  # noqa: F401
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
+    except ImportError as exc:
+        raise ExportError(f"the ExecuTorch format needs the executorch extra: {INSTALL_HINT}") from exc
+    except Exception as exc:  # the pybindings link against libtorch: a mismatched torch fails here
+        raise ExportError(f"executorch does not load next to this torch ({str(exc).splitlines()[0][:160]}); "
+                          f"install the matching pair: {INSTALL_HINT}") from exc
+
+
+def side_file_path(pte_path: str | os.PathLike) -> Path:
+    pte_path = Path(pte_path)
+    return pte_path.with_name(pte_path.name + SIDE_SUFFIX)
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_program(model, example, quantize_batches=None, progress=None) -> tuple[bytes, dict]:
+    """(the .pte bytes, details) for ``model`` at ``example``'s per-image shape with a batch of 1..MAX_BATCH.
+
+    ``quantize_batches``: an iterable of float32 NCHW arrays to calibrate pt2e static int8 on; None for float32.
+    ``progress(text)`` is told which stage is running (the int8 export of a real model takes minutes).
+    """
+    require_executorch()
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    say = progress or (lambda text: None)
+    example = example[:2] if example.shape[0] >= 2 else example.expand(2, *example.shape[1:]).contiguous()
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+    details: dict = {"batch": f"dynamic 1..{MAX_BATCH}", "delegate": "XNNPACK"}
+    model = model.eval()
+    try:
+        say("torch.export")
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
+        if quantize_batches is not None:
+            program = _quantized_program(program, example, dynamic, quantize_batches, details, say)
+        say("lowering to XNNPACK")
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        details.update(delegation(edge.exported_program().graph_module))
+        say("serializing")
+        buffer = edge.to_executorch().buffer
+    except ExportError:
+        raise
+    except Exception as exc:  # torch.export / exir raise many types without a common base
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ExportError(f"ExecuTorch export failed for {type(model).__name__}: {first}") from exc
+    return bytes(buffer), details
+
+
+def _quantized_program(program, example, dynamic, batches, details: dict, say):
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = relu6_aware_quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    say("int8: inserting observers")
+    prepared = prepare_pt2e(program.module(), quantizer)
+    seen = 0
+    with torch.no_grad():
+        for batch in batches:
+            for start in range(0, len(batch), MAX_BATCH):
+                prepared(torch.from_numpy(batch[start : start + MAX_BATCH]))
+            seen += len(batch)
+            say(f"int8: calibrating ({seen} images)")
+    if seen == 0:
+        raise ExportError("ExecuTorch int8 needs at least one calibration image")
+    say("int8: converting")
+    converted = convert_pt2e(prepared)
+    details.update({"calibration_images": seen, "quantizer": "XNNPACKQuantizer (pt2e), conv->hardtanh annotated like conv->relu",
+                    "activations": "int8 per-tensor (static)", "weights": "int8 per-channel (symmetric)"})
+    say("int8: torch.export of the quantized model")
+    return torch.export.export(converted, (example,), dynamic_shapes=dynamic)
+
+
+def relu6_aware_quantizer():
+    """An ``XNNPACKQuantizer`` that annotates conv -> hardtanh (ReLU6) like conv -> ReLU: the conv's output gets no
+    observer of its own and the hardtanh's output is observed on its clamped range (see the module docstring)."""
+    import torch
+    from executorch.backends.xnnpack.quantizer import xnnpack_quantizer_utils as utils
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+    hardtanh = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+    conv = (torch.ops.aten.conv2d.default, torch.ops.aten.conv1d.default, torch.ops.aten.convolution.default)
+
+    class Relu6AwareXNNPACKQuantizer(XNNPACKQuantizer):
+        def annotate(self, model):
+            config = self.global_config
+            if config is not None and not config.input_activation.is_dynamic:
+                for node in model.graph.nodes:
+                    if node.op != "call_function" or node.target not in hardtanh:
+                        continue
+                    producer = node.args[0]
+                    if not isinstance(producer, torch.fx.Node) or producer.target not in conv or len(producer.users) > 1:
+                        continue
+                    weight = producer.args[1]
+                    bias = producer.args[2] if len(producer.args) > 2 else None
+                    partition = [node, producer, weight] + ([bias] if isinstance(bias, torch.fx.Node) else [])
+                    if utils._is_annotated(partition):
+                        continue
+                    inputs = {producer.args[0]: utils.get_input_act_qspec(config), weight: utils.get_weight_qspec(config)}
+                    if isinstance(bias, torch.fx.Node):
+                        inputs[bias] = utils.get_bias_qspec(config)
+                    producer.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
+                    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=utils.get_output_act_qspec(config), _annotated=True)
+                    utils._mark_nodes_as_annotated(partition)
+            return super().annotate(model)
+
+    return Relu6AwareXNNPACKQuantizer()
+
+
+def delegation(graph_module) -> dict:
+    """What runs inside the XNNPACK delegate and what does not: node counts, the share, and the ops left outside."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    frame = info.get_operator_delegation_dataframe()
+    outside: dict[str, int] = {}
+    for _, row in frame.iterrows():
+        op, count = str(row["op_type"]), int(row["occurrences_in_non_delegated_graphs"])
+        if op != "Total" and count and not any(op == b or op.endswith(b) for b in _BOOKKEEPING):
+            outside[op] = count
+    inside = int(info.num_delegated_nodes)
+    total = inside + sum(outside.values())
+    compute_outside = {op: n for op, n in outside.items() if not any(d in op for d in _DATA_MOVEMENT)}
+    result = {
+        "delegated_subgraphs": int(info.num_delegated_subgraphs), "delegated_nodes": inside,
+        "nodes_outside_delegate": outside, "delegated_share": round(inside / total, 4) if total else 0.0,
+    }
+    if compute_outside:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(compute_outside.items()))
+        result["warnings"] = [f"{sum(compute_outside.values())} compute ops fall back to ExecuTorch's portable kernels "
+                              f"outside XNNPACK ({ops}); expect them to be slow on device"]
+    elif outside:
+        result["notes"] = [f"{sum(outside.values())} data-movement ops run outside XNNPACK on portable kernels "
+                           f"({', '.join(sorted(outside))})"]
+    return result
+
+
+def save_program(buffer: bytes, pte_path: Path, metadata: ModelMetadata, max_batch: int, dynamic: bool) -> Path:
+    """Write the .pte and then its side file (both atomically); the side file records the program's digest, so a
+    program without its matching side file is never taken for one with it."""
+    side = side_file_path(pte_path)
+    side.unlink(missing_ok=True)
+    write_bytes(pte_path, buffer)
+    write_json(side, {
+        "edgekit_side_file": SIDE_FILE_VERSION,
+        "program": {"sha256": hashlib.sha256(buffer).hexdigest(), "bytes": len(buffer), "max_batch": max_batch,
+                    "dynamic_batch": dynamic},
+        "metadata": metadata.to_props(),
+    })
+    return pte_path
+
+
+def read_side_file(pte_path: str | os.PathLike) -> tuple[ModelMetadata, dict]:
+    """(metadata, program facts) for a .pte: from ``<file>.pte.json`` when present (checked, see the module
+    docstring), else empty metadata (a bare program runs, without labels or preprocessing)."""
+    pte_path = Path(pte_path)
+    if not pte_path.is_file():
+        raise ModelError(f"{pte_path} does not exist")
+    side = side_file_path(pte_path)
+    if not side.is_file():
+        return ModelMetadata(None, None, {}), {}
+    if side.stat().st_size > MAX_SIDE_FILE_BYTES:
+        raise ModelError(f"{side} is {side.stat().st_size} bytes, more than a side file of labels and preprocessing can be; "
+                         "re-export it")
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{side} is not valid JSON ({str(exc).splitlines()[0][:120]}); re-export it") from exc
+    if not isinstance(data, dict) or data.get("edgekit_side_file") != SIDE_FILE_VERSION:
+        raise ModelError(f"{side} is not an edgekit side file (version {SIDE_FILE_VERSION}); re-export it")
+    unknown = sorted(set(data) - _SIDE_KEYS)
+    program, props = data.get("program"), data.get("metadata")
+    if unknown:
+        raise ModelError(f"{side} has unknown key {unknown[0]!r}; a side file holds only {', '.join(sorted(_SIDE_KEYS))}")
+    if not isinstance(program, dict) or set(program) - _PROGRAM_KEYS or not isinstance(props, dict):
+        raise ModelError(f"{side} has a malformed 'program' or 'metadata' entry; re-export it")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in props.items()):
+        raise ModelError(f"{side} metadata must map strings to strings (as ONNX metadata does); re-export it")
+    digest, max_batch = program.get("sha256"), program.get("max_batch")
+    if not isinstance(digest, str) or not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= 4096:
+        raise ModelError(f"{side} has a malformed program entry (sha256 and max_batch 1..4096 expected); re-export it")
+    if _sha256(pte_path) != digest:
+        raise ModelError(f"{pte_path} does not match its side file {side.name} (SHA-256 differs: truncated, corrupted "
+                         "or from another export); re-export it")
+    metadata = ModelMetadata.from_props(props, str(side))
+    facts = {"max_batch": max_batch, "dynamic_batch": bool(program.get("dynamic_batch")), "side_file": side.name}
+    return metadata, facts
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- one variant of an export run
+
+
+def export_variant(exporter, quantization: str):
+    """One ExecuTorch variant ("executorch-fp32" or "executorch-int8") of an export run, with its parity check."""
+    from ..metadata import FLOAT_INPUT
+    from ..variants import Format, Precision, Variant
+
+    require_executorch()
+    precision = Precision.FP32 if quantization == "none" else Precision(quantization)
+    variant = Variant(precision, format=Format.EXECUTORCH)
+    started = time.perf_counter()
+    batches = exporter.calibration_batches(FLOAT_INPUT) if precision is Precision.INT8 else None
+    buffer, details = export_program(exporter.model, exporter.example(FLOAT_INPUT), batches,
+                                     progress=lambda text: exporter.bar.describe(f"exporting {variant.name}: {text}"))
+    if precision is Precision.INT8:
+        details["calibration_data"] = exporter.calibration.source
+    path = exporter.run.exports_dir / variant.file_name
+    metadata = exporter.metadata(variant.name, FLOAT_INPUT, "executorch", _quantization_facts(details))
+    save_program(buffer, path, metadata, MAX_BATCH, dynamic=True)
+    details["side_file"] = side_file_path(path).name
+    return exporter._finish(variant.name, "executorch", path, time.perf_counter() - started, FLOAT_INPUT, details, 1e-3)
+
+
+def _quantization_facts(details: dict) -> dict:
+    keys = ("calibration_images", "activations", "weights")
+    return {"quantization": {k: details[k] for k in keys}} if all(k in details for k in keys) else {}
