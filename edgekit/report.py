@@ -22,51 +22,88 @@ def _vs_fp32(m) -> str:
     return f"{text} {WARNING_MARK} not faster" if m.slower_than_fp32 else text
 
 
+CONTENDED_MARK = "⚑"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def _deployed(m) -> str:
+    d = m.deployment
+    low, high = d.p50_ci_ms if d is not None else m.p50_ci_ms
+    return f"{m.deployed_p50_ms:.2f} ({low:.2f}-{high:.2f})"
+
+
+def _fair(m) -> str:
+    return f"{m.p50_ms:.2f} ({m.p50_ci_ms[0]:.2f}-{m.p50_ci_ms[1]:.2f})"
+
+
+def _others(m) -> str:
+    share = f"{m.contention_share:.0%}"
+    return f"{CONTENDED_MARK} {share} contended" if m.contended else share
+
+
+def _cold(m) -> str:
+    return f"{_ms(m.load_ms)}/{_ms(m.first_inference_ms)}"
+
+
+def _rss(m) -> str:
+    after = [v for v in (m.peak_rss_after_load_mb, m.peak_rss_after_first_inference_mb) if v is not None]
+    return "/".join(f"{v:.0f}" for v in [*after, m.peak_rss_mb])
+
+
 def _rows(result) -> list[list[str]]:
     rows = []
     for m in result.measurements:
         rows.append([
-            m.model, m.variant, m.runtime, str(m.batch_size),
-            f"{m.p50_ms:.2f} ({m.p50_ci_ms[0]:.2f}-{m.p50_ci_ms[1]:.2f})", f"{m.p90_ms:.2f}", f"{m.p99_ms:.2f}",
+            m.model, m.variant, m.runtime, str(m.batch_size), _deployed(m),
+            m.deployment.app_settings if m.deployment is not None else "-", _fair(m), f"{m.p90_ms:.2f}", f"{m.p99_ms:.2f}",
             f"{m.images_per_second:.1f}", f"{m.ratio_to_fastest:.2f}x", _vs_fp32(m), _percent(m.top1), _percent(m.top5),
-            f"{m.size_bytes / 2**20:.2f}", f"{m.peak_rss_mb:.0f} (+{m.rss_delta_mb:.0f})",
-            "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
+            _ms(m.load_ms), _ms(m.first_inference_ms), f"{m.size_bytes / 2**20:.2f}", _rss(m),
+            f"+{m.rss_delta_mb:.0f}", _others(m), "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
         ])
     return rows
 
 
-_HEADERS = ["model", "variant", "runtime", "batch", "p50 ms (95% CI)", "p90 ms", "p99 ms", "img/s", "vs fastest",
-            "vs fp32", "top-1", "top-5", "size MB", "peak RSS MB (+model)", "GPU MB"]
+_HEADERS = ["model", "variant", "runtime", "batch", "p50 ms deployed (95% CI)", "deployed as", "p50 ms fair (95% CI)",
+            "p90 ms", "p99 ms", "img/s", "vs fastest", "vs fp32", "top-1", "top-5", "load ms", "1st inference ms",
+            "size MB", "peak RSS MB load/1st/all", "model RSS MB", "others' CPU", "GPU MB"]
 
 
-_TERMINAL_HEADERS = ["model", "variant", "runtime", "batch", "p50 ms (95% CI)", "p90/p99 ms", "img/s", "×fastest", "×fp32",
-                     "top-1", "top-5", "MB", "RSS MB", "GPU MB"]
+_TERMINAL_HEADERS = ["model", "variant", "runtime", "batch", "p50 ms deployed (CI)", "p50 fair", "p90/p99 ms", "img/s",
+                     "×fastest", "×fp32", "top-1", "top-5", "load/1st ms", "MB", "RSS MB load/1st/all", "others' CPU", "GPU MB"]
 
 
 def table(result):
-    """A compact rich Table of every measurement; compressed variants slower than fp32 are marked in red.
+    """A compact rich Table of every measurement; compressed variants slower than fp32 are marked in red, rows timed
+    while other processes used the CPU (contended) in yellow with a flag.
 
-    Columns with nothing to show (model when there is one, accuracy without --data, GPU on the CPU) are left out.
+    Columns with nothing to show (model when there is one, accuracy without --data, GPU on the CPU, the fair p50 when
+    every row ran with its deployment settings) are left out.
     """
     from rich.markup import escape
     from rich.table import Table
 
     measurements = result.measurements
     keep = [
-        len({m.model for m in measurements}) > 1, True, True, True, True, True, True, True,
+        len({m.model for m in measurements}) > 1, True, True, True, True,
+        any(m.deployment is not None and m.deployment.alone for m in measurements), True, True, True,
         any(m.ratio_to_fp32 is not None for m in measurements),
         any(m.top1 is not None for m in measurements), any(m.top5 is not None for m in measurements),
-        True, True, any(m.gpu_memory_mb is not None for m in measurements),
+        True, True, True, True, any(m.gpu_memory_mb is not None for m in measurements),
     ]
     out = Table(*[h for h, k in zip(_TERMINAL_HEADERS, keep) if k], title="edgekit bench", caption=escape(_caption(result)))
     for m in measurements:
         cells = [
-            m.model, m.variant, m.runtime, str(m.batch_size), f"{m.p50_ms:.2f} ({m.p50_ci_ms[0]:.2f}-{m.p50_ci_ms[1]:.2f})",
+            m.model, m.variant, m.runtime, str(m.batch_size), _deployed(m), f"{m.p50_ms:.2f}",
             f"{m.p90_ms:.2f}/{m.p99_ms:.2f}", f"{m.images_per_second:.1f}", f"{m.ratio_to_fastest:.2f}", _vs_fp32(m),
-            _percent(m.top1), _percent(m.top5), f"{m.size_bytes / 2**20:.1f}", f"{m.peak_rss_mb:.0f}",
+            _percent(m.top1), _percent(m.top5), _cold(m), f"{m.size_bytes / 2**20:.1f}", _rss(m),
+            f"{CONTENDED_MARK} {m.contention_share:.0%}" if m.contended else f"{m.contention_share:.0%}",
             "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
         ]
-        out.add_row(*[escape(c) for c, k in zip(cells, keep) if k], style="red" if m.slower_than_fp32 else None)
+        style = "red" if m.slower_than_fp32 else "yellow" if m.contended else None
+        out.add_row(*[escape(c) for c, k in zip(cells, keep) if k], style=style)
     return out
 
 
@@ -74,7 +111,9 @@ def _caption(result) -> str:
     machine = result.machine
     threads = result.settings.get("threads") or "default"
     return (f"{machine.get('cpu')} ({machine.get('usable_cores')} cores usable), threads {threads}, "
-            f"{result.settings.get('iterations')} interleaved iterations; ratios: p50 / reference p50, >1 slower")
+            f"{result.settings.get('iterations')} iterations. deployed: the settings an app uses (ORT alone, spinning "
+            "on); fair: interleaved, spinning off, which the ratios (>1 slower) use; p90/p99 fair. "
+            f"{CONTENDED_MARK}: other processes used the CPU while timing (contended), not evidence")
 
 
 def markdown(result) -> str:
@@ -87,6 +126,14 @@ def markdown(result) -> str:
         f"{machine.get('cpu')} ({machine.get('usable_cores')} usable cores; flags: {' '.join(machine.get('cpu_flags', [])) or 'n/a'}){gpu}. "
         f"Threads {result.settings.get('threads') or 'default'}, {result.settings.get('warmup')} warm-up + "
         f"{result.settings.get('iterations')} timed iterations, variants interleaved. {versions}."
+    )
+    lines.append("")
+    lines.append(
+        "*deployed*: timed with the settings an app would use (ORT: alone, spinning on, the same threads); *fair*: "
+        "interleaved with spinning off, which the ratios use. Load and first inference are cold costs an app pays at "
+        f"every start. {CONTENDED_MARK} *contended*: other processes used at least "
+        f"{(result.settings.get('contention_threshold') or 0.25):.0%} of the CPU while that row was timed, even after "
+        "re-measuring: its latencies are not evidence."
     )
     lines.append("")
     for warning in result.warnings:
@@ -168,7 +215,7 @@ def pareto_plot(result, path: str | os.PathLike, batch_size: int | None = None) 
     axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel(f"p50 latency, ms (batch {chosen}, log scale)")
     axes.set_ylabel("top-1 accuracy, %")
-    axes.set_title(f"latency vs accuracy ({result.machine.get('cpu', '')[:50]})", fontsize=9)
+    axes.set_title(f"latency vs accuracy ({(result.machine.get('cpu') or '')[:50]})", fontsize=9)
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="lower right")
     axes.margins(x=0.15, y=0.15)

@@ -95,9 +95,78 @@ def test_ort_spinning_is_off_when_sessions_take_turns(run_result, exported_run):
     assert run_result.settings["options"]["allow_spinning"] is False
     alone = bench(exported_run.exports_dir / "model.onnx", threads=1, **FAST)
     assert alone.measurements[0].runtime_info["allow_spinning"] == "default"
+    assert alone.measurements[0].deployment.alone is False  # benched alone with ORT's defaults: no second pass needed
     chosen = bench([exported_run.exports_dir / "model.onnx", exported_run.exports_dir / "model.int8.onnx"], threads=1,
                    options={"allow_spinning": True}, **FAST)
     assert all(m.runtime_info["allow_spinning"] is True for m in chosen.measurements)
+
+
+def test_every_row_carries_cold_warm_and_both_settings(run_result, exported_run):
+    data = json.loads(run_result.to_json())
+    for row in data["measurements"]:
+        label = f"{row['variant']} on {row['runtime']} batch {row['batch_size']}"
+        for key in ("load_ms", "first_inference_ms", "p50_ms", "p90_ms", "p99_ms", "peak_rss_after_load_mb",
+                    "peak_rss_after_first_inference_mb"):
+            assert isinstance(row[key], float) and row[key] > 0, (label, key)
+        assert row["first_inference_batch_size"] == 1  # the first batch size benched
+        assert row["peak_rss_after_load_mb"] <= row["peak_rss_after_first_inference_mb"], label
+        assert isinstance(row["contended"], bool) and 0.0 <= row["contention_share"] <= 1.0
+        assert row["fair_settings"], label
+        deployment = row["deployment"]
+        assert deployment["settings"] and deployment["app_settings"], label
+        for key in ("p50_ms", "p90_ms", "p99_ms"):
+            assert deployment[key] > 0
+        assert deployment["p50_ci_ms"][0] <= deployment["p50_ms"] <= deployment["p50_ci_ms"][1]
+        if row["runtime"] == "ort-cpu":
+            # interleaved with spinning off (fair), then alone with spinning on and the same threads (deployment)
+            assert row["fair_settings"]["allow_spinning"] is False
+            assert deployment["settings"]["allow_spinning"] is True and deployment["alone"] is True
+            assert deployment["settings"]["intra_op_threads"] == row["fair_settings"]["intra_op_threads"] == 1
+            assert deployment["app_settings"].startswith("intra_op_num_threads=1, allow_spinning=1")
+        else:  # no deployment-only setting: the interleaved figures are the deployment ones
+            assert deployment["alone"] is False and deployment["settings"] == row["fair_settings"]
+            assert deployment["p50_ms"] == row["p50_ms"]
+    ort_only = bench([exported_run.exports_dir / "model.onnx", exported_run.exports_dir / "model.int8.onnx"], threads=1,
+                     options={"allow_spinning": False}, save=False, **FAST)
+    # the user said the app runs without spinning: that is the deployment setting, so there is no second pass
+    assert all(m.deployment.alone is False and "allow_spinning=0" in m.deployment.app_settings for m in ort_only.measurements)
+
+
+def test_the_summary_picks_the_fastest_as_deployed_and_says_how_to_run_it(run_result):
+    for batch_size in (1, 2):
+        group = [m for m in run_result.measurements if m.batch_size == batch_size]
+        fastest = min(group, key=lambda m: m.deployed_p50_ms)
+        line = next(line for line in run_result.summary if line.startswith(f"flowers, batch {batch_size}:"))
+        assert f"fastest is {fastest.label}, {fastest.deployed_p50_ms:.2f} ms p50" in line
+        assert f"run it with {fastest.deployment.app_settings}" in line
+    assert run_result.summary[-1].startswith("machine: ")
+    text = report.markdown(run_result)
+    assert "p50 ms deployed (95% CI)" in text and "intra_op_num_threads=1, allow_spinning=1" in text
+
+
+def test_bench_saves_its_reports_into_the_run(exported_run):
+    before = set(exported_run.bench_dir.glob("*.json")) if exported_run.bench_dir.exists() else set()
+    result = bench(exported_run.exports_dir / "model.onnx", threads=1, **FAST)  # a file inside the run counts
+    json_path, md_path = result.saved
+    assert json_path not in before and BenchResult.from_json(json_path).measurements == result.measurements
+    assert md_path.read_text().startswith("## edgekit bench")
+    unsaved = bench(exported_run.exports_dir / "model.onnx", threads=1, save=False, **FAST)
+    assert unsaved.saved == [] and set(exported_run.bench_dir.glob("*.json")) == before | {json_path}
+
+
+def test_settings_and_machine_are_typed_and_still_read_like_dicts(run_result):
+    from edgekit.bench import BenchSettings, MachineInfo
+
+    assert isinstance(run_result.settings, BenchSettings) and isinstance(run_result.machine, MachineInfo)
+    assert run_result.settings.get("threads") == run_result.settings.threads == 1  # how gate reads them
+    assert run_result.machine.get("cpu") == run_result.machine["cpu"] == run_result.machine.cpu
+    assert run_result.settings.get("no such key", "fallback") == "fallback"
+    from pydantic import BaseModel
+
+    class Holder(BaseModel):  # a report that still types the machine as a dict accepts it
+        machine: dict
+
+    assert Holder(machine=run_result.machine).machine["cpu"] == run_result.machine.cpu
 
 
 def test_ratios_are_computed_within_the_result(run_result):
@@ -298,7 +367,7 @@ def test_json_round_trip(run_result, tmp_path):
     path = tmp_path / "bench.json"
     run_result.to_json(path)
     again = BenchResult.from_json(path)
-    assert again == run_result
+    assert again.model_dump() == run_result.model_dump()
     data = json.loads(path.read_text())
     assert data["schema_version"] == 1
     for key in ("cpu", "logical_cores", "cpu_flags", "versions", "gpu"):

@@ -7,6 +7,7 @@ Ratios are therefore only ever computed between measurements of one BenchResult.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import numpy as np
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
 from ..errors import DataError, EdgekitError
 from ..progress import Bar
+from . import contention
+from .deployment import deployment_options
 from .machine import (
     PeakMemory,
     current_rss_mb,
@@ -26,8 +29,8 @@ from .machine import (
     save_to_run,
     stamp,
 )
-from .results import BenchResult, Measurement
-from .stats import add_ratios, measurements_of, median_ci, row_order, summarize
+from .results import BenchResult, BenchSettings, ContentionSummary, Deployment, MachineInfo, Measurement
+from .stats import add_ratios, contention_line, measurements_of, median_ci, row_order, summarize
 from .targets import (
     Candidate,
     artifact_size,
@@ -51,11 +54,25 @@ class _Entry:
     size_bytes: int
     rss_delta_mb: float = 0.0
     gpu_memory_mb: float | None = None
-    times: dict[int, list[float]] = field(default_factory=dict)
+    times: dict[int, list[float]] = field(default_factory=dict)  # fair (interleaved) seconds per batch size
+    chunks: dict[int, list[contention.Chunk]] = field(default_factory=dict)  # the probe's view of those timings
+    remeasured: dict[int, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     top1: float | None = None
     top5: float | None = None
     accuracy_images: int | None = None
+    cold: dict = field(default_factory=dict)  # load_ms, first_inference_ms, first_inference_batch_size, rss deltas
+    deployment: "_DeploymentTiming | None" = None
+
+
+@dataclass
+class _DeploymentTiming:
+    """A session timed alone under the settings an app would use."""
+
+    info: dict
+    times: dict[int, list[float]] = field(default_factory=dict)
+    chunks: dict[int, list[contention.Chunk]] = field(default_factory=dict)
+    remeasured: dict[int, int] = field(default_factory=dict)
 
 
 def bench(
@@ -70,6 +87,9 @@ def bench(
     progress: bool = False,
     options: dict | None = None,
     max_images: int | None = None,
+    save: bool = True,
+    contention_probe: contention.Probe | None = None,
+    contention_threshold: float = contention.CONTENDED_SHARE,
 ) -> BenchResult:
     """Benchmark every artifact of ``targets`` on every runtime in ``runtimes`` that can load it.
 
@@ -79,13 +99,21 @@ def bench(
     ``data``: a labelled image folder (<class>/<image>) for top-1/top-5 accuracy (``max_images`` caps it).
     ``options``: runtime options (e.g. graph_optimization_level, allow_spinning, provider_options, device); each
     is passed to the runtimes that accept it, and an option no chosen runtime accepts is an error.
+    ``save``: when every target belongs to one run directory, write <run>/bench/<stamp>.json and .md
+    (``result.saved`` lists them).
+    ``contention_probe``: measures other processes' CPU use per timed chunk (default: the kernel's counters, see
+    edgekit.bench.contention); a chunk where they used ``contention_threshold`` of the machine or more is measured
+    again (bounded), else its rows are flagged ``contended``.
     """
     _check_counts(batch_sizes, warmup, iterations, threads)
+    if not 0 < contention_threshold <= 1:
+        raise EdgekitError(f"contention threshold {contention_threshold} must be a share of the CPU in (0, 1], e.g. 0.25")
     target_list = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)
     if not target_list:
         raise EdgekitError("nothing to bench; pass a run directory or .onnx/.pt2 files")
     candidates = collect_candidates(target_list)
     options = dict(options or {})
+    user_options = dict(options)
     runtime_names = [n.strip() for n in runtimes.split(",")] if isinstance(runtimes, str) else list(runtimes)
     pairs, skipped = pair_with_runtimes(candidates, runtime_names, options)
     if not pairs:
@@ -95,6 +123,7 @@ def bench(
     folder = _data_folder(data, max_images) if data is not None else None
     e2e_images = _end_to_end_images(folder, candidates) if end_to_end else None
 
+    monitor = contention.Monitor(probe=contention_probe or contention.probe, threshold=contention_threshold)
     with Bar(progress) as bar:
         base_rss = current_rss_mb()
         entries = _load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar)
@@ -105,7 +134,9 @@ def bench(
             for entry in entries:  # before the long timing phase, not after it
                 _label_indices(entry.session, folder)
         for batch_size in batch_sizes:
-            _time_interleaved(entries, batch_size, iterations, e2e_images, bar)
+            _time_interleaved(entries, batch_size, iterations, e2e_images, bar, monitor)
+        for entry in entries:  # each alone, after the interleaved pass, so no other session's threads compete
+            _time_deployment(entry, threads, options, user_options, batch_sizes, warmup, iterations, e2e_images, bar, monitor)
         if folder is not None:
             bar.begin(len(entries), "accuracy")
             prepared: dict = {}  # decoded batches shared by the variants with the same preprocessing
@@ -117,26 +148,46 @@ def bench(
     measurements = [m for entry in entries for m in measurements_of(entry, batch_sizes, base_rss, end_to_end and e2e_images is not None)]
     measurements.sort(key=row_order)
     warnings = add_ratios(measurements)
-    settings = {
-        "runtimes": runtime_names,
-        "batch_sizes": list(batch_sizes),
-        "threads": threads,
-        "warmup": warmup,
-        "iterations": iterations,
-        "end_to_end": end_to_end,
-        "data": str(data) if data is not None else None,
-        "max_images": max_images,
-        "options": {k: v for k, v in options.items()},  # allow_spinning False here may be the interleaving default
-        "timing": "interleaved rounds in rotating order; time.perf_counter around run() and synchronize()"
+    settings = BenchSettings(
+        runtimes=runtime_names,
+        batch_sizes=list(batch_sizes),
+        threads=threads,
+        warmup=warmup,
+        iterations=iterations,
+        end_to_end=end_to_end,
+        data=str(data) if data is not None else None,
+        max_images=max_images,
+        options={k: v for k, v in options.items()},  # allow_spinning False here may be the interleaving default
+        timing="interleaved rounds in rotating order, in chunks of at least "
+        f"{contention.CHUNK_SECONDS:g} s; time.perf_counter around run() and synchronize()"
         + ("; end to end: decode + preprocess + run" if end_to_end else "; runtime call only"),
-        "memory": "peak_rss_mb = process RSS before any model was loaded + the peak RSS increase (VmHWM, or psutil "
-        "sampling) while that variant loaded and ran its warm-up at every batch size",
-        "ratios": "p50 / reference p50 within this result; >1 means slower",
-    }
-    return BenchResult(
-        targets=[str(t) for t in target_list], machine=machine_info(), settings=settings, measurements=measurements,
-        skipped=skipped, summary=summarize(measurements), warnings=warnings,
+        memory="peak_rss_mb = process RSS before any model was loaded + the peak RSS increase (VmHWM, or psutil "
+        "sampling) while that variant loaded and ran its warm-up at every batch size; peak_rss_after_load_mb and "
+        "peak_rss_after_first_inference_mb the same through loading, and through loading and the first run",
+        ratios="p50 / reference p50 of the interleaved (fair) timings within this result; >1 means slower",
+        contention="per timed chunk: CPU time of all processes (kernel counters) minus this process's, over wall time "
+        "x cores; a chunk at or above the threshold (minus the counters' resolution) is measured again up to "
+        f"{contention.MAX_RETRIES_PER_CHUNK} times ({contention.MAX_RETRIES_PER_PASS} per pass), else its rows are contended",
+        contention_threshold=contention_threshold,
+        deployment="ORT rows are also timed alone with spinning on (or --allow-spinning's choice) and the same threads, "
+        "right after the interleaved pass; other rows' deployment figures are their interleaved ones",
     )
+    contended_rows = sum(m.contended for m in measurements)
+    summary_of_load = ContentionSummary(
+        mean_share=contention.share_of(monitor.chunks),
+        max_share=max((c.share for c in monitor.chunks), default=0.0),
+        chunks=len(monitor.chunks), contended_chunks=sum(c.contended for c in monitor.chunks),
+        remeasured_chunks=monitor.remeasured, contended_rows=contended_rows, threshold=contention_threshold,
+    )
+    result = BenchResult(
+        targets=[str(t) for t in target_list], machine=machine_info(), settings=settings, measurements=measurements,
+        contention=summary_of_load, skipped=skipped,
+        summary=summarize(measurements) + [contention_line(summary_of_load, len(measurements))], warnings=warnings,
+    )
+    run_dir = common_run(target_list) if save else None
+    if run_dir is not None:
+        result._saved = list(save_to_run(result, run_dir))
+    return result
 
 
 def _interleaving_defaults(options: dict, pairs) -> dict:
@@ -178,7 +229,12 @@ def _load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar) -> lis
         gpu_before = gpu_used_mb()
         try:
             with PeakMemory() as memory:
+                started = time.perf_counter()
                 session = registry.load(candidate.path, name, threads, **session_options)
+                load_ms = (time.perf_counter() - started) * 1000
+                cold = {"load_ms": load_ms, "load_rss_delta_mb": memory.checkpoint()}
+                cold.update(_first_inference(session, batch_sizes))
+                cold["first_rss_delta_mb"] = memory.checkpoint()
                 notes = _warm_up(session, batch_sizes, warmup)
         except EdgekitError as exc:
             skipped[f"{name}: {candidate.path}"] = str(exc)
@@ -187,7 +243,7 @@ def _load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar) -> lis
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             skipped[f"{name}: {candidate.path}"] = f"failed to run ({type(exc).__name__}: {first})"
             continue
-        entry = _Entry(candidate, name, session, artifact_size(candidate), rss_delta_mb=memory.delta_mb, notes=notes)
+        entry = _Entry(candidate, name, session, artifact_size(candidate), rss_delta_mb=memory.delta_mb, notes=notes, cold=cold)
         if session.device != "cpu" and gpu_before is not None:
             # device-wide memory in use after warm-up (runtimes keep their arenas, so it is the serving peak)
             entry.gpu_memory_mb = max(0.0, (gpu_used_mb() or 0.0) - gpu_before)
@@ -195,6 +251,16 @@ def _load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar) -> lis
             entry.notes.append("no edgekit metadata (labels, preprocessing): input shape taken from the graph, no accuracy")
         entries.append(entry)
     return entries
+
+
+def _first_inference(session: registry.Session, batch_sizes) -> dict:
+    """The cold first run after loading (allocations, kernel selection, lazy init), at the first batch size it takes."""
+    batch_size = next((b for b in batch_sizes if session.fixed_batch in (None, b)), session.fixed_batch or batch_sizes[0])
+    example = session.example_batch(batch_size)
+    started = time.perf_counter()
+    session.run(example)
+    session.synchronize()
+    return {"first_inference_ms": (time.perf_counter() - started) * 1000, "first_inference_batch_size": batch_size}
 
 
 def _warm_up(session: registry.Session, batch_sizes, warmup: int) -> list[str]:
@@ -210,25 +276,87 @@ def _warm_up(session: registry.Session, batch_sizes, warmup: int) -> list[str]:
     return notes
 
 
-def _time_interleaved(entries: list[_Entry], batch_size: int, iterations: int, e2e_images, bar) -> None:
-    """Time every session at ``batch_size``: one untimed round, then ``iterations`` rounds, each in a rotated order."""
+def _time_interleaved(entries: list[_Entry], batch_size: int, iterations: int, e2e_images, bar, monitor) -> None:
+    """Time every session at ``batch_size``: one untimed round, then ``iterations`` rounds, each in a rotated order.
+
+    Rounds are grouped in chunks of at least contention.CHUNK_SECONDS; the monitor measures the neighbours' CPU
+    use during each chunk and has a contended chunk (or one that widens the interval) measured again, bounded.
+    """
     active = [e for e in entries if e.session.fixed_batch in (None, batch_size)]
     if not active:
         return
     calls = {id(e): _timed_call(e, batch_size, e2e_images) for e in active}
     bar.begin(iterations, f"timing batch {batch_size} ({len(active)} variants interleaved)")
+    started = time.perf_counter()
     for entry in active:
         calls[id(entry)]()
+    per_chunk = _rounds_per_chunk(time.perf_counter() - started, iterations)
     for entry in active:
-        entry.times[batch_size] = []
-    for round_index in range(iterations):
-        shift = round_index % len(active)
-        for entry in active[shift:] + active[:shift]:
-            call = calls[id(entry)]
-            start = time.perf_counter()
-            call()
-            entry.times[batch_size].append(time.perf_counter() - start)
-        bar.advance()
+        entry.times[batch_size], entry.chunks[batch_size], entry.remeasured[batch_size] = [], [], 0
+    budget = [monitor.retries_per_pass]
+    done = 0
+    while done < iterations:
+        rounds = range(done, min(iterations, done + per_chunk))
+
+        def run_chunk(rounds=rounds):
+            times: dict[int, list[float]] = {id(e): [] for e in active}
+            for round_index in rounds:
+                shift = round_index % len(active)
+                for entry in active[shift:] + active[:shift]:
+                    call = calls[id(entry)]
+                    start = time.perf_counter()
+                    call()
+                    times[id(entry)].append(time.perf_counter() - start)
+            return times
+
+        def widens(times) -> bool:
+            return any(_widens(entry.times[batch_size], times[id(entry)]) for entry in active)
+
+        times, chunk, retries = monitor.measure(run_chunk, widens, budget)
+        for entry in active:
+            entry.times[batch_size].extend(times[id(entry)])
+            entry.chunks[batch_size].append(chunk)
+            entry.remeasured[batch_size] += retries
+        for _ in rounds:
+            bar.advance()
+        done += len(rounds)
+
+
+def _rounds_per_chunk(round_seconds: float, iterations: int) -> int:
+    return max(1, min(iterations, math.ceil(contention.CHUNK_SECONDS / max(round_seconds, 1e-6))))
+
+
+def _widens(kept: list[float], chunk: list[float]) -> bool:
+    """Whether a chunk's median sits far above the samples kept so far (it would widen the median's interval)."""
+    if len(kept) < 3 or not chunk:
+        return False
+    return float(np.median(chunk)) > contention.WIDENING * float(np.median(kept))
+
+
+def _time_deployment(entry: _Entry, threads, options, user_options, batch_sizes, warmup, iterations, e2e_images, bar,
+                     monitor) -> None:
+    """Time ``entry`` alone under the settings an app would use, where they differ from the fair ones (ORT)."""
+    runtime = registry.get_runtime(entry.runtime)
+    fair = {k: v for k, v in options.items() if k in runtime.options}
+    wanted = deployment_options(runtime, fair, user_options)
+    if wanted is None:
+        return
+    bar.describe(f"timing {entry.candidate.path.name} on {entry.runtime} alone, deployment settings")
+    try:
+        session = registry.load(entry.candidate.path, entry.runtime, threads, **wanted)
+        _warm_up(session, batch_sizes, warmup)
+    except Exception as exc:  # the fair figures stand; say why the deployment ones are missing
+        entry.notes.append(f"deployment settings {wanted} not measured ({type(exc).__name__}: {str(exc)[:200]})")
+        return
+    timing = _DeploymentTiming(info=dict(session.info))
+    alone = _Entry(entry.candidate, entry.runtime, session, entry.size_bytes, notes=[])
+    for batch_size in batch_sizes:
+        if session.fixed_batch in (None, batch_size):
+            _time_interleaved([alone], batch_size, iterations, e2e_images, bar, monitor)
+            timing.times[batch_size] = alone.times[batch_size]
+            timing.chunks[batch_size] = alone.chunks[batch_size]
+            timing.remeasured[batch_size] = alone.remeasured[batch_size]
+    entry.deployment = timing  # the session, and its spinning threads, end when this function returns
 
 
 def _timed_call(entry: _Entry, batch_size: int, e2e_images):
@@ -337,6 +465,6 @@ def _end_to_end_images(folder, candidates) -> list[Path]:
 
 
 __all__ = [
-    "BenchResult", "Candidate", "Measurement", "PeakMemory", "bench", "collect_candidates", "common_run",
+    "BenchResult", "BenchSettings", "Candidate", "Deployment", "MachineInfo", "Measurement", "PeakMemory", "bench", "collect_candidates", "common_run",
     "machine_info", "median_ci", "save_to_run", "stamp", "variant_of",
 ]

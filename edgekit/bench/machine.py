@@ -6,7 +6,7 @@ import datetime as _dt
 import os
 from pathlib import Path
 
-from .results import BenchResult
+from .results import BenchResult, MachineInfo
 
 # ---- machine, saving ---------------------------------------------------------------------------------------
 
@@ -14,7 +14,7 @@ _INTERESTING_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512
                       "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm", "bf16")
 
 
-def machine_info() -> dict:
+def machine_info() -> MachineInfo:
     """CPU model, cores, the SIMD flags that decide int8/fp16 speed, memory, GPU and library versions."""
     import platform
 
@@ -60,7 +60,7 @@ def machine_info() -> dict:
         info["onnxruntime_providers"] = onnxruntime.get_available_providers()
     except ImportError:
         pass
-    return info
+    return MachineInfo(**info)
 
 
 def _versions() -> dict[str, str]:
@@ -128,6 +128,12 @@ class PeakMemory:
         while not self._stop.is_set():
             self.peak_mb = max(self.peak_mb, current_rss_mb())
             self._stop.wait(self._INTERVAL_S)
+
+    def checkpoint(self) -> float:
+        """The peak increase so far (MB), without ending the block: peak after loading, then after a first run..."""
+        if self._exact:
+            return max(0.0, (_high_water_mark_mb() or 0.0) - self.start_mb)
+        return max(0.0, max(self.peak_mb, current_rss_mb()) - self.start_mb)
 
     def __exit__(self, *exc):
         if self._exact:

@@ -3,14 +3,106 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from ..results import Result
 
 
+class _ReadsLikeADict(BaseModel):
+    """Typed, and still readable as the dict it used to be (``.get``, ``[key]``), for code that reads old reports."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    def get(self, key: str, default=None):
+        return getattr(self, key, default) if key in type(self).model_fields else default
+
+    def __getitem__(self, key: str):
+        if key not in type(self).model_fields:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def keys(self):
+        return type(self).model_fields.keys()
+
+    def items(self):
+        return self.model_dump().items()
+
+    def __len__(self) -> int:
+        return len(type(self).model_fields)
+
+
+class MachineInfo(_ReadsLikeADict):
+    """The machine a bench ran on: what decides int8/fp16 speed (CPU flags), cores, memory, GPU, library versions."""
+
+    cpu: str | None = None
+    architecture: str | None = None
+    logical_cores: int | None = None
+    physical_cores: int | None = None
+    usable_cores: int | None = None
+    cpu_flags: list[str] = Field(default_factory=list)
+    memory_gb: float | None = None
+    os: str | None = None
+    python: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    gpu: str | None = None
+    gpu_memory_gb: float | None = None
+    cuda: str | None = None
+    onnxruntime_providers: list[str] | None = None
+
+
+class BenchSettings(_ReadsLikeADict):
+    """What a bench was asked to do and how it measured (the texts explain the method in the report itself)."""
+
+    runtimes: list[str] = Field(default_factory=list)
+    batch_sizes: list[int] = Field(default_factory=list)
+    threads: int | None = None
+    warmup: int | None = None
+    iterations: int | None = None
+    end_to_end: bool = False
+    data: str | None = None
+    max_images: int | None = None
+    options: dict = Field(default_factory=dict)  # as used in the interleaved (fair) pass
+    timing: str = ""
+    memory: str = ""
+    ratios: str = ""
+    contention: str = ""
+    contention_threshold: float | None = None
+    deployment: str = ""
+
+
+# every Mapping check (pydantic's dict fields among them) accepts these, so a report's machine can go where a dict went
+Mapping.register(MachineInfo)
+Mapping.register(BenchSettings)
+
+
+class Deployment(BaseModel):
+    """A row measured under the settings an app would use (ORT: spinning on, the user's threads), not the fair ones."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    settings: dict  # what the runtime used (threads, spinning, session config entries...)
+    app_settings: str  # the same, as the app must set it: "intra_op_num_threads=2, allow_spinning=1"
+    alone: bool  # timed by itself (True) or the interleaved figures, because the fair settings are the deployment ones
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    p50_ci_ms: tuple[float, float]
+    images_per_second: float
+    contended: bool = False
+    contention_share: float = 0.0
+
+
 class Measurement(BaseModel):
-    """One variant on one runtime at one batch size. Ratios are this p50 over a reference p50 (>1 = slower)."""
+    """One variant on one runtime at one batch size. Ratios are this p50 over a reference p50 (>1 = slower).
+
+    p50_ms .. p99_ms are the interleaved (fair) figures the ratios use; ``deployment`` holds the figures under the
+    settings an app would run with. ``contended``: other processes used at least the threshold share of the CPU
+    while this row was timed (after re-measuring), so its latencies are not evidence.
+    """
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
@@ -39,6 +131,16 @@ class Measurement(BaseModel):
     fp32_baseline: str | None = None  # "fp32 on ort-cpu": which measurement ratio_to_fp32 divides by
     slower_than_fp32: bool | None = None  # a compressed variant that is not faster than its fp32 parent
     end_to_end: bool = False
+    contended: bool = False  # fair or deployment timing taken while other processes used the CPU
+    contention_share: float = 0.0  # other processes' share of the machine's CPU while this row was timed, 0..1
+    remeasured_chunks: int = 0  # contended chunks of this row's timing that were thrown away and measured again
+    load_ms: float | None = None  # cold: creating the session / loading the program
+    first_inference_ms: float | None = None  # cold: the first run after loading, at first_inference_batch_size
+    first_inference_batch_size: int | None = None
+    peak_rss_after_load_mb: float | None = None  # process peak RSS through loading (RSS before any model + the rise)
+    peak_rss_after_first_inference_mb: float | None = None  # ... through loading and the first inference
+    fair_settings: dict = Field(default_factory=dict)  # the settings of the interleaved timing (p50_ms...)
+    deployment: Deployment | None = None
     runtime_info: dict = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
@@ -46,18 +148,44 @@ class Measurement(BaseModel):
     def label(self) -> str:
         return f"{self.variant} on {self.runtime}"
 
+    @property
+    def deployed_p50_ms(self) -> float:
+        """The p50 an app would see: the deployment figure where one was measured, else the fair one."""
+        return self.deployment.p50_ms if self.deployment is not None else self.p50_ms
+
+
+class ContentionSummary(BaseModel):
+    """How quiet the machine was while bench timed: the neighbours' CPU share over every kept chunk."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    mean_share: float
+    max_share: float
+    chunks: int
+    contended_chunks: int
+    remeasured_chunks: int
+    contended_rows: int
+    threshold: float
+
 
 class BenchResult(Result):
     """Everything one `edgekit bench` measured, with the machine and settings it was measured under."""
 
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     targets: list[str] = Field(default_factory=list)
-    machine: dict
-    settings: dict
+    machine: MachineInfo
+    settings: BenchSettings
     measurements: list[Measurement]
+    contention: ContentionSummary | None = None
     skipped: dict[str, str] = Field(default_factory=dict)  # runtime (or "runtime: artifact") -> reason
     summary: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    _saved: list = PrivateAttr(default_factory=list)  # report files bench() wrote into the run (not part of the JSON)
+
+    @property
+    def saved(self) -> list:
+        """The <run>/bench/<stamp>.json and .md bench() wrote, if it saved into a run."""
+        return list(self._saved)
 
     def for_model(self, model: str, batch_size: int | None = None) -> list[Measurement]:
         return [m for m in self.measurements if m.model == model and (batch_size is None or m.batch_size == batch_size)]

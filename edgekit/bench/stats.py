@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
-from .results import Measurement
+from . import contention
+from .deployment import app_settings, settings_of
+from .results import ContentionSummary, Deployment, Measurement
 
 if TYPE_CHECKING:  # only for the annotation: bench/__init__ imports this module
     from . import _Entry
@@ -36,15 +38,45 @@ def median_ci(samples: Sequence[float], confidence: float = 0.95) -> tuple[float
     return ordered[lower], ordered[upper]
 
 
+def _figures(seconds: list[float], batch_size: int) -> dict:
+    ms = np.asarray(seconds) * 1000.0
+    low, high = median_ci(ms.tolist())
+    return {
+        "iterations": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "p50_ci_ms": (float(low), float(high)),
+        "images_per_second": batch_size / float(ms.mean() / 1000.0),
+    }
+
+
 def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: bool) -> list[Measurement]:
     rows = []
+    session = entry.session
+    fair_settings = settings_of(_jsonable(session.info))
+    cold = entry.cold
     for batch_size in batch_sizes:
         seconds = entry.times.get(batch_size)
         if not seconds:
             continue
-        ms = np.asarray(seconds) * 1000.0
-        low, high = median_ci(ms.tolist())
-        session = entry.session
+        figures = _figures(seconds, batch_size)
+        chunks = list(entry.chunks.get(batch_size, []))
+        remeasured = entry.remeasured.get(batch_size, 0)
+        timed = entry.deployment
+        if timed is not None and timed.times.get(batch_size):
+            own = timed.chunks.get(batch_size, [])
+            info = _jsonable(timed.info)
+            deployment = Deployment(
+                settings=settings_of(info), app_settings=app_settings(entry.runtime, info), alone=True,
+                contended=any(c.contended for c in own), contention_share=contention.share_of(own),
+                **_figures(timed.times[batch_size], batch_size),
+            )
+            chunks += own
+            remeasured += timed.remeasured.get(batch_size, 0)
+        else:  # the fair settings are the deployment settings: the interleaved figures are the deployment figures
+            deployment = Deployment(
+                settings=fair_settings, app_settings=app_settings(entry.runtime, fair_settings), alone=False,
+                contended=any(c.contended for c in entry.chunks.get(batch_size, [])),
+                contention_share=contention.share_of(entry.chunks.get(batch_size, [])), **figures,
+            )
         rows.append(
             Measurement(
                 model=entry.candidate.model,
@@ -52,13 +84,7 @@ def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: boo
                 variant=entry.candidate.variant,
                 runtime=entry.runtime,
                 batch_size=batch_size,
-                iterations=len(ms),
-                p50_ms=float(np.percentile(ms, 50)),
-                p90_ms=float(np.percentile(ms, 90)),
-                p99_ms=float(np.percentile(ms, 99)),
-                mean_ms=float(ms.mean()),
-                p50_ci_ms=(float(low), float(high)),
-                images_per_second=batch_size / float(ms.mean() / 1000.0),
+                **figures,
                 peak_rss_mb=base_rss + entry.rss_delta_mb,
                 rss_delta_mb=entry.rss_delta_mb,
                 gpu_memory_mb=entry.gpu_memory_mb,
@@ -69,6 +95,17 @@ def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: boo
                 accuracy_images=entry.accuracy_images,
                 ratio_to_fastest=1.0,  # filled in by add_ratios, which sees every measurement
                 end_to_end=end_to_end and session.preprocessing is not None,
+                contended=any(c.contended for c in chunks),
+                contention_share=contention.share_of(chunks),
+                remeasured_chunks=remeasured,
+                load_ms=cold.get("load_ms"),
+                first_inference_ms=cold.get("first_inference_ms"),
+                first_inference_batch_size=cold.get("first_inference_batch_size"),
+                peak_rss_after_load_mb=base_rss + cold["load_rss_delta_mb"] if "load_rss_delta_mb" in cold else None,
+                peak_rss_after_first_inference_mb=(
+                    base_rss + cold["first_rss_delta_mb"] if "first_rss_delta_mb" in cold else None),
+                fair_settings=fair_settings,
+                deployment=deployment,
                 runtime_info=_jsonable(session.info),
                 notes=list(dict.fromkeys(entry.notes)),
             )
@@ -137,33 +174,59 @@ def _fp32_parent(m: Measurement, group: list[Measurement]) -> Measurement | None
 
 
 def summarize(measurements: list[Measurement]) -> list[str]:
-    """Per model and batch size: the fastest variant/runtime with its accuracy, against fp32."""
+    """Per model and batch size: the fastest variant/runtime as deployed (with the settings the app must use) and
+    its accuracy, against fp32. Contended rows are named: their latencies are not evidence."""
     lines = []
     keys = list(dict.fromkeys((m.model, m.batch_size) for m in measurements))
     for model, batch_size in keys:
         group = [m for m in measurements if m.model == model and m.batch_size == batch_size]
-        fastest = min(group, key=lambda m: m.p50_ms)
-        line = f"{model}, batch {batch_size}: fastest is {fastest.label}, {fastest.p50_ms:.2f} ms p50 ({fastest.images_per_second:.0f} img/s)"
+        fastest = min(group, key=lambda m: m.deployed_p50_ms)
+        line = (f"{model}, batch {batch_size}: fastest is {fastest.label}, {fastest.deployed_p50_ms:.2f} ms p50 "
+                f"({batch_size * 1000 / _deployed_mean(fastest):.0f} img/s)")
         if fastest.top1 is not None:
             line += f" at top-1 {fastest.top1:.1%}"
+        if fastest.deployment is not None:
+            line += f"; run it with {fastest.deployment.app_settings}"
         fp32 = [m for m in group if m.variant == "fp32"]
         if fp32 and fastest.variant != "fp32":
-            best_fp32 = min(fp32, key=lambda m: m.p50_ms)
-            line += f"; fastest fp32 is {best_fp32.label}, {best_fp32.p50_ms:.2f} ms"
+            best_fp32 = min(fp32, key=lambda m: m.deployed_p50_ms)
+            line += f"; fastest fp32 is {best_fp32.label}, {best_fp32.deployed_p50_ms:.2f} ms"
             if best_fp32.top1 is not None:
                 line += f" at top-1 {best_fp32.top1:.1%}"
-            if fastest.p50_ci_ms[1] >= best_fp32.p50_ci_ms[0]:
+            if _ci(fastest)[1] >= _ci(best_fp32)[0]:
                 line += " (the two are within noise of each other: their medians' confidence intervals overlap)"
         scored = [m for m in group if m.top1 is not None]
         if scored and fp32 and fp32[0].top1 is not None:
             # the usual shipping choice: the fastest variant that keeps accuracy within a point of fp32
             reference = max(m.top1 for m in fp32 if m.top1 is not None)
             close = [m for m in scored if m.top1 >= reference - 0.01]
-            pick = min(close, key=lambda m: m.p50_ms)
+            pick = min(close, key=lambda m: m.deployed_p50_ms)
             if pick is not fastest:
-                line += f"; fastest within 1 point of fp32 accuracy: {pick.label}, {pick.p50_ms:.2f} ms at top-1 {pick.top1:.1%}"
+                line += (f"; fastest within 1 point of fp32 accuracy: {pick.label}, {pick.deployed_p50_ms:.2f} ms at "
+                         f"top-1 {pick.top1:.1%}")
+        contended = [m.label for m in group if m.contended]
+        if contended:
+            line += f"; CONTENDED (other processes busy while timing, not evidence): {', '.join(contended)}"
         lines.append(line)
     return lines
+
+
+def _deployed_mean(m: Measurement) -> float:
+    return m.deployment.mean_ms if m.deployment is not None else m.mean_ms
+
+
+def _ci(m: Measurement) -> tuple[float, float]:
+    return tuple(m.deployment.p50_ci_ms) if m.deployment is not None else tuple(m.p50_ci_ms)
+
+
+def contention_line(load: ContentionSummary, rows: int) -> str:
+    """One line on how quiet the machine was while bench timed."""
+    shares = f"other processes used {load.mean_share:.0%} of the CPU on average, {load.max_share:.0%} at most in one chunk"
+    retried = f", {load.remeasured_chunks} chunk(s) measured again" if load.remeasured_chunks else ""
+    if load.contended_rows == 0:
+        return f"machine: quiet enough while timing ({shares}{retried}); no row contended (threshold {load.threshold:.0%})"
+    return (f"machine: BUSY while timing ({shares}{retried}); {load.contended_rows} of {rows} rows contended "
+            f"(threshold {load.threshold:.0%}): their latencies are not evidence, re-run on a quiet machine")
 
 
 def _jsonable(value):

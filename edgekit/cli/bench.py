@@ -81,7 +81,7 @@ def bench_command(targets, runtime_list, batch_sizes, threads, data, max_images,
     edgekit bench model.onnx --runtime ort-cuda
     """
     from .. import files, report
-    from ..bench import bench, common_run, save_to_run
+    from ..bench import bench
 
     names = _csv(runtime_list)
     if names == ["list"]:
@@ -103,6 +103,7 @@ def bench_command(targets, runtime_list, batch_sizes, threads, data, max_images,
     result = bench(
         list(targets), runtimes=names, batch_sizes=_batch_sizes(batch_sizes), threads=threads, data=data,
         warmup=warmup, iterations=iterations, end_to_end=end_to_end, progress=True, options=options, max_images=max_images,
+        save=save,
     )
     show_bench(result)
     written = []
@@ -113,9 +114,7 @@ def bench_command(targets, runtime_list, batch_sizes, threads, data, max_images,
         written.append(files.write_text(md_path, report.markdown(result)))
     if plot_path is not None:
         written.append(report.pareto_plot(result, plot_path))
-    run_dir = common_run(targets)
-    if save and run_dir is not None:
-        written.extend(save_to_run(result, run_dir))
+    written.extend(result.saved)  # bench() saved into the run directory (unless --no-save)
     for path in written:
         console.print(f"wrote {path}")
 
@@ -126,7 +125,7 @@ def show_bench(result) -> None:
 
     console.print(report.table(result))
     for line in result.summary:
-        console.print(escape(line), style="bold")
+        console.print(escape(line), style="bold yellow" if "contended" in line.lower() and "no row contended" not in line else "bold")
     for warning in result.warnings:
         console.print(f"[bold red]warning:[/bold red] {escape(warning)}")
     for name, reason in result.skipped.items():
