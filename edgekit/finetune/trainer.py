@@ -174,7 +174,7 @@ class _Trainer:
             source = (f"{info.extracted} extracted with {info.runtime} at {info.images_per_second:.0f} img/s"
                       + (f", {reused} from the feature cache" if reused else "")
                       + (f"; cached in {cache_dir / info.cache_key}" if cache_dir is not None else " (--no-cache: not stored)"))
-        parity = f"; ORT vs torch cosine >= {info.ort_vs_torch_min_cosine:.6f}" if info.ort_vs_torch_min_cosine is not None else ""
+        parity = f"; ORT vs torch: 1 - cosine <= {1 - info.ort_vs_torch_min_cosine:.1e}" if info.ort_vs_torch_min_cosine is not None else ""
         note(f"features: {source}{parity}", self.progress)
         n_train = len(self.train_folder)
         return features[:n_train], labels[:n_train], features[n_train:], labels[n_train:]
