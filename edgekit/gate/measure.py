@@ -7,7 +7,6 @@ Nothing passed in is modified."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,7 +228,8 @@ def measure_latency(config: GateConfig, run: Run | None, artifacts: dict[str, Pa
         result = run_bench(list(artifacts.values()), runtimes=(config.runtime,), batch_sizes=(config.batch_size,),
                            threads=config.threads, data=data, max_images=config.max_images if data is not None else None,
                            warmup=config.warmup if config.warmup is not None else DEFAULT_WARMUP,
-                           iterations=config.iterations if config.iterations is not None else DEFAULT_ITERATIONS, progress=progress)
+                           iterations=config.iterations if config.iterations is not None else DEFAULT_ITERATIONS, progress=progress,
+                           save=False)  # the gate writes only exports and the reports its caller asks for
         reports = ()
     rows = _rows_by_artifact(result, config)
     if not rows and result.skipped:
@@ -277,7 +277,8 @@ def _fresh_bench(run: Run, artifacts: dict[str, Path], config: GateConfig) -> tu
     return None
 
 
-def _applies(result: BenchResult, artifacts: dict[str, Path], config: GateConfig, here: Mapping) -> bool:
+def _applies(result: BenchResult, artifacts: dict[str, Path], config: GateConfig, here: Any) -> bool:
+    """Whether ``result`` timed every artifact with the gate's settings on this machine (``here``: machine_info())."""
     settings = result.settings
     same_settings = (settings.get("threads") == config.threads and not settings.get("end_to_end")
                      and (config.iterations is None or settings.get("iterations") == config.iterations))
