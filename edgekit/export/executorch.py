@@ -25,22 +25,16 @@ annotates conv->hardtanh like conv->ReLU (84.5%, still fully delegated, same spe
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
 from pathlib import Path
 
-from ..errors import ExportError, ModelError
+from ..errors import ExportError
 from ..files import write_bytes, write_json
 from ..metadata import ModelMetadata
+from ..runtimes.executorch import SIDE_FILE_VERSION, read_side_file, side_file_path  # noqa: F401  (re-exported)
 
 INSTALL_HINT = "pip install 'edgekit[executorch]'"
 MAX_BATCH = 8
-SIDE_SUFFIX = ".json"  # model.pte -> model.pte.json
-SIDE_FILE_VERSION = 1
-MAX_SIDE_FILE_BYTES = 1_000_000
-_SIDE_KEYS = {"edgekit_side_file", "program", "metadata"}
-_PROGRAM_KEYS = {"sha256", "bytes", "max_batch", "dynamic_batch"}
 # Graph nodes that are bookkeeping, not work: never counted as falling back.
 _BOOKKEEPING = ("getitem", "sym_size", "sym_numel", "sym_stride")
 # Outside the delegate these only move or reshape data (portable kernels, cheap): noted, not warned about.
@@ -57,11 +51,6 @@ def require_executorch():
     except Exception as exc:  # the pybindings link against libtorch: a mismatched torch fails here
         raise ExportError(f"executorch does not load next to this torch ({str(exc).splitlines()[0][:160]}); "
                           f"install the matching pair: {INSTALL_HINT}") from exc
-
-
-def side_file_path(pte_path: str | os.PathLike) -> Path:
-    pte_path = Path(pte_path)
-    return pte_path.with_name(pte_path.name + SIDE_SUFFIX)
 
 
 # --------------------------------------------------------------------------- export
@@ -205,51 +194,6 @@ def save_program(buffer: bytes, pte_path: Path, metadata: ModelMetadata, max_bat
         "metadata": metadata.to_props(),
     })
     return pte_path
-
-
-def read_side_file(pte_path: str | os.PathLike) -> tuple[ModelMetadata, dict]:
-    """(metadata, program facts) for a .pte: from ``<file>.pte.json`` when present (checked, see the module
-    docstring), else empty metadata (a bare program runs, without labels or preprocessing)."""
-    pte_path = Path(pte_path)
-    if not pte_path.is_file():
-        raise ModelError(f"{pte_path} does not exist")
-    side = side_file_path(pte_path)
-    if not side.is_file():
-        return ModelMetadata(None, None, {}), {}
-    if side.stat().st_size > MAX_SIDE_FILE_BYTES:
-        raise ModelError(f"{side} is {side.stat().st_size} bytes, more than a side file of labels and preprocessing can be; "
-                         "re-export it")
-    try:
-        data = json.loads(side.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{side} is not valid JSON ({str(exc).splitlines()[0][:120]}); re-export it") from exc
-    if not isinstance(data, dict) or data.get("edgekit_side_file") != SIDE_FILE_VERSION:
-        raise ModelError(f"{side} is not an edgekit side file (version {SIDE_FILE_VERSION}); re-export it")
-    unknown = sorted(set(data) - _SIDE_KEYS)
-    program, props = data.get("program"), data.get("metadata")
-    if unknown:
-        raise ModelError(f"{side} has unknown key {unknown[0]!r}; a side file holds only {', '.join(sorted(_SIDE_KEYS))}")
-    if not isinstance(program, dict) or set(program) - _PROGRAM_KEYS or not isinstance(props, dict):
-        raise ModelError(f"{side} has a malformed 'program' or 'metadata' entry; re-export it")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in props.items()):
-        raise ModelError(f"{side} metadata must map strings to strings (as ONNX metadata does); re-export it")
-    digest, max_batch = program.get("sha256"), program.get("max_batch")
-    if not isinstance(digest, str) or not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= 4096:
-        raise ModelError(f"{side} has a malformed program entry (sha256 and max_batch 1..4096 expected); re-export it")
-    if _sha256(pte_path) != digest:
-        raise ModelError(f"{pte_path} does not match its side file {side.name} (SHA-256 differs: truncated, corrupted "
-                         "or from another export); re-export it")
-    metadata = ModelMetadata.from_props(props, str(side))
-    facts = {"max_batch": max_batch, "dynamic_batch": bool(program.get("dynamic_batch")), "side_file": side.name}
-    return metadata, facts
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- one variant of an export run

@@ -42,7 +42,16 @@ def installed_formats(formats: Sequence[str]) -> tuple[str, ...]:
 
 
 def check_mobile_options(formats: Sequence[str], fixed_batch: int | None, ort_format: bool) -> None:
-    """A fixed batch and the ORT format apply to ONNX variants; a bad value is a one-line ConfigError."""
+    """Before any work: each optional format's extra is installed (else a one-line error naming it), and a fixed
+    batch and the ORT format apply to ONNX variants (a bad value is a one-line ConfigError)."""
+    if "openvino" in formats:
+        from .openvino import require_openvino
+
+        require_openvino()
+    if "executorch" in formats:
+        from .executorch import require_executorch
+
+        require_executorch()
     if fixed_batch is not None and not 1 <= int(fixed_batch) <= MAX_FIXED_BATCH:
         raise ConfigError(f"--fixed-batch {fixed_batch} must be between 1 and {MAX_FIXED_BATCH}")
     if (fixed_batch is not None or ort_format) and "onnx" not in formats:
@@ -165,7 +174,7 @@ def mobile_variants(exporter, parent) -> list:
     from ..variants import Variant
     from .onnx import update_metadata
 
-    results = []
+    results: list = []
     parent_path = Path(parent.path)
     parent_variant = Variant.parse(parent.variant)
     if exporter.ort_format:

@@ -14,10 +14,8 @@ The IR is saved in float32 (``compress_to_fp16=False``); ``ov.save_model`` would
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -25,19 +23,13 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import ExportError, ModelError
+from ..errors import ExportError
 from ..metadata import ModelMetadata
+from ..runtimes.openvino import DIGEST_KEY, RT_SECTION, bin_path, ir_digest, ov_message, read_ir  # noqa: F401  (re-exported)
 
 EXTRA = "openvino"
 INSTALL_HINT = "pip install 'edgekit[openvino]'"
-RT_SECTION = "edgekit"
-DIGEST_KEY = "bin_sha256"
 _DIGEST_PLACEHOLDER = "0" * 64  # replaced in the saved .xml text by the .bin's real digest
-# The IR's own metadata limit: a crafted .xml with a huge rt_info string is refused before parsing JSON.
-MAX_RT_VALUE_CHARS = 1_000_000
-# rt_info is written at the end of the .xml; the digest is looked for in its last bytes only.
-MAX_RT_TAIL_BYTES = 4 * MAX_RT_VALUE_CHARS
-_DIGEST_IN_XML = re.compile(rb"<edgekit>.*?<%s value=\"([0-9a-f]{64})\"" % DIGEST_KEY.encode(), re.DOTALL)
 
 
 def require_openvino():
@@ -55,11 +47,6 @@ def require_nncf():
     except ImportError as exc:
         raise ExportError(f"OpenVINO int8 needs nncf from the openvino extra: {INSTALL_HINT}") from exc
     return nncf
-
-
-def bin_path(xml_path: str | os.PathLike) -> Path:
-    """The weights file OpenVINO reads beside an .xml (same stem, .bin)."""
-    return Path(xml_path).with_suffix(".bin")
 
 
 def convert_onnx(onnx_path: str | os.PathLike):
@@ -119,7 +106,7 @@ def save_ir(model, xml_path: str | os.PathLike, metadata: ModelMetadata) -> Path
             ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
         except Exception as exc:
             raise ExportError(f"openvino.save_model failed writing {xml_path}: {_first_line(exc)}") from exc
-        digest = _sha256(bin_path(tmp_xml))
+        digest = ir_digest(bin_path(tmp_xml))
         text = tmp_xml.read_text(encoding="utf-8")
         if text.count(_DIGEST_PLACEHOLDER) != 1:
             raise ExportError(f"cannot record the weights digest in {xml_path} (the IR's rt_info was not written as expected)")
@@ -135,68 +122,6 @@ def save_ir(model, xml_path: str | os.PathLike, metadata: ModelMetadata) -> Path
     return xml_path
 
 
-def read_ir(xml_path: str | os.PathLike):
-    """(openvino.Model, ModelMetadata) for an IR written by :func:`save_ir` or by anyone else.
-
-    Refused with a one-line ModelError: a missing .bin, a .bin whose SHA-256 differs from the one recorded,
-    an .xml that is not an IR or that OpenVINO cannot parse, malformed edgekit metadata (validated like ONNX
-    metadata).
-    """
-    ov = require_openvino()
-    xml_path = Path(xml_path)
-    weights = bin_path(xml_path)
-    if not xml_path.is_file():
-        raise ModelError(f"{xml_path} does not exist")
-    if not weights.is_file():
-        raise ModelError(f"{xml_path} has no weights file {weights.name} beside it; copy the .bin with the .xml or re-export")
-    with open(xml_path, "rb") as handle:
-        head = handle.read(4096)
-    if b"<net" not in head:
-        # OpenVINO would try every frontend on it (TensorFlow's logs to stderr) before giving up.
-        raise ModelError(f"{xml_path} is not an OpenVINO IR (no <net> element at its start); re-export it")
-    # The digest is checked before OpenVINO reads the weights, so a swapped .bin of the same size is refused too.
-    recorded = _DIGEST_IN_XML.search(xml_path.read_bytes()[-MAX_RT_TAIL_BYTES:])
-    if recorded is not None and recorded.group(1).decode() != _sha256(weights):
-        raise ModelError(f"{weights} does not match {xml_path.name} (its SHA-256 differs from the one recorded at export: "
-                         "truncated, corrupted or from another export); re-export it")
-    try:
-        model = ov.Core().read_model(str(xml_path), str(weights))
-    except Exception as exc:
-        raise ModelError(f"{xml_path} is not a readable OpenVINO IR ({_ov_message(exc)}); re-export it") from exc
-    props = _rt_props(model, xml_path)
-    props.pop(DIGEST_KEY, None)
-    return model, ModelMetadata.from_props(props, str(xml_path))
-
-
-def read_ir_metadata(xml_path: str | os.PathLike) -> ModelMetadata:
-    return read_ir(xml_path)[1]
-
-
-def _rt_props(model, where: Path) -> dict[str, str]:
-    if not model.has_rt_info([RT_SECTION]):
-        return {}
-    props: dict[str, str] = {}
-    try:
-        section = model.get_rt_info([RT_SECTION])
-        keys = list(section.astype(dict).keys())
-    except Exception as exc:  # a section that is a plain value, not a map
-        raise ModelError(f"{where} has malformed edgekit rt_info ({_first_line(exc)}); re-export it") from exc
-    for key in keys:
-        value = model.get_rt_info([RT_SECTION, str(key)]).astype(str)
-        if len(value) > MAX_RT_VALUE_CHARS:
-            raise ModelError(f"{where} rt_info edgekit/{key} is {len(value)} characters long; refusing it. Re-export it")
-        props[str(key)] = value
-    return props
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @contextlib.contextmanager
 def _quiet():
     # NNCF and the converters print progress bars and notes on stdout; a library call (and `--json`) stays clean.
@@ -204,15 +129,13 @@ def _quiet():
         yield
 
 
-def _ov_message(exc: Exception) -> str:
-    """The informative line of an OpenVINO exception (its first lines are C++ source locations)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
-    return (useful or lines or [type(exc).__name__])[-1][:300]
-
-
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def read_ir_metadata(xml_path: str | os.PathLike) -> ModelMetadata:
+    return read_ir(xml_path)[1]
+
 
 
 def export_variant(exporter, quantization: str):

@@ -10,15 +10,25 @@ later session asking for another count gets an error instead of a silently wrong
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EdgekitError, ModelError
+from ..metadata import ModelMetadata
 from . import Session
 
 INSTALL_HINT = "pip install 'edgekit[executorch]'"
+# The side file `edgekit export --format executorch` writes beside each .pte (format: edgekit.export.executorch).
+SIDE_SUFFIX = ".json"  # model.pte -> model.pte.json
+SIDE_FILE_VERSION = 1
+MAX_SIDE_FILE_BYTES = 1_000_000
+_SIDE_KEYS = {"edgekit_side_file", "program", "metadata"}
+_PROGRAM_KEYS = {"sha256", "bytes", "max_batch", "dynamic_batch"}
 _POOL_LOCK = threading.Lock()
 _pool_threads: int | None = None  # the size this process set, once
 
@@ -68,8 +78,6 @@ class ExecuTorch:
         import executorch
         from executorch.runtime import Runtime, Verification
 
-        from ..export.executorch import read_side_file
-
         metadata, program_facts = read_side_file(artifact)  # digest-checked against the .pte, validated like ONNX metadata
         used_threads = _set_pool_threads(threads)
         try:
@@ -86,10 +94,13 @@ class ExecuTorch:
         if len(sizes) != 4:
             raise ModelError(f"{artifact} input has shape {sizes}; expected a 4-d image batch")
         max_batch = int(program_facts.get("max_batch") or sizes[0])
-        dynamic = bool(program_facts.get("dynamic_batch"))
+        # Without a side file the program's batch bound is all there is to know: run in chunks of it, and let a
+        # program whose batch is really fixed say so at run time.
+        dynamic = bool(program_facts.get("dynamic_batch", True))
         info = {
             "library": f"executorch {getattr(executorch, '__version__', _version())}", "threads": used_threads,
             "delegate": "XnnpackBackend", "batch": f"dynamic 1..{max_batch}" if dynamic else f"fixed {max_batch}",
+            **({} if program_facts else {"batch": f"at most {max_batch} (no side file says whether it is fixed)"}),
             "side_file": program_facts.get("side_file", "none (no labels or preprocessing)"),
         }
         return ExecuTorchSession(
@@ -128,3 +139,53 @@ def _version() -> str:
 
 def _first_line(exc: Exception) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def side_file_path(pte_path: str | os.PathLike) -> Path:
+    pte_path = Path(pte_path)
+    return pte_path.with_name(pte_path.name + SIDE_SUFFIX)
+
+
+def read_side_file(pte_path: str | os.PathLike) -> tuple[ModelMetadata, dict]:
+    """(metadata, program facts) for a .pte: from ``<file>.pte.json`` when present (checked, see the module
+    docstring), else empty metadata (a bare program runs, without labels or preprocessing)."""
+    pte_path = Path(pte_path)
+    if not pte_path.is_file():
+        raise ModelError(f"{pte_path} does not exist")
+    side = side_file_path(pte_path)
+    if not side.is_file():
+        return ModelMetadata(None, None, {}), {}
+    if side.stat().st_size > MAX_SIDE_FILE_BYTES:
+        raise ModelError(f"{side} is {side.stat().st_size} bytes, more than a side file of labels and preprocessing can be; "
+                         "re-export it")
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{side} is not valid JSON ({str(exc).splitlines()[0][:120]}); re-export it") from exc
+    if not isinstance(data, dict) or data.get("edgekit_side_file") != SIDE_FILE_VERSION:
+        raise ModelError(f"{side} is not an edgekit side file (version {SIDE_FILE_VERSION}); re-export it")
+    unknown = sorted(set(data) - _SIDE_KEYS)
+    program, props = data.get("program"), data.get("metadata")
+    if unknown:
+        raise ModelError(f"{side} has unknown key {unknown[0]!r}; a side file holds only {', '.join(sorted(_SIDE_KEYS))}")
+    if not isinstance(program, dict) or set(program) - _PROGRAM_KEYS or not isinstance(props, dict):
+        raise ModelError(f"{side} has a malformed 'program' or 'metadata' entry; re-export it")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in props.items()):
+        raise ModelError(f"{side} metadata must map strings to strings (as ONNX metadata does); re-export it")
+    digest, max_batch = program.get("sha256"), program.get("max_batch")
+    if not isinstance(digest, str) or not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= 4096:
+        raise ModelError(f"{side} has a malformed program entry (sha256 and max_batch 1..4096 expected); re-export it")
+    if _sha256(pte_path) != digest:
+        raise ModelError(f"{pte_path} does not match its side file {side.name} (SHA-256 differs: truncated, corrupted "
+                         "or from another export); re-export it")
+    metadata = ModelMetadata.from_props(props, str(side))
+    facts = {"max_batch": max_batch, "dynamic_batch": bool(program.get("dynamic_batch")), "side_file": side.name}
+    return metadata, facts
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -8,14 +8,27 @@ compute what parity checked. ``inference_precision="bf16"`` (or "f16") opts in, 
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EdgekitError, ModelError
+from ..metadata import ModelMetadata
 from . import Session
 
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
+# Where `edgekit export --format openvino` keeps its metadata in an IR: rt_info section "edgekit", one string per
+# ONNX metadata key, plus the SHA-256 of the .bin (see edgekit.export.openvino).
+RT_SECTION = "edgekit"
+DIGEST_KEY = "bin_sha256"
+# The IR's own metadata limit: a crafted .xml with a huge rt_info string is refused before parsing JSON.
+MAX_RT_VALUE_CHARS = 1_000_000
+# rt_info is written at the end of the .xml; the digest is looked for in its last bytes only.
+MAX_RT_TAIL_BYTES = 4 * MAX_RT_VALUE_CHARS
+_DIGEST_IN_XML = re.compile(rb"<edgekit>.*?<%s value=\"([0-9a-f]{64})\"" % DIGEST_KEY.encode(), re.DOTALL)
 
 
 class OpenVinoSession(Session):
@@ -60,9 +73,7 @@ class OpenVino:
         try:
             compiled = ov.Core().compile_model(model, device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
-            from ..export.openvino import _ov_message
-
-            raise ModelError(f"{artifact} cannot be compiled by OpenVINO on {device} ({_ov_message(exc)})") from exc
+            raise ModelError(f"{artifact} cannot be compiled by OpenVINO on {device} ({ov_message(exc)})") from exc
         if len(compiled.inputs) != 1:
             raise ModelError(f"{artifact} has {len(compiled.inputs)} inputs; edgekit runs image classifiers with one input")
         partial_shape = compiled.input(0).get_partial_shape()
@@ -83,8 +94,6 @@ class OpenVino:
 def _read(artifact: Path):
     """(openvino.Model, ModelMetadata); an IR's metadata is in its rt_info, an ONNX file's in metadata_props."""
     if artifact.suffix == ".xml":
-        from ..export.openvino import read_ir
-
         return read_ir(artifact)  # digest-checked, metadata validated; a bad file is a one-line ModelError
     import openvino as ov
 
@@ -94,6 +103,75 @@ def _read(artifact: Path):
     try:
         return ov.Core().read_model(str(artifact)), metadata
     except Exception as exc:
-        from ..export.openvino import _ov_message
+        raise ModelError(f"{artifact} cannot be read by OpenVINO ({ov_message(exc)}); re-export it") from exc
 
-        raise ModelError(f"{artifact} cannot be read by OpenVINO ({_ov_message(exc)}); re-export it") from exc
+
+def bin_path(xml_path: str | os.PathLike) -> Path:
+    """The weights file OpenVINO reads beside an .xml (same stem, .bin)."""
+    return Path(xml_path).with_suffix(".bin")
+
+
+def read_ir(xml_path: str | os.PathLike):
+    """(openvino.Model, ModelMetadata) for an IR written by :func:`save_ir` or by anyone else.
+
+    Refused with a one-line ModelError: a missing .bin, a .bin whose SHA-256 differs from the one recorded,
+    an .xml that is not an IR or that OpenVINO cannot parse, malformed edgekit metadata (validated like ONNX
+    metadata).
+    """
+    import openvino as ov
+
+    xml_path = Path(xml_path)
+    weights = bin_path(xml_path)
+    if not xml_path.is_file():
+        raise ModelError(f"{xml_path} does not exist")
+    if not weights.is_file():
+        raise ModelError(f"{xml_path} has no weights file {weights.name} beside it; copy the .bin with the .xml or re-export")
+    with open(xml_path, "rb") as handle:
+        head = handle.read(4096)
+    if b"<net" not in head:
+        # OpenVINO would try every frontend on it (TensorFlow's logs to stderr) before giving up.
+        raise ModelError(f"{xml_path} is not an OpenVINO IR (no <net> element at its start); re-export it")
+    # The digest is checked before OpenVINO reads the weights, so a swapped .bin of the same size is refused too.
+    recorded = _DIGEST_IN_XML.search(xml_path.read_bytes()[-MAX_RT_TAIL_BYTES:])
+    if recorded is not None and recorded.group(1).decode() != ir_digest(weights):
+        raise ModelError(f"{weights} does not match {xml_path.name} (its SHA-256 differs from the one recorded at export: "
+                         "truncated, corrupted or from another export); re-export it")
+    try:
+        model = ov.Core().read_model(str(xml_path), str(weights))
+    except Exception as exc:
+        raise ModelError(f"{xml_path} is not a readable OpenVINO IR ({ov_message(exc)}); re-export it") from exc
+    props = _rt_props(model, xml_path)
+    props.pop(DIGEST_KEY, None)
+    return model, ModelMetadata.from_props(props, str(xml_path))
+
+
+def _rt_props(model, where: Path) -> dict[str, str]:
+    if not model.has_rt_info([RT_SECTION]):
+        return {}
+    props: dict[str, str] = {}
+    try:
+        section = model.get_rt_info([RT_SECTION])
+        keys = list(section.astype(dict).keys())
+    except Exception as exc:  # a section that is a plain value, not a map
+        raise ModelError(f"{where} has malformed edgekit rt_info ({ov_message(exc)}); re-export it") from exc
+    for key in keys:
+        value = model.get_rt_info([RT_SECTION, str(key)]).astype(str)
+        if len(value) > MAX_RT_VALUE_CHARS:
+            raise ModelError(f"{where} rt_info edgekit/{key} is {len(value)} characters long; refusing it. Re-export it")
+        props[str(key)] = value
+    return props
+
+
+def ir_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ov_message(exc: Exception) -> str:
+    """The informative line of an OpenVINO exception (its first lines are C++ source locations)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
+    return (useful or lines or [type(exc).__name__])[-1][:300]
