@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..bench import DEFAULT_ITERATIONS, DEFAULT_WARMUP, BenchResult, machine_info
+from ..bench import DEFAULT_ITERATIONS, DEFAULT_WARMUP, BenchResult, Measurement, machine_info
 from ..bench import bench as run_bench
 from ..bench.targets import artifact_bytes
 from ..errors import EdgekitError
@@ -243,16 +243,15 @@ def measure_latency(config: GateConfig, run: Run | None, artifacts: dict[str, Pa
     return Found(values, reports, dict(result.machine))  # bench's MachineInfo reads like the dict the report keeps
 
 
-def _bench_values(row) -> dict[str, Any]:
+def _bench_values(row: Measurement) -> dict[str, Any]:
     values = {"runtime": row.runtime, "batch_size": row.batch_size, "p50_ms": row.p50_ms, "p50_ci_ms": tuple(row.p50_ci_ms),
-              # bench adds contended/contention_share to its rows; reports written before that have neither
-              "contended": bool(getattr(row, "contended", False)), "contention_share": getattr(row, "contention_share", None)}
+              "contended": row.contended, "contention_share": row.contention_share}
     if row.top1 is not None:  # bench measures accuracy only when the gate has no run (so no parity) and asks for it
         values.update(accuracy=row.top1, n_images=row.accuracy_images)
     return values
 
 
-def _rows_by_artifact(result: BenchResult, config: GateConfig) -> dict:
+def _rows_by_artifact(result: BenchResult, config: GateConfig) -> dict[str, Measurement]:
     return {os.path.realpath(m.artifact): m for m in result.measurements
             if m.runtime == config.runtime and m.batch_size == config.batch_size}
 
@@ -285,4 +284,4 @@ def _applies(result: BenchResult, artifacts: dict[str, Path], config: GateConfig
     same_machine = all(result.machine.get(key) == here.get(key) for key in ("cpu", "usable_cores", "versions"))
     rows = _rows_by_artifact(result, config)
     needed = [rows.get(os.path.realpath(path)) for path in artifacts.values()]
-    return same_settings and same_machine and all(row is not None and not getattr(row, "contended", False) for row in needed)
+    return same_settings and same_machine and all(row is not None and not row.contended for row in needed)
