@@ -1,0 +1,138 @@
+"""OpenVINO IR: export (fp32 + NNCF int8) of the trained test run, parity, predict, bench, and files from other hands."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("openvino")
+
+from edgekit import runtimes  # noqa: E402
+from edgekit.cli import cli as main  # noqa: E402
+from edgekit.errors import EdgekitError, ExportError, ModelError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ov_run(trained_run, tmp_path_factory):
+    """A private copy of the trained run exported to openvino-fp32 and openvino-int8."""
+    from edgekit.export import export
+    from edgekit.runs import Run
+
+    target = tmp_path_factory.mktemp("openvino") / "run"
+    shutil.copytree(trained_run.path, target)
+    run = Run.load(target)
+    result = export(run, formats="openvino", quantize="none,int8", calib_size=30)
+    return run, result
+
+
+def _copy_ir(run, tmp_path, name="model"):
+    for suffix in (".xml", ".bin"):
+        shutil.copy(run.exports_dir / f"{name}{suffix}", tmp_path / f"model{suffix}")
+    return tmp_path / "model.xml"
+
+
+def test_export_writes_ir_pairs_with_parity(ov_run):
+    run, result = ov_run
+    by_name = {v.variant: v for v in result.variants}
+    assert set(by_name) == {"openvino-fp32", "openvino-int8"}
+    for name, file_name in (("openvino-fp32", "model"), ("openvino-int8", "model.int8")):
+        assert (run.exports_dir / f"{file_name}.xml").is_file() and (run.exports_dir / f"{file_name}.bin").is_file()
+        assert (run.exports_dir / f"{name}.parity.json").is_file()
+    fp32 = by_name["openvino-fp32"]
+    assert fp32.passed, fp32.failures
+    assert fp32.parity.metrics.data_source.startswith("images:")
+    assert fp32.parity.metrics.top1_agreement >= 0.999
+    assert fp32.parity.metrics.max_rel_diff < 1e-4  # float32 kept: no fp16 weights, no bf16 inference
+    int8 = by_name["openvino-int8"]
+    assert int8.details["calibration_images"] == 30
+    assert int8.details["overflow_fix"] in ("enable", "disable")
+    assert int8.size_bytes < fp32.size_bytes / 2  # int8 weights
+    # No stray temporary files from the atomic writes.
+    assert not [p for p in run.exports_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_ir_loads_with_labels_and_preprocessing(ov_run):
+    run, _ = ov_run
+    session = runtimes.load(run.exports_dir / "model.xml", threads=1)
+    assert session.runtime == "openvino"
+    assert session.labels == list(run.card.class_names)
+    assert session.preprocessing == run.card.preprocessing
+    assert session.info["inference_precision_hint"] == "f32"
+    logits = session.run(session.example_batch(3))
+    assert logits.shape == (3, run.card.num_classes)
+
+
+def test_predict_and_bench_on_ir(ov_run, photo_folders):
+    run, _ = ov_run
+    image = next(photo_folders[1].rglob("*.jpg"))
+    predicted = CliRunner().invoke(main, ["predict", str(run.exports_dir / "model.xml"), str(image), "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    assert any(label in predicted.output for label in run.card.class_names)
+
+    from edgekit.bench import bench
+
+    result = bench(run.exports_dir / "model.int8.xml", runtimes=["openvino"], threads=1, warmup=1, iterations=3)
+    assert [m.runtime for m in result.measurements] and all(m.runtime == "openvino" for m in result.measurements)
+
+
+def test_missing_extra_is_one_line_exit_2(run_copy, monkeypatch):
+    from edgekit.export import export
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails, as where it is not installed
+    with pytest.raises(ExportError, match=r"pip install 'edgekit\[openvino\]'"):
+        export(run_copy, formats="openvino")
+    result = CliRunner().invoke(main, ["export", str(run_copy.path), "--format", "openvino"])
+    assert result.exit_code == 2
+    assert "edgekit[openvino]" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated-bin", "other-bin", "garbage-xml", "truncated-xml", "missing-bin"])
+def test_damaged_ir_is_refused_in_one_line(ov_run, photo_folders, tmp_path, damage):
+    run, _ = ov_run
+    xml = _copy_ir(run, tmp_path)
+    weights = xml.with_suffix(".bin")
+    if damage == "truncated-bin":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "other-bin":  # same size, other weights: only the recorded digest can tell
+        shutil.copy(run.exports_dir / "model.bin", weights)
+        data = bytearray(weights.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    elif damage == "garbage-xml":
+        xml.write_bytes(b"\x00\x01not an IR at all")
+    elif damage == "truncated-xml":
+        xml.write_bytes(xml.read_bytes()[:2000])
+    else:
+        weights.unlink()
+    with pytest.raises(ModelError):
+        runtimes.load(xml)
+    image = next(photo_folders[1].rglob("*.jpg"))
+    result = CliRunner().invoke(main, ["predict", str(xml), str(image)])
+    assert result.exit_code == 2, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("field, bad", [
+    ("edgekit.labels", "{&quot;not&quot;: &quot;a list&quot;}"),
+    ("edgekit.preprocessing", "{&quot;resize&quot;: 100000000, &quot;crop&quot;: 100000000}"),
+])
+def test_tampered_rt_info_is_checked_like_onnx_metadata(ov_run, tmp_path, field, bad):
+    import re
+
+    run, _ = ov_run
+    xml = _copy_ir(run, tmp_path)
+    text = xml.read_text(encoding="utf-8")
+    tampered, count = re.subn(rf'(<{re.escape(field)} value=")[^"]*(")', rf"\g<1>{bad}\g<2>", text)
+    assert count == 1
+    xml.write_text(tampered, encoding="utf-8")
+    with pytest.raises(ModelError, match=re.escape(field)):
+        runtimes.load(xml)
+
+
+def test_inference_precision_option_is_checked(ov_run):
+    run, _ = ov_run
+    with pytest.raises(EdgekitError, match="inference precision"):
+        runtimes.load(run.exports_dir / "model.xml", inference_precision="int4")
