@@ -231,7 +231,7 @@ class FeatureExtractor:
         eager = self.backbone.cpu()(sample).double()
         ours = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: sample.numpy()})[0]).double()
         cosine = torch.nn.functional.cosine_similarity(eager, ours, dim=1)
-        return round(float(cosine.min()), 7), len(sample)
+        return float(cosine.min()), len(sample)
 
     def _read_cosine(self) -> tuple[float, int] | None:
         if self.entry_dir is None or not (self.entry_dir / "ort_parity.json").is_file():
