@@ -179,3 +179,32 @@ def test_bare_program_runs_without_labels(et_run, tmp_path):
     session = runtimes.load(pte, threads=THREADS)
     assert session.labels is None
     assert session.run(session.example_batch(2)).shape == (2, run.card.num_classes)
+
+
+def test_relu6_after_conv_is_observed_on_its_own_clamped_range():
+    """The stock XNNPACKQuantizer observes the conv's output (the wide pre-activation range) and lets the ReLU6
+    share it; the edgekit quantizer leaves the conv output unobserved and observes the ReLU6's own output."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from edgekit.export.executorch import relu6_aware_quantizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 1),
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    example = torch.randn(2, 3, 16, 16) * 4
+
+    def relu6_input_and_observed_min(quantizer):
+        quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
+        prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+        prepared(example)
+        (relu6,) = [n for n in prepared.graph.nodes if n.op == "call_function" and "hardtanh" in str(n.target)]
+        (observer,) = [getattr(prepared, str(u.target)) for u in relu6.users if u.op == "call_module"]
+        return relu6.args[0], float(observer.min_val)
+
+    stock_input, stock_min = relu6_input_and_observed_min(XNNPACKQuantizer())
+    fixed_input, fixed_min = relu6_input_and_observed_min(relu6_aware_quantizer())
+    assert stock_input.op == "call_module" and stock_min < 0  # shared with the conv: negative pre-activations
+    assert fixed_input.op == "call_function" and "conv" in str(fixed_input.target)
+    assert fixed_min >= 0  # the clamped range only
