@@ -19,7 +19,7 @@ from edgekit.cli import cli as main  # noqa: E402
 from edgekit.errors import ExportError, ModelError  # noqa: E402
 from edgekit.export.executorch import MAX_BATCH, read_side_file, side_file_path  # noqa: E402
 
-THREADS = 1  # ExecuTorch's threadpool is sized once per process: every test here asks for the same count
+THREADS = None  # ExecuTorch's threadpool cannot be resized once programs ran (the export fixture runs them)
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +208,29 @@ def test_relu6_after_conv_is_observed_on_its_own_clamped_range():
     assert stock_input.op == "call_module" and stock_min < 0  # shared with the conv: negative pre-activations
     assert fixed_input.op == "call_function" and "conv" in str(fixed_input.target)
     assert fixed_min >= 0  # the clamped range only
+
+
+def test_threads_set_before_the_first_program_and_never_resized_after(et_run, tmp_path):
+    """In a fresh process --threads sizes the pool before any program loads; asking for another count after
+    programs ran is a one-line error (resizing then aborted a process here), not a crash."""
+    import subprocess
+
+    run, _ = et_run
+    script = (
+        "import sys\n"
+        "from edgekit import runtimes\n"
+        "from edgekit.errors import EdgekitError\n"
+        f"path = {str(run.exports_dir / 'model.pte')!r}\n"
+        "first = runtimes.load(path, threads=1)\n"
+        "first.run(first.example_batch(2))\n"
+        "print('threads', first.info['threads'])\n"
+        "runtimes.load(path, threads=1).run(first.example_batch(1))\n"
+        "try:\n"
+        "    runtimes.load(path, threads=2)\n"
+        "except EdgekitError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "threads 1" in done.stdout
+    assert "refused: ExecuTorch's threadpool has 1 threads" in done.stdout

@@ -3,9 +3,10 @@ with the XNNPACK delegate on the CPU.
 
 Threads: ExecuTorch has one process-wide threadpool that the XNNPACK delegate and the optimized kernels share.
 Its size can only be changed through ``_unsafe_reset_threadpool``, which is meant to be called before a program
-is loaded; resetting it again in a process that already ran programs (1, then 2) left it single-threaded here.
-So the pool is resized at most once per process: the first session that asks for a thread count sets it, and a
-later session asking for another count gets an error instead of a silently wrong measurement.
+is loaded. Resetting it after programs ran left it single-threaded in one session here (1, then 2) and aborted the
+process in another (a pthread priority assertion). So the pool is resized only before the process has loaded any
+program, at most once; a later session asking for another count gets a one-line error instead of a crash or a
+silently wrong measurement.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _SIDE_KEYS = {"edgekit_side_file", "program", "metadata"}
 _PROGRAM_KEYS = {"sha256", "bytes", "max_batch", "dynamic_batch"}
 _POOL_LOCK = threading.Lock()
 _pool_threads: int | None = None  # the size this process set, once
+_programs_loaded = False  # after the first program, the pool is never resized
 
 
 class ExecuTorchSession(Session):
@@ -80,7 +82,9 @@ class ExecuTorch:
 
         metadata, program_facts = read_side_file(artifact)  # digest-checked against the .pte, validated like ONNX metadata
         used_threads = _set_pool_threads(threads)
+        global _programs_loaded
         try:
+            _programs_loaded = True
             program = Runtime.get().load_program(artifact, verification=Verification.InternalConsistency)
             method = program.load_method("forward")
         except Exception as exc:  # the pybindings raise RuntimeError with an error code
@@ -118,10 +122,11 @@ def _set_pool_threads(threads: int | None) -> int | str:
         current = int(portable_lib._threadpool_get_thread_count())
         if threads is None or threads == current:
             return current if threads is not None or _pool_threads is not None else f"default ({current})"
-        if _pool_threads is not None:
+        if _pool_threads is not None or _programs_loaded:
             raise EdgekitError(
-                f"ExecuTorch's threadpool is already sized to {_pool_threads} threads in this process and cannot be "
-                f"resized safely; run the executorch sessions asking for {threads} threads in a separate process"
+                f"ExecuTorch's threadpool has {current} threads and this process already ran ExecuTorch programs; resizing "
+                f"it now can crash the process, so ask for --threads {current} here or run the {threads}-thread "
+                "sessions in a fresh process"
             )
         portable_lib._unsafe_reset_threadpool(int(threads))
         _pool_threads = int(portable_lib._threadpool_get_thread_count())
