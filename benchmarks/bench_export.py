@@ -46,7 +46,7 @@ def bench_wall_time(models, repeats: int, threads: int) -> list[dict]:
     from edgekit.export.onnx import export_onnx
     from edgekit.export.torch_export import export_program
     from edgekit.models import build
-    from edgekit.quantize import convert_fp16, quantize_dynamic_matmul, quantize_static
+    from edgekit.export.quantize import convert_fp16, quantize_dynamic_matmul, quantize_static
 
     torch.set_num_threads(threads)
     rows = []
@@ -122,7 +122,7 @@ def bench_agreement(eval_images: int, calib_images: int) -> list[dict]:
     """int8 (and fp16) Lite0 against the float32 PyTorch model on real photo crops, per calibration choice."""
     from edgekit.export import export
     from edgekit.parity import ParityChecker, ParityData, ParityThresholds, images_in
-    from edgekit.quantize import quantize_static
+    from edgekit.export.quantize import quantize_static
     from edgekit.runs import run_from_zoo
 
     rows = []

@@ -22,7 +22,7 @@ from edgekit.export.torch_export import export_program
 from edgekit.metadata import ModelMetadata
 from edgekit.models import build
 from edgekit.preprocessing import Preprocessing
-from edgekit.quantize import quantize_dynamic_matmul, quantize_static
+from edgekit.export.quantize import quantize_dynamic_matmul, quantize_static
 from edgekit.runs import RunCard, save_run
 
 THREADS = 2

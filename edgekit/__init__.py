@@ -4,7 +4,8 @@ The library is the product; the `edgekit` command line only parses, calls these 
 
     edgekit.finetune(config | **options) -> FinetuneResult
     edgekit.predict(run_or_onnx, images, top_k=5) -> PredictResult
-    edgekit.export(run, formats=..., quantize=...) -> ExportResult      (parity included)
+    edgekit.export(run, formats=..., quantize=...) -> ExportResult      (parity included; int8 held to a budget)
+    edgekit.export_auto(run, batch_size=1) -> AutoResult                (the fastest variant within budget, here)
     edgekit.parity(run, artifact, data=None) -> ParityResult
     edgekit.bench(targets, runtimes=..., batch_sizes=..., data=None) -> BenchResult
     edgekit.gate(GateConfig.from_yaml(path), baseline=None) -> GateResult
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 
 # Imported eagerly on purpose: the functions share their names with their modules (edgekit.export is
 # both), and a lazy attribute would be shadowed by the submodule as soon as anything imported it.
+from .auto import AutoResult, export_auto  # noqa: E402
 from .bench import BenchResult, bench  # noqa: E402
 from .errors import EdgekitError  # noqa: E402
 from .export import ExportResult, export  # noqa: E402
@@ -27,7 +29,7 @@ from .predict import PredictResult, predict  # noqa: E402
 from .runs import Run, RunCard  # noqa: E402
 
 __all__ = [
-    "__version__", "BenchResult", "bench", "EdgekitError", "ExportResult", "export", "FinetuneConfig", "FinetuneResult",
+    "__version__", "AutoResult", "export_auto", "BenchResult", "bench", "EdgekitError", "ExportResult", "export", "FinetuneConfig", "FinetuneResult",
     "finetune", "GateConfig", "GateResult", "gate", "get_spec", "list_specs", "ParityResult", "parity", "PredictResult",
     "predict", "Run", "RunCard",
 ]

@@ -33,6 +33,7 @@ from .results import Result
 from .variants import UINT8_SUFFIX, Variant  # noqa: F401  (UINT8_SUFFIX re-exported for older callers)
 
 RANDOM_IMAGES = 32  # how many random inputs stand in when there is no image at all
+CONFIDENT = 0.5  # top-1 probability from which the reference counts as confident about an input
 REFERENCE = "torch-fp32"
 
 
@@ -64,6 +65,8 @@ class ParityMetrics(BaseModel):
     reference_accuracy: float | None = None
     variant_accuracy: float | None = None
     accuracy_drop: float | None = None  # reference - variant; None without labels
+    n_confident: int | None = None  # images where the reference's top-1 softmax probability is >= CONFIDENT
+    confident_agreement: float | None = None  # top-1 agreement on those (reported, not judged)
 
 
 class ParityResult(Result):
@@ -86,7 +89,7 @@ def variant_kind(variant: str) -> str:
     return Variant.parse(variant).threshold_kind
 
 
-def thresholds_for(spec_or_tolerance, variant: str) -> ParityThresholds:
+def thresholds_for(spec_or_tolerance, variant: str, has_labels: bool | None = None) -> ParityThresholds:
     """The default thresholds for ``variant`` from a ModelSpec (or its ParityTolerance, or a model name).
 
     fp32 is judged on logits relative to their spread; fp16 on that plus decisions; int8 on decisions and
@@ -98,6 +101,11 @@ def thresholds_for(spec_or_tolerance, variant: str) -> ParityThresholds:
         spec_or_tolerance = get_spec(spec_or_tolerance)
     tolerance: ParityTolerance = getattr(spec_or_tolerance, "parity", spec_or_tolerance)
     kind = variant_kind(variant)
+    if kind == "int8" and has_labels is not None:
+        # The int8 budget: accuracy where labels say what is right, agreement with fp32 where they do not.
+        if has_labels:
+            return ParityThresholds(max_accuracy_drop=tolerance.int8_max_accuracy_drop)
+        return ParityThresholds(min_agreement=tolerance.int8_min_agreement)
     if kind == "fp32":
         return ParityThresholds(max_rel_diff=tolerance.fp32_max_rel_diff)
     if kind == "fp16":
@@ -265,6 +273,11 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
     reference_topk = np.argsort(-reference, axis=1)[:, :k]
     candidate_topk = np.argsort(-candidate, axis=1)[:, :k]
     overlap = np.mean([len(set(a) & set(b)) / k for a, b in zip(reference_topk, candidate_topk)])
+    # Where the reference itself is unsure (near-ties, out-of-distribution inputs), a tiny change flips top-1; the
+    # agreement on the inputs it is confident about separates "the variant is broken" from "the input is ambiguous".
+    shifted = np.exp(reference - reference.max(axis=1, keepdims=True))
+    confident = (shifted.max(axis=1) / shifted.sum(axis=1)) >= CONFIDENT
+    confident_agreement = float((reference_top1 == candidate_top1)[confident].mean()) if confident.any() else None
     reference_accuracy = variant_accuracy = accuracy_drop = None
     if labels is not None:
         reference_accuracy = float((reference_top1 == labels).mean())
@@ -276,6 +289,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
         max_rel_diff=float(relative.max()), cosine_similarity=float(cosine.min()),
         top1_agreement=float((reference_top1 == candidate_top1).mean()), top5_overlap=float(overlap),
         reference_accuracy=reference_accuracy, variant_accuracy=variant_accuracy, accuracy_drop=accuracy_drop,
+        n_confident=int(confident.sum()), confident_agreement=confident_agreement,
     )
 
 
@@ -331,6 +345,6 @@ def parity(run, artifact: str | os.PathLike, data: str | os.PathLike | None = No
     if max_images < 1:
         raise EdgekitError(f"--max-images {max_images} must be at least 1")
     variant = variant or artifact_variant(artifact)
-    limits = merge_thresholds(thresholds_for(get_spec(run.card.model), variant), thresholds)
     data_set = ParityData(run.card.preprocessing, run_parity_images(run.card, data, max_images))
+    limits = merge_thresholds(thresholds_for(get_spec(run.card.model), variant, has_labels=data_set.labels is not None), thresholds)
     return ParityChecker(run.build_model(), data_set).check(artifact, variant, limits)

@@ -15,7 +15,7 @@ from edgekit.data import load_batch
 from edgekit.errors import ExportError
 from edgekit.export.onnx import export_onnx
 from edgekit.metadata import ModelMetadata, read_onnx_metadata
-from edgekit.quantize import (
+from edgekit.export.quantize import (
     BatchReader,
     convert_fp16,
     first_and_last_compute_nodes,

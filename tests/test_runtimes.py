@@ -42,7 +42,7 @@ def write_exports(run, with_quantized: bool = False) -> dict[str, Path]:
     paths["pt2"] = export_program(model, exports / "model.pt2", example, metadata)
     if with_quantized:
         from edgekit.data import load_batch, run_images
-        from edgekit.quantize import quantize_dynamic_matmul, quantize_static
+        from edgekit.export.quantize import quantize_dynamic_matmul, quantize_static
 
         train = run_images(card, "train")
         batch = load_batch([p for p, _ in train.samples[:16]], card.preprocessing)

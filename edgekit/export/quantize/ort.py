@@ -1,10 +1,13 @@
-"""ONNX -> smaller ONNX: static int8 (QDQ, calibrated), dynamic int8 of MatMul/Gemm only, float16.
+"""ONNX -> smaller ONNX with ONNX Runtime's quantization tools: static int8 (QDQ, calibrated), dynamic int8 of
+MatMul/Gemm only, float16.
 
-Choices made here, from measurements on this project's machines (see ENVIRONMENT.md):
+Choices made here, from measurements on this project's machines (README, "Measured"):
 - static int8 uses uint8 activations and int8 per-channel weights: the fast kernel pair on x86 (VNNI);
-  int8 activations ran 3x slower;
-- by default the first Conv and the final Gemm/MatMul stay in float: on real EfficientNet-Lite0 weights
-  top-1 agreement with fp32 rose from 85% to 91% for almost no speed cost;
+  int8 activations ran 3x slower; per-tensor weights cost Lite0 30 points of agreement (54.5% vs 85%);
+- by default the first Conv and the final Gemm/MatMul stay in float (on Lite0 ImageNet weights, 200 real photo
+  crops: 85% agreement vs 82% fully quantized); what else must stay float is found by ``fallback.py``;
+- calibration ranges are computed once (``calibrate``) and reused for every re-quantization with other nodes
+  kept in float, which is what makes the accuracy-aware search affordable;
 - dynamic int8 is restricted to MatMul/Gemm: on Conv it becomes ConvInteger, 5-10x SLOWER than fp32;
 - every input first goes through ``quant_pre_process`` (shape inference + ORT graph cleanup), without which
   the quantizer fails on dynamo-exported models ("Inferred shape and existing shape differ").
@@ -27,8 +30,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .errors import ExportError
-from .files import atomic_path
+from ...errors import ExportError
+from ...files import atomic_path
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 PERCENTILE = 99.999  # the percentile calibration's clipping point
@@ -66,49 +69,92 @@ def _split(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
 
 def quantize_static(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calibration_batches: Iterable[np.ndarray],
                     method: str = "minmax", per_channel: bool = True, exclude_first_last: bool = True,
-                    info: dict | None = None) -> Path:
+                    info: dict | None = None, exclude: Iterable[str] = ()) -> Path:
     """Static QDQ int8 (uint8 activations, int8 weights) calibrated on ``calibration_batches``.
 
     ``calibration_batches`` yields arrays the model accepts (e.g. float32 NCHW, a few hundred real
     images in total). ``method``: minmax, entropy or percentile (99.999). ``exclude_first_last`` keeps the
-    first Conv and the final Gemm/MatMul in float32 (see the module docstring for why). ``info``, if
-    given, receives what was done: nodes kept in float, number of calibration images.
+    first Conv and the final Gemm/MatMul in float32 (see the module docstring for why); ``exclude`` names more
+    nodes to keep in float. ``info``, if given, receives what was done: nodes kept in float, number of
+    calibration images.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-    from onnxruntime.quantization import quantize_static as ort_quantize_static
+    with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as workdir:
+        prepared = prepare(onnx_in, Path(workdir) / "prepared.onnx")
+        ranges = calibrate(prepared, calibration_batches, method, Path(workdir))
+        excluded = (first_and_last_compute_nodes(_load(prepared)) if exclude_first_last else []) + [n for n in exclude]
+        quantize_with_ranges(prepared, onnx_out, ranges, excluded, per_channel=per_channel, metadata_from=onnx_in)
+    if info is not None:
+        info.update({"kept_float": excluded, "calibration_images": ranges.images, "calibration_method": method})
+    return Path(onnx_out)
+
+
+class Ranges:
+    """Activation ranges from one calibration pass, saved as ORT's calibration cache (a JSON file)."""
+
+    def __init__(self, path: Path, images: int, method: str):
+        self.path, self.images, self.method = path, images, method
+
+
+def prepare(onnx_in: str | os.PathLike, prepared: Path) -> Path:
+    """ORT's quantization pre-processing (shape inference, graph cleanup); node names here are what exclusions use."""
+    return _pre_process(onnx_in, prepared)
+
+
+def calibrate(prepared: Path, calibration_batches: Iterable[np.ndarray], method: str, workdir: Path) -> Ranges:
+    """Activation ranges of ``prepared`` over ``calibration_batches`` (minmax, percentile or entropy), computed once."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     if method not in CALIBRATION_METHODS:
         raise ExportError(f"calibration method {method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
-    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                        "percentile": CalibrationMethod.Percentile}[method]
-    extra_options = {"CalibPercentile": PERCENTILE} if method == "percentile" else {}
     batches = iter(calibration_batches)
     first = next(batches, None)
     if first is None or len(first) == 0:
         raise ExportError("static int8 quantization got no calibration images; pass a folder with images (--calib-data)")
-    with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as workdir:
-        prepared = _pre_process(onnx_in, Path(workdir) / "prepared.onnx")
-        model = _load(prepared)
-        excluded = first_and_last_compute_nodes(model) if exclude_first_last else []
-        reader = BatchReader(model.graph.input[0].name, itertools.chain([first], batches), single_images=method != "minmax")
-        cache = None
-        if method == "entropy":
-            # quantize_static builds its entropy calibrator with 128 bins and 128 quantized bins, which leaves
-            # exactly one candidate threshold (the full range): the same ranges as minmax. We compute the
-            # ranges with a real histogram and hand them over as ORT's calibration cache.
-            cache = _entropy_ranges(prepared, reader, Path(workdir))
-        with atomic_path(onnx_out) as tmp, _quiet():
-            try:
-                ort_quantize_static(
-                    str(prepared), str(tmp), None if cache else reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
-                    nodes_to_exclude=excluded, extra_options=extra_options, calibration_cache_path=cache,
-                )
-            except Exception as exc:  # the quantizer raises ValueError, RuntimeError, ORT errors...
-                raise ExportError(f"static int8 quantization of {onnx_in} failed: {_first_line(exc)}") from exc
-            _copy_metadata(onnx_in, tmp)
-    if info is not None:
-        info.update({"kept_float": excluded, "calibration_images": reader.count, "calibration_method": method})
+    reader = BatchReader(_load(prepared).graph.input[0].name, itertools.chain([first], batches), single_images=method != "minmax")
+    if method == "entropy":
+        # quantize_static builds its entropy calibrator with 128 bins and 128 quantized bins, which leaves
+        # exactly one candidate threshold (the full range): the same ranges as minmax. We use a real histogram.
+        extra = {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
+    elif method == "percentile":
+        extra = {"percentile": PERCENTILE}
+    else:
+        extra = {}
+    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                        "percentile": CalibrationMethod.Percentile}[method]
+    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static calibrates by default
+    try:
+        with _quiet():
+            calibrator = create_calibrator(prepared, op_types, augmented_model_path=str(workdir / f"augmented-{method}.onnx"),
+                                           calibrate_method=calibrate_method, extra_options=extra)
+            calibrator.collect_data(reader)
+            ranges = calibrator.compute_data()
+    except Exception as exc:  # ORT raises ValueError, RuntimeError, its own types...
+        raise ExportError(f"{method} calibration failed: {_first_line(exc)}") from exc
+    cache = workdir / f"ranges-{method}.json"
+    save_tensors_data(ranges, cache)
+    return Ranges(cache, reader.count, method)
+
+
+def quantize_with_ranges(prepared: Path, onnx_out: str | os.PathLike, ranges: Ranges, excluded: Iterable[str],
+                         per_channel: bool = True, metadata_from: str | os.PathLike | None = None) -> Path:
+    """QDQ int8 of ``prepared`` with precomputed ``ranges``, keeping ``excluded`` nodes in float; written atomically."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                        "percentile": CalibrationMethod.Percentile}[ranges.method]  # ORT checks it against the cache
+    with atomic_path(onnx_out) as tmp, _quiet():
+        try:
+            ort_quantize_static(
+                str(prepared), str(tmp), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(excluded),
+                calibrate_method=calibrate_method, calibration_cache_path=ranges.path,
+            )
+        except Exception as exc:  # the quantizer raises ValueError, RuntimeError, ORT errors...
+            raise ExportError(f"static int8 quantization of {metadata_from or prepared} failed: {_first_line(exc)}") from exc
+        if metadata_from is not None:
+            _copy_metadata(metadata_from, tmp)
     return Path(onnx_out)
 
 
@@ -193,32 +239,6 @@ ENTROPY_BINS = 2048
 ENTROPY_QUANTIZED_BINS = 128
 
 
-def _entropy_ranges(prepared: Path, reader: BatchReader, workdir: Path) -> Path:
-    """KL-divergence (entropy) activation ranges for ``prepared``, saved as an ORT calibration cache."""
-    from onnxruntime.quantization.calibrate import (
-        CalibrationMethod,
-        create_calibrator,
-        save_tensors_data,
-    )
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
-
-    op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static calibrates by default
-    try:
-        with _quiet():
-            calibrator = create_calibrator(
-                prepared, op_types, augmented_model_path=str(workdir / "augmented.onnx"),
-                calibrate_method=CalibrationMethod.Entropy,
-                extra_options={"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS},
-            )
-            calibrator.collect_data(reader)
-            ranges = calibrator.compute_data()
-    except Exception as exc:
-        raise ExportError(f"entropy calibration failed: {_first_line(exc)}") from exc
-    cache = workdir / "entropy-ranges.json"
-    save_tensors_data(ranges, cache)
-    return cache
-
-
 def _pre_process(onnx_in: str | os.PathLike, prepared: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -247,7 +267,7 @@ def _copy_metadata(source: str | os.PathLike, target: Path) -> None:
     if not props:
         return
     model = onnx.load(str(target))
-    from .export.onnx import set_metadata
+    from ..onnx import set_metadata
 
     set_metadata(model, props)
     target.write_bytes(model.SerializeToString())

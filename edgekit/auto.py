@@ -1,0 +1,173 @@
+"""``edgekit export --quantize auto``: of the variants that hold their accuracy budget, the one that is really
+faster on this machine, written as ``exports/model.auto.onnx`` with the choice in ``exports/auto.json``.
+
+    choice = export_auto("runs/digits", batch_size=1)
+    choice.chosen, choice.reason       # "int8", "int8: 1.42x faster than fp32 at batch 1 (...) at -0.3 pt accuracy"
+
+It sits above bench in the layers: it exports the candidates (``edgekit.export``, parity and the int8 budget
+included), times them interleaved in one ``edgekit.bench`` run, and decides with ``choose``, a pure function
+of those measurements that the tests drive with injected numbers.
+
+Rules, in order:
+- a candidate outside its budget (failed parity) is never chosen;
+- fp32 is the default answer; another variant replaces it only when its p50 latency at the asked batch size is
+  lower than fp32's by more than the noise: the upper end of its median's 95% confidence interval is below the
+  lower end of fp32's, and it is at least ``MIN_SPEEDUP`` faster;
+- among those, the fastest wins.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from pydantic import BaseModel
+
+from .bench import bench
+from .errors import ConfigError
+from .export import ExportResult, export
+from .files import atomic_path
+from .parity import ParityThresholds
+from .results import Result
+from .runs import Run
+
+MIN_SPEEDUP = 1.05  # a smaller win is not worth a lossy model
+
+
+class Candidate(BaseModel):
+    """One exported variant as auto sees it."""
+
+    variant: str
+    path: str
+    within_budget: bool
+    p50_ms: float | None = None  # None: could not be timed here
+    p50_ci_ms: tuple[float, float] | None = None
+    accuracy_drop: float | None = None
+    top1_agreement: float | None = None
+    note: str = ""  # why it was left out before timing, if it was
+
+
+class AutoChoice(Result):
+    """What auto chose and why, in one line (``reason``), with every candidate's figures."""
+
+    chosen: str
+    path: str
+    reason: str
+    batch_size: int
+    candidates: list[Candidate]
+    speedup_vs_fp32: float | None = None
+
+
+def choose(candidates: list[Candidate], batch_size: int = 1, min_speedup: float = MIN_SPEEDUP) -> AutoChoice:
+    """The fastest candidate within budget that is faster than fp32 beyond noise; fp32 otherwise."""
+    fp32 = next((c for c in candidates if c.variant == "fp32"), None)
+    if fp32 is None:
+        raise ValueError("auto needs the fp32 variant among its candidates")
+    if fp32.p50_ms is None:
+        return AutoChoice(chosen="fp32", path=fp32.path, reason="fp32: the candidates could not be timed here",
+                          batch_size=batch_size, candidates=candidates)
+    faster = []
+    for candidate in candidates:
+        if candidate is fp32 or not candidate.within_budget or candidate.p50_ms is None:
+            continue
+        speedup = fp32.p50_ms / candidate.p50_ms
+        beyond_noise = candidate.p50_ci_ms is None or fp32.p50_ci_ms is None or candidate.p50_ci_ms[1] < fp32.p50_ci_ms[0]
+        if speedup >= min_speedup and beyond_noise:
+            faster.append((candidate.p50_ms, candidate, speedup))
+    if not faster:
+        return AutoChoice(chosen="fp32", path=fp32.path, reason=_why_fp32(candidates, fp32, batch_size), batch_size=batch_size,
+                          candidates=candidates, speedup_vs_fp32=1.0)
+    _, best, speedup = min(faster, key=lambda item: item[0])
+    return AutoChoice(
+        chosen=best.variant, path=best.path, batch_size=batch_size, candidates=candidates, speedup_vs_fp32=round(speedup, 3),
+        reason=f"{best.variant}: {speedup:.2f}x faster than fp32 at batch {batch_size} ({best.p50_ms:.2f} vs {fp32.p50_ms:.2f} ms p50) "
+               f"at {_cost(best)}",
+    )
+
+
+def _cost(candidate: Candidate) -> str:
+    if candidate.accuracy_drop is not None:
+        return f"{-candidate.accuracy_drop * 100:+.1f} pt accuracy"
+    if candidate.top1_agreement is not None:
+        return f"{candidate.top1_agreement:.1%} top-1 agreement"
+    return "unknown accuracy"
+
+
+def _why_fp32(candidates: list[Candidate], fp32: Candidate, batch_size: int) -> str:
+    others = [c for c in candidates if c is not fp32]
+    if not others:
+        return "fp32: no other candidate"
+    in_budget = [c for c in others if c.within_budget]
+    if not in_budget:
+        return f"fp32: no compressed variant held the accuracy budget ({', '.join(c.variant for c in others)} did not)"
+    timed = [c for c in in_budget if c.p50_ms is not None]
+    if not timed:
+        return "fp32: the variants within budget could not be timed here"
+    best = min(timed, key=lambda c: c.p50_ms or 0.0)
+    return (f"fp32: no variant within budget was faster here ({best.variant} {fp32.p50_ms / (best.p50_ms or 1):.2f}x "
+            f"at batch {batch_size}, within noise or below {MIN_SPEEDUP}x)")
+
+
+AUTO_FILE = "model.auto.onnx"
+CHOICE_FILE = "auto.json"
+CANDIDATES = ("none", "int8")  # fp32 and the accuracy-aware int8 are always candidates on the CPU
+
+
+class AutoResult(Result):
+    """The candidates' export (parity included) and the choice."""
+
+    export: ExportResult
+    choice: AutoChoice
+
+
+def export_auto(run, *, batch_size: int = 1, threads: int | None = None, calib_data: str | os.PathLike | None = None,
+                calib_size: int = 300, calib_method: str = "minmax", parity_data: str | os.PathLike | None = None,
+                thresholds: ParityThresholds | None = None, max_parity_images: int = 256, progress: bool = False,
+                iterations: int = 30, candidates: Sequence[str] = CANDIDATES, **export_options) -> AutoResult:
+    """Export fp32 and int8 (within its accuracy budget), time them interleaved on this machine at ``batch_size``,
+    and write the fastest one that holds its budget and beats fp32 beyond noise as ``exports/model.auto.onnx``.
+
+    fp16 is not a CPU candidate: ONNX Runtime's CPU provider computes float16 through casts, slower than fp32.
+    int8-dynamic only quantizes MatMul/Gemm, a few percent of a CNN's work, so it is a candidate only when named.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size} must be at least 1")
+    run = run if isinstance(run, Run) else Run.load(run)
+    exported = export(run, formats=("onnx",), quantize=tuple(candidates), calib_data=calib_data, calib_size=calib_size,
+                      calib_method=calib_method, parity_data=parity_data, thresholds=thresholds,
+                      max_parity_images=max_parity_images, progress=progress, **export_options)
+    fp32 = next(v for v in exported.variants if v.variant == "fp32")
+    if not fp32.passed:
+        raise ConfigError(f"the fp32 ONNX export itself failed parity ({'; '.join(fp32.failures)}); auto has nothing to choose from")
+    paths = [Path(v.path) for v in exported.variants]
+    measured = bench(paths, runtimes=("ort-cpu",), batch_sizes=(batch_size,), threads=threads, iterations=iterations,
+                     progress=progress, save=False)
+    timings = {Path(m.artifact).name: m for m in measured.measurements if m.batch_size == batch_size}
+    found = []
+    for variant in exported.variants:
+        timing = timings.get(Path(variant.path).name)
+        metrics = variant.parity.metrics
+        found.append(Candidate(
+            variant=variant.variant, path=variant.path, within_budget=variant.passed,
+            p50_ms=getattr(timing, "p50_ms", None), p50_ci_ms=tuple(timing.p50_ci_ms) if timing is not None else None,
+            accuracy_drop=metrics.accuracy_drop, top1_agreement=metrics.top1_agreement,
+            note="" if variant.passed else "; ".join(variant.failures)[:300],
+        ))
+    choice = choose(found, batch_size)
+    exports = run.exports_dir
+    with atomic_path(exports / AUTO_FILE) as tmp:
+        shutil.copyfile(choice.path, tmp)
+    choice.path = str(exports / AUTO_FILE)
+    choice.to_json(exports / CHOICE_FILE)
+    return AutoResult(export=exported, choice=choice)
+
+
+def read_choice(run_or_exports: str | os.PathLike) -> AutoChoice | None:
+    """The recorded auto choice of a run (or its exports folder), None if auto never ran there."""
+    folder = Path(run_or_exports)
+    for candidate in (folder / CHOICE_FILE, folder / "exports" / CHOICE_FILE):
+        if candidate.is_file():
+            return AutoChoice.from_json(candidate)
+    return None

@@ -1,0 +1,222 @@
+"""Accuracy-aware int8: quantize, check the budget on held-out images, and return the most sensitive layers to
+float one at a time until the budget holds, or say that no int8 within the budget was found.
+
+The loop follows NNCF's ``quantize_with_accuracy_control`` and Intel Neural Compressor's fallback: rank the
+quantized layers by how much the model's output improves when that layer alone is computed in float, revert the
+worst, re-validate, and re-rank when a step does not help. Two things keep it affordable on a laptop CPU:
+- calibration runs once; every re-quantization reuses its ranges (``ort.calibrate`` / ``quantize_with_ranges``);
+- ranking does not re-quantize: a layer is "put back in float" by rewiring its inputs around their
+  DequantizeLinear nodes in memory (``float_node``), and scored on a few calibration images against fp32.
+Every step's file is a real re-quantization, validated on the run's parity images, under the runtime settings
+(``session_config``) the model will carry, so what the search measures is what the user gets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from pydantic import BaseModel
+
+from ...errors import ExportError
+from ...parity import ParityMetrics, ParityThresholds
+from .ort import Ranges, _load, quantize_with_ranges
+
+QUANTIZABLE = ("Conv", "Gemm", "MatMul", "ConvTranspose")
+MAX_STEPS = 24  # layers returned to float before giving up
+MAX_SECONDS = 600.0
+MAX_RERANKS = 3
+RANKING_IMAGES = 32
+
+
+class FallbackStep(BaseModel):
+    """One validated model on the way to the budget."""
+
+    action: str  # "quantize", "keep <node> in float"
+    kept_float: list[str]
+    top1_agreement: float
+    accuracy_drop: float | None = None
+    mean_abs_diff: float
+    within_budget: bool
+    seconds: float
+
+
+class Int8Search(BaseModel):
+    """What the accuracy-aware search did and where it ended (recorded in the export result)."""
+
+    budget: ParityThresholds
+    isa: str
+    session_config: dict[str, str]
+    calibration: dict
+    quantized_nodes: int  # quantizable nodes in the graph
+    steps: list[FallbackStep]
+    kept_float: list[str]
+    within_budget: bool
+    stopped: str  # why the search ended, one line
+    seconds: float
+
+
+@dataclass
+class Validation:
+    """How a candidate file is judged: run it, compare with fp32, apply the budget."""
+
+    evaluate: Callable[[Path], ParityMetrics]  # runs the file under the model's runtime settings
+    within_budget: Callable[[ParityMetrics], bool]
+
+
+@dataclass
+class Ranking:
+    """Scores candidate nodes by output error vs fp32 on a few images, with one node at a time put back in float."""
+
+    inputs: np.ndarray  # model inputs (float NCHW or uint8 NHWC), a few calibration images
+    reference: np.ndarray  # fp32 logits for those inputs
+    session_config: dict[str, str]
+
+    def scores(self, qdq_path: Path, float_path: Path, candidates: list[str], tick: Callable[[str], None]) -> list[tuple[float, str]]:
+        """(error with the node in float, node), lowest error first: the node whose float version helps most."""
+        qdq = _load(qdq_path)
+        floats = {t.name: t for t in _load(float_path).graph.initializer}
+        float_nodes = {n.name: n for n in _load(float_path).graph.node}
+        scored = []
+        for name in candidates:
+            tick(f"ranking {name}")
+            edited = float_node(qdq, name, float_nodes, floats)
+            if edited is None:
+                continue
+            scored.append((self.error(edited.SerializeToString()), name))
+        return sorted(scored)
+
+    def error(self, model: bytes | str) -> float:
+        logits = run_onnx(model, self.inputs, self.session_config)
+        return float(np.mean(np.abs(logits - self.reference)) / (np.std(self.reference) + 1e-12))
+
+
+def search_int8(prepared: Path, out: Path, ranges: Ranges, start_excluded: list[str], validation: Validation, ranking: Ranking,
+                budget: ParityThresholds, isa: str, *, max_steps: int = MAX_STEPS, max_seconds: float = MAX_SECONDS,
+                metadata_from: Path | None = None, progress: Callable[[str], None] = lambda _: None) -> Int8Search:
+    """Quantize ``prepared`` into ``out`` within ``budget`` if a model with some layers in float gets there.
+
+    ``out`` always ends as the last validated model; the result says whether it is within the budget.
+    """
+    started = time.perf_counter()
+    workdir = out.parent
+    excluded = list(start_excluded)
+    steps: list[FallbackStep] = []
+
+    def attempt(action: str) -> FallbackStep:
+        step_started = time.perf_counter()
+        quantize_with_ranges(prepared, out, ranges, excluded, metadata_from=metadata_from)
+        metrics = validation.evaluate(out)
+        step = FallbackStep(
+            action=action, kept_float=list(excluded), top1_agreement=metrics.top1_agreement, accuracy_drop=metrics.accuracy_drop,
+            mean_abs_diff=metrics.mean_abs_diff, within_budget=validation.within_budget(metrics),
+            seconds=round(time.perf_counter() - step_started, 2),
+        )
+        steps.append(step)
+        progress(f"{action}: agreement {step.top1_agreement:.1%}" + (f", accuracy drop {step.accuracy_drop:+.1%}" if step.accuracy_drop is not None else ""))
+        return step
+
+    quantizable = [n.name for n in _load(prepared).graph.node if n.op_type in QUANTIZABLE and n.name]
+    best = attempt("quantize")
+    order: list[str] = []
+    reranks = 0
+    stopped = "within budget" if best.within_budget else ""
+    while not stopped:
+        if len(steps) > max_steps:
+            stopped = f"stopped after {max_steps} layers back in float without reaching the budget (raise --max-fallback-steps)"
+            break
+        if time.perf_counter() - started > max_seconds:
+            stopped = f"stopped at the {max_seconds:.0f} s time bound without reaching the budget (raise --max-fallback-seconds)"
+            break
+        if not order:
+            if reranks >= MAX_RERANKS:
+                stopped = f"no layer left whose float version helps (ranked {reranks} times)"
+                break
+            reranks += 1
+            candidates = [n for n in quantizable if n not in excluded]
+            if not candidates:
+                stopped = "every quantizable layer is in float and the budget still does not hold"
+                break
+            current = workdir / "ranking-base.onnx"
+            quantize_with_ranges(prepared, current, ranges, excluded)
+            order = [name for _, name in ranking.scores(current, prepared, candidates, progress)]
+            if not order:
+                stopped = "no layer could be ranked"
+                break
+        node = order.pop(0)
+        excluded.append(node)
+        step = attempt(f"keep {node} in float")
+        if step.within_budget:
+            stopped = "within budget"
+        elif step.top1_agreement <= best.top1_agreement and step.mean_abs_diff >= best.mean_abs_diff:
+            order = []  # this layer did not help: the ranking is stale, rank again around what is in float now
+        if _better(step, best):
+            best = step
+    last = steps[-1]
+    return Int8Search(
+        budget=budget, isa=isa, session_config=ranking.session_config,
+        calibration={"method": ranges.method, "images": ranges.images}, quantized_nodes=len(quantizable),
+        steps=steps, kept_float=last.kept_float, within_budget=last.within_budget, stopped=stopped,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+def _better(step: FallbackStep, best: FallbackStep) -> bool:
+    return (step.top1_agreement, -step.mean_abs_diff) > (best.top1_agreement, -best.mean_abs_diff)
+
+
+def float_node(qdq, name: str, float_nodes: dict, float_initializers: dict):
+    """A copy of the QDQ model in which node ``name`` reads float inputs: each input that comes through a
+    DequantizeLinear is rewired to the float tensor behind it (the QuantizeLinear's input for activations, the
+    original float initializer for weights and bias). None if the node is not there or not quantized."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(qdq)
+    nodes = {n.name: n for n in model.graph.node}
+    target, original = nodes.get(name), float_nodes.get(name)
+    if target is None or original is None or len(original.input) != len(target.input):
+        return None
+    producers = {out: n for n in model.graph.node for out in n.output}
+    present = {t.name for t in model.graph.initializer}
+    changed = False
+    for index, tensor in enumerate(target.input):
+        dequantize = producers.get(tensor)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        source = producers.get(dequantize.input[0])
+        if source is not None and source.op_type == "QuantizeLinear":
+            target.input[index] = source.input[0]
+        elif original.input[index] in float_initializers:
+            # The QDQ graph may reuse the float name for the DequantizeLinear output, so the copy gets its own name.
+            copy_name = original.input[index] + "_edgekit_float"
+            if copy_name not in present:
+                weight = onnx.TensorProto()
+                weight.CopyFrom(float_initializers[original.input[index]])
+                weight.name = copy_name
+                model.graph.initializer.append(weight)
+                present.add(copy_name)
+            target.input[index] = copy_name
+        else:
+            continue
+        changed = True
+    return model if changed else None
+
+
+def run_onnx(model: bytes | str | Path, inputs: np.ndarray, session_config: dict[str, str], batch: int = 16) -> np.ndarray:
+    """Logits of an ONNX model (a file or serialized bytes) under the given ORT session config."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    for key, value in session_config.items():
+        options.add_session_config_entry(key, value)
+    try:
+        session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT's own exception types share no base
+        raise ExportError(f"onnxruntime cannot load a quantized candidate ({str(exc).strip().splitlines()[0][:200]})") from exc
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]).astype(np.float32)

@@ -1,0 +1,201 @@
+"""Accuracy-aware int8: the fallback loop, its bounds, and `--quantize auto`'s choice."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.auto import Candidate, choose
+from edgekit.export.quantize import calibrate, prepare
+from edgekit.export.quantize.fallback import Ranking, Validation, run_onnx, search_int8
+from edgekit.parity import ParityThresholds, compare_logits
+
+
+class OneSensitiveLayer(nn.Module):
+    """A small CNN, trained on real photo crops, then rescaled so that conv3 sees a tensor with one huge channel
+    (conv2's channel 0 times 2000, conv3's weights on it divided by 2000: the same function in float). Per-tensor
+    uint8 activations then keep almost nothing of the other channels, unless conv3 is computed in float."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        x = self.conv2(x)  # no activation: the wide channel goes straight into conv3's input
+        x = torch.relu(self.conv3(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+    def make_sensitive(self, factor: float = 2000.0) -> "OneSensitiveLayer":
+        with torch.no_grad():
+            self.conv2.weight[0] *= factor
+            self.conv2.bias[0] *= factor
+            self.conv3.weight[:, 0] /= factor
+        return self
+
+
+def _trained_sensitive_model(images: np.ndarray, labels: np.ndarray) -> OneSensitiveLayer:
+    torch.manual_seed(0)
+    model = OneSensitiveLayer()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.from_numpy(images), torch.from_numpy(labels)
+    for _ in range(150):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model.eval().make_sensitive()
+
+
+@pytest.fixture(scope="module")
+def sensitive(tmp_path_factory, photo_folders):
+    """(fp32 onnx, prepared, calibration batches, validation inputs, fp32 logits) for OneSensitiveLayer on real photo crops."""
+    from edgekit.data import load_batch
+    from edgekit.export.onnx import export_onnx
+    from edgekit.preprocessing import Preprocessing
+
+    work = tmp_path_factory.mktemp("sensitive")
+    preprocessing = Preprocessing(resize=32, crop=32)
+    train, val = photo_folders
+    train_paths = sorted(train.rglob("*.jpg"))
+    train_images = load_batch(train_paths, preprocessing)
+    model = _trained_sensitive_model(train_images, np.array([sorted({p.parent.name for p in train_paths}).index(p.parent.name) for p in train_paths]))
+    base = work / "model.onnx"
+    export_onnx(model, base, torch.randn(2, 3, 32, 32))
+    calibration = train_images[::2][:32]
+    inputs = load_batch(sorted(val.rglob("*.jpg")), preprocessing)
+    prepared = prepare(base, work / "prepared.onnx")
+    reference = run_onnx(base, inputs, {})
+    return base, prepared, [calibration[i : i + 8] for i in range(0, len(calibration), 8)], inputs, reference, work
+
+
+def _search(sensitive, budget: float, reachable: bool = True, **bounds):
+    base, prepared, calibration, inputs, reference, work = sensitive
+    ranges = calibrate(prepared, iter(calibration), "minmax", work)
+
+    def evaluate(path):
+        return compare_logits(reference, run_onnx(path, inputs, {}), None, "images")
+
+    ranking_inputs = np.concatenate(calibration)[:16]
+    ranking = Ranking(ranking_inputs, run_onnx(base, ranking_inputs, {}), {})
+    out = work / f"int8-{budget}-{len(bounds)}.onnx"
+    within = (lambda m: m.top1_agreement >= budget) if reachable else (lambda m: False)
+    result = search_int8(prepared, out, ranges, [], Validation(evaluate, within), ranking,
+                         ParityThresholds(min_agreement=budget), "x86-test", **bounds)
+    return result, out
+
+
+def test_fallback_finds_the_sensitive_layer_and_reaches_the_budget(sensitive):
+    result, out = _search(sensitive, 0.99)
+    first = result.steps[0]
+    assert first.action == "quantize" and first.top1_agreement < 0.9  # fully quantized, the wide channel ruins it
+    assert result.within_budget and result.stopped == "within budget"
+    assert result.steps[-1].top1_agreement >= 0.99
+    assert len(result.kept_float) <= 2  # the sensitive conv (and at most one more), not the whole network
+    # the first layer returned to float is conv3, the one reading the wide tensor
+    import onnx
+
+    conv3 = next(n.name for n in onnx.load(str(sensitive[1])).graph.node if "conv3.weight" in n.input)
+    assert result.kept_float[0] == conv3
+    # the file is the last validated model, and it is really int8 with those nodes in float
+
+    nodes = onnx.load(str(out)).graph.node
+    assert any(n.op_type == "QuantizeLinear" for n in nodes)
+    logits = run_onnx(out, sensitive[3], {})
+    assert (logits.argmax(1) == sensitive[4].argmax(1)).mean() >= 0.99
+
+
+def test_fallback_stops_at_its_step_bound_with_a_clear_message(sensitive):
+    result, _ = _search(sensitive, 1.0, reachable=False, max_steps=1)
+    assert not result.within_budget
+    assert "raise --max-fallback-steps" in result.stopped and "\n" not in result.stopped
+    assert len(result.steps) <= 2
+
+
+def test_fallback_stops_at_its_time_bound(sensitive):
+    result, _ = _search(sensitive, 1.0, reachable=False, max_seconds=0.0)
+    assert not result.within_budget and "time bound" in result.stopped and len(result.steps) == 1
+
+
+# --------------------------------------------------------------------------- auto, with injected measurements
+
+
+def _candidate(variant, p50, ci=None, within=True, drop=None):
+    return Candidate(variant=variant, path=f"model.{variant}.onnx", within_budget=within, p50_ms=p50,
+                     p50_ci_ms=ci or (p50 * 0.98, p50 * 1.02), accuracy_drop=drop)
+
+
+def test_auto_picks_the_fastest_within_budget_and_says_why():
+    choice = choose([_candidate("fp32", 10.0), _candidate("int8", 6.0, drop=0.003), _candidate("int8-dynamic", 9.0)])
+    assert choice.chosen == "int8" and choice.speedup_vs_fp32 == pytest.approx(10 / 6, rel=1e-3)
+    assert "int8" in choice.reason and "faster than fp32" in choice.reason and "-0.3 pt" in choice.reason
+
+
+def test_auto_never_picks_a_variant_outside_its_budget():
+    choice = choose([_candidate("fp32", 10.0), _candidate("int8", 3.0, within=False), _candidate("fp16", 9.9)])
+    assert choice.chosen == "fp32" and "fp32" in choice.reason
+
+
+def test_auto_never_picks_a_slower_variant_or_one_within_noise():
+    slower = choose([_candidate("fp32", 10.0), _candidate("int8", 12.0)])
+    assert slower.chosen == "fp32" and "no variant within budget was faster" in slower.reason
+    noisy = choose([_candidate("fp32", 10.0, ci=(8.0, 12.0)), _candidate("int8", 9.0, ci=(8.5, 9.5))])
+    assert noisy.chosen == "fp32"
+    marginal = choose([_candidate("fp32", 10.0), _candidate("int8", 9.8)])  # beyond noise, but under 1.05x
+    assert marginal.chosen == "fp32"
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_auto_choice_is_never_slower_nor_out_of_budget(seed):
+    rng = np.random.default_rng(seed)
+    candidates = [_candidate("fp32", float(rng.uniform(1, 20)))]
+    for name in ("int8", "int8-dynamic", "fp16"):
+        candidates.append(_candidate(name, float(rng.uniform(1, 20)), within=bool(rng.integers(0, 2))))
+    choice = choose(candidates)
+    chosen = next(c for c in candidates if c.variant == choice.chosen)
+    assert chosen.within_budget
+    assert chosen.p50_ms <= candidates[0].p50_ms
+
+
+# --------------------------------------------------------------------------- through export and the CLI
+
+
+def test_int8_export_records_budget_search_and_runtime_settings(run_copy):
+    from edgekit.export import export
+    from edgekit.hardware import int8_runtime_config, isa_class
+    from edgekit.metadata import read_onnx_metadata
+
+    result = export(run_copy, quantize="int8")
+    (int8,) = result.variants
+    search = int8.details["search"]
+    assert search["budget"]["max_accuracy_drop"] == 0.01  # the run's val images have labels: the budget is accuracy
+    assert search["steps"][0]["action"] == "quantize"
+    assert int8.passed == search["within_budget"]
+    metadata = read_onnx_metadata(int8.path)
+    assert metadata.validated_isa == isa_class()
+    assert metadata.ort_session_config == int8_runtime_config(isa_class())
+
+
+def test_cli_quantize_auto_writes_the_choice(run_copy):
+    from click.testing import CliRunner
+
+    from edgekit.cli import cli
+
+    result = CliRunner().invoke(cli, ["export", str(run_copy.path), "--quantize", "auto", "--max-fallback-steps", "4"])
+    assert result.exit_code == 0, result.output
+    assert "auto: " in result.output
+    exports = Path(run_copy.path) / "exports"
+    choice = json.loads((exports / "auto.json").read_text())
+    assert choice["chosen"] in ("fp32", "int8")
+    assert (exports / "model.auto.onnx").read_bytes() == (exports / ("model.onnx" if choice["chosen"] == "fp32" else "model.int8.onnx")).read_bytes()
+    assert {c["variant"] for c in choice["candidates"]} == {"fp32", "int8"}
+    if choice["chosen"] == "int8":
+        fp32, int8 = (next(c for c in choice["candidates"] if c["variant"] == v) for v in ("fp32", "int8"))
+        assert int8["within_budget"] and int8["p50_ms"] < fp32["p50_ms"]
