@@ -32,6 +32,8 @@ from .files import atomic_path
 from .parity import ParityThresholds
 from .results import Result
 from .runs import Run
+from .variants import AUTO_CHOICE_FILE as CHOICE_FILE
+from .variants import AUTO_FILE
 
 MIN_SPEEDUP = 1.05  # a smaller win is not worth a lossy model
 
@@ -110,8 +112,6 @@ def _why_fp32(candidates: list[Candidate], fp32: Candidate, batch_size: int) -> 
             f"at batch {batch_size}, within noise or below {MIN_SPEEDUP}x)")
 
 
-AUTO_FILE = "model.auto.onnx"
-CHOICE_FILE = "auto.json"
 CANDIDATES = ("none", "int8")  # fp32 and the accuracy-aware int8 are always candidates on the CPU
 
 

@@ -93,3 +93,12 @@ def check_ort_session_config(config: object, where: str) -> dict[str, str]:
             raise ModelError(f"{where} sets {key} to {value!r}; expected one of {', '.join(allowed)}; re-export it")
         checked[str(key)] = str(value)
     return checked
+
+
+def isa_mismatch_note(validated_isa: str | None, here: str | None = None) -> str | None:
+    """A one-line warning when a model's int8 was proven on a CPU class whose int8 numerics differ from this one's."""
+    here = here or isa_class()
+    if same_int8_numerics(validated_isa, here):
+        return None
+    return (f"int8 validated on {validated_isa}, this CPU is {here} (different int8 numerics): its accuracy here is only known "
+            "with --data; re-check with `edgekit parity` or `edgekit export` on this machine")

@@ -57,6 +57,11 @@ _FORMATS: dict[Format, _FormatFacts] = {
     Format.OPENVINO: _FormatFacts(".xml", (Precision.FP32, Precision.INT8), "openvino-"),
 }
 UINT8_SUFFIX = "-uint8in"
+# Not a variant but a choice among them: `edgekit export --quantize auto` copies the variant it chose to AUTO_FILE
+# and records which one, and why, in AUTO_CHOICE_FILE (both in the run's exports/). The gate accepts "auto" as a name.
+AUTO = "auto"
+AUTO_FILE = "model.auto.onnx"
+AUTO_CHOICE_FILE = "auto.json"
 _BATCH = re.compile(r"-b([1-9][0-9]{0,3})$")
 # What `edgekit export --quantize` calls each precision.
 QUANTIZE_CHOICE = {Precision.FP32: "none", Precision.FP16: "fp16", Precision.INT8: "int8", Precision.INT8_DYNAMIC: "int8-dynamic"}

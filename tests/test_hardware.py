@@ -88,3 +88,10 @@ def test_ort_applies_the_recorded_session_config(trained_run, tmp_path):
     crop = trained_run.card.preprocessing.crop
     logits = session.run(np.zeros((2, 3, crop, crop), np.float32))
     assert logits.shape == (2, trained_run.card.num_classes) and np.isfinite(logits).all()
+
+
+def test_a_model_validated_on_another_int8_class_gets_a_note():
+    assert hardware.isa_mismatch_note("x86-avx2", "x86-avx512-vnni") is not None
+    assert "x86-avx2" in hardware.isa_mismatch_note("x86-avx2", "x86-amx")
+    assert hardware.isa_mismatch_note("x86-amx", "x86-avx512-vnni") is None
+    assert hardware.isa_mismatch_note(None, "x86-avx2") is None

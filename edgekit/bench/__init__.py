@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
 from ..errors import DataError, EdgekitError
+from ..hardware import isa_mismatch_note
 from ..progress import Bar
 from . import contention
 from .deployment import deployment_options
@@ -249,6 +250,9 @@ def _load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar) -> lis
             entry.gpu_memory_mb = max(0.0, (gpu_used_mb() or 0.0) - gpu_before)
         if session.labels is None or session.preprocessing is None:
             entry.notes.append("no edgekit metadata (labels, preprocessing): input shape taken from the graph, no accuracy")
+        mismatch = isa_mismatch_note(session.info.get("validated_isa"))
+        if mismatch:
+            entry.notes.append(mismatch)
         entries.append(entry)
     return entries
 

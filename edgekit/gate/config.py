@@ -15,11 +15,13 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from .. import config as config_io
 from ..errors import ConfigError, EdgekitError
-from ..variants import Variant
+from ..variants import AUTO, Variant
 
 
 def _variant_name(name: str) -> str:
     """A variant name as `edgekit export` writes it; pydantic reports a ValueError under the config key."""
+    if name == AUTO:
+        return AUTO  # whatever `edgekit export --quantize auto` chose: exports/model.auto.onnx
     try:
         return Variant.parse(name).name
     except EdgekitError as exc:

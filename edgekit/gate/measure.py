@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..auto import export_auto
 from ..bench import DEFAULT_ITERATIONS, DEFAULT_WARMUP, BenchResult, Measurement, machine_info
 from ..bench import bench as run_bench
 from ..bench.targets import artifact_bytes
 from ..errors import EdgekitError
 from ..export import export as run_export
+from ..hardware import isa_class, same_int8_numerics
+from ..metadata import read_onnx_metadata
 from ..parity import ParityChecker, ParityData, ParityResult, ParityThresholds, images_in, run_parity_images
 from ..runs import Run
-from ..variants import Format, InputKind, Variant
+from ..variants import AUTO, AUTO_FILE, Format, InputKind, Variant
 from .config import GateConfig
 from .results import VariantMeasure
 
@@ -86,8 +89,8 @@ def _require_labels(config: GateConfig, run: Run, data: Path | None, measures: d
 
 
 def artifact_path(exports_dir: Path, variant: str) -> Path:
-    """Where `edgekit export` writes a variant."""
-    return exports_dir / Variant.parse(variant).file_name
+    """Where `edgekit export` writes a variant (and `--quantize auto` its choice)."""
+    return exports_dir / (AUTO_FILE if variant == AUTO else Variant.parse(variant).file_name)
 
 
 def _find(config: GateConfig, run: Run | None, variant: str) -> Path | None:
@@ -112,17 +115,28 @@ def locate_artifacts(config: GateConfig, run: Run | None, names: list[str],
         return {name: path for name, path in found.items() if path is not None}, ()
     if run is None:
         raise EdgekitError(f"variant {missing[0]} has no artifact; add it under artifacts: in the config")
-    request = _export_request(run, missing)
-    if not config.export_missing:
-        raise EdgekitError(f"variant {missing[0]} has no artifact in {run.exports_dir}; "
-                           f"run `{request.command}` or set export_missing: true")
-    result = run_export(run, formats=request.formats, quantize=request.quantize, parity_data=config.resolve(config.data),
-                        embed_preprocessing=request.embed_preprocessing, max_parity_images=config.max_images, progress=progress)
+    written: list[str] = []
+    if AUTO in missing:
+        if not config.export_missing:
+            raise EdgekitError(f"variant auto has no artifact in {run.exports_dir}; run `edgekit export {run.path} --quantize auto` "
+                               "or set export_missing: true")
+        # auto picks by speed on this machine, so it is timed like the gate's own latency checks
+        chosen = export_auto(run, batch_size=config.batch_size, threads=config.threads, progress=progress)
+        written += [v.path for v in chosen.export.variants]
+        missing = [name for name in missing if name != AUTO and _find(config, run, name) is None]
+    if missing:
+        request = _export_request(run, missing)
+        if not config.export_missing:
+            raise EdgekitError(f"variant {missing[0]} has no artifact in {run.exports_dir}; "
+                               f"run `{request.command}` or set export_missing: true")
+        result = run_export(run, formats=request.formats, quantize=request.quantize, parity_data=config.resolve(config.data),
+                            embed_preprocessing=request.embed_preprocessing, max_parity_images=config.max_images, progress=progress)
+        written += [v.path for v in result.variants]
     located = {name: _find(config, run, name) for name in names}
     still = [name for name, path in located.items() if path is None]
     if still:
         raise EdgekitError(f"export did not produce variant {still[0]} in {run.exports_dir}; run `edgekit export` and check its output")
-    return {name: path for name, path in located.items() if path is not None}, tuple(v.path for v in result.variants)
+    return {name: path for name, path in located.items() if path is not None}, tuple(written)
 
 
 @dataclass(frozen=True)
@@ -177,6 +191,10 @@ def _parity_values(report: ParityResult) -> dict[str, Any]:
 def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max_images: int) -> tuple[ParityResult, Path] | None:
     """The parity report export wrote for this artifact, if it is newer than both the artifact and the
     model and was measured on the same labelled images; otherwise None."""
+    if variant == AUTO:
+        return None  # export's reports are per variant file; the auto copy is measured here
+    if artifact.suffix == ".onnx" and not _validated_here(artifact):
+        return None  # int8 proven on a CPU class with other int8 numerics (VNNI vs not): measure it again here
     path = run.exports_dir / Variant.parse(variant).parity_file_name
     if not path.is_file() or path.stat().st_mtime < max(artifact.stat().st_mtime, run.model_path.stat().st_mtime):
         return None
@@ -196,6 +214,12 @@ def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max
     expected = len(images_in(data, run.card.class_names, max_images).paths)  # a listing, no decoding
     # made on another sample size: the gate's numbers would not be comparable
     return (report, path) if report.metrics.n_images == expected else None
+
+
+def _validated_here(artifact: Path) -> bool:
+    """Whether the ISA class the artifact's int8 was validated on computes int8 like this machine."""
+    validated = read_onnx_metadata(artifact).validated_isa
+    return same_int8_numerics(validated, isa_class())
 
 
 class _ParityOnce:

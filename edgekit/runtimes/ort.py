@@ -123,6 +123,7 @@ class OrtRuntime:
             "allow_spinning": options.get("allow_spinning", "default"),
             "input_type": model_input.type,
             "session_config": session_config,
+            "validated_isa": metadata.validated_isa,
         }
         return OrtSession(
             session, artifact, self.name,

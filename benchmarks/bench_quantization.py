@@ -1,0 +1,227 @@
+"""int8 strategies side by side: agreement, accuracy drop, latency ratio to fp32 (interleaved), size, export time.
+
+    python benchmarks/bench_quantization.py --zoo                          # zoo Lite0 (ImageNet weights) on real photo crops
+    python benchmarks/bench_quantization.py --run runs/digits --test DIR   # a fine-tuned run, accuracy on held-out images
+    python benchmarks/bench_quantization.py --zoo --json out.json --md out.md
+
+Strategies (each row is one ONNX file, timed interleaved with fp32 in one `edgekit.bench` run, batch 1, ort-cpu):
+- plain: static QDQ int8, minmax, first Conv and last Gemm in float, no search (``accuracy_aware=False``)
+- u8u8 session: the same file run with ``session.x64quantprecision=1`` (what edgekit records on x86 without VNNI)
+- ablations of the quantization choices: percentile / entropy calibration, every layer int8
+- accuracy-aware: ``edgekit export --quantize int8`` (the budget search)
+- auto: ``edgekit export --quantize auto``
+- nncf-ac: NNCF's ``quantize_with_accuracy_control`` on the fp32 ONNX, run with OpenVINO (where openvino/nncf are installed)
+
+For the zoo model: calibration on 100 crops (seed 2), the search validates on 200 others (seed 1), and every
+figure in the table is measured on a third set of 200 crops (seed 3) that nothing was tuned on. Agreement is
+top-1 agreement with PyTorch fp32; "confident" is the same on the crops where fp32's top-1 probability >= 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str) -> list[dict]:
+    from edgekit.auto import export_auto
+    from edgekit.export import export
+    from edgekit.export.quantize import quantize_static
+    from edgekit.parity import ParityThresholds
+
+    no_limits = ParityThresholds(max_rel_diff=None, min_agreement=None, max_accuracy_drop=None)
+    rows: list[dict] = []
+
+    def timed(function):
+        started = time.perf_counter()
+        value = function()
+        return value, time.perf_counter() - started
+
+    fp32, seconds = timed(lambda: export(run, quantize="none", parity_data=parity_data, thresholds=no_limits))
+    base = Path(fp32.variants[0].path)
+    files = {"fp32": (base, {}, seconds)}
+    plain = work / "plain.onnx"
+    _, seconds = timed(lambda: quantize_static(base, plain, _batches(run, calib), method="minmax"))
+    files["plain"] = (plain, {}, seconds)
+    files["u8u8 session"] = (plain, {"session.x64quantprecision": "1"}, seconds)
+    for name, kwargs in (("percentile", {"method": "percentile"}), ("entropy", {"method": "entropy"}),
+                         ("every layer int8", {"exclude_first_last": False})):
+        out = work / f"{name.replace(' ', '-')}.onnx"
+        _, seconds = timed(lambda: quantize_static(base, out, _batches(run, calib), **kwargs))
+        files[name] = (out, {}, seconds)
+    searched, seconds = timed(lambda: export(run, quantize="int8", calib_data=calib, parity_data=parity_data, progress=True))
+    int8 = searched.variants[0]
+    search = int8.details.get("search") or {}
+    files["accuracy-aware"] = (Path(int8.path), {}, seconds)
+    kept = Path(int8.path).with_name("searched.int8.onnx")
+    shutil.copyfile(int8.path, kept)
+    files["accuracy-aware"] = (kept, {}, seconds)
+    auto, seconds = timed(lambda: export_auto(run, calib_data=calib, parity_data=parity_data, progress=True))
+    files[f"auto ({auto.choice.chosen})"] = (Path(auto.choice.path), {}, seconds)
+    nncf_file = _nncf_accuracy_control(run, base, calib, parity_data, work)
+    if nncf_file is not None:
+        files["nncf-ac (openvino)"] = nncf_file
+
+    timings = _interleaved_p50({name: path for name, (path, config, _) in files.items() if not config and path.suffix == ".onnx"})
+    checker = _checker(run, eval_data)
+    for name, (path, config, seconds) in files.items():
+        metrics = _metrics(checker, path, config)
+        p50 = timings.get(name) if not config else None
+        rows.append({
+            "strategy": name, "file": path.name, "agreement": metrics.top1_agreement, "confident_agreement": metrics.confident_agreement,
+            "n_confident": metrics.n_confident, "accuracy_drop": metrics.accuracy_drop, "p50_ms": p50,
+            "ratio_to_fp32": (p50 / timings["fp32"]) if p50 and timings.get("fp32") else None,
+            "mib": round(_size(path) / 2**20, 2), "export_s": round(seconds, 1), "n_images": metrics.n_images,
+        })
+    rows.append({"strategy": "search", "kept_float": len(search.get("kept_float", [])), "of": search.get("quantized_nodes"),
+                 "within_budget": search.get("within_budget"), "stopped": search.get("stopped"), "budget": budget_note,
+                 "auto_reason": auto.choice.reason})
+    return rows
+
+
+def _batches(run, folder: Path):
+    from edgekit.data import load_batch
+    from edgekit.parity import images_in
+
+    paths = images_in(folder, run.card.class_names, max_images=300).paths
+    for start in range(0, len(paths), 8):
+        yield load_batch(paths[start : start + 8], run.card.preprocessing)
+
+
+def _checker(run, folder: Path):
+    from edgekit.parity import ParityChecker, ParityData, images_in
+
+    return ParityChecker(run.build_model(), ParityData(run.card.preprocessing, images_in(folder, run.card.class_names, max_images=400)))
+
+
+def _metrics(checker, path: Path, session_config: dict):
+    from edgekit import runtimes
+    from edgekit.parity import compare_logits
+
+    runtime = "openvino" if path.suffix == ".xml" else "ort-cpu"
+    options = {"session_config": session_config} if session_config else {}
+    session = runtimes.load(path, runtime=runtime, **options)
+    inputs = checker.data.inputs("float32-nchw")
+    logits = np.concatenate([session.run(inputs[i : i + 16]) for i in range(0, len(inputs), 16)])
+    return compare_logits(checker.reference_logits("float32-nchw"), logits, checker.data.labels, checker.data.source)
+
+
+def _interleaved_p50(files: dict[str, Path]) -> dict[str, float]:
+    from edgekit.bench import bench
+
+    unique = {}
+    for name, path in files.items():
+        unique.setdefault(path, name)
+    result = bench(list(unique), runtimes=("ort-cpu",), batch_sizes=(1,), iterations=40, save=False)
+    by_path = {Path(m.artifact).resolve(): m.p50_ms for m in result.measurements}
+    return {name: by_path.get(path.resolve()) for name, path in files.items()}
+
+
+def _nncf_accuracy_control(run, base: Path, calib: Path, parity_data: Path, work: Path):
+    """NNCF's own accuracy-aware loop on the same data, as the peer to beat (None where nncf is missing)."""
+    try:
+        import nncf
+        import openvino as ov
+    except ImportError:
+        return None
+    from edgekit.data import load_batch
+    from edgekit.parity import images_in
+
+    calibration = np.concatenate(list(_batches(run, calib)))
+    images = images_in(parity_data, run.card.class_names, max_images=200)
+    validation = load_batch(images.paths, run.card.preprocessing)
+    core = ov.Core()
+    reference = core.compile_model(core.read_model(str(base)), "CPU")
+    reference_top1 = np.concatenate([reference(validation[i : i + 16])[0] for i in range(0, len(validation), 16)]).argmax(1)
+
+    def validate(compiled, dataset):  # agreement with fp32 (accuracy where labels exist)
+        outputs = np.concatenate([compiled(item)[0] for item in dataset]).argmax(1)
+        if images.labels is not None:
+            return float((outputs == np.asarray(images.labels)).mean())
+        return float((outputs == reference_top1).mean())
+
+    started = time.perf_counter()
+    quantized = nncf.quantize_with_accuracy_control(
+        core.read_model(str(base)), nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
+        nncf.Dataset([validation[i : i + 1] for i in range(len(validation))]), validation_fn=validate, max_drop=0.01,
+        drop_type=nncf.DropType.ABSOLUTE,
+    )
+    out = work / "nncf-ac.xml"
+    ov.save_model(quantized, str(out))
+    return out, {}, time.perf_counter() - started
+
+
+def _size(path: Path) -> int:
+    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+
+
+def _markdown(title: str, rows: list[dict]) -> str:
+    lines = [f"**{title}**", "", "| strategy | agreement | confident | accuracy drop | p50 vs fp32 | size | export |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row["strategy"] == "search":
+            continue
+        drop = "n/a" if row["accuracy_drop"] is None else f"{row['accuracy_drop'] * 100:+.1f} pt"
+        confident = "n/a" if row["confident_agreement"] is None else f"{row['confident_agreement']:.1%} of {row['n_confident']}"
+        ratio = "-" if row["ratio_to_fp32"] is None else f"{row['ratio_to_fp32']:.2f}x"
+        lines.append(f"| {row['strategy']} | {row['agreement']:.1%} | {confident} | {drop} | {ratio} | {row['mib']} MiB | {row['export_s']} s |")
+    search = next(r for r in rows if r["strategy"] == "search")
+    lines += ["", f"search: {search['kept_float']} of {search['of']} layers in float, within budget: {search['within_budget']} "
+              f"({search['stopped']}); budget {search['budget']}; auto: {search['auto_reason']}"]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--zoo", action="store_true", help="zoo efficientnet_lite0 with its ImageNet weights on real photo crops")
+    parser.add_argument("--run", type=Path, help="a fine-tuned run (calibrates on its training images, searches on its val images)")
+    parser.add_argument("--test", type=Path, help="with --run: held-out labelled images (<class>/<image>) for the table")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--md", type=Path)
+    args = parser.parse_args(argv)
+    if not args.zoo and args.run is None:
+        parser.error("pass --zoo and/or --run RUN --test DIR")
+    from bench_export import write_crops
+
+    from edgekit.hardware import isa_class
+    from edgekit.runs import Run, run_from_zoo
+
+    report, sections = {"isa": isa_class()}, []
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-quant-") as workdir:
+        work = Path(workdir)
+        if args.zoo:
+            calib, search, held_out = (write_crops(work / name, count, seed) for name, count, seed in
+                                       (("calib", 100, 2), ("search", 200, 1), ("held-out", 200, 3)))
+            run = run_from_zoo("efficientnet_lite0", "DEFAULT", work / "lite0")
+            rows = _strategies(run, work, calib, search, held_out, "agreement >= 99% (no labels)")
+            report["zoo_lite0"] = rows
+            sections.append(_markdown(f"zoo Lite0, 200 held-out photo crops ({isa_class()})", rows))
+        if args.run is not None:
+            copy = work / "run"
+            shutil.copytree(args.run, copy, ignore=shutil.ignore_patterns("exports", "bench"))
+            run = Run.load(copy)
+            train = Path(run.card.data_dir)
+            val = Path(run.card.val_dir) if getattr(run.card, "val_dir", None) else train
+            rows = _strategies(run, work, train, val, args.test or val, "accuracy drop <= 1.0 pt (labels)")
+            report["run"] = rows
+            sections.append(_markdown(f"{args.run} ({run.card.model}), {'held-out ' + str(args.test) if args.test else 'val'} ({isa_class()})", rows))
+    text = "\n\n".join(sections)
+    print(text)
+    if args.md:
+        args.md.write_text(text + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
