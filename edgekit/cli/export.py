@@ -39,8 +39,8 @@ def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
 @click.option("--weights", default="DEFAULT", show_default=True, help="Weights for --model: DEFAULT, none, a torchvision name or a file.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory created for --model [default: runs/<model>].")
 @click.option("--format", "formats", default="onnx", show_default=True,
-              help="onnx, torch-export, openvino (extra: edgekit[openvino]), executorch (extra: edgekit[executorch]) or all "
-                   "(every installed one), comma-separated.")
+              help="onnx, torch-export, openvino (extra: edgekit[openvino]), executorch (extra: edgekit[executorch]), "
+                   "comma-separated; all = onnx,torch-export.")
 @click.option("--quantize", default="none", show_default=True,
               help="Variants, comma-separated: none (fp32), fp16, int8 (static, calibrated, held to the accuracy budget), "
                    "int8-dynamic (MatMul/Gemm only), all; or auto: export fp32 and int8, time them here and keep the fastest "

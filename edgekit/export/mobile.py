@@ -24,23 +24,6 @@ from ..errors import ConfigError, ExportError
 from ..files import atomic_path
 
 MAX_FIXED_BATCH = 1024
-# Each optional format and the module that has to import for it (export "all" means the installed ones).
-_FORMAT_MODULES = {"openvino": "openvino", "executorch": "executorch.exir"}
-
-
-def installed_formats(formats: Sequence[str]) -> tuple[str, ...]:
-    """``formats`` less those whose optional extra is not installed here."""
-    import importlib.util
-
-    kept = []
-    for name in formats:
-        module = _FORMAT_MODULES.get(name)
-        if module is not None and importlib.util.find_spec(module.split(".")[0]) is None:
-            continue
-        kept.append(name)
-    return tuple(kept)
-
-
 def check_mobile_options(formats: Sequence[str], fixed_batch: int | None, ort_format: bool) -> None:
     """Before any work: each optional format's extra is installed (else a one-line error naming it), and a fixed
     batch and the ORT format apply to ONNX variants (a bad value is a one-line ConfigError)."""
