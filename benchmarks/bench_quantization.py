@@ -7,7 +7,7 @@
 Strategies (each row is one ONNX file, timed interleaved with fp32 in one `edgekit.bench` run, batch 1, ort-cpu):
 - plain: static QDQ int8, minmax, first Conv and last Gemm in float, no search (``accuracy_aware=False``)
 - u8u8 session: the same file run with ``session.x64quantprecision=1`` (what edgekit records on x86 without VNNI)
-- ablations of the quantization choices: percentile / entropy calibration, every layer int8
+- ablations of the quantization choices: percentile / entropy calibration, every layer int8, per-tensor weights
 - accuracy-aware: ``edgekit export --quantize int8`` (the budget search)
 - auto: ``edgekit export --quantize auto``
 - nncf-ac: NNCF's ``quantize_with_accuracy_control`` on the fp32 ONNX, run with OpenVINO (where openvino/nncf are installed)
@@ -55,7 +55,7 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
     files["plain"] = (plain, {}, seconds)
     files["u8u8 session"] = (plain, {"session.x64quantprecision": "1"}, seconds)
     for name, kwargs in (("percentile", {"method": "percentile"}), ("entropy", {"method": "entropy"}),
-                         ("every layer int8", {"exclude_first_last": False})):
+                         ("every layer int8", {"exclude_first_last": False}), ("per-tensor weights", {"per_channel": False})):
         out = work / f"{name.replace(' ', '-')}.onnx"
         _, seconds = timed(lambda: quantize_static(base, out, _batches(run, calib), **kwargs))
         files[name] = (out, {}, seconds)

@@ -49,6 +49,7 @@ class Candidate(BaseModel):
     accuracy_drop: float | None = None
     top1_agreement: float | None = None
     note: str = ""  # why it was left out before timing, if it was
+    contended: bool = False  # timed while other processes used the CPU (edgekit.bench's flag)
 
 
 class AutoChoice(Result):
@@ -108,8 +109,15 @@ def _why_fp32(candidates: list[Candidate], fp32: Candidate, batch_size: int) -> 
     if not timed:
         return "fp32: the variants within budget could not be timed here"
     best = min(timed, key=lambda c: c.p50_ms or 0.0)
-    return (f"fp32: no variant within budget was faster here ({best.variant} {fp32.p50_ms / (best.p50_ms or 1):.2f}x "
-            f"at batch {batch_size}, within noise or below {MIN_SPEEDUP}x)")
+    speedup = fp32.p50_ms / (best.p50_ms or 1)
+    if speedup < 1.0:
+        why = "slower"
+    elif speedup < MIN_SPEEDUP:
+        why = f"below the {MIN_SPEEDUP}x worth a lossy model"
+    else:
+        why = "within the noise of the medians' 95% intervals"
+    busy = "; timed while other processes used the CPU, re-run on a quiet machine" if any(c.contended for c in candidates) else ""
+    return f"fp32: no variant within budget was faster here ({best.variant} {speedup:.2f}x at batch {batch_size}: {why}{busy})"
 
 
 CANDIDATES = ("none", "int8")  # fp32 and the accuracy-aware int8 are always candidates on the CPU
@@ -153,7 +161,7 @@ def export_auto(run, *, batch_size: int = 1, threads: int | None = None, calib_d
             variant=variant.variant, path=variant.path, within_budget=variant.passed,
             p50_ms=getattr(timing, "p50_ms", None), p50_ci_ms=tuple(timing.p50_ci_ms) if timing is not None else None,
             accuracy_drop=metrics.accuracy_drop, top1_agreement=metrics.top1_agreement,
-            note="" if variant.passed else "; ".join(variant.failures)[:300],
+            note="" if variant.passed else "; ".join(variant.failures)[:300], contended=bool(getattr(timing, "contended", False)),
         ))
     choice = choose(found, batch_size)
     exports = run.exports_dir

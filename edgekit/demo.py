@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from .auto import AutoResult
 from .bench import BenchResult
 from .errors import EdgekitError
 from .export import ExportResult
@@ -71,27 +72,26 @@ class DemoResult(Result):
     finetune: FinetuneResult
     predictions: PredictResult
     export: ExportResult | None = None
+    auto: AutoResult | None = None
     bench: BenchResult | None = None
     gate: GateResult | None = None
-
-
-DEMO_IMAGE_SIZE = 64  # digits are 8x8 scans: 64 px keeps the whole path at seconds on two CPU cores
 
 
 def run_demo(
     out: str | os.PathLike,
     overwrite: bool = False,
-    epochs: int = 15,
+    epochs: int | None = None,
     gate_config: str | os.PathLike | None = None,
     steps: Sequence[str] = ("finetune", "predict", "export", "bench", "gate"),
     progress: bool = False,
 ) -> DemoResult:
-    """The built-in default, end to end: digits -> efficientnet_lite0 (ImageNet weights) fine-tuned
-    head-only -> predictions on held-out images -> ONNX fp32/int8/int8-dynamic exports with parity ->
-    bench (torch vs ONNX Runtime) with accuracy on the held-out test split -> the gate (with ``gate_config``).
+    """The built-in default, end to end, at the weights' native 224 px: digits -> efficientnet_lite0 (ImageNet
+    weights) with its head solved on cached features -> predictions on held-out images -> `--quantize auto`
+    (fp32 and accuracy-aware int8, each with parity, timed here; the faster one within budget becomes
+    model.auto.onnx) -> bench (torch vs ONNX Runtime) with accuracy on the held-out test split -> the gate.
     """
-    from .bench import bench, save_to_run
-    from .export import export
+    from .auto import export_auto
+    from .bench import bench
     from .finetune import finetune
     from .gate import gate, load_config
     from .predict import predict
@@ -102,19 +102,19 @@ def run_demo(
     note(f"wrote {sum(1 for _ in folders['train'].rglob('*.png'))} train / {sum(1 for _ in folders['val'].rglob('*.png'))} val / "
          f"{sum(1 for _ in folders['test'].rglob('*.png'))} test digit images to {out / 'data'}", progress)
     run_dir = out / "run"
-    tuned = finetune(
-        model="efficientnet_lite0", weights="DEFAULT", data=folders["train"], val_data=folders["val"], out=run_dir,
-        strategy="head", epochs=epochs, lr=3e-3, image_size=DEMO_IMAGE_SIZE, seed=0, progress=progress,
-    )
-    note(f"fine-tuned efficientnet_lite0 into {run_dir}: best val accuracy {tuned.best_val_accuracy:.2%} (epoch {tuned.best_epoch})", progress)
+    options = {"epochs": epochs} if epochs is not None else {}  # the head is solved, not trained for epochs, by default
+    tuned = finetune(model="efficientnet_lite0", weights="DEFAULT", data=folders["train"], val_data=folders["val"], out=run_dir,
+                     seed=0, progress=progress, **options)
+    note(f"fine-tuned efficientnet_lite0 into {run_dir}: best val accuracy {tuned.best_val_accuracy:.2%}", progress)
     held_out = [sorted((folders["test"] / str(digit)).glob("*.png"))[0] for digit in range(0, 10, 2)]
     predictions = predict(run_dir, held_out, top_k=3)
     result = DemoResult(data_dir=str(out / "data"), run_dir=str(run_dir), finetune=tuned, predictions=predictions)
     if "export" in steps:
-        result.export = export(run_dir, formats=("onnx",), quantize=("none", "int8", "int8-dynamic"), progress=progress)
+        result.auto = export_auto(run_dir, batch_size=1, progress=progress)
+        result.export = result.auto.export
+        note(f"auto: {result.auto.choice.reason}", progress)
     if "bench" in steps:
         result.bench = bench([run_dir], runtimes=("torch", "ort-cpu"), batch_sizes=(1, 8), data=folders["test"], progress=progress)
-        save_to_run(result.bench, run_dir)
     if "gate" in steps and gate_config is not None:
         # The config's own run/data paths name the default demo folder; point them at this one.
         overrides = {"run": str(run_dir.resolve()), "data": str(folders["test"].resolve())}

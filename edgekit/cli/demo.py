@@ -13,28 +13,32 @@ from .output import console
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True, help="Folder for the data, the run and every report.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
-@click.option("--epochs", default=15, show_default=True, help="Fine-tune epochs (head-only, cached features: seconds each).")
+@click.option("--epochs", type=int, help="Fine-tune epochs [default: none; the linear head is solved to convergence on cached features].")
 @click.option("--gate-config", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="End with `edgekit gate` on this config (e.g. configs/gate.yaml).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the whole demo result as JSON here.")
 def demo_command(out, overwrite, epochs, gate_config, json_path):
-    """Run the built-in default end to end, offline: scikit-learn's handwritten digits, efficientnet_lite0
-    with real ImageNet weights fine-tuned head-only, predictions on held-out digits, ONNX fp32 / int8 /
-    int8-dynamic exports each checked for parity, a benchmark of torch vs ONNX Runtime with accuracy,
-    and (with --gate-config) the CI gate. Exits 1 if a parity or gate check fails."""
+    """Run the built-in default end to end, offline, at the model's native 224 px: scikit-learn's handwritten
+    digits, efficientnet_lite0 with real ImageNet weights and its head solved on cached features, predictions on
+    held-out digits, `--quantize auto` (fp32 and accuracy-aware int8 with parity, the faster one within budget
+    kept as model.auto.onnx), a benchmark of torch vs ONNX Runtime with accuracy, and (with --gate-config) the
+    CI gate. Exits 1 if the chosen variant fails parity or a gate check fails."""
     from ..demo import run_demo
 
     result = run_demo(out, overwrite=overwrite, epochs=epochs, gate_config=gate_config, progress=True)
     tuned = result.finetune
-    console.print(f"[bold]fine-tune[/bold]: {result.run_dir}, best val accuracy {tuned.best_val_accuracy:.2%} at epoch {tuned.best_epoch}")
+    console.print(f"[bold]fine-tune[/bold]: {result.run_dir}, best val accuracy {tuned.best_val_accuracy:.2%}")
     table = Table("held-out image", "prediction", "probability", title="predict")
     for prediction in result.predictions.predictions:
         label, probability = prediction.top[0]
         table.add_row(str(Path(prediction.image).relative_to(result.data_dir)), label, f"{probability:.3f}")
     console.print(table)
     if result.export is not None:
-        from .export import show_export
+        from .export import show_export, show_runtime_settings
 
-        show_export(result.export)
+        show_export(result.export, budget_failures_are_final=result.auto is None)
+        if result.auto is not None:
+            console.print(f"auto: {result.auto.choice.reason} -> {result.auto.choice.path}", highlight=False)
+            show_runtime_settings(result.export, only=result.auto.choice.chosen)
     if result.bench is not None:
         from .bench import show_bench
 
@@ -45,7 +49,10 @@ def demo_command(out, overwrite, epochs, gate_config, json_path):
         show_gate(result.gate)
     if json_path is not None:
         result.to_json(json_path)
-    failed = (result.export is not None and not result.export.passed) or (result.gate is not None and not result.gate.passed)
+    # With auto, a candidate outside its budget is simply not chosen; what must hold is the chosen variant.
+    chosen_failed = result.auto is not None and not next(v.passed for v in result.export.variants if v.variant == result.auto.choice.chosen)
+    export_failed = result.export is not None and (chosen_failed if result.auto is not None else not result.export.passed)
+    failed = export_failed or (result.gate is not None and not result.gate.passed)
     raise SystemExit(1 if failed else 0)
 
 
