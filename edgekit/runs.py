@@ -19,6 +19,7 @@ from pydantic import Field
 from .errors import EdgekitError, ModelError
 from .preprocessing import Preprocessing
 from .results import Result
+from .version import __version__
 
 CARD_NAME = "edgekit.json"
 MODEL_NAME = "model.pt"
@@ -38,6 +39,7 @@ class RunCard(Result):
     val_split: float | None = None
     seed: int | None = None
     device: str | None = None
+    world_size: int = 1  # processes that trained it (torchrun / DDP)
     versions: dict[str, str] = Field(default_factory=dict)
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
 
@@ -51,8 +53,6 @@ def library_versions() -> dict[str, str]:
     import onnxruntime
     import torch
     import torchvision
-
-    from . import __version__
 
     return {
         "edgekit": __version__,

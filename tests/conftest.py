@@ -15,6 +15,12 @@ from PIL import Image
 # spin-wait on each other and run many times slower than one thread each.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
+# Every test's feature cache lives in its own temporary folder, never in the user's ~/.cache.
+@pytest.fixture(autouse=True)
+def _private_feature_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+
+
 PHOTOS = ("chelsea", "coffee", "rocket")  # three real photos from scikit-image -> three classes
 TEST_SIZE = 48  # input size for the test model: small enough for CPU CI, big enough for MobileNet
 

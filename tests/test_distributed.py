@@ -115,7 +115,7 @@ def test_two_gloo_ranks_train_one_model(tiny_data, tmp_path):
     assert rank0["train_losses"][-1] < rank0["train_losses"][0]
     metrics = json.loads((out / "metrics.json").read_text())
     card = json.loads((out / "edgekit.json").read_text())
-    assert metrics["world_size"] == 2 and card["device"] == "cpu x2 (DDP)"
+    assert metrics["world_size"] == 2 and card["world_size"] == 2 and card["device"] == "cpu x2 (DDP)"
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
     assert _complete_files(out) == ["edgekit.json", "metrics.json", "model.pt"]  # checkpoint removed; no stray files
     assert output.count("run written to") == 2  # every rank reports the same reduced result

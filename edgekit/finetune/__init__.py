@@ -83,6 +83,7 @@ def _finetune(config: FinetuneConfig, context, device, out: Path, progress: bool
         val_split=None if config.val_data else (config.val_split or 0.2),
         seed=config.seed,
         device=str(device) if not context.enabled else f"{device.type} x{context.world_size} (DDP)",
+        world_size=context.world_size if context.enabled else 1,
         versions=library_versions(),
     )
     trainer = _Trainer(config, model, card, train, val, device, progress, context)
