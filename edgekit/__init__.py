@@ -13,7 +13,7 @@ The library is the product; the `edgekit` command line only parses, calls these 
 Every result is a pydantic model with to_json() / from_json() and a schema_version.
 """
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # Imported eagerly on purpose: the functions share their names with their modules (edgekit.export is
 # both), and a lazy attribute would be shadowed by the submodule as soon as anything imported it.

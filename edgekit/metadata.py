@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -14,7 +16,15 @@ from .config import format_validation_error
 from .errors import ModelError
 from .hardware import check_ort_session_config
 from .preprocessing import Preprocessing
-from .variants import InputKind
+from .safety import check_onnx_file
+
+
+class InputKind(str, Enum):
+    """What a model's input is; recorded in every artifact's metadata (re-exported by edgekit.variants)."""
+
+    FLOAT = "float32-nchw"  # a normalized, preprocessed float tensor
+    UINT8 = "uint8-nhwc"  # resized/cropped pixels; the graph normalizes (embedded preprocessing)
+
 
 LABELS_KEY = "edgekit.labels"
 PREPROCESSING_KEY = "edgekit.preprocessing"
@@ -23,6 +33,8 @@ INPUT_KEY = "edgekit.input"  # one of the two input kinds below
 # What running the model needs and where it was validated: {"ort_session_config": {...}, "validated_isa": "..."}.
 # The session options are applied by edgekit's runtimes and printed by export for the user's own app.
 RUNTIME_KEY = "edgekit.runtime"
+# In a .pt2 archive the same metadata rides in the extra files (no pickling), readable without loading the program.
+PT2_METADATA_FILE = "edgekit.json"
 FLOAT_INPUT = InputKind.FLOAT.value  # a normalized, preprocessed float tensor
 UINT8_INPUT = InputKind.UINT8.value  # resized/cropped pixels; the graph normalizes (embedded preprocessing)
 
@@ -88,8 +100,27 @@ def _checked_runtime(runtime: object, where: str) -> dict:
 
 def read_onnx_metadata(path: str | os.PathLike) -> ModelMetadata:
     """Read only the metadata of an ONNX file (weights are not loaded)."""
-    from .safety import check_onnx_file
-
     path = Path(path)
     model = check_onnx_file(path)  # a corrupt file or external data pointing outside its folder: ModelError
-    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(path))
+    return onnx_metadata(model, str(path))
+
+
+def onnx_metadata(model, where: str) -> ModelMetadata:
+    """The edgekit metadata of an already loaded (and checked) ``onnx.ModelProto``."""
+    return ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, where)
+
+
+def read_pt2_metadata(path: str | os.PathLike) -> ModelMetadata:
+    """The edgekit metadata stored in a .pt2 archive (empty metadata when it has none); nothing is unpickled."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{PT2_METADATA_FILE}")]
+            props = json.loads(archive.read(names[0])) if names else {}
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelError(f"{path} is not a readable .pt2 archive ({exc}); re-export it") from exc
+    except ValueError as exc:
+        raise ModelError(f"{path} has malformed edgekit metadata ({exc}); re-export it") from exc
+    if not isinstance(props, dict):
+        raise ModelError(f"{path} has malformed edgekit metadata (not a JSON object); re-export it")
+    return ModelMetadata.from_props({str(k): str(v) for k, v in props.items()}, str(path))

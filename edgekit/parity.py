@@ -29,6 +29,7 @@ from .data import (
 )
 from .errors import DataError, EdgekitError
 from .metadata import FLOAT_INPUT, UINT8_INPUT
+from .preprocessing import normalize_pixels
 from .results import Result
 from .variants import UINT8_SUFFIX, Variant  # noqa: F401  (UINT8_SUFFIX re-exported for older callers)
 
@@ -196,8 +197,6 @@ class ParityData:
         return self._cache[kind]
 
     def _build(self, kind: str) -> np.ndarray:
-        from .export.embed import normalize_pixels
-
         if self.images is None:
             crop = self.preprocessing.crop
             pixels = np.random.default_rng(self.seed).integers(0, 256, size=(self.n_random, crop, crop, 3), dtype=np.uint8)
@@ -210,8 +209,6 @@ class ParityData:
         For a uint8 artifact the reference normalizes the very pixels the artifact got (not a separately
         resized float image), so the comparison measures the export, not two resize implementations.
         """
-        from .export.embed import normalize_pixels
-
         if kind == UINT8_INPUT:
             return normalize_pixels(self.inputs(UINT8_INPUT), self.preprocessing)
         return self.inputs(FLOAT_INPUT)

@@ -73,6 +73,29 @@ class Preprocessing(BaseModel):
         return lambda image: np.asarray(resize_crop(image), dtype=np.uint8)
 
 
+def pixel_scale_shift(preprocessing: Preprocessing) -> tuple[np.ndarray, np.ndarray]:
+    """(x / 255 - mean) / std == x * scale + shift: the (1, 3, 1, 1) float32 scale and shift for 0..255 pixels.
+
+    One formula for the graph (export/embed.py folds it into one Mul and one Add) and for host-side
+    normalization (``normalize_pixels``), so the two cannot drift apart."""
+    mean = np.asarray(preprocessing.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(preprocessing.std, dtype=np.float32).reshape(1, 3, 1, 1)
+    return (1.0 / (255.0 * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+def normalize_pixels(pixels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """uint8 NHWC pixels -> the float32 NCHW tensor the plain model takes, exactly as the embedded graph does."""
+    scale, shift = pixel_scale_shift(preprocessing)
+    return (pixels.transpose(0, 3, 1, 2).astype(np.float32) * scale + shift).astype(np.float32)
+
+
+def example_pixels(preprocessing: Preprocessing, batch: int = 2):
+    """A random uint8 NHWC torch batch at the model's input size, for exporting an embedded-preprocessing model."""
+    import torch
+
+    return torch.randint(0, 256, (batch, preprocessing.crop, preprocessing.crop, 3), dtype=torch.uint8)
+
+
 def _interpolation(name: str):
     from torchvision.transforms import InterpolationMode
 

@@ -22,6 +22,8 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import EdgekitError
+from .metadata import InputKind, onnx_metadata
+from .safety import check_onnx_file
 
 
 class Precision(str, Enum):
@@ -29,11 +31,6 @@ class Precision(str, Enum):
     FP16 = "fp16"
     INT8 = "int8"  # static, calibrated
     INT8_DYNAMIC = "int8-dynamic"  # MatMul/Gemm weights only, activations quantized at run time
-
-
-class InputKind(str, Enum):
-    FLOAT = "float32-nchw"  # a normalized, preprocessed float tensor
-    UINT8 = "uint8-nhwc"  # resized/cropped pixels; the graph normalizes (embedded preprocessing)
 
 
 class Format(str, Enum):
@@ -156,21 +153,21 @@ class Variant:
         path = Path(path)
         fmt = format_of(path)
         if fmt is Format.ONNX:
-            from .metadata import read_onnx_metadata
-
             try:
-                recorded = read_onnx_metadata(path).source.get("variant")
+                proto = check_onnx_file(path)
             except EdgekitError:
-                recorded = None
-            if recorded:
+                proto = None  # unreadable (or not there yet): the name is all there is
+            if proto is not None:
                 try:
-                    return cls.parse(str(recorded))
+                    recorded = onnx_metadata(proto, str(path)).source.get("variant")
                 except EdgekitError:
-                    pass  # a name from a newer edgekit or another hand: the graph still tells
-            try:
-                return _onnx_variant_from_graph(path)
-            except EdgekitError:
-                pass  # unreadable (or not there yet): the name is all there is
+                    recorded = None
+                if recorded:
+                    try:
+                        return cls.parse(str(recorded))
+                    except EdgekitError:
+                        pass  # a name from a newer edgekit or another hand: the graph still tells
+                return _onnx_variant_from_graph(proto)
         if fmt is Format.TORCH_EXPORT:
             return cls(format=Format.TORCH_EXPORT)
         stem = path.name[: -len(path.suffix)]
@@ -213,13 +210,10 @@ def _precision(text: str, whole) -> Precision:
     )
 
 
-def _onnx_variant_from_graph(path: Path) -> Variant:
+def _onnx_variant_from_graph(proto) -> Variant:
     """Precision from the ops (quantize nodes, float16 tensors), input kind from the input's type, batch from its shape."""
     import onnx
 
-    from .safety import check_onnx_file
-
-    proto = check_onnx_file(path)
     ops = {node.op_type for node in proto.graph.node}
     float16 = onnx.TensorProto.FLOAT16
     if ops & {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}:

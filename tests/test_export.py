@@ -77,7 +77,7 @@ def test_precision_shows_in_size_and_parity(exported):
 
 @pytest.mark.slow
 def test_metadata_round_trip(exported):
-    from edgekit.export.torch_export import read_pt2_metadata
+    from edgekit.metadata import read_pt2_metadata
 
     run, _, variants, _ = exported
     for name, variant in variants.items():

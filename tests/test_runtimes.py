@@ -26,7 +26,8 @@ def write_exports(run, with_quantized: bool = False) -> dict[str, Path]:
     """Write what `edgekit export` leaves in a run's exports/ folder (file names as it names them):
     model.onnx, model.fp32-uint8in.onnx (embedded preprocessing), model.pt2, and with ``with_quantized``
     model.int8.onnx (static QDQ, calibrated on the run's real training photos) and model.int8-dynamic.onnx."""
-    from edgekit.export.embed import EmbeddedPreprocessing, example_pixels
+    from edgekit.export.embed import EmbeddedPreprocessing
+    from edgekit.preprocessing import example_pixels
     from edgekit.export.torch_export import export_program
 
     exports = run.exports_dir

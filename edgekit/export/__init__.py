@@ -36,9 +36,11 @@ from ..parity import (
     run_parity_images,
     thresholds_for,
 )
+from ..preprocessing import example_pixels
 from ..progress import Bar
 from ..results import Result
 from ..variants import InputKind, Precision, Variant
+from ..version import __version__
 
 FORMATS = ("onnx", "torch-export", "openvino", "executorch")
 CORE_FORMATS = ("onnx", "torch-export")  # what --format all means
@@ -246,14 +248,10 @@ class _Exporter:
 
         crop = self.run.card.preprocessing.crop
         if kind == UINT8_INPUT:
-            from .embed import example_pixels
-
             return example_pixels(self.run.card.preprocessing)
         return torch.randn(2, 3, crop, crop, generator=torch.Generator().manual_seed(0))
 
     def metadata(self, variant: str, kind: str, format_name: str, extra: dict | None = None) -> ModelMetadata:
-        from .. import __version__
-
         card = self.run.card
         source = {
             "model": card.model, "weights": card.weights, "run": str(self.run.path), "variant": variant, "format": format_name,

@@ -5,15 +5,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 from pathlib import Path
 
-from ..errors import ExportError, ModelError
+from ..errors import ExportError
 from ..files import write_bytes
-from ..metadata import ModelMetadata
-
-# The edgekit metadata rides in the archive's extra files (no pickling), readable without loading the program.
-METADATA_FILE = "edgekit.json"
+from ..metadata import PT2_METADATA_FILE, ModelMetadata
 
 
 def export_program(model, path: str | os.PathLike, example, metadata: ModelMetadata | None = None) -> Path:
@@ -21,7 +17,7 @@ def export_program(model, path: str | os.PathLike, example, metadata: ModelMetad
 
     ``example`` is an input batch; a batch of 1 is repeated to 2 because torch.export specializes a
     dynamic dimension whose example size is 1. Load the result with ``torch.export.load`` (or
-    ``edgekit.safety.load_exported_program``); read the metadata with :func:`read_pt2_metadata`.
+    ``edgekit.safety.load_exported_program``); read the metadata with :func:`edgekit.metadata.read_pt2_metadata`.
     """
     import torch
 
@@ -32,25 +28,10 @@ def export_program(model, path: str | os.PathLike, example, metadata: ModelMetad
     except Exception as exc:  # torch.export raises UserError, Unsupported, ... without a common base
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ExportError(f"torch.export failed for {type(model).__name__}: {first}") from exc
-    extra = {METADATA_FILE: json.dumps(metadata.to_props())} if metadata is not None else None
+    extra = {PT2_METADATA_FILE: json.dumps(metadata.to_props())} if metadata is not None else None
     # Saved to memory first: torch names the archive's root folder after the file name, which would
     # otherwise be the temporary name; the bytes are then written atomically.
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files=extra)
     return write_bytes(path, buffer.getvalue())
 
-
-def read_pt2_metadata(path: str | os.PathLike) -> ModelMetadata:
-    """The edgekit metadata stored in a .pt2 archive (empty metadata when it has none); nothing is unpickled."""
-    path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
-            props = json.loads(archive.read(names[0])) if names else {}
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelError(f"{path} is not a readable .pt2 archive ({exc}); re-export it") from exc
-    except ValueError as exc:
-        raise ModelError(f"{path} has malformed edgekit metadata ({exc}); re-export it") from exc
-    if not isinstance(props, dict):
-        raise ModelError(f"{path} has malformed edgekit metadata (not a JSON object); re-export it")
-    return ModelMetadata.from_props({str(k): str(v) for k, v in props.items()}, str(path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
+from ..metadata import FLOAT_INPUT, UINT8_INPUT, read_pt2_metadata
 from ..safety import load_exported_program
 from . import Session
 from .torch_eager import TorchSession, check_device, set_torch_threads
@@ -56,10 +57,10 @@ def _input_signature(program, artifact: Path) -> tuple[str, tuple[int | None, ..
             value = node.meta.get("val")
             if value is None:
                 break
-            kind = "uint8-nhwc" if value.dtype == torch.uint8 else "float32-nchw"
+            kind = UINT8_INPUT if value.dtype == torch.uint8 else FLOAT_INPUT
             shape = tuple(int(d) if isinstance(d, int) else None for d in value.shape[1:])
             return kind, shape
-    return "float32-nchw", None
+    return FLOAT_INPUT, None
 
 
 def _run_metadata(artifact: Path):
@@ -67,14 +68,9 @@ def _run_metadata(artifact: Path):
     the run the file sits in (runs/<name>/exports/x.pt2), else none."""
     from ..runs import CARD_NAME, Run
 
-    try:
-        from ..export.torch_export import read_pt2_metadata
-    except ImportError:  # the export package is optional for running a .pt2
-        read_pt2_metadata = None
-    if read_pt2_metadata is not None:
-        metadata = read_pt2_metadata(artifact)
-        if metadata.labels is not None or metadata.preprocessing is not None:
-            return metadata.labels, metadata.preprocessing
+    metadata = read_pt2_metadata(artifact)
+    if metadata.labels is not None or metadata.preprocessing is not None:
+        return metadata.labels, metadata.preprocessing
     run_dir = artifact.parent.parent
     if artifact.parent.name == "exports" and (run_dir / CARD_NAME).is_file():
         card = Run.load(run_dir).card
