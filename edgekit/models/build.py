@@ -12,8 +12,9 @@ from torch import nn
 
 from ..errors import ModelError
 from ..files import load_state_dict
-from ..preprocessing import Preprocessing
-from .registry import ModelSpec, get_spec
+from ..preprocessing import Preprocessing, from_torchvision_transforms
+from .registry import get_spec
+from .spec import ModelSpec
 
 
 @dataclass
@@ -28,40 +29,33 @@ class LoadedWeights:
 
 
 def get_submodule(model: nn.Module, dotted: str) -> nn.Module:
+    """Kept for callers of the old helper: ``model.get_submodule(dotted)``."""
     return model.get_submodule(dotted)
 
 
 def set_submodule(model: nn.Module, dotted: str, module: nn.Module) -> None:
-    parent_name, _, child = dotted.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
+    """Kept for callers of the old helper: ``model.set_submodule(dotted, module)`` (torch >= 2.5)."""
+    model.set_submodule(dotted, module)
 
 
 def replace_head(model: nn.Module, spec: ModelSpec, num_classes: int) -> nn.Module:
     """Swap the final Linear for a fresh one with ``num_classes`` outputs (no-op if it already fits)."""
-    head = get_submodule(model, spec.head)
+    head = model.get_submodule(spec.head)
     if not isinstance(head, nn.Linear):
         raise ModelError(f"{spec.name}: {spec.head} is a {type(head).__name__}, expected nn.Linear")
     if head.out_features != num_classes:
-        set_submodule(model, spec.head, nn.Linear(head.in_features, num_classes))
+        model.set_submodule(spec.head, nn.Linear(head.in_features, num_classes))
     return model
 
 
-def cached_weights_file(weights) -> Path | None:
-    """The torch hub cache file for torchvision weights, if it has been downloaded already."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    return path if path.is_file() else None
-
-
 def resolve_torchvision_weights(spec: ModelSpec, name: str):
+    """IMAGENET1K_V2, ResNet50_Weights.IMAGENET1K_V2, DEFAULT, or what a run card records
+    (torchvision:ResNet50_Weights.IMAGENET1K_V2) -> the weights entry, by torchvision's ``WeightsEnum.verify``."""
     enum = spec.weights_enum
     if enum is None:
         raise ModelError(f"{spec.name} has no torchvision weights; use --weights DEFAULT, none or a file")
-    wanted = name.split(".")[-1]  # accept both IMAGENET1K_V2 and ResNet50_Weights.IMAGENET1K_V2
-    if wanted == "DEFAULT":
-        return enum.DEFAULT
     try:
-        return enum[wanted]
+        return enum.verify(name.removeprefix("torchvision:"))
     except KeyError:
         valid = ", ".join(["DEFAULT", *enum.__members__])
         raise ModelError(f"unknown weights {name!r} for {spec.name}; valid: {valid}, none, or a .pt/.pth/.safetensors file") from None
@@ -116,15 +110,13 @@ def build(
     else:
         tv_weights = resolve_torchvision_weights(spec, choice)
         model.load_state_dict(_download_torchvision(tv_weights))
-        from ..preprocessing import from_torchvision_transforms
-
         preprocessing = from_torchvision_transforms(tv_weights.transforms())
         categories = list(tv_weights.meta["categories"])
         source = f"torchvision:{tv_weights}"
 
     if num_classes is not None:
-        head = get_submodule(model, spec.head)
-        if head.out_features != num_classes:
+        head = model.get_submodule(spec.head)
+        if not isinstance(head, nn.Linear) or head.out_features != num_classes:
             categories = None
         replace_head(model, spec, num_classes)
     return model, LoadedWeights(source, preprocessing, categories, missing, unexpected)

