@@ -44,9 +44,9 @@ def bench_wall_time(models, repeats: int, threads: int) -> list[dict]:
     import torch
 
     from edgekit.export.onnx import export_onnx
+    from edgekit.export.quantize import convert_fp16, quantize_dynamic_matmul, quantize_static
     from edgekit.export.torch_export import export_program
     from edgekit.models import build
-    from edgekit.export.quantize import convert_fp16, quantize_dynamic_matmul, quantize_static
 
     torch.set_num_threads(threads)
     rows = []
@@ -121,8 +121,8 @@ def write_crops(root: Path, count: int, seed: int) -> Path:
 def bench_agreement(eval_images: int, calib_images: int) -> list[dict]:
     """int8 (and fp16) Lite0 against the float32 PyTorch model on real photo crops, per calibration choice."""
     from edgekit.export import export
-    from edgekit.parity import ParityChecker, ParityData, ParityThresholds, images_in
     from edgekit.export.quantize import quantize_static
+    from edgekit.parity import ParityChecker, ParityData, ParityThresholds, images_in
     from edgekit.runs import run_from_zoo
 
     rows = []

@@ -18,11 +18,11 @@ from edgekit import runtimes
 from edgekit.bench import bench
 from edgekit.data import load_batch
 from edgekit.export.onnx import export_onnx
+from edgekit.export.quantize import quantize_dynamic_matmul, quantize_static
 from edgekit.export.torch_export import export_program
 from edgekit.metadata import ModelMetadata
 from edgekit.models import build
 from edgekit.preprocessing import Preprocessing
-from edgekit.export.quantize import quantize_dynamic_matmul, quantize_static
 from edgekit.runs import RunCard, save_run
 
 THREADS = 2

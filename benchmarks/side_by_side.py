@@ -32,9 +32,9 @@ from PIL import Image
 from edgekit.bench import BenchResult, bench
 from edgekit.data import load_batch
 from edgekit.export.onnx import export_onnx
+from edgekit.export.quantize import quantize_dynamic_matmul, quantize_static
 from edgekit.metadata import ModelMetadata
 from edgekit.models import build, get_spec
-from edgekit.export.quantize import quantize_dynamic_matmul, quantize_static
 from edgekit.runs import RunCard, save_run
 
 MODELS = ("mobilenet_v3_small", "efficientnet_b0", "resnet50")

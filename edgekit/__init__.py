@@ -13,8 +13,6 @@ The library is the product; the `edgekit` command line only parses, calls these 
 Every result is a pydantic model with to_json() / from_json() and a schema_version.
 """
 
-from .version import __version__
-
 # Imported eagerly on purpose: the functions share their names with their modules (edgekit.export is
 # both), and a lazy attribute would be shadowed by the submodule as soon as anything imported it.
 from .auto import AutoResult, export_auto  # noqa: E402
@@ -27,6 +25,7 @@ from .models import get_spec, list_specs  # noqa: E402
 from .parity import ParityResult, parity  # noqa: E402
 from .predict import PredictResult, predict  # noqa: E402
 from .runs import Run, RunCard  # noqa: E402
+from .version import __version__
 
 __all__ = [
     "__version__", "AutoResult", "export_auto", "BenchResult", "bench", "EdgekitError", "ExportResult", "export", "FinetuneConfig", "FinetuneResult",

@@ -9,7 +9,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
@@ -21,7 +21,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {first_line(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFile
 
-from .errors import DataError
+from .errors import DataError, first_line
 from .metadata import FLOAT_INPUT, UINT8_INPUT
 from .progress import track
 
@@ -44,7 +44,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise DataError(f"{path} does not exist") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         # PIL reports non-images, truncation and corrupt data as OSError/SyntaxError/ValueError.
-        raise DataError(f"{path} is not a readable image ({str(exc).splitlines()[0][:120]}); remove it or pass --skip-bad-images") from exc
+        raise DataError(f"{path} is not a readable image ({first_line(exc, 120)}); remove it or pass --skip-bad-images") from exc
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -21,3 +21,10 @@ class ConfigError(EdgekitError):
 
 class ExportError(EdgekitError):
     """An export or quantization step that cannot be carried out."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, at most ``limit`` characters (its type name when the
+    message is empty): third-party errors quoted inside edgekit's one-line messages."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

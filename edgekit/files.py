@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import EdgekitError, ModelError
+from .errors import EdgekitError, ModelError, first_line
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -117,7 +117,7 @@ def load_torch(path: str | os.PathLike) -> Any:
             "pickled code. Re-save it as a state_dict (torch.save(model.state_dict(), ...)) or as .safetensors."
         ) from exc
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise ModelError(f"{path} is not a readable torch file ({_first_line(exc)}); it may be truncated or corrupted") from exc
+        raise ModelError(f"{path} is not a readable torch file ({first_line(exc)}); it may be truncated or corrupted") from exc
 
 
 def load_state_dict(path: str | os.PathLike) -> dict:
@@ -132,7 +132,7 @@ def load_state_dict(path: str | os.PathLike) -> dict:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
-            raise ModelError(f"{path} is not a readable safetensors file ({_first_line(exc)})") from exc
+            raise ModelError(f"{path} is not a readable safetensors file ({first_line(exc)})") from exc
     obj = load_torch(path)
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -141,8 +141,3 @@ def load_state_dict(path: str | os.PathLike) -> dict:
     if not isinstance(obj, dict) or not all(hasattr(v, "shape") for v in obj.values()):
         raise ModelError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
     return obj
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from .config import format_validation_error
-from .errors import ModelError
+from .errors import ModelError, first_line
 from .hardware import check_ort_session_config
 from .preprocessing import Preprocessing
 from .safety import check_onnx_file
@@ -76,7 +76,7 @@ class ModelMetadata:
         except ValidationError as exc:
             raise ModelError(f"{format_validation_error(exc, f'{where} {PREPROCESSING_KEY}')}; re-export it with a sane input size") from exc
         except ValueError as exc:
-            raise ModelError(f"{where} has malformed edgekit metadata ({str(exc).splitlines()[0]}); re-export it") from exc
+            raise ModelError(f"{where} has malformed edgekit metadata ({first_line(exc)}); re-export it") from exc
         if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             raise ModelError(f"{where} has malformed {LABELS_KEY}: expected a JSON list of strings; re-export it")
         return cls(labels, preprocessing, source if isinstance(source, dict) else {}, props.get(INPUT_KEY, FLOAT_INPUT),

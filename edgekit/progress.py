@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Iterable, TypeVar
+import contextlib
+import io
+import logging
+import warnings
+from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
 
@@ -19,6 +23,23 @@ def track(items: Iterable[T], description: str, enabled: bool = True, total: int
     from rich.progress import track as rich_track
 
     return rich_track(items, description=description, total=total, transient=True, console=stderr)
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence third-party chatter for the block: stdout prints, warnings, and log records below ERROR.
+
+    The exporters, converters and ORT's quantization tools print progress, per-node INFO lines and notes;
+    a library call (and ``--json``) stays clean. Errors still raise and are reported by the caller."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(io.StringIO()):
+                yield
+    finally:
+        logging.disable(previous)
 
 
 def note(message: str, enabled: bool = True) -> None:

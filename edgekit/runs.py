@@ -1,4 +1,4 @@
-"""The run directory: one folder that every command reads and extends (see DESIGN.md).
+"""The run directory: one folder that every command reads and extends (README, "The run directory").
 
     runs/<name>/edgekit.json   the run card (this module)
     runs/<name>/model.pt       state_dict only
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from .errors import EdgekitError, ModelError
+from .errors import EdgekitError, ModelError, first_line
 from .preprocessing import Preprocessing
 from .results import Result
 from .version import __version__
@@ -103,7 +103,7 @@ class Run:
         except RuntimeError as exc:
             raise ModelError(
                 f"{self.model_path} does not fit {self.card.model} with {self.card.num_classes} classes "
-                f"({str(exc).splitlines()[0]}); was the run directory mixed with another run?"
+                f"({first_line(exc)}); was the run directory mixed with another run?"
             ) from exc
         return model.eval()
 

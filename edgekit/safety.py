@@ -13,7 +13,7 @@ import pickle
 from pathlib import Path
 from typing import Iterator
 
-from .errors import EdgekitError, ModelError
+from .errors import EdgekitError, ModelError, first_line
 
 
 def check_inside(base: str | os.PathLike, path: str | os.PathLike, what: str = "path") -> Path:
@@ -212,5 +212,5 @@ def load_exported_program(path: str | os.PathLike):
             "re-export it with `edgekit export`"
         ) from exc
     except Exception as exc:  # torch raises RuntimeError/KeyError/zipfile errors for a damaged archive
-        first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 160)
         raise ModelError(f"{path} is not a loadable .pt2 archive ({type(exc).__name__}: {first}); it may be corrupted, re-export it") from exc

@@ -14,7 +14,6 @@ import torch
 from edgekit.data import load_batch
 from edgekit.errors import ExportError
 from edgekit.export.onnx import export_onnx
-from edgekit.metadata import ModelMetadata, read_onnx_metadata
 from edgekit.export.quantize import (
     BatchReader,
     convert_fp16,
@@ -23,6 +22,7 @@ from edgekit.export.quantize import (
     quantize_static,
     sort_topologically,
 )
+from edgekit.metadata import ModelMetadata, read_onnx_metadata
 
 
 @pytest.fixture(scope="module")

@@ -46,8 +46,8 @@ def main() -> None:
 from . import bench as _bench  # noqa: E402
 from . import demo as _demo
 from . import export as _export
-from . import gate as _gate
 from . import finetune as _finetune
+from . import gate as _gate
 
 for _module in (_finetune, _export, _bench, _gate, _demo):
     for _command in _module.COMMANDS:

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, first_line
 from ..metadata import ModelMetadata
 from ..parity import (
     FLOAT_INPUT,
@@ -320,7 +320,7 @@ class _Exporter:
         try:
             onnx.checker.check_model(proto, full_check=True)
         except onnx.checker.ValidationError as exc:
-            raise ExportError(f"the {variant} ONNX graph is invalid: {str(exc).strip().splitlines()[0][:300]}") from exc
+            raise ExportError(f"the {variant} ONNX graph is invalid: {first_line(exc, 300)}") from exc
         metadata = self.metadata(variant, kind, "onnx", {"opset": opset, **_quantization_source(details)})
         if quantization == "int8":
             metadata.runtime = runtime  # what the app must set, and the ISA class the accuracy was proven on

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from ..files import atomic_path
 from ..metadata import ModelMetadata
+from ..progress import quiet
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -46,7 +44,7 @@ def export_proto(model, example, opset: int | None = None):
     try:
         # The dynamo exporter reports progress on stdout and warns about things users cannot act on;
         # a library call stays quiet (errors still raise).
-        with _quiet():
+        with quiet():
             program = torch.onnx.export(
                 model.eval(),
                 (example,),
@@ -60,14 +58,14 @@ def export_proto(model, example, opset: int | None = None):
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many types (TorchExportError, ConversionError, ...)
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc, 300)
         raise ExportError(f"torch.onnx.export (dynamo) failed for {type(model).__name__}: {first}") from exc
     proto = program.model_proto
     _check_only_batch_dynamic(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"the exported ONNX graph is invalid: {str(exc).splitlines()[0][:300]}") from exc
+        raise ExportError(f"the exported ONNX graph is invalid: {first_line(exc, 300)}") from exc
     return proto
 
 
@@ -75,14 +73,6 @@ def _batch_of_at_least_two(example):
     if example.shape[0] >= 2:
         return example
     return example.expand(2, *example.shape[1:]).contiguous()
-
-
-@contextlib.contextmanager
-def _quiet():
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
 
 
 def _check_only_batch_dynamic(proto) -> None:
@@ -141,7 +131,7 @@ def check_batch_sizes(run_batch, input_shape: tuple[int, ...], dtype, num_classe
         try:
             logits = np.asarray(run_batch(inputs[:size]))
         except Exception as exc:  # runtimes raise their own types; all mean "this batch size does not run"
-            raise ExportError(f"the exported model fails at batch size {size}: {str(exc).splitlines()[0][:300]}") from exc
+            raise ExportError(f"the exported model fails at batch size {size}: {first_line(exc, 300)}") from exc
         expected_classes = num_classes if num_classes is not None else logits.shape[-1]
         if logits.shape != (size, expected_classes):
             raise ExportError(f"the exported model returns shape {logits.shape} at batch size {size}, expected {(size, expected_classes)}")

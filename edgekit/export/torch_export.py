@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from ..files import write_bytes
 from ..metadata import PT2_METADATA_FILE, ModelMetadata
 
@@ -26,7 +26,7 @@ def export_program(model, path: str | os.PathLike, example, metadata: ModelMetad
     try:
         program = torch.export.export(model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
     except Exception as exc:  # torch.export raises UserError, Unsupported, ... without a common base
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = first_line(exc, 300)
         raise ExportError(f"torch.export failed for {type(model).__name__}: {first}") from exc
     extra = {PT2_METADATA_FILE: json.dumps(metadata.to_props())} if metadata is not None else None
     # Saved to memory first: torch names the archive's root folder after the file name, which would

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgekitError, ModelError
+from ..errors import EdgekitError, ModelError, first_line
 from . import Session
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -100,7 +100,7 @@ class OrtRuntime:
         try:
             session = ort.InferenceSession(str(artifact), sess_options=session_options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all without a common base
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ModelError(f"{artifact} cannot be loaded by onnxruntime ({first}); re-export it") from exc
         used = session.get_providers()
         if self.provider not in used:

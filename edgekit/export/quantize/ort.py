@@ -4,8 +4,9 @@ MatMul/Gemm only, float16.
 Choices made here, from measurements on this project's machines (README, "Measured"):
 - static int8 uses uint8 activations and int8 per-channel weights: the fast kernel pair on x86 (VNNI);
   int8 activations ran 3x slower; per-tensor weights cost Lite0 30 points of agreement (54.5% vs 85%);
-- by default the first Conv and the final Gemm/MatMul stay in float (on Lite0 ImageNet weights, 200 real photo
-  crops: 85% agreement vs 82% fully quantized); what else must stay float is found by ``fallback.py``;
+- by default the first Conv and the final Gemm/MatMul stay in float (Lite0 ImageNet weights, 108 real photo
+  crops: 87.0% agreement vs 81.5% fully quantized, README "Measured"); what else must stay float is found by
+  ``fallback.py``;
 - calibration ranges are computed once (``calibrate``) and reused for every re-quantization with other nodes
   kept in float, which is what makes the accuracy-aware search affordable;
 - dynamic int8 is restricted to MatMul/Gemm: on Conv it becomes ConvInteger, 5-10x SLOWER than fp32;
@@ -18,20 +19,17 @@ input model's metadata_props.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
-import logging
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
-from ...errors import ExportError
+from ...errors import ExportError, first_line
 from ...files import atomic_path
+from ...progress import quiet
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 PERCENTILE = 99.999  # the percentile calibration's clipping point
@@ -124,13 +122,13 @@ def calibrate(prepared: Path, calibration_batches: Iterable[np.ndarray], method:
                         "percentile": CalibrationMethod.Percentile}[method]
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static calibrates by default
     try:
-        with _quiet():
+        with quiet():
             calibrator = create_calibrator(prepared, op_types, augmented_model_path=str(workdir / f"augmented-{method}.onnx"),
                                            calibrate_method=calibrate_method, extra_options=extra)
             calibrator.collect_data(reader)
             ranges = calibrator.compute_data()
     except Exception as exc:  # ORT raises ValueError, RuntimeError, its own types...
-        raise ExportError(f"{method} calibration failed: {_first_line(exc)}") from exc
+        raise ExportError(f"{method} calibration failed: {first_line(exc, 300)}") from exc
     cache = workdir / f"ranges-{method}.json"
     save_tensors_data(ranges, cache)
     return Ranges(cache, reader.count, method)
@@ -144,7 +142,7 @@ def quantize_with_ranges(prepared: Path, onnx_out: str | os.PathLike, ranges: Ra
 
     calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                         "percentile": CalibrationMethod.Percentile}[ranges.method]  # ORT checks it against the cache
-    with atomic_path(onnx_out) as tmp, _quiet():
+    with atomic_path(onnx_out) as tmp, quiet():
         try:
             ort_quantize_static(
                 str(prepared), str(tmp), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
@@ -152,7 +150,7 @@ def quantize_with_ranges(prepared: Path, onnx_out: str | os.PathLike, ranges: Ra
                 calibrate_method=calibrate_method, calibration_cache_path=ranges.path,
             )
         except Exception as exc:  # the quantizer raises ValueError, RuntimeError, ORT errors...
-            raise ExportError(f"static int8 quantization of {metadata_from or prepared} failed: {_first_line(exc)}") from exc
+            raise ExportError(f"static int8 quantization of {metadata_from or prepared} failed: {first_line(exc, 300)}") from exc
         if metadata_from is not None:
             _copy_metadata(metadata_from, tmp)
     return Path(onnx_out)
@@ -172,11 +170,11 @@ def quantize_dynamic_matmul(onnx_in: str | os.PathLike, onnx_out: str | os.PathL
         prepared = _pre_process(onnx_in, Path(workdir) / "prepared.onnx")
         if not any(node.op_type in DYNAMIC_OP_TYPES for node in _load(prepared).graph.node):
             raise ExportError(f"{onnx_in} has no MatMul/Gemm node, so dynamic int8 would change nothing; use int8 (static) instead")
-        with atomic_path(onnx_out) as tmp, _quiet():
+        with atomic_path(onnx_out) as tmp, quiet():
             try:
                 ort_quantize_dynamic(str(prepared), str(tmp), op_types_to_quantize=list(DYNAMIC_OP_TYPES), weight_type=QuantType.QInt8)
             except Exception as exc:
-                raise ExportError(f"dynamic int8 quantization of {onnx_in} failed: {_first_line(exc)}") from exc
+                raise ExportError(f"dynamic int8 quantization of {onnx_in} failed: {first_line(exc, 300)}") from exc
             _copy_metadata(onnx_in, tmp)
     return Path(onnx_out)
 
@@ -187,10 +185,10 @@ def convert_fp16(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike) -> Pat
 
     model = _load(onnx_in)
     try:
-        with _quiet():
+        with quiet():
             converted = convert_float_to_float16(model, keep_io_types=True)
     except Exception as exc:
-        raise ExportError(f"float16 conversion of {onnx_in} failed: {_first_line(exc)}") from exc
+        raise ExportError(f"float16 conversion of {onnx_in} failed: {first_line(exc, 300)}") from exc
     # The converter appends the input Casts at the end of the node list; ORT does not mind, onnx.checker
     # (and stricter runtimes) require topological order.
     sort_topologically(converted.graph)
@@ -201,26 +199,14 @@ def convert_fp16(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike) -> Pat
 
 
 def sort_topologically(graph) -> None:
-    """Reorder ``graph.node`` in place so every node comes after the producers of its inputs (stable)."""
-    available = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered = []
-    while pending:
-        remaining = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                remaining.append(node)
-        if len(remaining) == len(pending):
-            raise ExportError(f"the graph has a cycle or a dangling input at node {remaining[0].name!r}; it cannot be ordered")
-        pending = remaining
-    copies = [type(node)() for node in ordered]
-    for copy, node in zip(copies, ordered):
-        copy.CopyFrom(node)
-    del graph.node[:]
-    graph.node.extend(copies)
+    """Reorder ``graph.node`` in place so every node comes after the producers of its inputs (stable), with
+    onnxruntime's own ``OnnxModel.graph_topological_sort``; a cycle or a dangling input is an ExportError."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    try:
+        OnnxModel.graph_topological_sort(graph)
+    except RuntimeError as exc:
+        raise ExportError(f"the graph has a cycle or a dangling input ({first_line(exc)}); it cannot be ordered") from exc
 
 
 def first_and_last_compute_nodes(model) -> list[str]:
@@ -243,10 +229,10 @@ def _pre_process(onnx_in: str | os.PathLike, prepared: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        with _quiet():
+        with quiet():
             quant_pre_process(str(onnx_in), str(prepared))
     except Exception as exc:
-        raise ExportError(f"quantization pre-processing (shape inference) of {onnx_in} failed: {_first_line(exc)}") from exc
+        raise ExportError(f"quantization pre-processing (shape inference) of {onnx_in} failed: {first_line(exc, 300)}") from exc
     return prepared
 
 
@@ -271,22 +257,3 @@ def _copy_metadata(source: str | os.PathLike, target: Path) -> None:
 
     set_metadata(model, props)
     target.write_bytes(model.SerializeToString())
-
-
-@contextlib.contextmanager
-def _quiet():
-    # onnxruntime's quantization tools log per-node INFO lines and warnings through the root logger.
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.redirect_stdout(io.StringIO()):
-                yield
-    finally:
-        logging.disable(previous)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
