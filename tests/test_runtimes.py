@@ -27,8 +27,8 @@ def write_exports(run, with_quantized: bool = False) -> dict[str, Path]:
     model.onnx, model.fp32-uint8in.onnx (embedded preprocessing), model.pt2, and with ``with_quantized``
     model.int8.onnx (static QDQ, calibrated on the run's real training photos) and model.int8-dynamic.onnx."""
     from edgekit.export.embed import EmbeddedPreprocessing
-    from edgekit.preprocessing import example_pixels
     from edgekit.export.torch_export import export_program
+    from edgekit.preprocessing import example_pixels
 
     exports = run.exports_dir
     model = run.build_model()
