@@ -55,7 +55,7 @@ def _fsync(path: Path) -> None:
         os.fsync(handle.fileno())
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+def write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)

@@ -29,7 +29,7 @@ from .data import (
 )
 from .errors import DataError, EdgekitError
 from .metadata import FLOAT_INPUT, UINT8_INPUT
-from .preprocessing import normalize_pixels
+from .preprocessing import Preprocessing, normalize_pixels
 from .results import Result
 from .variants import UINT8_SUFFIX, Variant  # noqa: F401  (UINT8_SUFFIX re-exported for older callers)
 
@@ -148,8 +148,9 @@ def images_in(directory: str | os.PathLike, class_names: list[str] | None = None
         folder = scan_folder(directory, verify=False, min_classes=1)
         if max_images is not None:
             folder = stratified_sample(folder, max_images, seed)
-        known = class_names is not None and set(folder.classes) <= set(class_names)
-        labels = [class_names.index(folder.classes[label]) for _, label in folder.samples] if known else None
+        labels = None
+        if class_names is not None and set(folder.classes) <= set(class_names):
+            labels = [class_names.index(folder.classes[label]) for _, label in folder.samples]
         return LabelledImages([path for path, _ in folder.samples], labels, f"images:{directory}")
     paths = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     if not paths:
@@ -174,7 +175,7 @@ class ParityData:
     """The inputs every artifact and the reference see: uint8 pixels after resize+crop, and the float
     tensors after the full preprocessing. Built lazily, once per input kind."""
 
-    preprocessing: object
+    preprocessing: Preprocessing
     images: LabelledImages | None
     n_random: int = RANDOM_IMAGES
     seed: int = 0

@@ -41,6 +41,8 @@ def predict(
     if model is not None:
         logits, labels = _zoo_logits(model, weights, images)
         source = f"{model}:{weights}"
+    elif source is None:  # unreachable: exactly one of the two was checked above (this tells the type checker)
+        raise EdgekitError("pass a run directory / .onnx file or --model")
     elif Path(source).suffix in (".onnx", ".xml", ".pte"):  # ONNX, OpenVINO IR, ExecuTorch: labels travel with the file
         logits, labels = _onnx_logits(Path(source), images)
     else:

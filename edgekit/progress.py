@@ -7,9 +7,12 @@ import contextlib
 import io
 import logging
 import warnings
-from typing import Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
 
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 T = TypeVar("T")
 
@@ -53,8 +56,8 @@ class Bar:
     terminal; otherwise a silent stand-in, so library code can report progress unconditionally."""
 
     def __init__(self, enabled: bool = True):
-        self._progress = None
-        self._task = None
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
         self._stepped = False
         if enabled and stderr.is_terminal:
             from rich.progress import (
@@ -74,10 +77,9 @@ class Bar:
             self._progress.__enter__()
         return self
 
-    def __exit__(self, *exc_info) -> bool:
+    def __exit__(self, *exc_info) -> None:
         if self._progress is not None:
             self._progress.__exit__(*exc_info)
-        return False
 
     def begin(self, total: int, description: str) -> None:
         """Start a new phase of ``total`` steps (replacing the previous one)."""

@@ -11,7 +11,7 @@ import contextlib
 import os
 import pickle
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import EdgekitError, ModelError, first_line
 
@@ -168,7 +168,7 @@ def no_unsafe_unpickling() -> Iterator[None]:
     def refuse(*_args, **_kwargs):
         raise pickle.UnpicklingError("edgekit refuses pickled TorchScript objects in model files")
 
-    modules = []
+    modules: list[Any] = []  # torch-internal modules whose ``pickle`` attribute is swapped for the refusing one
     try:
         from torch.export.pt2_archive import _package
 

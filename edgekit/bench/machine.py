@@ -20,7 +20,7 @@ def machine_info() -> MachineInfo:
 
     import psutil
 
-    cpu_model, flags = platform.processor() or platform.machine(), set()
+    cpu_model, flags = platform.processor() or platform.machine(), set[str]()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as handle:
             for line in handle:

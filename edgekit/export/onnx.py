@@ -60,6 +60,8 @@ def export_proto(model, example, opset: int | None = None):
     except Exception as exc:  # the exporter raises many types (TorchExportError, ConversionError, ...)
         first = first_line(exc, 300)
         raise ExportError(f"torch.onnx.export (dynamo) failed for {type(model).__name__}: {first}") from exc
+    if program is None:  # only when a file name is given, which it is not here
+        raise ExportError(f"torch.onnx.export (dynamo) returned no program for {type(model).__name__}")
     proto = program.model_proto
     _check_only_batch_dynamic(proto)
     try:

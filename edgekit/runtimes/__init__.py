@@ -100,10 +100,20 @@ class Session:
 class Runtime(Protocol):
     """What every runtime module provides."""
 
-    name: str
-    description: str
-    suffixes: tuple[str, ...]  # artifact kinds it loads: ".onnx", ".pt2", or "run" (a run directory / its model.pt)
-    options: tuple[str, ...]  # option names ``load`` accepts; anything else is refused, never silently ignored
+    # Read-only members, so that a runtime may declare them as plain class attributes (``suffixes = (".onnx",)``).
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def suffixes(self) -> tuple[str, ...]:
+        """Artifact kinds it loads: ".onnx", ".pt2", or "run" (a run directory / its model.pt)."""
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        """Option names ``load`` accepts; anything else is refused, never silently ignored."""
 
     def available(self) -> tuple[bool, str]:
         """(True, "") when it can run here, else (False, the reason and the fix)."""

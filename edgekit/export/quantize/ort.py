@@ -113,7 +113,7 @@ def calibrate(prepared: Path, calibration_batches: Iterable[np.ndarray], method:
     if method == "entropy":
         # quantize_static builds its entropy calibrator with 128 bins and 128 quantized bins, which leaves
         # exactly one candidate threshold (the full range): the same ranges as minmax. We use a real histogram.
-        extra = {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
+        extra: dict[str, float] = {"num_bins": ENTROPY_BINS, "num_quantized_bins": ENTROPY_QUANTIZED_BINS}
     elif method == "percentile":
         extra = {"percentile": PERCENTILE}
     else:
