@@ -50,6 +50,27 @@ class ParityThresholds(BaseModel):
     max_accuracy_drop: float | None = Field(None, ge=-1, le=1)  # reference accuracy - variant accuracy (needs labels)
 
 
+class ParityOptions(BaseModel):
+    """`edgekit parity`'s options: its flags and its ``--config`` YAML keys come from here, and so do
+    ``parity()``'s keyword defaults, so each default is written once. The three limits override the
+    model's per-variant thresholds (validated as ``ParityThresholds``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: Path | None = Field(None, description="Images (a folder, or <class>/<image> folders) [default: the run's validation images].")
+    variant: str | None = Field(None, description="Which thresholds apply (fp32, fp16, int8, ...) [default: read from the artifact].")
+    max_images: int = Field(256, description="Use at most this many images (class-stratified).")
+    max_rel_diff: float | None = Field(
+        None, description="Largest allowed max |logit diff| / reference logit spread, e.g. 1e-4. Default: per model and variant.")
+    min_agreement: float | None = Field(
+        None, description="Smallest allowed top-1 agreement with the float32 PyTorch model, e.g. 0.9. Default: per model and variant.")
+    max_accuracy_drop: float | None = Field(
+        None, description="Largest allowed drop in accuracy (needs labelled images), e.g. 0.05. Default: per model and variant.")
+
+
+_PARITY_DEFAULTS = ParityOptions()
+
+
 class ParityMetrics(BaseModel):
     """How far a variant's logits and decisions are from the reference's."""
 
@@ -326,7 +347,8 @@ def artifact_variant(artifact: str | os.PathLike) -> str:
 
 
 def parity(run, artifact: str | os.PathLike, data: str | os.PathLike | None = None,
-           thresholds: ParityThresholds | None = None, variant: str | None = None, max_images: int = 256) -> ParityResult:
+           thresholds: ParityThresholds | None = None, variant: str | None = _PARITY_DEFAULTS.variant,
+           max_images: int = _PARITY_DEFAULTS.max_images) -> ParityResult:
     """Compare ``artifact`` (.onnx / .pt2) with ``run``'s float32 PyTorch model on real images.
 
     ``run`` is a Run or a run directory. ``data`` is a folder of images or of class folders (default:

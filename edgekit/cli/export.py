@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..parity import ParityOptions
+from .options import options_from_model
 from .output import console, errors
 
 # Off a terminal (CI logs, pipes) rich would squeeze tables into 80 columns; give them room instead.
@@ -181,14 +183,12 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
 @click.command("parity")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--data", type=click.Path(path_type=Path), help="Images (a folder, or <class>/<image> folders) [default: the run's validation images].")
-@click.option("--variant", help="Which thresholds apply (fp32, fp16, int8, ...) [default: read from the artifact].")
-@click.option("--max-images", default=256, show_default=True, help="Use at most this many images (class-stratified).")
-@threshold_options
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file with the options below as keys; flags win.")
+@options_from_model(ParityOptions)
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the ParityResult JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ParityResult as JSON instead of a table.")
 @click.pass_context
-def parity_command(ctx, run_dir, artifact, data, variant, max_images, max_rel_diff, min_agreement, max_accuracy_drop, out, as_json):
+def parity_command(ctx, run_dir, artifact, config_path, out, as_json, **flags):
     """Compare an exported ARTIFACT (.onnx or .pt2) with RUN_DIR's float32 PyTorch model on real images.
 
     \b
@@ -196,10 +196,12 @@ def parity_command(ctx, run_dir, artifact, data, variant, max_images, max_rel_di
 
     Exit 1 if a threshold is crossed, naming the metric and its value.
     """
+    from .. import config
     from ..parity import parity
 
-    result = parity(run_dir, artifact, data=data, thresholds=_overrides(max_rel_diff, min_agreement, max_accuracy_drop),
-                    variant=variant, max_images=max_images)
+    options = config.load(ParityOptions, config_path, flags)  # unknown keys: a ConfigError naming the key, exit 2
+    thresholds = _overrides(options.max_rel_diff, options.min_agreement, options.max_accuracy_drop)
+    result = parity(run_dir, artifact, data=options.data, thresholds=thresholds, variant=options.variant, max_images=options.max_images)
     if out is not None:
         result.to_json(out)
     if as_json:
