@@ -109,7 +109,7 @@ def _why_fp32(candidates: list[Candidate], fp32: Candidate, batch_size: int) -> 
     if not timed:
         return "fp32: the variants within budget could not be timed here"
     best = min(timed, key=lambda c: c.p50_ms or 0.0)
-    speedup = fp32.p50_ms / (best.p50_ms or 1)
+    speedup = (fp32.p50_ms or 0.0) / (best.p50_ms or 1.0)
     if speedup < 1.0:
         why = "slower"
     elif speedup < MIN_SPEEDUP:

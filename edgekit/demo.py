@@ -92,7 +92,7 @@ def run_demo(
     """
     from .auto import export_auto
     from .bench import bench
-    from .finetune import finetune
+    from .finetune import FinetuneConfig, finetune
     from .gate import gate, load_config
     from .predict import predict
 
@@ -102,9 +102,12 @@ def run_demo(
     note(f"wrote {sum(1 for _ in folders['train'].rglob('*.png'))} train / {sum(1 for _ in folders['val'].rglob('*.png'))} val / "
          f"{sum(1 for _ in folders['test'].rglob('*.png'))} test digit images to {out / 'data'}", progress)
     run_dir = out / "run"
-    options = {"epochs": epochs} if epochs is not None else {}  # the head is solved, not trained for epochs, by default
-    tuned = finetune(model="efficientnet_lite0", weights="DEFAULT", data=folders["train"], val_data=folders["val"], out=run_dir,
-                     seed=0, progress=progress, **options)
+    # The head is solved, not trained for epochs, by default; --epochs only matters for the epoch loop.
+    config = FinetuneConfig(model="efficientnet_lite0", weights="DEFAULT", data=folders["train"], val_data=folders["val"], out=run_dir,
+                            seed=0, epochs=epochs)
+    tuned = finetune(config, progress=progress)
+    if tuned is None:  # only a non-zero torchrun rank gets None; the demo is a single process
+        raise EdgekitError("the demo runs in one process; start it without torchrun")
     note(f"fine-tuned efficientnet_lite0 into {run_dir}: best val accuracy {tuned.best_val_accuracy:.2%}", progress)
     held_out = [sorted((folders["test"] / str(digit)).glob("*.png"))[0] for digit in range(0, 10, 2)]
     predictions = predict(run_dir, held_out, top_k=3)

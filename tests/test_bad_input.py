@@ -361,7 +361,7 @@ def test_self_referencing_link_beside_the_class_folders_is_ignored(tmp_path):
         (["parity", "{run}", "{run}/model.onnx", "--min-agreement", "1.5"], ["min_agreement", "1.5"]),
         (["export", "{run}", "--max-rel-diff", "-1"], ["max_rel_diff", "-1"]),
         (["export", "{run}", "--max-accuracy-drop", "2"], ["max_accuracy_drop", "2"]),
-        (["export", "{run}", "--format", "torch-export", "--quantize", "int8"], ["--quantize int8", "ONNX only"]),
+        (["export", "{run}", "--format", "torch-export", "--quantize", "int8"], ["--quantize int8", "applies to onnx, openvino, executorch only"]),
         (["export", "{run}", "--quantize", "int4"], ["int4"]),
         (["export", "{run}", "--calib-size", "0"], ["--calib-size 0"]),
         (["bench", "{run}", "--iterations", "0"], ["iterations"]),
