@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageFile
 
 from .errors import DataError, first_line
@@ -213,7 +214,7 @@ def stratified_sample(folder: ImageFolder, n: int, seed: int = 0) -> ImageFolder
     return folder.subset(sorted(chosen))
 
 
-class TorchImageDataset:
+class TorchImageDataset(torch.utils.data.Dataset):
     """A torch Dataset over an ImageFolder with a transform (PIL RGB -> tensor)."""
 
     def __init__(self, folder: ImageFolder, transform):

@@ -22,7 +22,7 @@ from ..progress import note
 from ..runs import CARD_NAME, RunCard, library_versions
 from . import distributed
 from .options import EpochMetrics, FeatureInfo, FinetuneConfig, FinetuneResult, HeadSolve, Metrics
-from .trainer import CHECKPOINT_NAME, METRICS_NAME, _seed_everything, _Trainer
+from .trainer import CHECKPOINT_NAME, _seed_everything, _Trainer
 
 __all__ = ["finetune", "FinetuneConfig", "FinetuneResult", "EpochMetrics", "Metrics", "HeadSolve", "FeatureInfo"]
 

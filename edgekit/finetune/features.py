@@ -149,7 +149,7 @@ class FeatureExtractor:
     def _load_shards(self) -> dict[str, np.ndarray]:
         known: dict[str, np.ndarray] = {}
         entry = self.entry_dir
-        if not entry.is_dir():
+        if entry is None or not entry.is_dir():
             return known
         for shard in sorted(entry.glob("*.npz")):
             try:
@@ -165,6 +165,7 @@ class FeatureExtractor:
 
     def _write_shard(self, digests: list[str], features: np.ndarray) -> None:
         entry = self.entry_dir
+        assert entry is not None  # only called with a cache folder
         files.write_json(entry / "info.json", self.described)
         name = hashlib.sha256("".join(digests).encode()).hexdigest()[:16]
         with files.atomic_path(entry / f"{name}.npz") as tmp:
@@ -220,7 +221,7 @@ class FeatureExtractor:
                 files.write_json(self.entry_dir / "ort_parity.json", {"min_cosine": self.cosine[0], "images": self.cosine[1]})
         if self.cosine is None:
             self.cosine = self._read_cosine()
-        if self.cosine[0] < MIN_COSINE:
+        if self.cosine is not None and self.cosine[0] < MIN_COSINE:
             raise _OrtMismatch(self.cosine[0])
         self._session = session
         return session

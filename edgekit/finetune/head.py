@@ -46,6 +46,7 @@ def _fit(x, y, num_classes: int, l2: float, start: tuple[torch.Tensor, torch.Ten
 
     optimizer.step(closure)
     closure()
+    assert weight.grad is not None and bias.grad is not None  # closure() just ran backward()
     gradient = float(torch.cat([weight.grad.flatten(), bias.grad.flatten()]).abs().max())
     iterations = int(optimizer.state[optimizer._params[0]].get("n_iter", 0))
     return weight.detach(), bias.detach(), iterations, gradient

@@ -7,6 +7,7 @@ import math
 import random
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from ..runs import save_run
 from . import distributed
 from .features import FeatureExtractor, _OrtMismatch, default_cache_dir, pick_runtime
 from .head import solve_linear_head
-from .options import EpochMetrics, FinetuneConfig, Metrics
+from .options import EpochMetrics, FinetuneConfig, HeadSolve, Metrics
 
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.json"
@@ -51,14 +52,14 @@ class _Trainer:
         self.progress = progress and context.is_main
         self.spec = get_spec(config.model)
         self.out = Path(config.out)
-        self.head: nn.Linear = get_submodule(model, self.spec.head)
+        self.head = cast(nn.Linear, get_submodule(model, self.spec.head))  # every zoo head is a Linear (ModelSpec.head)
         self.amp_dtype = None
         if device.type == "cuda" and config.amp:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.memory_format = torch.channels_last if (device.type == "cuda" and config.channels_last) else torch.contiguous_format
         self.epochs = config.resolved_epochs()
         self.lr = config.resolved_lr(context.world_size)
-        self.head_solve = None
+        self.head_solve: HeadSolve | None = None
         self.feature_info = None
         self.forward_model = model  # the DDP wrapper under torchrun
 
@@ -298,7 +299,7 @@ class _Trainer:
         preprocessing = self.card.preprocessing
         transform = preprocessing.train_transform() if (train and self.config.augment) else preprocessing.transform()
         dataset = TorchImageDataset(folder, transform)
-        sampler = None
+        sampler: torch.utils.data.DistributedSampler | None = None
         if self.context.enabled and train:
             sampler = torch.utils.data.DistributedSampler(
                 dataset, num_replicas=self.context.world_size, rank=self.context.rank, shuffle=True, seed=self.config.seed,
@@ -333,7 +334,7 @@ class _Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
     def _train_epoch(self, epoch, optimizer, scheduler, scaler, criterion, generator):
-        total_loss, correct, count = 0.0, 0, 0
+        total_loss, correct, count = 0.0, 0.0, 0.0
         if self.config.strategy == "head":
             self.model.eval()  # frozen backbone: BatchNorm statistics and dropout as when features are cached
             self.head.train()
@@ -371,7 +372,7 @@ class _Trainer:
     @torch.no_grad()
     def _evaluate(self, criterion) -> tuple[float, float]:
         self.model.eval()
-        total_loss, correct, count = 0.0, 0, 0
+        total_loss, correct, count = 0.0, 0.0, 0.0
         for inputs, targets in self._loader(self.val_folder, False):
             inputs = inputs.to(self.device).contiguous(memory_format=self.memory_format)
             targets = targets.to(self.device)
