@@ -64,7 +64,7 @@ def _expected_top1(run, folder_dir) -> float:
 
 def test_every_variant_on_every_runtime_that_loads_it(run_result, exported_run):
     seen = {(m.variant, m.runtime, m.batch_size) for m in run_result.measurements}
-    expected = {("fp32", "torch"), ("fp32", "torch-export"), ("fp32", "ort-cpu"), ("fp32-uint8in", "ort-cpu"),
+    expected = {("fp32", "torch"), ("torch-export", "torch-export"), ("fp32", "ort-cpu"), ("fp32-uint8in", "ort-cpu"),
                 ("int8", "ort-cpu"), ("int8-dynamic", "ort-cpu")}
     assert seen == {(v, r, b) for v, r in expected for b in (1, 2)}
     assert {m.model for m in run_result.measurements} == {"flowers"}
@@ -175,7 +175,8 @@ def test_ratios_are_computed_within_the_result(run_result):
         fastest = min(m.p50_ms for m in group)
         for m in group:
             assert m.ratio_to_fastest == pytest.approx(m.p50_ms / fastest)
-            parent = "fp32-uint8in" if m.variant.endswith("-uint8in") else "fp32"
+            parent = {"fp32-uint8in": "fp32-uint8in", "int8-uint8in": "fp32-uint8in"}.get(m.variant, "fp32")
+            parent = m.variant if m.variant == "torch-export" else parent  # a torch.export program is its own fp32
             baseline = next(b for b in group if b.variant == parent and b.runtime == m.runtime)
             assert m.ratio_to_fp32 == pytest.approx(m.p50_ms / baseline.p50_ms)
             assert m.fp32_baseline == f"{parent} on {m.runtime}"
@@ -304,7 +305,11 @@ def test_variant_names():
     assert bench_module.variant_of(Path("x/model.onnx")) == "fp32"
     assert bench_module.variant_of(Path("x/model.fp16.onnx")) == "fp16"
     assert bench_module.variant_of(Path("x/model.int8-dynamic.onnx")) == "int8-dynamic"
-    assert bench_module.variant_of(Path("x/model.pt2")) == "fp32"
+    assert bench_module.variant_of(Path("x/model.pt2")) == "torch-export"
+    assert bench_module.variant_of(Path("x/model.xml")) == "openvino-fp32"
+    assert bench_module.variant_of(Path("x/model.int8.xml")) == "openvino-int8"
+    assert bench_module.variant_of(Path("x/model.pte")) == "executorch-fp32"
+    assert bench_module.variant_of(Path("x/model.int8.pte")) == "executorch-int8"
     assert bench_module.variant_of(Path("x/model.pt")) == "fp32"
 
 

@@ -94,9 +94,10 @@ def bench(
 ) -> BenchResult:
     """Benchmark every artifact of ``targets`` on every runtime in ``runtimes`` that can load it.
 
-    ``targets``: run directories (their model.pt, exports/*.onnx and exports/*.pt2) and/or .onnx/.pt2 files.
-    ``runtimes``: registered names, or "auto" (each artifact on its natural runtime: .onnx -> ort-cpu,
-    .pt2 -> torch-export, run -> torch). An unavailable runtime is recorded in ``skipped`` with its reason.
+    ``targets``: run directories (their model.pt and exports/*.onnx, *.pt2, *.xml, *.pte) and/or such files.
+    ``runtimes``: registered names (each gets every artifact it can load), or "auto" (each artifact on its natural
+    runtime only: .onnx -> ort-cpu, .xml -> openvino, .pte -> executorch, .pt2 -> torch-export, run -> torch).
+    An unavailable runtime, or an artifact whose runtime's extra is missing, is recorded in ``skipped`` with the reason.
     ``data``: a labelled image folder (<class>/<image>) for top-1/top-5 accuracy (``max_images`` caps it).
     ``options``: runtime options (e.g. graph_optimization_level, allow_spinning, provider_options, device); each
     is passed to the runtimes that accept it, and an option no chosen runtime accepts is an error.
@@ -111,7 +112,7 @@ def bench(
         raise EdgekitError(f"contention threshold {contention_threshold} must be a share of the CPU in (0, 1], e.g. 0.25")
     target_list = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)
     if not target_list:
-        raise EdgekitError("nothing to bench; pass a run directory or .onnx/.pt2 files")
+        raise EdgekitError("nothing to bench; pass a run directory or .onnx/.pt2/.xml/.pte files")
     candidates = collect_candidates(target_list)
     options = dict(options or {})
     user_options = dict(options)

@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
+from ..variants import Format, Precision, Variant
 from . import contention
 from .deployment import app_settings, settings_of
 from .results import ContentionSummary, Deployment, Measurement
+from .targets import as_variant, auto_chosen
 
 if TYPE_CHECKING:  # only for the annotation: bench/__init__ imports this module
     from . import _Entry
-from .targets import EMBEDDED_SUFFIX
-
-_COMPRESSED_PREFIXES = ("int", "uint4", "fp16", "bf16", "fp8", "q")  # variants expected to beat their fp32 parent
 
 
 # ---- statistics and ratios -------------------------------------------------------------------------------------
@@ -114,14 +113,26 @@ def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: boo
 
 
 def row_order(m: Measurement):
-    # per model and batch size: fp32 first, then the other variants by name, each runtime in registry order
+    # per model and batch size, format by format (ONNX, torch.export, ExecuTorch, OpenVINO): fp32 first, then the
+    # other variants by name, the auto copy last; each runtime in registry order
     names = registry.registered_names()
-    return (m.model, m.batch_size, m.variant != "fp32", m.variant, names.index(m.runtime) if m.runtime in names else len(names))
+    formats = list(Format)
+    variant = as_variant(m.variant)
+    return (m.model, m.batch_size, formats.index(variant.format) if variant is not None else len(formats),
+            not is_fp32(m.variant), auto_chosen(m.variant) is not None, m.variant,
+            names.index(m.runtime) if m.runtime in names else len(names))
 
 
 def is_compressed(variant: str) -> bool:
     """Whether a variant exists to be faster or smaller than fp32 (int8, fp16...), so being slower is a problem."""
-    return variant.lower().startswith(_COMPRESSED_PREFIXES)
+    parsed = as_variant(variant)
+    return parsed is not None and parsed.is_compressed
+
+
+def is_fp32(variant: str) -> bool:
+    """Whether a row's variant is a float32 one, in any format (fp32, openvino-fp32, torch-export, a run's model)."""
+    parsed = as_variant(variant)
+    return parsed is not None and parsed.precision is Precision.FP32
 
 
 def add_ratios(measurements: list[Measurement]) -> list[str]:
@@ -157,20 +168,31 @@ def add_ratios(measurements: list[Measurement]) -> list[str]:
 
 
 def fp32_parent_variant(variant: str) -> str:
-    """The float32 variant a variant was made from: int8-uint8in -> fp32-uint8in (same input kind), else fp32."""
-    suffix = EMBEDDED_SUFFIX if variant.endswith(EMBEDDED_SUFFIX) else ""
-    return "fp32" + suffix
+    """The float32 variant a variant was made from, as ``Variant.fp32_parent`` says: int8-uint8in -> fp32-uint8in,
+    openvino-int8 -> openvino-fp32, "auto (int8)" -> fp32; "fp32" for a name no variant has."""
+    parsed = as_variant(variant)
+    return parsed.fp32_parent.name if parsed is not None else "fp32"
 
 
 def _fp32_parent(m: Measurement, group: list[Measurement]) -> Measurement | None:
-    """The measurement ``m``'s ratio_to_fp32 divides by: its fp32 parent on the same runtime, else plain fp32 on the
-    same runtime, else the fastest fp32 on any runtime (so a bare int8 file is still compared with something)."""
-    for wanted in (fp32_parent_variant(m.variant), "fp32"):
+    """The measurement ``m``'s ratio_to_fp32 divides by, within the same format and runtime first: its fp32 parent on
+    the same runtime, else its format's plain fp32 there, else ONNX fp32 there; else its fp32 parent on any runtime,
+    else the fastest plain fp32 anywhere, else the fastest float32 row of any format (so a bare int8 file is still
+    compared with something)."""
+    parsed = as_variant(m.variant)
+    wanted = [fp32_parent_variant(m.variant)]
+    if parsed is not None:
+        wanted.append(Variant(format=parsed.format).name)  # int8-uint8in -> fp32, openvino-int8 -> openvino-fp32
+    wanted.append("fp32")
+    for name in dict.fromkeys(wanted):
         for b in group:
-            if b.variant == wanted and b.runtime == m.runtime:
+            if b.variant == name and b.runtime == m.runtime:
                 return b
-    fp32 = [b for b in group if b.variant == "fp32"]
-    return min(fp32, key=lambda b: b.p50_ms) if fp32 else None
+    for candidates in ([b for b in group if b.variant == wanted[0]], [b for b in group if b.variant == "fp32"],
+                       [b for b in group if is_fp32(b.variant) and auto_chosen(b.variant) is None]):
+        if candidates:
+            return min(candidates, key=lambda b: b.p50_ms)
+    return None
 
 
 def summarize(measurements: list[Measurement]) -> list[str]:
@@ -187,8 +209,8 @@ def summarize(measurements: list[Measurement]) -> list[str]:
             line += f" at top-1 {fastest.top1:.1%}"
         if fastest.deployment is not None:
             line += f"; run it with {fastest.deployment.app_settings}"
-        fp32 = [m for m in group if m.variant == "fp32"]
-        if fp32 and fastest.variant != "fp32":
+        fp32 = [m for m in group if is_fp32(m.variant) and auto_chosen(m.variant) is None]
+        if fp32 and not is_fp32(fastest.variant):
             best_fp32 = min(fp32, key=lambda m: m.deployed_p50_ms)
             line += f"; fastest fp32 is {best_fp32.label}, {best_fp32.deployed_p50_ms:.2f} ms"
             if best_fp32.top1 is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,8 +10,11 @@ from typing import Sequence
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
 from ..errors import EdgekitError
+from ..variants import AUTO, AUTO_CHOICE_FILE, AUTO_FILE, Variant
 
-EMBEDDED_SUFFIX = "-uint8in"  # export's name suffix for variants with the preprocessing inside (uint8 NHWC input)
+# What a run directory's exports/ holds that bench runs: ONNX, torch.export, OpenVINO IR (.xml + its .bin, metadata in
+# its rt_info) and ExecuTorch (.pte, metadata in model.pte.json beside it). Each runtime reads its format's side data.
+EXPORT_SUFFIXES = (".onnx", ".pt2", ".xml", ".pte")
 
 
 @dataclass
@@ -19,8 +23,8 @@ class Candidate:
 
     model: str
     path: Path
-    variant: str
-    kind: str  # ".onnx", ".pt2" or "run"
+    variant: str  # a Variant's name, "fp32" for a run's model.pt, or auto_label(...) for model.auto.onnx
+    kind: str  # ".onnx", ".pt2", ".xml", ".pte" or "run"
     run_dir: Path | None = None
 
 
@@ -29,37 +33,51 @@ class Candidate:
 
 
 def variant_of(path: Path) -> str:
-    """The variant a file name says: model.onnx / model.pt / model.pt2 -> fp32, model.int8.onnx -> int8.
-
-    A file not named model.<variant>.<ext> is named by its graph: quantize nodes make it int8
-    (int8-dynamic when activations are quantized at run time), float16 inputs or weights fp16.
-    """
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    base, dot, rest = stem.partition(".")
-    if dot:
-        return rest
-    if base == "model" or path.suffix != ".onnx":
+    """The variant name of an artifact, as ``Variant.of_artifact`` says (its metadata, else its graph, else its file
+    name): model.int8.onnx -> int8, model.pt2 -> torch-export, model.xml -> openvino-fp32, model.int8.pte ->
+    executorch-int8. A run's model.pt is the fp32 model. ``model.auto.onnx`` is labelled by :func:`auto_label`."""
+    path = Path(path)
+    if path.is_dir() or path.suffix in (".pt", ".pth"):
         return "fp32"
-    return _variant_from_graph(path)
+    if path.name == AUTO_FILE:
+        return auto_label(_auto_choice(path) or _variant_name(path))
+    return _variant_name(path)
 
 
-def _variant_from_graph(path: Path) -> str:
-    import onnx
+def _variant_name(path: Path) -> str:
+    try:
+        return Variant.of_artifact(path).name
+    except EdgekitError:  # a file named like no variant (model.mine.xml): named by its file, compared with nothing
+        return path.name
 
-    from ..safety import check_onnx_file
 
-    proto = check_onnx_file(path)
-    ops = {node.op_type for node in proto.graph.node}
-    if "DynamicQuantizeLinear" in ops or "MatMulInteger" in ops or "ConvInteger" in ops:
-        return "int8-dynamic"
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul"}:
-        return "int8"
-    float16 = onnx.TensorProto.FLOAT16
-    if any(t.data_type == float16 for t in proto.graph.initializer) or any(
-        i.type.tensor_type.elem_type == float16 for i in proto.graph.input
-    ):
-        return "fp16"
-    return "fp32"
+def auto_label(chosen: str) -> str:
+    """The row name of ``model.auto.onnx``: "auto (int8)" when `--quantize auto` chose int8."""
+    return f"{AUTO} ({chosen})"
+
+
+def auto_chosen(variant: str) -> str | None:
+    """The variant an :func:`auto_label` names ("auto (int8)" -> "int8"); None for any other name."""
+    prefix = f"{AUTO} ("
+    return variant[len(prefix):-1] if variant.startswith(prefix) and variant.endswith(")") else None
+
+
+def as_variant(name: str) -> Variant | None:
+    """The Variant a bench row's name stands for (an auto row: the variant auto chose); None for a name none has."""
+    try:
+        return Variant.parse(auto_chosen(name) or name)
+    except EdgekitError:
+        return None
+
+
+def _auto_choice(path: Path) -> str | None:
+    """Which variant `edgekit export --quantize auto` copied to ``path``, from exports/auto.json beside it."""
+    choice = path.parent / AUTO_CHOICE_FILE
+    try:
+        chosen = json.loads(choice.read_text(encoding="utf-8")).get("chosen")
+        return Variant.parse(str(chosen)).name if chosen else None
+    except (OSError, ValueError, AttributeError, EdgekitError):  # absent, not JSON, or a name from another hand
+        return None
 
 
 def collect_candidates(targets: Sequence[str | os.PathLike]) -> list[Candidate]:
@@ -78,14 +96,15 @@ def collect_candidates(targets: Sequence[str | os.PathLike]) -> list[Candidate]:
     for target in targets:
         path = Path(target)
         if not path.exists():
-            raise EdgekitError(f"{path} does not exist; pass a run directory or .onnx/.pt2 files")
+            raise EdgekitError(f"{path} does not exist; pass a run directory or .onnx/.pt2/.xml/.pte files")
         if path.is_dir():
             if not (path / CARD_NAME).is_file():
                 raise EdgekitError(f"{path} is not an edgekit run directory (no {CARD_NAME}); pass the run folder or model files")
             if (path / MODEL_NAME).is_file():
                 add(Candidate(path.name, path / MODEL_NAME, "fp32", "run", path))
             exports = path / "exports"
-            for artifact in sorted(exports.glob("*.onnx")) + sorted(exports.glob("*.pt2")) if exports.is_dir() else []:
+            artifacts = [a for suffix in EXPORT_SUFFIXES for a in sorted(exports.glob(f"*{suffix}"))] if exports.is_dir() else []
+            for artifact in artifacts:
                 add(Candidate(path.name, artifact, variant_of(artifact), artifact.suffix, path))
             continue
         kind = registry.artifact_kind(path)
@@ -131,18 +150,27 @@ def _model_name_of_file(path: Path) -> str:
 
 
 def pair_with_runtimes(candidates, names, options) -> tuple[list[tuple[Candidate, str]], dict[str, str]]:
-    """(artifact, runtime) pairs to bench, and runtimes skipped with the reason."""
+    """(artifact, runtime) pairs to bench, and what was skipped with the reason.
+
+    "auto" pairs each artifact with its natural runtime only (.onnx -> ort-cpu, .xml -> openvino, .pte -> executorch,
+    .pt2 -> torch-export, a run -> torch); a runtime named explicitly gets every artifact it can load (so
+    ``ort-cpu,openvino`` runs an .onnx on both). An artifact whose natural runtime is missing here (an extra not
+    installed) is skipped under "<runtime>: <path>" with the reason and the fix; a named runtime under its name.
+    """
     skipped: dict[str, str] = {}
     if not names:
         raise EdgekitError("--runtime is empty; pass e.g. --runtime ort-cpu or --runtime auto")
-    chosen = []
+    wanted: dict[str, list[Candidate]] = {}  # runtime -> its artifacts, in the order runtimes were chosen
+    named: list[str] = []
     for name in names:
         if name == "auto":
-            chosen.extend(registry.auto_runtime(c.path) for c in candidates)
+            for candidate in candidates:
+                wanted.setdefault(registry.auto_runtime(candidate.path), []).append(candidate)
         else:
-            registry.get_runtime(name)  # unknown name -> EdgekitError listing the registered ones
-            chosen.append(name)
-    chosen = list(dict.fromkeys(chosen))
+            runtime = registry.get_runtime(name)  # unknown name -> EdgekitError listing the registered ones
+            wanted.setdefault(name, []).extend(c for c in candidates if c.kind in runtime.suffixes)
+            named.append(name)
+    chosen = list(wanted)
     accepted = {option for name in chosen for option in registry.get_runtime(name).options}
     unknown = sorted(set(options) - accepted)
     if unknown:
@@ -150,10 +178,10 @@ def pair_with_runtimes(candidates, names, options) -> tuple[list[tuple[Candidate
             f"option {unknown[0]!r} is not used by any chosen runtime ({', '.join(chosen)}); options they take: "
             f"{', '.join(sorted(accepted)) or 'none'}"
         )
-    pairs = []
+    pairs: list[tuple[Candidate, str]] = []
     for name in chosen:
         runtime = registry.get_runtime(name)
-        matching = [c for c in candidates if c.kind in runtime.suffixes]
+        matching = list({id(c): c for c in wanted[name]}.values())  # auto and the name itself may both add one
         if not matching:
             kinds = ", ".join("a run directory" if s == "run" else s for s in runtime.suffixes)
             hint = "; create one with `edgekit export`" if any(c.kind == "run" for c in candidates) else ""
@@ -161,7 +189,10 @@ def pair_with_runtimes(candidates, names, options) -> tuple[list[tuple[Candidate
             continue
         ok, reason = runtime.available()
         if not ok:
-            skipped[name] = reason
+            if name in named:
+                skipped[name] = reason
+            else:  # found in the targets, but its runtime's extra is not installed: skip these files, bench the rest
+                skipped.update({f"{name}: {c.path}": reason for c in matching})
             continue
         pairs.extend((candidate, name) for candidate in matching)
     return pairs, skipped
@@ -173,8 +204,12 @@ def artifact_size(candidate: Candidate) -> int:
 
 
 def artifact_bytes(path: Path) -> int:
-    """What a device has to store for ``path``: the file plus, for ONNX, every external data file it names."""
+    """What a device has to store for ``path``: the file plus, for ONNX, every external data file it names, and for an
+    OpenVINO IR (.xml) its weights (.bin). An ExecuTorch .pte is its own size."""
     size = path.stat().st_size
+    if path.suffix == ".xml":
+        weights = path.with_suffix(".bin")
+        size += weights.stat().st_size if weights.is_file() else 0
     if path.suffix == ".onnx":
         import onnx
 
