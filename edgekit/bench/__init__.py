@@ -417,8 +417,8 @@ def _accuracy(entry: _Entry, folder, prepared: dict | None = None) -> None:
     """Top-1 / top-5 of the session on the labelled folder, with the session's own labels and preprocessing."""
     session = entry.session
     class_to_label = _label_indices(session, folder)
-    if class_to_label is None:
-        return
+    if class_to_label is None or session.preprocessing is None or session.labels is None:
+        return  # _label_indices only maps folders for sessions that carry labels and preprocessing
     step = session.fixed_batch or ACCURACY_BATCH
     key = (session.preprocessing.model_dump_json(), session.input_kind, step)
     cached = prepared.get(key) if prepared is not None else None

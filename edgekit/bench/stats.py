@@ -221,7 +221,7 @@ def summarize(measurements: list[Measurement]) -> list[str]:
         if scored and fp32 and fp32[0].top1 is not None:
             # the usual shipping choice: the fastest variant that keeps accuracy within a point of fp32
             reference = max(m.top1 for m in fp32 if m.top1 is not None)
-            close = [m for m in scored if m.top1 >= reference - 0.01]
+            close = [m for m in scored if m.top1 is not None and m.top1 >= reference - 0.01]
             pick = min(close, key=lambda m: m.deployed_p50_ms)
             if pick is not fastest:
                 line += (f"; fastest within 1 point of fp32 accuracy: {pick.label}, {pick.deployed_p50_ms:.2f} ms at "
@@ -238,7 +238,8 @@ def _deployed_mean(m: Measurement) -> float:
 
 
 def _ci(m: Measurement) -> tuple[float, float]:
-    return tuple(m.deployment.p50_ci_ms) if m.deployment is not None else tuple(m.p50_ci_ms)
+    low, high = m.deployment.p50_ci_ms if m.deployment is not None else m.p50_ci_ms
+    return float(low), float(high)
 
 
 def contention_line(load: ContentionSummary, rows: int) -> str:

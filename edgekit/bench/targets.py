@@ -214,7 +214,7 @@ def artifact_bytes(path: Path) -> int:
         import onnx
 
         proto = onnx.load(str(path), load_external_data=False)
-        locations = set()
+        locations: set[str] = set()
         for tensor in proto.graph.initializer:
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
                 locations.update(e.value for e in tensor.external_data if e.key == "location")
