@@ -30,6 +30,7 @@ from .machine import (
     save_to_run,
     stamp,
 )
+from .options import BENCH_DEFAULTS
 from .results import BenchResult, BenchSettings, ContentionSummary, Deployment, MachineInfo, Measurement
 from .stats import add_ratios, contention_line, measurements_of, median_ci, row_order, summarize
 from .targets import (
@@ -41,8 +42,8 @@ from .targets import (
     variant_of,
 )
 
-DEFAULT_WARMUP = 3
-DEFAULT_ITERATIONS = 20
+DEFAULT_WARMUP = BENCH_DEFAULTS.warmup
+DEFAULT_ITERATIONS = BENCH_DEFAULTS.iterations
 ACCURACY_BATCH = 32
 
 
@@ -78,17 +79,17 @@ class _DeploymentTiming:
 
 def bench(
     targets: Sequence[str | os.PathLike] | str | os.PathLike,
-    runtimes: Sequence[str] | str = ("auto",),
-    batch_sizes: Sequence[int] = (1,),
-    threads: int | None = None,
-    data: str | os.PathLike | None = None,
+    runtimes: Sequence[str] | str = BENCH_DEFAULTS.runtimes,
+    batch_sizes: Sequence[int] = BENCH_DEFAULTS.batch_sizes,
+    threads: int | None = BENCH_DEFAULTS.threads,
+    data: str | os.PathLike | None = BENCH_DEFAULTS.data,
     warmup: int = DEFAULT_WARMUP,
     iterations: int = DEFAULT_ITERATIONS,
-    end_to_end: bool = False,
+    end_to_end: bool = BENCH_DEFAULTS.end_to_end,
     progress: bool = False,
     options: dict | None = None,
-    max_images: int | None = None,
-    save: bool = True,
+    max_images: int | None = BENCH_DEFAULTS.max_images,
+    save: bool = BENCH_DEFAULTS.save,
     contention_probe: contention.Probe | None = None,
     contention_threshold: float = contention.CONTENDED_SHARE,
 ) -> BenchResult:

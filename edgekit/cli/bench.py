@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
+from ..bench.options import BenchOptions
 from ..errors import EdgekitError
+from .options import options_from_model
 from .output import console
 
 
@@ -50,26 +52,14 @@ def _print_runtimes() -> None:
 
 @click.command("bench")
 @click.argument("targets", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--runtime", "runtime_list", default="auto", show_default=True,
-              help="Comma-separated runtimes (registered: torch, torch-export, ort-cpu, ort-cuda, openvino); 'auto' runs "
-                   "each file on its natural runtime; 'list' shows which are available here.")
-@click.option("--batch-sizes", default="1", show_default=True, help="Comma-separated batch sizes, e.g. 1,8,32.")
-@click.option("--threads", type=int, help="Intra-op threads per runtime [default: the runtime's own default].")
-@click.option("--data", type=click.Path(path_type=Path), help="Labelled image folder (<class>/<image>) for top-1/top-5 accuracy.")
-@click.option("--max-images", type=int, help="Use at most this many images of --data (classes kept in proportion).")
-@click.option("--warmup", default=3, show_default=True, help="Untimed runs per variant and batch size.")
-@click.option("--iterations", default=20, show_default=True, help="Timed runs per variant and batch size (interleaved).")
-@click.option("--end-to-end", is_flag=True, help="Also time image decoding and preprocessing (from --data or the run's val images).")
-@click.option("--graph-opt-level", type=click.Choice(["disable", "basic", "extended", "all"]), help="ONNX Runtime graph optimization level [default: all].")
-@click.option("--allow-spinning/--no-allow-spinning", default=None, help="ONNX Runtime idle thread spinning [default: ORT's own].")
-@click.option("--provider-option", "provider_options", multiple=True, metavar="KEY=VALUE", help="ONNX Runtime execution provider option (repeatable).")
-@click.option("--device", help="Device for the torch runtimes: cpu or cuda[:N] [default: cpu].")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file with the options below as keys; flags win.")
+@options_from_model(BenchOptions, exclude=("provider_options",))
+@click.option("--provider-option", "provider_pairs", multiple=True, metavar="KEY=VALUE",
+              help=BenchOptions.model_fields["provider_options"].description)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full result as JSON here.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a markdown report (for a PR comment) here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a latency vs accuracy PNG (needs --data) here.")
-@click.option("--save/--no-save", default=True, show_default=True, help="For a run directory, also write bench/<stamp>.json and .md into it.")
-def bench_command(targets, runtime_list, batch_sizes, threads, data, max_images, warmup, iterations, end_to_end,
-                  graph_opt_level, allow_spinning, provider_options, device, json_path, md_path, plot_path, save):
+def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot_path, **flags):
     """Latency, throughput, memory, size and accuracy of every variant of TARGETS on each runtime.
 
     TARGETS are run directories (model.pt and exports/*) and/or .onnx / .pt2 files. Variants are timed
@@ -80,30 +70,34 @@ def bench_command(targets, runtime_list, batch_sizes, threads, data, max_images,
     edgekit bench runs/flowers --runtime torch,ort-cpu --batch-sizes 1,8,32 --json bench.json --md bench.md --plot pareto.png
     edgekit bench model.onnx --runtime ort-cuda
     """
-    from .. import files, report
+    from .. import config, files, report
     from ..bench import bench
 
-    names = _csv(runtime_list)
-    if names == ["list"]:
+    if flags["batch_sizes"] is not None:
+        flags["batch_sizes"] = _batch_sizes(flags["batch_sizes"])  # a typo is named as the flag, not as the YAML key
+    if provider_pairs:
+        flags["provider_options"] = _provider_options(provider_pairs)
+    options = config.load(BenchOptions, config_path, flags)  # unknown keys: a ConfigError naming the key, exit 2
+    if options.runtimes == ("list",):
         _print_runtimes()
         return
     if not targets:
         raise EdgekitError("no TARGETS given; pass a run directory or .onnx/.pt2 files (see edgekit bench --help)")
-    if plot_path is not None and data is None:
+    if plot_path is not None and options.data is None:
         raise EdgekitError("--plot draws latency against accuracy, which needs --data DIR (a labelled image folder)")
-    options = {}
-    if graph_opt_level is not None:
-        options["graph_optimization_level"] = graph_opt_level
-    if allow_spinning is not None:
-        options["allow_spinning"] = allow_spinning
-    if provider_options:
-        options["provider_options"] = _provider_options(provider_options)
-    if device is not None:
-        options["device"] = device
+    runtime_options: dict = {}
+    if options.graph_opt_level is not None:
+        runtime_options["graph_optimization_level"] = options.graph_opt_level
+    if options.allow_spinning is not None:
+        runtime_options["allow_spinning"] = options.allow_spinning
+    if options.provider_options:
+        runtime_options["provider_options"] = options.provider_options
+    if options.device is not None:
+        runtime_options["device"] = options.device
     result = bench(
-        list(targets), runtimes=names, batch_sizes=_batch_sizes(batch_sizes), threads=threads, data=data,
-        warmup=warmup, iterations=iterations, end_to_end=end_to_end, progress=True, options=options, max_images=max_images,
-        save=save,
+        list(targets), runtimes=options.runtimes, batch_sizes=options.batch_sizes, threads=options.threads, data=options.data,
+        warmup=options.warmup, iterations=options.iterations, end_to_end=options.end_to_end, progress=True,
+        options=runtime_options, max_images=options.max_images, save=options.save,
     )
     show_bench(result)
     written = []

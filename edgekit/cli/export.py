@@ -7,22 +7,12 @@ from pathlib import Path
 import click
 from rich.table import Table
 
+from ..export.options import ExportOptions
 from ..parity import ParityOptions
 from .options import options_from_model
 from .output import console, errors
 
 # Off a terminal (CI logs, pipes) rich would squeeze tables into 80 columns; give them room instead.
-
-
-def threshold_options(function):
-    """--max-rel-diff / --min-agreement / --max-accuracy-drop: override the model's parity defaults."""
-    function = click.option("--max-accuracy-drop", type=float,
-                            help="Largest allowed drop in accuracy (needs labelled images), e.g. 0.05. Default: per model and variant.")(function)
-    function = click.option("--min-agreement", type=float,
-                            help="Smallest allowed top-1 agreement with the float32 PyTorch model, e.g. 0.9. Default: per model and variant.")(function)
-    function = click.option("--max-rel-diff", type=float,
-                            help="Largest allowed max |logit diff| / reference logit spread, e.g. 1e-4. Default: per model and variant.")(function)
-    return function
 
 
 def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
@@ -40,37 +30,11 @@ def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
 @click.option("--model", help="Export a zoo model as is, without a fine-tune (e.g. efficientnet_lite0); no RUN_DIR then.")
 @click.option("--weights", default="DEFAULT", show_default=True, help="Weights for --model: DEFAULT, none, a torchvision name or a file.")
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory created for --model [default: runs/<model>].")
-@click.option("--format", "formats", default="onnx", show_default=True,
-              help="onnx, torch-export, openvino (extra: edgekit[openvino]), executorch (extra: edgekit[executorch]), "
-                   "comma-separated; all = onnx,torch-export.")
-@click.option("--quantize", default="none", show_default=True,
-              help="Variants, comma-separated: none (fp32), fp16, int8 (static, calibrated, held to the accuracy budget), "
-                   "int8-dynamic (MatMul/Gemm only), all; or auto: export fp32 and int8, time them here and keep the fastest "
-                   "within budget as model.auto.onnx.")
-@click.option("--batch-size", default=1, show_default=True, help="With --quantize auto: the batch size the app runs, for timing.")
-@click.option("--no-fallback", is_flag=True,
-              help="int8: do not return sensitive layers to float when the accuracy budget is broken (just report it).")
-@click.option("--max-fallback-steps", default=24, show_default=True, help="int8: at most this many layers go back to float.")
-@click.option("--max-fallback-seconds", default=900.0, show_default=True, help="int8: time bound of the accuracy-aware search.")
-@click.option("--opset", type=int, help="ONNX opset version [default: the exporter's].")
-@click.option("--calib-data", type=click.Path(path_type=Path), help="int8 calibration images (folder) [default: the run's training images].")
-@click.option("--calib-size", default=300, show_default=True, help="How many calibration images (class-stratified).")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True,
-              help="How int8 activation ranges are chosen from the calibration images.")
-@click.option("--parity-data", type=click.Path(path_type=Path), help="Images for the parity check [default: the run's validation images].")
-@click.option("--max-parity-images", default=256, show_default=True, help="Parity uses at most this many images (class-stratified).")
-@click.option("--embed-preprocessing", is_flag=True,
-              help="Also export a twin of each ONNX variant that takes uint8 NHWC pixels and normalizes inside the graph.")
-@click.option("--fixed-batch", type=int,
-              help="Also write a fixed-shape twin of each ONNX variant with this batch (model.<variant>-b<N>.onnx, for NNAPI/CoreML), "
-                   "with ORT's mobile-usability verdict in its report.")
-@click.option("--ort-format", is_flag=True, help="Also write an .ort file (ORT Mobile) beside each ONNX variant.")
-@threshold_options
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file with the options below as keys; flags win.")
+@options_from_model(ExportOptions)
 @click.option("--json", "as_json", is_flag=True, help="Print the ExportResult as JSON instead of a table.")
 @click.pass_context
-def export_command(ctx, run_dir, model, weights, out, formats, quantize, batch_size, no_fallback, max_fallback_steps,
-                   max_fallback_seconds, opset, calib_data, calib_size, calib_method, parity_data, max_parity_images,
-                   embed_preprocessing, fixed_batch, ort_format, max_rel_diff, min_agreement, max_accuracy_drop, as_json):
+def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **flags):
     """Export a run (or a zoo model) to ONNX / torch.export, quantize, and check every variant's parity.
 
     \b
@@ -82,9 +46,11 @@ def export_command(ctx, run_dir, model, weights, out, formats, quantize, batch_s
     <variant>.parity.json per variant. Exit 1 if any variant fails its parity thresholds (its file is
     kept and its report says failed).
     """
+    from .. import config
     from ..errors import ConfigError
     from ..export import export
 
+    options = config.load(ExportOptions, config_path, flags)  # unknown keys: a ConfigError naming the key, exit 2
     if (run_dir is None) == (model is None):
         raise ConfigError("pass a run directory or --model NAME (a zoo model), not both")
     if model is not None:
@@ -93,16 +59,15 @@ def export_command(ctx, run_dir, model, weights, out, formats, quantize, batch_s
         run_dir = run_from_zoo(model, weights, out or Path("runs") / model).path
     elif out is not None:
         raise ConfigError("--out applies to --model only; a run is exported into its own exports/ folder")
-    thresholds = _overrides(max_rel_diff, min_agreement, max_accuracy_drop)
-    search = {"accuracy_aware": not no_fallback, "max_fallback_steps": max_fallback_steps, "max_fallback_seconds": max_fallback_seconds}
-    if quantize.strip() == "auto":
-        if formats.strip() != "onnx" or embed_preprocessing or fixed_batch or ort_format:
+    thresholds = _overrides(options.max_rel_diff, options.min_agreement, options.max_accuracy_drop)
+    shared = options.model_dump(include={"calib_data", "calib_size", "calib_method", "parity_data", "max_parity_images", "opset",
+                                         "accuracy_aware", "max_fallback_steps", "max_fallback_seconds"})
+    if options.quantize == ("auto",):
+        if options.formats != ("onnx",) or options.embed_preprocessing or options.fixed_batch or options.ort_format:
             raise ConfigError("--quantize auto chooses among ONNX variants on this CPU; use it with --format onnx alone")
         from ..auto import export_auto
 
-        chosen = export_auto(run_dir, batch_size=batch_size, calib_data=calib_data, calib_size=calib_size, calib_method=calib_method,
-                             parity_data=parity_data, thresholds=thresholds, max_parity_images=max_parity_images, progress=True,
-                             opset=opset, **search)
+        chosen = export_auto(run_dir, batch_size=options.batch_size, thresholds=thresholds, progress=True, **shared)
         if as_json:
             click.echo(chosen.to_json())
             return
@@ -111,10 +76,9 @@ def export_command(ctx, run_dir, model, weights, out, formats, quantize, batch_s
         show_runtime_settings(chosen.export, only=chosen.choice.chosen)
         return  # the answer (fp32 or a variant within budget) holds its budget: exit 0
     result = export(
-        run_dir, formats=formats, quantize=quantize, opset=opset, calib_data=calib_data, calib_size=calib_size,
-        calib_method=calib_method, parity_data=parity_data, thresholds=thresholds,
-        embed_preprocessing=embed_preprocessing, max_parity_images=max_parity_images, progress=True,
-        fixed_batch=fixed_batch, ort_format=ort_format, **search,
+        run_dir, formats=options.formats, quantize=options.quantize, thresholds=thresholds,
+        embed_preprocessing=options.embed_preprocessing, progress=True, fixed_batch=options.fixed_batch,
+        ort_format=options.ort_format, **shared,
     )
     if as_json:
         click.echo(result.to_json())

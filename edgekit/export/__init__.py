@@ -41,6 +41,7 @@ from ..progress import Bar
 from ..results import Result
 from ..variants import InputKind, Precision, Variant
 from ..version import __version__
+from .options import EXPORT_DEFAULTS
 
 FORMATS = ("onnx", "torch-export", "openvino", "executorch")
 CORE_FORMATS = ("onnx", "torch-export")  # what --format all means
@@ -48,8 +49,8 @@ QUANTIZATIONS = ("none", "fp16", "int8", "int8-dynamic")
 # The --quantize choices each format makes (torch-export is always one float32 program).
 FORMAT_QUANTIZATIONS = {"onnx": QUANTIZATIONS, "torch-export": ("none",), "openvino": ("none", "int8"), "executorch": ("none", "int8")}
 CALIBRATION_BATCH = 8
-MAX_FALLBACK_STEPS = 24  # int8: layers returned to float, at most, before saying no int8 holds the budget
-MAX_FALLBACK_SECONDS = 900.0
+MAX_FALLBACK_STEPS = EXPORT_DEFAULTS.max_fallback_steps  # int8: layers returned to float, at most, before saying no int8 holds the budget
+MAX_FALLBACK_SECONDS = EXPORT_DEFAULTS.max_fallback_seconds
 
 
 class VariantResult(Result):
@@ -113,21 +114,21 @@ def parse_choices(values: str | Iterable[str], allowed: Sequence[str], what: str
 
 def export(
     run,
-    formats: str | Sequence[str] = ("onnx",),
-    quantize: str | Sequence[str] = ("none",),
+    formats: str | Sequence[str] = EXPORT_DEFAULTS.formats,
+    quantize: str | Sequence[str] = EXPORT_DEFAULTS.quantize,
     *,
-    opset: int | None = None,
-    calib_data: str | os.PathLike | None = None,
-    calib_size: int = 300,
-    calib_method: str = "minmax",
-    parity_data: str | os.PathLike | None = None,
+    opset: int | None = EXPORT_DEFAULTS.opset,
+    calib_data: str | os.PathLike | None = EXPORT_DEFAULTS.calib_data,
+    calib_size: int = EXPORT_DEFAULTS.calib_size,
+    calib_method: str = EXPORT_DEFAULTS.calib_method,
+    parity_data: str | os.PathLike | None = EXPORT_DEFAULTS.parity_data,
     thresholds: ParityThresholds | None = None,
-    embed_preprocessing: bool = False,
-    max_parity_images: int = 256,
+    embed_preprocessing: bool = EXPORT_DEFAULTS.embed_preprocessing,
+    max_parity_images: int = EXPORT_DEFAULTS.max_parity_images,
     progress: bool = False,
-    fixed_batch: int | None = None,
-    ort_format: bool = False,
-    accuracy_aware: bool = True,
+    fixed_batch: int | None = EXPORT_DEFAULTS.fixed_batch,
+    ort_format: bool = EXPORT_DEFAULTS.ort_format,
+    accuracy_aware: bool = EXPORT_DEFAULTS.accuracy_aware,
     max_fallback_steps: int = MAX_FALLBACK_STEPS,
     max_fallback_seconds: float = MAX_FALLBACK_SECONDS,
 ) -> ExportResult:
