@@ -214,3 +214,28 @@ def load_exported_program(path: str | os.PathLike):
     except Exception as exc:  # torch raises RuntimeError/KeyError/zipfile errors for a damaged archive
         first = first_line(exc, 160)
         raise ModelError(f"{path} is not a loadable .pt2 archive ({type(exc).__name__}: {first}); it may be corrupted, re-export it") from exc
+
+
+def onnx_session(model: str | os.PathLike | bytes, options=None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):
+    """An onnxruntime InferenceSession for a file (an .onnx file is checked with ``check_onnx_file`` first; an .ort
+    file is a flatbuffer ORT validates itself) or for the serialized bytes of a model edgekit built in memory.
+    ORT's own errors become one-line ModelErrors."""
+    import onnxruntime as ort
+
+    if not isinstance(model, bytes):
+        if Path(model).suffix.lower() != ".ort":
+            check_onnx_file(model)
+        model = str(model)
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=list(providers))
+    except Exception as exc:  # ORT's exception types share no base class
+        where = "an in-memory model" if isinstance(model, bytes) else model
+        raise ModelError(f"onnxruntime cannot load {where} ({first_line(exc)}); re-export it") from exc
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, Any]:
+    """Every array of an .npz file, read without unpickling (object arrays are refused by numpy)."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ConfigError, ExportError
 from ..files import atomic_path
+from ..safety import onnx_session
 
 MAX_FIXED_BATCH = 1024
 def check_mobile_options(formats: Sequence[str], fixed_batch: int | None, ort_format: bool) -> None:
@@ -140,7 +141,7 @@ def ort_agreement(onnx_path: Path, ort_path: Path, inputs: np.ndarray, batch: in
     def run(path: Path) -> np.ndarray:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        session = onnx_session(path, options)
         name = session.get_inputs()[0].name
         chunk = batch or len(inputs)
         usable = inputs[: (len(inputs) // chunk) * chunk] if len(inputs) >= chunk else np.repeat(inputs[:1], chunk, axis=0)

@@ -33,6 +33,7 @@ from torch import nn
 from .. import files
 from ..data import load_image
 from ..progress import note, track
+from ..safety import load_npz, onnx_session
 from .options import FeatureInfo
 
 CACHE_ENV = "EDGEKIT_CACHE_DIR"
@@ -153,11 +154,11 @@ class FeatureExtractor:
             return known
         for shard in sorted(entry.glob("*.npz")):
             try:
-                with np.load(shard, allow_pickle=False) as data:
-                    digests, features = data["hashes"], data["features"]
-                    if features.ndim != 2 or len(digests) != len(features) or features.dtype != np.float32 or not np.isfinite(features).all():
-                        raise ValueError("unexpected shapes or values")
-                    known.update(zip((str(d) for d in digests), features))
+                data = load_npz(shard)
+                digests, features = data["hashes"], data["features"]
+                if features.ndim != 2 or len(digests) != len(features) or features.dtype != np.float32 or not np.isfinite(features).all():
+                    raise ValueError("unexpected shapes or values")
+                known.update(zip((str(d) for d in digests), features))
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
                 # Atomic writes make this unlikely (a disk error, a hand edit); the images re-extract.
                 note(f"ignoring unreadable feature cache file {shard} ({type(exc).__name__}); its images are extracted again", self.progress)
@@ -214,7 +215,7 @@ class FeatureExtractor:
         options.intra_op_num_threads = torch.get_num_threads()
         # No spin-waiting: on shared cores a spinning thread steals the time its peers need (seen: 5x slower).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(onnx_path, options)
         if exported or self._read_cosine() is None:
             self.cosine = self._measure_cosine(session, sample)
             if self.entry_dir is not None:

@@ -21,8 +21,9 @@ from typing import Callable
 import numpy as np
 from pydantic import BaseModel
 
-from ...errors import ExportError
+from ...errors import ExportError, ModelError
 from ...parity import ParityMetrics, ParityThresholds
+from ...safety import onnx_session
 from .ort import Ranges, _load, quantize_with_ranges
 
 QUANTIZABLE = ("Conv", "Gemm", "MatMul", "ConvTranspose")
@@ -215,8 +216,8 @@ def run_onnx(model: bytes | str | Path, inputs: np.ndarray, session_config: dict
     for key, value in session_config.items():
         options.add_session_config_entry(key, value)
     try:
-        session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT's own exception types share no base
-        raise ExportError(f"onnxruntime cannot load a quantized candidate ({str(exc).strip().splitlines()[0][:200]})") from exc
+        session = onnx_session(model if isinstance(model, bytes) else Path(model), options)
+    except ModelError as exc:
+        raise ExportError(f"a quantized candidate cannot be run: {exc}") from exc
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]).astype(np.float32)
