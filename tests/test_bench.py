@@ -18,8 +18,8 @@ import torch
 
 bench_module = importlib.import_module("edgekit.bench")  # `from edgekit import bench` is the function
 machine_module = importlib.import_module("edgekit.bench.machine")
-from edgekit import report, runtimes
-from edgekit.bench import BenchResult, Measurement, bench
+from edgekit import runtimes
+from edgekit.bench import BenchResult, Measurement, bench, report
 from edgekit.errors import DataError, EdgekitError
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit import report
-from edgekit.bench import BenchResult, bench
+from edgekit.bench import BenchResult, bench, report
 
 contention = importlib.import_module("edgekit.bench.contention")
 

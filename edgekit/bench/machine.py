@@ -83,7 +83,7 @@ def stamp() -> str:
 def save_to_run(result: BenchResult, run_dir: str | os.PathLike, when: str | None = None) -> tuple[Path, Path]:
     """Write <run>/bench/<stamp>.json and <stamp>.md (atomically); a second bench in the same second gets -2, -3..."""
     from .. import files
-    from ..report import markdown
+    from .report import markdown
 
     folder = Path(run_dir) / "bench"
     base = when or stamp()

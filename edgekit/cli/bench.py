@@ -70,8 +70,8 @@ def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot
     edgekit bench runs/flowers --runtime torch,ort-cpu --batch-sizes 1,8,32 --json bench.json --md bench.md --plot pareto.png
     edgekit bench model.onnx --runtime ort-cuda
     """
-    from .. import config, files, report
-    from ..bench import bench
+    from .. import config, files
+    from ..bench import bench, report
 
     if flags["batch_sizes"] is not None:
         flags["batch_sizes"] = _batch_sizes(flags["batch_sizes"])  # a typo is named as the flag, not as the YAML key
@@ -115,7 +115,7 @@ def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot
 
 def show_bench(result) -> None:
     """Print the measurements table, the per-model verdict lines, warnings and skipped runtimes."""
-    from .. import report
+    from ..bench import report
 
     console.print(report.table(result))
     for line in result.summary:
