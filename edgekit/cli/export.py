@@ -62,6 +62,8 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
     thresholds = _overrides(options.max_rel_diff, options.min_agreement, options.max_accuracy_drop)
     shared = options.model_dump(include={"calib_data", "calib_size", "calib_method", "parity_data", "max_parity_images", "opset",
                                          "accuracy_aware", "max_fallback_steps", "max_fallback_seconds"})
+    if "auto" in options.quantize and options.quantize != ("auto",):
+        raise ConfigError(f"--quantize {','.join(options.quantize)}: auto chooses among the variants itself; pass --quantize auto alone")
     if options.quantize == ("auto",):
         if options.formats != ("onnx",) or options.embed_preprocessing or options.fixed_batch or options.ort_format:
             raise ConfigError("--quantize auto chooses among ONNX variants on this CPU; use it with --format onnx alone")

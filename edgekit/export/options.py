@@ -43,13 +43,13 @@ class ExportOptions(BaseModel):
         "int8-dynamic (MatMul/Gemm only), all; or auto: export fp32 and int8, time them here and keep the fastest "
         "within budget as model.auto.onnx.",
     )
-    batch_size: int = Field(1, description="With --quantize auto: the batch size the app runs, for timing.")
+    batch_size: int = Field(1, ge=1, description="With --quantize auto: the batch size the app runs, for timing.")
     accuracy_aware: bool = Field(
         True, json_schema_extra={"flag": "--no-fallback"},
         description="int8: do not return sensitive layers to float when the accuracy budget is broken (just report it).",
     )
-    max_fallback_steps: int = Field(24, description="int8: at most this many layers go back to float.")
-    max_fallback_seconds: float = Field(900.0, description="int8: time bound of the accuracy-aware search.")
+    max_fallback_steps: int = Field(24, ge=0, description="int8: at most this many layers go back to float.")
+    max_fallback_seconds: float = Field(900.0, ge=0, description="int8: time bound of the accuracy-aware search.")
     opset: int | None = Field(None, description="ONNX opset version [default: the exporter's].")
     calib_data: Path | None = Field(None, description="int8 calibration images (folder) [default: the run's training images].")
     calib_size: int = Field(300, description="How many calibration images (class-stratified).")
