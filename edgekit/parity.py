@@ -89,6 +89,10 @@ class ParityMetrics(BaseModel):
     accuracy_drop: float | None = None  # reference - variant; None without labels
     n_confident: int | None = None  # images where the reference's top-1 softmax probability is >= CONFIDENT
     confident_agreement: float | None = None  # top-1 agreement on those (reported, not judged)
+    # Standard errors of the two decision metrics over these images (paired for the accuracy drop), so a reader,
+    # and the int8 search, can tell a real difference from the luck of one sample.
+    top1_agreement_se: float | None = None
+    accuracy_drop_se: float | None = None
 
 
 class ParityResult(Result):
@@ -297,11 +301,16 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
     shifted = np.exp(reference - reference.max(axis=1, keepdims=True))
     confident = (shifted.max(axis=1) / shifted.sum(axis=1)) >= CONFIDENT
     confident_agreement = float((reference_top1 == candidate_top1)[confident].mean()) if confident.any() else None
-    reference_accuracy = variant_accuracy = accuracy_drop = None
+    reference_accuracy = variant_accuracy = accuracy_drop = accuracy_drop_se = None
+    n = len(reference)
+    agreement = float((reference_top1 == candidate_top1).mean()) if n else 1.0
+    agreement_se = float(np.sqrt(agreement * (1 - agreement) / n)) if n else None
     if labels is not None:
         reference_accuracy = float((reference_top1 == labels).mean())
         variant_accuracy = float((candidate_top1 == labels).mean())
         accuracy_drop = reference_accuracy - variant_accuracy
+        paired = (reference_top1 == labels).astype(np.float64) - (candidate_top1 == labels).astype(np.float64)
+        accuracy_drop_se = float(paired.std(ddof=1) / np.sqrt(n)) if n > 1 else None
     return ParityMetrics(
         n_images=len(reference), data_source=data_source,
         max_abs_diff=float(difference.max()), mean_abs_diff=float(difference.mean()),
@@ -309,6 +318,7 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
         top1_agreement=float((reference_top1 == candidate_top1).mean()), top5_overlap=float(overlap),
         reference_accuracy=reference_accuracy, variant_accuracy=variant_accuracy, accuracy_drop=accuracy_drop,
         n_confident=int(confident.sum()), confident_agreement=confident_agreement,
+        top1_agreement_se=agreement_se, accuracy_drop_se=accuracy_drop_se,
     )
 
 

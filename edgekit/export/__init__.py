@@ -371,10 +371,20 @@ class _Exporter:
             logits = run_onnx(path, data.inputs(kind), session_config)
             return compare_logits(self.checker.reference_logits(kind), logits, data.labels, data.source)
 
+        def with_margin(metrics):
+            # The search stops only when the budget holds one standard error inside its limit: stopping at the first
+            # sample that happens to pass overfits the validation images (seen: -0.4 pt on val, -2.8 pt on test digits).
+            update = {}
+            if metrics.accuracy_drop is not None and metrics.accuracy_drop_se is not None:
+                update["accuracy_drop"] = metrics.accuracy_drop + metrics.accuracy_drop_se
+            if metrics.top1_agreement_se is not None:
+                update["top1_agreement"] = metrics.top1_agreement - metrics.top1_agreement_se
+            return metrics.model_copy(update=update)
+
         ranking_inputs = load_batch(self.calibration.paths[:RANKING_IMAGES], self.run.card.preprocessing, kind)
         ranking = Ranking(ranking_inputs, run_onnx(base, ranking_inputs, {}), session_config)
         search = search_int8(
-            prepared, work, ranges, start, Validation(evaluate, lambda metrics: not judge(metrics, budget)[0]), ranking, budget, isa,
+            prepared, work, ranges, start, Validation(evaluate, lambda metrics: not judge(with_margin(metrics), budget)[0]), ranking, budget, isa,
             max_steps=self.max_fallback_steps, max_seconds=self.max_fallback_seconds, metadata_from=base,
             progress=lambda message: self.bar.describe(f"int8: {message}") if self.bar is not None else None,
         )
