@@ -53,11 +53,7 @@ def default_cache_dir() -> Path:
 
 def file_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes: the identity of an image in the cache."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return files.sha256_file(path)
 
 
 def state_digest(module: nn.Module) -> str:

@@ -11,7 +11,6 @@ silently wrong measurement.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgekitError, ModelError
+from ..files import sha256_file
 from ..metadata import ModelMetadata
 from . import Session
 
@@ -189,8 +189,4 @@ def read_side_file(pte_path: str | os.PathLike) -> tuple[ModelMetadata, dict]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)

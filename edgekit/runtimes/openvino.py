@@ -8,7 +8,6 @@ compute what parity checked. ``inference_precision="bf16"`` (or "f16") opts in, 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgekitError, ModelError
+from ..files import sha256_file
 from ..metadata import ModelMetadata
 from . import Session
 
@@ -163,11 +163,8 @@ def _rt_props(model, where: Path) -> dict[str, str]:
 
 
 def ir_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The .bin's sha256, recorded in the IR at export and checked before OpenVINO reads the weights."""
+    return sha256_file(path)
 
 
 def ov_message(exc: Exception) -> str:
