@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from .bench import bench
 from .errors import ConfigError
 from .export import ExportResult, export
+from .export.options import EXPORT_DEFAULTS
 from .files import atomic_path
 from .parity import ParityThresholds
 from .results import Result
@@ -130,9 +131,10 @@ class AutoResult(Result):
     choice: AutoChoice
 
 
-def export_auto(run, *, batch_size: int = 1, threads: int | None = None, calib_data: str | os.PathLike | None = None,
-                calib_size: int = 300, calib_method: str = "minmax", parity_data: str | os.PathLike | None = None,
-                thresholds: ParityThresholds | None = None, max_parity_images: int = 256, progress: bool = False,
+def export_auto(run, *, batch_size: int = EXPORT_DEFAULTS.batch_size, threads: int | None = None,
+                calib_data: str | os.PathLike | None = EXPORT_DEFAULTS.calib_data, calib_size: int = EXPORT_DEFAULTS.calib_size,
+                calib_method: str = EXPORT_DEFAULTS.calib_method, parity_data: str | os.PathLike | None = EXPORT_DEFAULTS.parity_data,
+                thresholds: ParityThresholds | None = None, max_parity_images: int = EXPORT_DEFAULTS.max_parity_images, progress: bool = False,
                 iterations: int = 30, candidates: Sequence[str] = CANDIDATES, **export_options) -> AutoResult:
     """Export fp32 and int8 (within its accuracy budget), time them interleaved on this machine at ``batch_size``,
     and write the fastest one that holds its budget and beats fp32 beyond noise as ``exports/model.auto.onnx``.
