@@ -62,7 +62,6 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
     searched, seconds = timed(lambda: export(run, quantize="int8", calib_data=calib, parity_data=parity_data, progress=True))
     int8 = searched.variants[0]
     search = int8.details.get("search") or {}
-    files["accuracy-aware"] = (Path(int8.path), {}, seconds)
     kept = Path(int8.path).with_name("searched.int8.onnx")
     shutil.copyfile(int8.path, kept)
     files["accuracy-aware"] = (kept, {}, seconds)

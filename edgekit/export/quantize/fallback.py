@@ -78,9 +78,9 @@ class Ranking:
 
     def scores(self, qdq_path: Path, float_path: Path, candidates: list[str], tick: Callable[[str], None]) -> list[tuple[float, str]]:
         """(error with the node in float, node), lowest error first: the node whose float version helps most."""
-        qdq = _load(qdq_path)
-        floats = {t.name: t for t in _load(float_path).graph.initializer}
-        float_nodes = {n.name: n for n in _load(float_path).graph.node}
+        qdq, float_model = _load(qdq_path), _load(float_path)
+        floats = {t.name: t for t in float_model.graph.initializer}
+        float_nodes = {n.name: n for n in float_model.graph.node}
         scored = []
         for name in candidates:
             tick(f"ranking {name}")
