@@ -43,9 +43,9 @@ def bench_wall_time(models, repeats: int, threads: int) -> list[dict]:
     """Seconds per step (median of ``repeats``) for each model at its own input size, random weights."""
     import torch
 
-    from edgekit.export.onnx import export_onnx
-    from edgekit.export.quantize import convert_fp16, quantize_dynamic_matmul, quantize_static
-    from edgekit.export.torch_export import export_program
+    from edgekit.exporting.onnx import export_onnx
+    from edgekit.exporting.quantize import convert_fp16, quantize_dynamic_matmul, quantize_static
+    from edgekit.exporting.torch_export import export_program
     from edgekit.models import build
 
     torch.set_num_threads(threads)
@@ -120,9 +120,9 @@ def write_crops(root: Path, count: int, seed: int) -> Path:
 
 def bench_agreement(eval_images: int, calib_images: int) -> list[dict]:
     """int8 (and fp16) Lite0 against the float32 PyTorch model on real photo crops, per calibration choice."""
-    from edgekit.export import export
-    from edgekit.export.quantize import quantize_static
-    from edgekit.parity import ParityChecker, ParityData, ParityThresholds, images_in
+    from edgekit.exporting import export
+    from edgekit.exporting.quantize import quantize_static
+    from edgekit.parity_check import ParityChecker, ParityData, ParityThresholds, images_in
     from edgekit.runs import run_from_zoo
 
     rows = []

@@ -28,8 +28,8 @@ from torch import nn
 
 from edgekit.data import ImageFolder, scan_folder, stratified_split
 from edgekit.demo import write_digits
-from edgekit.finetune.features import FeatureExtractor, default_cache_dir
-from edgekit.finetune.head import C_GRID, solve_linear_head
+from edgekit.finetuning.features import FeatureExtractor, default_cache_dir
+from edgekit.finetuning.head import C_GRID, solve_linear_head
 from edgekit.models import build, get_spec
 from edgekit.models.build import set_submodule
 

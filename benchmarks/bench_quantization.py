@@ -35,9 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str) -> list[dict]:
     from edgekit.auto import export_auto
-    from edgekit.export import export
-    from edgekit.export.quantize import quantize_static
-    from edgekit.parity import ParityThresholds
+    from edgekit.exporting import export
+    from edgekit.exporting.quantize import quantize_static
+    from edgekit.parity_check import ParityThresholds
 
     no_limits = ParityThresholds(max_rel_diff=None, min_agreement=None, max_accuracy_drop=None)
     rows: list[dict] = []
@@ -90,7 +90,7 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
 
 def _batches(run, folder: Path):
     from edgekit.data import load_batch
-    from edgekit.parity import images_in
+    from edgekit.parity_check import images_in
 
     paths = images_in(folder, run.card.class_names, max_images=300).paths
     for start in range(0, len(paths), 8):
@@ -98,14 +98,14 @@ def _batches(run, folder: Path):
 
 
 def _checker(run, folder: Path):
-    from edgekit.parity import ParityChecker, ParityData, images_in
+    from edgekit.parity_check import ParityChecker, ParityData, images_in
 
     return ParityChecker(run.build_model(), ParityData(run.card.preprocessing, images_in(folder, run.card.class_names, max_images=400)))
 
 
 def _metrics(checker, path: Path, session_config: dict):
     from edgekit import runtimes
-    from edgekit.parity import compare_logits
+    from edgekit.parity_check import compare_logits
 
     runtime = "openvino" if path.suffix == ".xml" else "ort-cpu"
     options = {"session_config": session_config} if session_config else {}
@@ -116,7 +116,7 @@ def _metrics(checker, path: Path, session_config: dict):
 
 
 def _interleaved_p50(files: dict[str, Path]) -> dict[str, float]:
-    from edgekit.bench import bench
+    from edgekit.benchmarking import bench
 
     unique = {}
     for name, path in files.items():
@@ -134,7 +134,7 @@ def _nncf_accuracy_control(run, base: Path, calib: Path, parity_data: Path, work
     except ImportError:
         return None
     from edgekit.data import load_batch
-    from edgekit.parity import images_in
+    from edgekit.parity_check import images_in
 
     calibration = np.concatenate(list(_batches(run, calib)))
     images = images_in(parity_data, run.card.class_names, max_images=200)

@@ -15,11 +15,11 @@ import torch
 from side_by_side import reestimate_batchnorm, write_crops
 
 from edgekit import runtimes
-from edgekit.bench import bench
+from edgekit.benchmarking import bench
 from edgekit.data import load_batch
-from edgekit.export.onnx import export_onnx
-from edgekit.export.quantize import quantize_dynamic_matmul, quantize_static
-from edgekit.export.torch_export import export_program
+from edgekit.exporting.onnx import export_onnx
+from edgekit.exporting.quantize import quantize_dynamic_matmul, quantize_static
+from edgekit.exporting.torch_export import export_program
 from edgekit.metadata import ModelMetadata
 from edgekit.models import build
 from edgekit.preprocessing import Preprocessing

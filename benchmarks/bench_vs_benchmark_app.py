@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgekit.bench import bench
+from edgekit.benchmarking import bench
 
 _MEDIAN = re.compile(r"Median:\s+([0-9.]+)\s*ms")
 
@@ -45,7 +45,7 @@ def build_onnx(model: str, folder: Path) -> Path:
     from side_by_side import reestimate_batchnorm, write_crops
 
     from edgekit.data import load_batch
-    from edgekit.export.onnx import export_onnx
+    from edgekit.exporting.onnx import export_onnx
     from edgekit.metadata import ModelMetadata
     from edgekit.models import build, get_spec
 

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from edgekit.bench import BenchResult, bench
+from edgekit.benchmarking import BenchResult, bench
 from edgekit.data import load_batch
-from edgekit.export.onnx import export_onnx
-from edgekit.export.quantize import quantize_dynamic_matmul, quantize_static
+from edgekit.exporting.onnx import export_onnx
+from edgekit.exporting.quantize import quantize_dynamic_matmul, quantize_static
 from edgekit.metadata import ModelMetadata
 from edgekit.models import build, get_spec
 from edgekit.runs import RunCard, save_run

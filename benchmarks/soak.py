@@ -82,8 +82,8 @@ def build_artifacts(workdir: Path) -> tuple[Path, dict[str, Path]]:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import write_photo_folder
 
-    from edgekit.export import export
-    from edgekit.finetune import finetune
+    from edgekit.exporting import export
+    from edgekit.finetuning import finetune
 
     data = write_photo_folder(workdir / "data", 8, seed=0, size=96)
     run = workdir / "run"

@@ -13,17 +13,17 @@ The library is the product; the `edgekit` command line only parses, calls these 
 Every result is a pydantic model with to_json() / from_json() and a schema_version.
 """
 
-# Imported eagerly on purpose: the functions share their names with their modules (edgekit.export is
-# both), and a lazy attribute would be shadowed by the submodule as soon as anything imported it.
+# No module shares its name with one of these functions (edgekit.export() lives in edgekit.exporting), so
+# `import edgekit.exporting as m` and `monkeypatch.setattr("edgekit.exporting.x", ...)` mean what they say.
 from .auto import AutoResult, export_auto  # noqa: E402
-from .bench import BenchResult, bench  # noqa: E402
+from .benchmarking import BenchResult, bench  # noqa: E402
 from .errors import EdgekitError  # noqa: E402
-from .export import ExportResult, export  # noqa: E402
-from .finetune import FinetuneConfig, FinetuneResult, finetune  # noqa: E402
-from .gate import GateConfig, GateResult, gate  # noqa: E402
+from .exporting import ExportResult, export  # noqa: E402
+from .finetuning import FinetuneConfig, FinetuneResult, finetune  # noqa: E402
+from .gating import GateConfig, GateResult, gate  # noqa: E402
 from .models import get_spec, list_specs  # noqa: E402
-from .parity import ParityResult, parity  # noqa: E402
-from .predict import PredictResult, predict  # noqa: E402
+from .parity_check import ParityResult, parity  # noqa: E402
+from .prediction import PredictResult, predict  # noqa: E402
 from .runs import Run, RunCard  # noqa: E402
 from .version import __version__
 

@@ -25,12 +25,12 @@ from typing import Sequence
 
 from pydantic import BaseModel
 
-from .bench import bench
+from .benchmarking import bench
 from .errors import ConfigError
-from .export import ExportResult, export
-from .export.options import EXPORT_DEFAULTS
+from .exporting import ExportResult, export
+from .exporting.options import EXPORT_DEFAULTS
 from .files import atomic_path
-from .parity import ParityThresholds
+from .parity_check import ParityThresholds
 from .results import Result
 from .runs import Run
 from .variants import AUTO_CHOICE_FILE as CHOICE_FILE

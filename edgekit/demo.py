@@ -17,12 +17,12 @@ import numpy as np
 from PIL import Image
 
 from .auto import AutoResult
-from .bench import BenchResult
+from .benchmarking import BenchResult
 from .errors import EdgekitError
-from .export import ExportResult
-from .finetune import FinetuneResult
-from .gate import GateResult
-from .predict import PredictResult
+from .exporting import ExportResult
+from .finetuning import FinetuneResult
+from .gating import GateResult
+from .prediction import PredictResult
 from .progress import note
 from .results import Result
 
@@ -91,10 +91,10 @@ def run_demo(
     model.auto.onnx) -> bench (torch vs ONNX Runtime) with accuracy on the held-out test split -> the gate.
     """
     from .auto import export_auto
-    from .bench import bench
-    from .finetune import FinetuneConfig, finetune
-    from .gate import gate, load_config
-    from .predict import predict
+    from .benchmarking import bench
+    from .finetuning import FinetuneConfig, finetune
+    from .gating import gate, load_config
+    from .prediction import predict
 
     out = Path(out)
     prepare_out(out, overwrite)

@@ -65,7 +65,7 @@ def trained_run(tmp_path_factory, photo_folders):
 
     Session-scoped and read-only: tests that change a run copy it first (see ``run_copy``).
     """
-    from edgekit.finetune import finetune
+    from edgekit.finetuning import finetune
     from edgekit.runs import Run
 
     train, val = photo_folders

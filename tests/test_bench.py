@@ -6,7 +6,6 @@ tested on constructed measurements; real runs are checked for consistency (p50 <
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import sys
@@ -16,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-bench_module = importlib.import_module("edgekit.bench")  # `from edgekit import bench` is the function
-machine_module = importlib.import_module("edgekit.bench.machine")
+import edgekit.benchmarking as bench_module
+import edgekit.benchmarking.machine as machine_module
 from edgekit import runtimes
-from edgekit.bench import BenchResult, Measurement, bench, report
+from edgekit.benchmarking import BenchResult, Measurement, bench, report
 from edgekit.errors import DataError, EdgekitError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -155,7 +154,7 @@ def test_bench_saves_its_reports_into_the_run(exported_run):
 
 
 def test_settings_and_machine_are_typed_and_still_read_like_dicts(run_result):
-    from edgekit.bench import BenchSettings, MachineInfo
+    from edgekit.benchmarking import BenchSettings, MachineInfo
 
     assert isinstance(run_result.settings, BenchSettings) and isinstance(run_result.machine, MachineInfo)
     assert run_result.settings.get("threads") == run_result.settings.threads == 1  # how gate reads them

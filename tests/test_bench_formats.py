@@ -3,7 +3,6 @@ its natural runtime with `--runtime auto`, in one interleaved table with accurac
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 import sys
@@ -11,12 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.bench import bench
+from edgekit.benchmarking import bench, stats, targets
 from edgekit.errors import EdgekitError
 from edgekit.variants import AUTO_CHOICE_FILE, AUTO_FILE
-
-targets = importlib.import_module("edgekit.bench.targets")
-stats = importlib.import_module("edgekit.bench.stats")
 
 FAST = {"warmup": 1, "iterations": 3, "threads": 1, "save": False}
 
@@ -25,7 +21,7 @@ FAST = {"warmup": 1, "iterations": 3, "threads": 1, "save": False}
 def ir_run(run_copy):
     """The trained run (real photos) exported to ONNX fp32 and OpenVINO IR fp32."""
     pytest.importorskip("openvino")
-    from edgekit.export import export
+    from edgekit.exporting import export
 
     export(run_copy, formats=("onnx", "openvino"), quantize=("none",))
     assert (run_copy.exports_dir / "model.xml").is_file() and (run_copy.exports_dir / "model.bin").is_file()
@@ -83,7 +79,7 @@ def test_a_missing_extra_skips_its_artifacts_with_the_fix(ir_run, monkeypatch):
 
 
 def test_a_pte_without_executorch_is_a_skip_with_the_fix(run_copy, monkeypatch):
-    from edgekit.export import export
+    from edgekit.exporting import export
 
     export(run_copy, formats=("onnx",), quantize=("none",))
     pte = run_copy.exports_dir / "model.pte"
@@ -98,7 +94,7 @@ def test_a_pte_without_executorch_is_a_skip_with_the_fix(run_copy, monkeypatch):
 
 
 def test_the_auto_copy_is_its_own_row(run_copy):
-    from edgekit.export import export
+    from edgekit.exporting import export
 
     export(run_copy, formats=("onnx",), quantize=("none",))
     exports = run_copy.exports_dir
@@ -118,7 +114,7 @@ def test_the_auto_copy_is_its_own_row(run_copy):
 
 def test_executorch_program_benches_on_executorch(run_copy):
     pytest.importorskip("executorch.runtime")
-    from edgekit.export import export
+    from edgekit.exporting import export
 
     export(run_copy, formats=("onnx", "executorch"), quantize=("none",))
     pte = run_copy.exports_dir / "model.pte"
@@ -175,7 +171,7 @@ def test_ir_size_counts_its_weights(tmp_path):
 
 
 def test_ratios_compare_within_a_format_first():
-    from edgekit.bench import Measurement
+    from edgekit.benchmarking import Measurement
 
     def m(variant, runtime, p50):
         return Measurement(model="m", artifact=f"{variant}.x", variant=variant, runtime=runtime, batch_size=1, iterations=5,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgekit.config import read_yaml, validate
-from edgekit.finetune import FinetuneConfig
+from edgekit.finetuning import FinetuneConfig
 from edgekit.models import get_spec
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

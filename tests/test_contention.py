@@ -7,7 +7,6 @@ flip); one test starts a real CPU-burning neighbour. Nothing here asserts a time
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
@@ -17,9 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.bench import BenchResult, bench, report
-
-contention = importlib.import_module("edgekit.bench.contention")
+from edgekit.benchmarking import BenchResult, bench, contention, report
 
 FAST = {"warmup": 1, "iterations": 6, "threads": 1}
 

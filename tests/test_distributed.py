@@ -23,10 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 # pid at start and, after training, the sha256 of its model's state_dict and its train losses;
 # EDGEKIT_TEST_EPOCH_PAUSE=S sleeps after each epoch (room for a kill).
 DRIVER = r"""
-import hashlib, importlib, json, os, sys, time
+import hashlib, json, os, sys, time
 import torch
 torch.set_num_threads(1)
-module = importlib.import_module("edgekit.finetune")
+import edgekit.finetuning as module
 dump = os.environ.get("EDGEKIT_TEST_DUMP_RANK_STATE")
 pause = float(os.environ.get("EDGEKIT_TEST_EPOCH_PAUSE", "0"))
 rank = os.environ.get("RANK", "0")

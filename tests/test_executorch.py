@@ -17,14 +17,14 @@ pytest.importorskip("executorch.runtime")
 from edgekit import runtimes  # noqa: E402
 from edgekit.cli import cli as main  # noqa: E402
 from edgekit.errors import ExportError, ModelError  # noqa: E402
-from edgekit.export.executorch import MAX_BATCH, read_side_file, side_file_path  # noqa: E402
+from edgekit.exporting.executorch import MAX_BATCH, read_side_file, side_file_path  # noqa: E402
 
 THREADS = None  # ExecuTorch's threadpool cannot be resized once programs ran (the export fixture runs them)
 
 
 @pytest.fixture(scope="module")
 def et_run(trained_run, tmp_path_factory):
-    from edgekit.export import export
+    from edgekit.exporting import export
     from edgekit.runs import Run
 
     target = tmp_path_factory.mktemp("executorch") / "run"
@@ -82,14 +82,14 @@ def test_predict_and_bench_on_pte(et_run, photo_folders):
     assert predicted.exit_code == 0, predicted.output
     assert any(label in predicted.output for label in run.card.class_names)
 
-    from edgekit.bench import bench
+    from edgekit.benchmarking import bench
 
     result = bench(run.exports_dir / "model.pte", runtimes=["executorch"], threads=THREADS, warmup=1, iterations=3)
     assert result.measurements and all(m.runtime == "executorch" for m in result.measurements)
 
 
 def test_missing_extra_is_one_line_exit_2(run_copy, monkeypatch):
-    from edgekit.export import export
+    from edgekit.exporting import export
 
     for name in [m for m in sys.modules if m == "executorch" or m.startswith("executorch.")]:
         monkeypatch.setitem(sys.modules, name, None)  # every `import executorch...` fails, as where it is not installed
@@ -188,7 +188,7 @@ def test_relu6_after_conv_is_observed_on_its_own_clamped_range():
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from edgekit.export.executorch import relu6_aware_quantizer
+    from edgekit.exporting.executorch import relu6_aware_quantizer
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 1),

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 
 from edgekit.cli import cli
 from edgekit.errors import ConfigError, ExportError
-from edgekit.export import ExportResult, export, variant_file_name
+from edgekit.exporting import ExportResult, export, variant_file_name
 from edgekit.metadata import read_onnx_metadata
-from edgekit.parity import ParityResult
+from edgekit.parity_check import ParityResult
 from edgekit.runs import Run
 
 ALL_VARIANTS = ("fp32", "fp16", "int8", "int8-dynamic", "fp32-uint8in", "int8-uint8in", "torch-export")
@@ -146,7 +146,7 @@ def test_quantized_graphs_have_the_expected_operators(exported):
 
 @pytest.mark.slow
 def test_embedded_preprocessing_takes_pixels_and_predicts_like_the_run(exported, photo_folders):
-    from edgekit.predict import predict
+    from edgekit.prediction import predict
 
     run, _, variants, _ = exported
     path = variants["fp32-uint8in"].path
@@ -162,7 +162,7 @@ def test_embedded_preprocessing_takes_pixels_and_predicts_like_the_run(exported,
 
 
 def test_opset_is_selectable(trained_run, tmp_path):
-    from edgekit.export.onnx import export_onnx
+    from edgekit.exporting.onnx import export_onnx
 
     path = export_onnx(trained_run.build_model(), tmp_path / "m.onnx", torch.randn(1, 3, 48, 48), opset=18)
     assert {o.version for o in onnx.load(str(path)).opset_import if o.domain == ""} == {18}

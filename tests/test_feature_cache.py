@@ -13,8 +13,8 @@ from PIL import Image
 
 from edgekit.cli import cli
 from edgekit.files import load_state_dict
-from edgekit.finetune import finetune
-from edgekit.finetune.features import default_cache_dir
+from edgekit.finetuning import finetune
+from edgekit.finetuning.features import default_cache_dir
 
 SMALL = dict(model="resnet18", weights="none", strategy="head", batch_size=16, image_size=32, seed=0)
 

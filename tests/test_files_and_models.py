@@ -34,7 +34,7 @@ def assert_user_error(result, *needles):
 @pytest.fixture(scope="module")
 def exported(trained_run, tmp_path_factory):
     """fp32 ONNX and .pt2 of the trained test run, exported once for this module (read-only)."""
-    from edgekit.export import export
+    from edgekit.exporting import export
 
     root = tmp_path_factory.mktemp("exported") / "run"
     shutil.copytree(trained_run.path, root)
@@ -237,7 +237,7 @@ def bare_onnx(exported, tmp_path):
 
 
 def test_bare_onnx_still_benches_with_a_note(bare_onnx, tmp_path):
-    from edgekit.bench import bench
+    from edgekit.benchmarking import bench
 
     result = bench([bare_onnx], iterations=3, warmup=1)
     (row,) = result.measurements
@@ -247,7 +247,7 @@ def test_bare_onnx_still_benches_with_a_note(bare_onnx, tmp_path):
 
 
 def test_bare_onnx_with_labelled_data_benches_without_accuracy(bare_onnx, photo_folders):
-    from edgekit.bench import bench
+    from edgekit.benchmarking import bench
 
     result = bench([bare_onnx], iterations=2, warmup=0, data=photo_folders[1], max_images=6)
     (row,) = result.measurements

@@ -3,15 +3,15 @@ the run directory."""
 
 from __future__ import annotations
 
-import importlib
 import json
 
 import pytest
 import torch
 
+import edgekit.finetuning
 from edgekit.errors import ConfigError, EdgekitError
 from edgekit.files import load_state_dict
-from edgekit.finetune import finetune
+from edgekit.finetuning import finetune
 from edgekit.models import build, get_spec
 from edgekit.runs import Run
 
@@ -71,7 +71,7 @@ def test_full_strategy_trains_the_stem_too(photo_folders, tmp_path, lite0_pretra
 
 
 def test_pretrained_layers_get_a_lower_learning_rate(photo_folders, tmp_path, monkeypatch):
-    module = importlib.import_module("edgekit.finetune")  # edgekit.finetune is the function
+    module = edgekit.finetuning
 
     seen = {}
     original = module._Trainer._optimizer
@@ -110,7 +110,7 @@ class _Interrupt(Exception):
 
 @pytest.mark.parametrize("strategy,cached", [("full", True), ("head", False)], ids=["full", "head-epoch-loop"])
 def test_resume_after_an_interruption_gives_the_uninterrupted_result(photo_folders, tmp_path, monkeypatch, strategy, cached):
-    module = importlib.import_module("edgekit.finetune")  # edgekit.finetune is the function
+    module = edgekit.finetuning
 
     train, val = photo_folders
     options = dict(model="resnet18", weights="none", data=train, val_data=val, strategy=strategy, cache_features=cached, epochs=3, lr=3e-3, warmup_epochs=1, **SMALL)
@@ -141,7 +141,7 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(photo_folde
 
 
 def test_resume_of_an_interrupted_head_solve_gives_the_uninterrupted_result(photo_folders, tmp_path, monkeypatch):
-    module = importlib.import_module("edgekit.finetune")
+    module = edgekit.finetuning
 
     train, val = photo_folders
     options = dict(model="resnet18", weights="none", data=train, val_data=val, strategy="head", **SMALL)
@@ -239,7 +239,7 @@ def digit_pixels():
 def test_head_solve_reaches_scikit_learns_optimum(digit_pixels):
     from sklearn.linear_model import LogisticRegression
 
-    from edgekit.finetune.head import solve_linear_head
+    from edgekit.finetuning.head import solve_linear_head
 
     train_x, train_y, val_x, val_y = digit_pixels
     c = 0.5
@@ -259,7 +259,7 @@ def test_head_solve_reaches_scikit_learns_optimum(digit_pixels):
 
 
 def test_head_solve_picks_the_l2_with_the_best_validation_accuracy(digit_pixels):
-    from edgekit.finetune.head import solve_linear_head
+    from edgekit.finetuning.head import solve_linear_head
 
     train_x, train_y, val_x, val_y = digit_pixels
     _, _, solve = solve_linear_head(train_x, train_y, val_x, val_y, 10)
@@ -295,7 +295,7 @@ def test_l2_without_the_head_solve_is_a_config_error(tmp_path):
 
 
 def test_learning_rate_rule_scales_with_the_global_batch():
-    from edgekit.finetune import FinetuneConfig
+    from edgekit.finetuning import FinetuneConfig
 
     base = dict(data="d", out="o")
     assert FinetuneConfig(**base, strategy="full").resolved_lr() == pytest.approx(1e-3)

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 
 from edgekit.cli import cli
 from edgekit.errors import ConfigError
-from edgekit.gate import Check, GateConfig, GateResult, VariantMeasure
-from edgekit.gate.baseline import compare_with_baseline, load_baseline
-from edgekit.gate.checks import evaluate
-from edgekit.gate.report import junit_xml, markdown
+from edgekit.gating import Check, GateConfig, GateResult, VariantMeasure
+from edgekit.gating.baseline import compare_with_baseline, load_baseline
+from edgekit.gating.checks import evaluate
+from edgekit.gating.report import junit_xml, markdown
 
 # --- constructed measurements: the judgement alone ------------------------------------------------
 
@@ -263,7 +263,7 @@ def test_the_gate_exports_missing_variants_in_one_call_and_names_the_command():
     from types import SimpleNamespace
 
     from edgekit.errors import EdgekitError
-    from edgekit.gate.measure import _export_request
+    from edgekit.gating.measure import _export_request
 
     request = _export_request(SimpleNamespace(path=Path("runs/r")), ["int8-uint8in", "torch-export", "fp32", "int8"])
     assert request.formats == ("onnx", "torch-export") and request.quantize == ("int8", "none") and request.embed_preprocessing
@@ -361,8 +361,8 @@ def _tiny_onnx(path: Path, floats: int) -> Path:
 def injected_bench(tmp_path, monkeypatch):
     """Bare fp32/int8 artifacts and a bench that reports int8 as timed under contention (share 0.4) unless told
     otherwise: the gate's handling of bench's flag, without depending on a real neighbour."""
-    from edgekit.bench.results import BenchResult, Measurement
-    from edgekit.gate import measure as gate_measure
+    from edgekit.benchmarking.results import BenchResult, Measurement
+    from edgekit.gating import measure as gate_measure
 
     fp32, int8 = _tiny_onnx(tmp_path / "model.onnx", 4000), _tiny_onnx(tmp_path / "model.int8.onnx", 1000)
     (tmp_path / "images" / "cat").mkdir(parents=True)
@@ -473,7 +473,7 @@ def test_the_gate_reuses_fresh_parity_reports_made_on_the_same_images(gated, pho
     assert str(run_dir / "exports" / "int8.parity.json") in report.reports
     # other images: the same artifacts are checked afresh
     config = GateConfig.from_yaml(_write_config(base / "train.yaml", run="run", data=str(photo_folders[0]), variants=PARITY_ONLY))
-    from edgekit.gate import gate
+    from edgekit.gating import gate
 
     again = gate(config)
     assert not any(path.endswith(".parity.json") for path in again.reports)
@@ -511,7 +511,7 @@ def quiet_cpu(monkeypatch):
     baselines and report reuse; under `make test -n 2` the other worker (or anything else on these 2 cores) is a
     real neighbour, and bench would rightly mark their rows contended, which makes every latency check "not
     measured" (tested above with an injected contended result, and in test_bench with a real neighbour)."""
-    from edgekit.bench import contention
+    from edgekit.benchmarking import contention
 
     monkeypatch.setattr(contention, "probe", lambda: (lambda: contention.Reading(share=0.0)))
 
@@ -554,8 +554,8 @@ def test_latency_ratio_and_baseline_on_a_real_bench(gated, quiet_cpu):
 
 @pytest.mark.slow
 def test_a_fresh_bench_report_from_edgekit_bench_is_reused(gated, quiet_cpu):
-    from edgekit.bench import bench, save_to_run
-    from edgekit.gate import gate
+    from edgekit.benchmarking import bench, save_to_run
+    from edgekit.gating import gate
 
     base, run_dir, out, _ = gated
     data = GateResult.from_json(out / "gate.json").data

@@ -73,8 +73,8 @@ def test_ort_applies_the_recorded_session_config(trained_run, tmp_path):
     import onnx
 
     from edgekit import runtimes
-    from edgekit.export import export
-    from edgekit.export.onnx import set_metadata
+    from edgekit.exporting import export
+    from edgekit.exporting.onnx import set_metadata
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run.path, run_dir)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from edgekit.auto import Candidate, choose
-from edgekit.export.quantize import calibrate, prepare
-from edgekit.export.quantize.fallback import Ranking, Validation, run_onnx, search_int8
-from edgekit.parity import ParityThresholds, compare_logits
+from edgekit.exporting.quantize import calibrate, prepare
+from edgekit.exporting.quantize.fallback import Ranking, Validation, run_onnx, search_int8
+from edgekit.parity_check import ParityThresholds, compare_logits
 
 
 class OneSensitiveLayer(nn.Module):
@@ -58,7 +58,7 @@ def _trained_sensitive_model(images: np.ndarray, labels: np.ndarray) -> OneSensi
 def sensitive(tmp_path_factory, photo_folders):
     """(fp32 onnx, prepared, calibration batches, validation inputs, fp32 logits) for OneSensitiveLayer on real photo crops."""
     from edgekit.data import load_batch
-    from edgekit.export.onnx import export_onnx
+    from edgekit.exporting.onnx import export_onnx
     from edgekit.preprocessing import Preprocessing
 
     work = tmp_path_factory.mktemp("sensitive")
@@ -168,7 +168,7 @@ def test_auto_choice_is_never_slower_nor_out_of_budget(seed):
 
 
 def test_int8_export_records_budget_search_and_runtime_settings(run_copy):
-    from edgekit.export import export
+    from edgekit.exporting import export
     from edgekit.hardware import int8_runtime_config, isa_class
     from edgekit.metadata import read_onnx_metadata
 

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 #   EDGEKIT_TEST_KILL_IN_WRITE=N    at the N-th fsync, cut the temp file in half, then SIGKILL (a kill mid-write)
 #   EDGEKIT_TEST_EPOCH_PAUSE=S      sleep S seconds after each fine-tune epoch (room for an outside kill)
 DRIVER = r"""
-import importlib, os, signal, sys, time
+import os, signal, sys, time
 import torch
 torch.set_num_threads(1)
 kill_at_replace = int(os.environ.get("EDGEKIT_TEST_KILL_AT_REPLACE", "0"))
@@ -55,7 +55,7 @@ if kill_in_write:
         return real_fsync(fd)
     os.fsync = fsync
 if pause:
-    finetune_module = importlib.import_module("edgekit.finetune")  # edgekit.finetune is the function
+    import edgekit.finetuning as finetune_module
     real_report = finetune_module._Trainer._report
     def report(self, *args, **kwargs):
         real_report(self, *args, **kwargs)

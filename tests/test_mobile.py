@@ -15,7 +15,7 @@ from edgekit.errors import ConfigError
 
 @pytest.fixture(scope="module")
 def mobile_run(trained_run, tmp_path_factory):
-    from edgekit.export import export
+    from edgekit.exporting import export
     from edgekit.runs import Run
 
     target = tmp_path_factory.mktemp("mobile") / "run"
@@ -81,7 +81,7 @@ def test_mobile_flags_are_checked_in_one_line(run_copy, args, message):
 
 
 def test_fixed_batch_session_runs_any_batch_in_chunks():
-    from edgekit.export.mobile import FixedBatchSession
+    from edgekit.exporting.mobile import FixedBatchSession
 
     class Doubler:
         input_kind = "float32-nchw"
@@ -100,7 +100,7 @@ def test_fixed_batch_session_runs_any_batch_in_chunks():
 
 
 def test_check_mobile_options_rejects_a_huge_batch():
-    from edgekit.export.mobile import check_mobile_options
+    from edgekit.exporting.mobile import check_mobile_options
 
     with pytest.raises(ConfigError, match="between 1 and"):
         check_mobile_options(("onnx",), 100_000, False)

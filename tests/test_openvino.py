@@ -18,7 +18,7 @@ from edgekit.errors import EdgekitError, ExportError, ModelError  # noqa: E402
 @pytest.fixture(scope="module")
 def ov_run(trained_run, tmp_path_factory):
     """A private copy of the trained run exported to openvino-fp32 and openvino-int8."""
-    from edgekit.export import export
+    from edgekit.exporting import export
     from edgekit.runs import Run
 
     target = tmp_path_factory.mktemp("openvino") / "run"
@@ -72,14 +72,14 @@ def test_predict_and_bench_on_ir(ov_run, photo_folders):
     assert predicted.exit_code == 0, predicted.output
     assert any(label in predicted.output for label in run.card.class_names)
 
-    from edgekit.bench import bench
+    from edgekit.benchmarking import bench
 
     result = bench(run.exports_dir / "model.int8.xml", runtimes=["openvino"], threads=1, warmup=1, iterations=3)
     assert [m.runtime for m in result.measurements] and all(m.runtime == "openvino" for m in result.measurements)
 
 
 def test_missing_extra_is_one_line_exit_2(run_copy, monkeypatch):
-    from edgekit.export import export
+    from edgekit.exporting import export
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` fails, as where it is not installed
     with pytest.raises(ExportError, match=r"pip install 'edgekit\[openvino\]'"):

@@ -59,7 +59,7 @@ def test_export_config_unknown_key_is_one_line_naming_file_and_key(run_copy, tmp
 
 
 def test_export_no_fallback_and_lists_from_yaml_mean_the_same_as_flags():
-    from edgekit.export.options import ExportOptions
+    from edgekit.exporting.options import ExportOptions
 
     from_yaml = ExportOptions.model_validate({"formats": ["onnx", "torch-export"], "accuracy_aware": False})
     from_flags = ExportOptions.model_validate({"formats": "onnx, torch-export", "accuracy_aware": False})

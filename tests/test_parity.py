@@ -13,7 +13,7 @@ from conftest import PHOTOS, write_photo_folder
 from edgekit.cli import cli
 from edgekit.errors import EdgekitError
 from edgekit.models import ParityTolerance
-from edgekit.parity import (
+from edgekit.parity_check import (
     ParityMetrics,
     ParityResult,
     ParityThresholds,
@@ -150,7 +150,7 @@ def test_images_in_class_folders_and_flat_folders(tmp_path):
 
 @pytest.fixture(scope="module")
 def fp32_onnx(trained_run, tmp_path_factory):
-    from edgekit.export.onnx import export_onnx
+    from edgekit.exporting.onnx import export_onnx
 
     path = tmp_path_factory.mktemp("parity") / "model.onnx"
     crop = trained_run.card.preprocessing.crop
@@ -160,7 +160,7 @@ def fp32_onnx(trained_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def perturbed_onnx(trained_run, tmp_path_factory):
     """The same model with its classifier bias nudged: a broken export parity must catch."""
-    from edgekit.export.onnx import export_onnx
+    from edgekit.exporting.onnx import export_onnx
 
     model = trained_run.build_model()
     with torch.no_grad():
@@ -217,7 +217,7 @@ def test_missing_artifact_is_a_user_error(trained_run, tmp_path):
 
 
 def test_zoo_run_without_images_uses_random_inputs_and_says_so(tmp_path):
-    from edgekit.export.onnx import export_onnx
+    from edgekit.exporting.onnx import export_onnx
     from edgekit.preprocessing import Preprocessing
     from edgekit.runs import Run, run_from_zoo, save_run
 

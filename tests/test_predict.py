@@ -10,7 +10,7 @@ from conftest import real_photo
 from PIL import Image
 
 from edgekit.cli import cli
-from edgekit.predict import predict
+from edgekit.prediction import predict
 
 
 @pytest.fixture(scope="module")

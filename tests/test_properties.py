@@ -21,7 +21,7 @@ from PIL import Image
 from edgekit import config as config_io
 from edgekit.data import load_image
 from edgekit.errors import ConfigError, DataError
-from edgekit.finetune import FinetuneConfig
+from edgekit.finetuning import FinetuneConfig
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -211,7 +211,7 @@ def logits(n_max=16, c_max=12):
 @FAST
 @given(logits())
 def test_identical_logits_are_perfect(reference):
-    from edgekit.parity import compare_logits
+    from edgekit.parity_check import compare_logits
 
     labels = reference.argmax(axis=1)
     metrics = compare_logits(reference, reference.copy(), labels)
@@ -224,7 +224,7 @@ def test_identical_logits_are_perfect(reference):
 @FAST
 @given(logits().flatmap(lambda ref: st.tuples(st.just(ref), hnp.arrays(np.float32, ref.shape, elements=st.floats(-50, 50, width=32)))))
 def test_metrics_stay_in_bounds_and_are_symmetric_where_they_should_be(pair):
-    from edgekit.parity import compare_logits
+    from edgekit.parity_check import compare_logits
 
     reference, candidate = pair
     labels = np.zeros(len(reference), dtype=np.int64)
@@ -241,7 +241,7 @@ def test_metrics_stay_in_bounds_and_are_symmetric_where_they_should_be(pair):
 @FAST
 @given(logits(), st.floats(0.01, 100), st.floats(-100, 100))
 def test_relative_difference_ignores_scale_and_shift_of_both(reference, scale, shift):
-    from edgekit.parity import compare_logits
+    from edgekit.parity_check import compare_logits
 
     noise = np.random.default_rng(0).normal(0, 0.1, reference.shape).astype(np.float64)
     reference = reference.astype(np.float64)
@@ -263,7 +263,7 @@ def test_relative_difference_ignores_scale_and_shift_of_both(reference, scale, s
 @FAST
 @given(logits(), st.data())
 def test_a_non_finite_logit_never_passes_the_logit_threshold(reference, data):
-    from edgekit.parity import ParityThresholds, compare_logits, judge
+    from edgekit.parity_check import ParityThresholds, compare_logits, judge
 
     candidate = reference.astype(np.float64).copy()
     row = data.draw(st.integers(0, len(reference) - 1))
@@ -277,7 +277,7 @@ def test_a_non_finite_logit_never_passes_the_logit_threshold(reference, data):
 @FAST
 @given(logits(n_max=8, c_max=6), st.integers(0, 5))
 def test_agreement_drops_by_exactly_the_images_whose_top1_moved(reference, moved):
-    from edgekit.parity import compare_logits
+    from edgekit.parity_check import compare_logits
 
     assume(reference.shape[1] >= 2)
     # Make every top-1 unique so "moving" it is well defined.

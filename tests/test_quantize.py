@@ -13,8 +13,8 @@ import torch
 
 from edgekit.data import load_batch
 from edgekit.errors import ExportError
-from edgekit.export.onnx import export_onnx
-from edgekit.export.quantize import (
+from edgekit.exporting.onnx import export_onnx
+from edgekit.exporting.quantize import (
     BatchReader,
     convert_fp16,
     first_and_last_compute_nodes,

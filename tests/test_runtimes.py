@@ -17,7 +17,7 @@ from edgekit.metadata import ModelMetadata
 
 def _onnx_export(model, example, path: Path, metadata: ModelMetadata | None) -> Path:
     """ONNX through edgekit's own exporter (dynamo, one file, dynamic batch, metadata props)."""
-    from edgekit.export.onnx import export_onnx
+    from edgekit.exporting.onnx import export_onnx
 
     return export_onnx(model, path, example, metadata)
 
@@ -26,8 +26,8 @@ def write_exports(run, with_quantized: bool = False) -> dict[str, Path]:
     """Write what `edgekit export` leaves in a run's exports/ folder (file names as it names them):
     model.onnx, model.fp32-uint8in.onnx (embedded preprocessing), model.pt2, and with ``with_quantized``
     model.int8.onnx (static QDQ, calibrated on the run's real training photos) and model.int8-dynamic.onnx."""
-    from edgekit.export.embed import EmbeddedPreprocessing
-    from edgekit.export.torch_export import export_program
+    from edgekit.exporting.embed import EmbeddedPreprocessing
+    from edgekit.exporting.torch_export import export_program
     from edgekit.preprocessing import example_pixels
 
     exports = run.exports_dir
@@ -43,7 +43,7 @@ def write_exports(run, with_quantized: bool = False) -> dict[str, Path]:
     paths["pt2"] = export_program(model, exports / "model.pt2", example, metadata)
     if with_quantized:
         from edgekit.data import load_batch, run_images
-        from edgekit.export.quantize import quantize_dynamic_matmul, quantize_static
+        from edgekit.exporting.quantize import quantize_dynamic_matmul, quantize_static
 
         train = run_images(card, "train")
         batch = load_batch([p for p, _ in train.samples[:16]], card.preprocessing)

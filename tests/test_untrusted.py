@@ -220,9 +220,9 @@ def no_network(monkeypatch):
 @pytest.mark.slow
 def test_whole_workflow_makes_no_network_call(no_network, tmp_path):
     from edgekit import runtimes
-    from edgekit.export import export
-    from edgekit.finetune import finetune
-    from edgekit.predict import predict
+    from edgekit.exporting import export
+    from edgekit.finetuning import finetune
+    from edgekit.prediction import predict
 
     data = write_photo_folder(tmp_path / "data", 4, seed=0, size=40)
     out = tmp_path / "run"
@@ -254,7 +254,7 @@ def test_named_torchvision_weights_offline_fail_cleanly(no_network, monkeypatch,
 # ---- paths from files cannot steer writes ---------------------------------------------------------
 
 def test_path_like_labels_and_names_in_a_card_write_nothing_outside_the_run(run_copy, tmp_path, photo_folders):
-    from edgekit.export import export
+    from edgekit.exporting import export
 
     card = files.read_json(run_copy.path / "edgekit.json")
     card["class_names"] = ["../../escaped", "/tmp/absolute", "..\\windows"]
@@ -308,7 +308,7 @@ def _with_props(source: Path, target: Path, **changes) -> Path:
 
 @pytest.fixture
 def exported_onnx(run_copy, photo_folders):
-    from edgekit.export import export
+    from edgekit.exporting import export
 
     result = export(run_copy.path, formats="onnx", quantize="none", max_parity_images=8, parity_data=photo_folders[1])
     return Path(result.variants[0].path)

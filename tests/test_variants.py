@@ -56,7 +56,7 @@ def test_of_artifact_reads_metadata_then_graph(trained_run, tmp_path):
 
     import onnx
 
-    from edgekit.export import export
+    from edgekit.exporting import export
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run.path, run_dir)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from ..bench.options import BenchOptions
+from ..benchmarking.options import BenchOptions
 from ..errors import EdgekitError
 from .options import options_from_model
 from .output import console
@@ -71,7 +71,7 @@ def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot
     edgekit bench model.onnx --runtime ort-cuda
     """
     from .. import config, files
-    from ..bench import bench, report
+    from ..benchmarking import bench, report
 
     if flags["batch_sizes"] is not None:
         flags["batch_sizes"] = _batch_sizes(flags["batch_sizes"])  # a typo is named as the flag, not as the YAML key
@@ -115,7 +115,7 @@ def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot
 
 def show_bench(result) -> None:
     """Print the measurements table, the per-model verdict lines, warnings and skipped runtimes."""
-    from ..bench import report
+    from ..benchmarking import report
 
     console.print(report.table(result))
     for line in result.summary:

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..export.options import ExportOptions
-from ..parity import ParityOptions
+from ..exporting.options import ExportOptions
+from ..parity_check import ParityOptions
 from .options import options_from_model
 from .output import console, errors
 
@@ -16,7 +16,7 @@ from .output import console, errors
 
 
 def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
-    from ..parity import ParityThresholds
+    from ..parity_check import ParityThresholds
 
     given = {"max_rel_diff": max_rel_diff, "min_agreement": min_agreement, "max_accuracy_drop": max_accuracy_drop}
     given = {k: v for k, v in given.items() if v is not None}
@@ -48,7 +48,7 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
     """
     from .. import config
     from ..errors import ConfigError
-    from ..export import export
+    from ..exporting import export
 
     options = config.load(ExportOptions, config_path, flags)  # unknown keys: a ConfigError naming the key, exit 2
     if (run_dir is None) == (model is None):
@@ -163,7 +163,7 @@ def parity_command(ctx, run_dir, artifact, config_path, out, as_json, **flags):
     Exit 1 if a threshold is crossed, naming the metric and its value.
     """
     from .. import config
-    from ..parity import parity
+    from ..parity_check import parity
 
     options = config.load(ParityOptions, config_path, flags)  # unknown keys: a ConfigError naming the key, exit 2
     thresholds = _overrides(options.max_rel_diff, options.min_agreement, options.max_accuracy_drop)

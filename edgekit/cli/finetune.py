@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..finetune import FinetuneConfig
+from ..finetuning import FinetuneConfig
 from .options import options_from_model
 from .output import console
 
@@ -58,7 +58,7 @@ def finetune_command(config_path, **flags):
     torchrun --nproc-per-node 2 -m edgekit finetune --strategy full ...
     """
     from .. import config
-    from ..finetune import finetune
+    from ..finetuning import finetune
 
     result = finetune(config.load(FinetuneConfig, config_path, flags), progress=True)
     if result is None:  # a secondary torchrun rank with nothing to do (strategy head solves on rank 0)
@@ -92,7 +92,7 @@ def finetune_command(config_path, **flags):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def predict_command(source, images, model, weights, top_k, as_json):
     """Top-k labels for IMAGES from a run directory or an exported .onnx (SOURCE), or from --model."""
-    from ..predict import predict
+    from ..prediction import predict
 
     if model is not None and source is not None:
         images = (Path(source), *images)  # with --model every argument is an image

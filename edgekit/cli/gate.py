@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..gate import GateResult, gate, load_config
-from ..gate.report import check_row, format_comparison, metric_label, verdict_line, write_reports
+from ..gating import GateResult, gate, load_config
+from ..gating.report import check_row, format_comparison, metric_label, verdict_line, write_reports
 from .output import console
 
 _STATE_STYLE = {"pass": "green", "fail": "bold red", "not_measured": "yellow", "skipped": "yellow"}

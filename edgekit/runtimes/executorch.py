@@ -24,7 +24,7 @@ from ..metadata import ModelMetadata
 from . import Session
 
 INSTALL_HINT = "pip install 'edgekit[executorch]'"
-# The side file `edgekit export --format executorch` writes beside each .pte (format: edgekit.export.executorch).
+# The side file `edgekit export --format executorch` writes beside each .pte (format: edgekit.exporting.executorch).
 SIDE_SUFFIX = ".json"  # model.pte -> model.pte.json
 SIDE_FILE_VERSION = 1
 MAX_SIDE_FILE_BYTES = 1_000_000

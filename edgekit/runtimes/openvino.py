@@ -21,7 +21,7 @@ from . import Session
 
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 # Where `edgekit export --format openvino` keeps its metadata in an IR: rt_info section "edgekit", one string per
-# ONNX metadata key, plus the SHA-256 of the .bin (see edgekit.export.openvino).
+# ONNX metadata key, plus the SHA-256 of the .bin (see edgekit.exporting.openvino).
 RT_SECTION = "edgekit"
 DIGEST_KEY = "bin_sha256"
 # The IR's own metadata limit: a crafted .xml with a huge rt_info string is refused before parsing JSON.

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..export.options import Names, split_csv
+from ..exporting.options import Names, split_csv
 
 
 class BenchOptions(BaseModel):

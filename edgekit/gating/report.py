@@ -122,7 +122,7 @@ def junit_xml(result: GateResult) -> str:
         if value is not None:
             ET.SubElement(properties, "property", {"name": key, "value": str(value)})
     for check in result.checks:
-        case = ET.SubElement(suite, "testcase", {"classname": f"edgekit.gate.{check.variant}", "name": check.name, "time": "0"})
+        case = ET.SubElement(suite, "testcase", {"classname": f"edgekit.gating.{check.variant}", "name": check.name, "time": "0"})
         if check.status in ("skipped", "not_measured"):
             ET.SubElement(case, "skipped", {"message": check.message, "type": check.status})
         elif check.failed:

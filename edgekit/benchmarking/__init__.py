@@ -105,7 +105,7 @@ def bench(
     ``save``: when every target belongs to one run directory, write <run>/bench/<stamp>.json and .md
     (``result.saved`` lists them).
     ``contention_probe``: measures other processes' CPU use per timed chunk (default: the kernel's counters, see
-    edgekit.bench.contention); a chunk where they used ``contention_threshold`` of the machine or more is measured
+    edgekit.benchmarking.contention); a chunk where they used ``contention_threshold`` of the machine or more is measured
     again (bounded), else its rows are flagged ``contended``.
     """
     _check_counts(batch_sizes, warmup, iterations, threads)

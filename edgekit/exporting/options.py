@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from ..parity import ParityOptions
+from ..parity_check import ParityOptions
 
 
 def split_csv(value):

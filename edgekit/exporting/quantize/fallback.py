@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from ...errors import ExportError, ModelError
-from ...parity import ParityMetrics, ParityThresholds
+from ...parity_check import ParityMetrics, ParityThresholds
 from ...safety import onnx_session
 from .ort import Ranges, _load, quantize_with_ranges
 

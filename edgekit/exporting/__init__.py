@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError, ExportError, first_line
 from ..metadata import ModelMetadata
-from ..parity import (
+from ..parity_check import (
     FLOAT_INPUT,
     UINT8_INPUT,
     ParityChecker,
@@ -343,7 +343,7 @@ class _Exporter:
         layers go back to float until the budget holds (see quantize/fallback.py). Returns (details, runtime)."""
         from ..data import load_batch
         from ..hardware import int8_runtime_config, isa_class
-        from ..parity import compare_logits, judge
+        from ..parity_check import compare_logits, judge
         from .quantize import calibrate, first_and_last_compute_nodes, prepare, quantize_with_ranges
         from .quantize.fallback import RANKING_IMAGES, Ranking, Validation, run_onnx, search_int8
         from .quantize.ort import _load
@@ -401,7 +401,7 @@ class _Exporter:
 
     def _finish(self, variant: str, format_name: str, path: Path, seconds: float, kind: str, details: dict,
                 consistency_tolerance: float | None, session=None) -> VariantResult:
-        from ..parity import open_artifact
+        from ..parity_check import open_artifact
         from .onnx import CHECK_BATCH_SIZES, check_batch_sizes
 
         failures: list[str] = []
@@ -433,7 +433,7 @@ def _quantization_source(details: dict) -> dict:
 def _calibration_images(run, calib_data, calib_size: int):
     """Class-stratified calibration images: ``calib_data`` if given, else the run's training images."""
     from ..data import run_images, stratified_sample
-    from ..parity import LabelledImages
+    from ..parity_check import LabelledImages
 
     if calib_data is not None:
         return images_in(calib_data, run.card.class_names, calib_size, seed=0)

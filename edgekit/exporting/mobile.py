@@ -154,7 +154,7 @@ def mobile_variants(exporter, parent) -> list:
     """The fixed-batch twin of one exported ONNX variant (with its parity and mobile verdict), and .ort files
     for the parent and the twin when asked. Returns the new VariantResults (the parent's details are updated)."""
     from ..metadata import read_onnx_metadata
-    from ..parity import open_artifact
+    from ..parity_check import open_artifact
     from ..variants import Variant
     from .onnx import update_metadata
 

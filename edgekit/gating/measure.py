@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from ..auto import export_auto
-from ..bench import DEFAULT_ITERATIONS, DEFAULT_WARMUP, BenchResult, Measurement, machine_info
-from ..bench import bench as run_bench
-from ..bench.targets import artifact_bytes
+from ..benchmarking import DEFAULT_ITERATIONS, DEFAULT_WARMUP, BenchResult, Measurement, machine_info
+from ..benchmarking import bench as run_bench
+from ..benchmarking.targets import artifact_bytes
 from ..errors import EdgekitError
-from ..export import export as run_export
+from ..exporting import export as run_export
 from ..hardware import isa_class, same_int8_numerics
 from ..metadata import read_onnx_metadata
-from ..parity import ParityChecker, ParityData, ParityResult, ParityThresholds, images_in, run_parity_images
+from ..parity_check import ParityChecker, ParityData, ParityResult, ParityThresholds, images_in, run_parity_images
 from ..runs import Run
 from ..variants import AUTO, AUTO_FILE, Format, InputKind, Variant
 from .config import GateConfig
