@@ -71,17 +71,47 @@ def main() -> int:
     for model in args.models.split(","):
         run_dir = args.out / model
         started = time.perf_counter()
-        exported = edgekit("export", "--model", model, "--weights", REAL_WEIGHTS.get(model, "none"), "--out", str(run_dir),
-                           "--format", "onnx,openvino,executorch", "--quantize", "none,int8", "--calib-data", str(train),
-                           "--calib-size", "64", "--parity-data", str(val), "--max-parity-images", "64",
-                           "--json")
+        exported = edgekit(
+            "export",
+            "--model",
+            model,
+            "--weights",
+            REAL_WEIGHTS.get(model, "none"),
+            "--out",
+            str(run_dir),
+            "--format",
+            "onnx,openvino,executorch",
+            "--quantize",
+            "none,int8",
+            "--calib-data",
+            str(train),
+            "--calib-size",
+            "64",
+            "--parity-data",
+            str(val),
+            "--max-parity-images",
+            "64",
+            "--json",
+        )
         print(f"{model}: export took {time.perf_counter() - started:.0f} s (exit {exported.returncode})", flush=True)
         exports = run_dir / "exports"
         artifacts = sorted(exports.glob("model*.onnx")) + sorted(exports.glob("*.xml")) + sorted(exports.glob("*.pte"))
         md = args.out / f"{model}.md"
-        edgekit("bench", *map(str, artifacts), "--threads", str(args.threads), "--batch-sizes", "1",
-                "--iterations", str(args.iterations), "--md", str(md), "--json", str(args.out / f"{model}.bench.json"),
-                "--no-save")
+        edgekit(
+            "bench",
+            *map(str, artifacts),
+            "--threads",
+            str(args.threads),
+            "--batch-sizes",
+            "1",
+            "--iterations",
+            str(args.iterations),
+            "--md",
+            str(md),
+            "--json",
+            str(args.out / f"{model}.bench.json"),
+            "--no-save",
+        )
         if md.is_file():
             reports.append(f"### {model}\n\n{md.read_text()}")
     if args.md is not None:

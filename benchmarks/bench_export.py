@@ -67,8 +67,13 @@ def bench_wall_time(models, repeats: int, threads: int) -> list[dict]:
             row["int8_static_s"] = _median_seconds(lambda: quantize_static(base, work / "int8.onnx", iter(calibration)), repeats)
             row["int8_dynamic_s"] = _median_seconds(lambda: quantize_dynamic_matmul(base, work / "dyn.onnx"), repeats)
             row["calibration_images"] = CALIBRATION_IMAGES
-            for variant, file_name in (("fp32", "model.onnx"), ("fp16", "fp16.onnx"), ("int8", "int8.onnx"),
-                                       ("int8_dynamic", "dyn.onnx"), ("pt2", "model.pt2")):
+            for variant, file_name in (
+                ("fp32", "model.onnx"),
+                ("fp16", "fp16.onnx"),
+                ("int8", "int8.onnx"),
+                ("int8_dynamic", "dyn.onnx"),
+                ("pt2", "model.pt2"),
+            ):
                 row[f"{variant}_mib"] = round(os.path.getsize(work / file_name) / 2**20, 2)
         rows.append(row)
         print(_format_time_row(row), flush=True)
@@ -76,10 +81,12 @@ def bench_wall_time(models, repeats: int, threads: int) -> list[dict]:
 
 
 def _format_time_row(row: dict) -> str:
-    return (f"{row['model']:<20} {row['input']:>4}px  onnx {row['onnx_export_s']:6.2f}s  torch.export {row['torch_export_s']:6.2f}s  "
-            f"fp16 {row['fp16_s']:5.2f}s  int8 static ({row['calibration_images']} img) {row['int8_static_s']:6.2f}s  "
-            f"int8 dynamic {row['int8_dynamic_s']:5.2f}s  |  MiB fp32 {row['fp32_mib']} fp16 {row['fp16_mib']} "
-            f"int8 {row['int8_mib']} dyn {row['int8_dynamic_mib']} pt2 {row['pt2_mib']}")
+    return (
+        f"{row['model']:<20} {row['input']:>4}px  onnx {row['onnx_export_s']:6.2f}s  torch.export {row['torch_export_s']:6.2f}s  "
+        f"fp16 {row['fp16_s']:5.2f}s  int8 static ({row['calibration_images']} img) {row['int8_static_s']:6.2f}s  "
+        f"int8 dynamic {row['int8_dynamic_s']:5.2f}s  |  MiB fp32 {row['fp32_mib']} fp16 {row['fp16_mib']} "
+        f"int8 {row['int8_mib']} dyn {row['int8_dynamic_mib']} pt2 {row['pt2_mib']}"
+    )
 
 
 # --------------------------------------------------------------------------- agreement on real photos
@@ -114,7 +121,9 @@ def write_crops(root: Path, count: int, seed: int) -> Path:
         height, width = image.shape[:2]
         side = int(rng.integers(min(height, width) // 3, min(height, width) + 1))
         top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        Image.fromarray(np.ascontiguousarray(image[top : top + side, left : left + side])).save(root / f"{index:03d}_{name}.jpg", quality=92)
+        Image.fromarray(np.ascontiguousarray(image[top : top + side, left : left + side])).save(
+            root / f"{index:03d}_{name}.jpg", quality=92
+        )
     return root
 
 
@@ -133,8 +142,14 @@ def bench_agreement(eval_images: int, calib_images: int) -> list[dict]:
         run = run_from_zoo("efficientnet_lite0", "DEFAULT", work / "lite0")
         # The product path: default int8 (minmax, first Conv and last Gemm in float) plus fp32 and fp16.
         no_limits = ParityThresholds(max_rel_diff=None, min_agreement=None, max_accuracy_drop=None)
-        result = export(run, quantize="none,fp16,int8,int8-dynamic", calib_data=calibration, parity_data=evaluation,
-                        max_parity_images=eval_images, thresholds=no_limits)
+        result = export(
+            run,
+            quantize="none,fp16,int8,int8-dynamic",
+            calib_data=calibration,
+            parity_data=evaluation,
+            max_parity_images=eval_images,
+            thresholds=no_limits,
+        )
         for variant in result.variants:
             rows.append(_agreement_row(variant.variant, "default", variant.size_bytes, variant.parity.metrics))
         # The alternatives measured side by side on the same images.
@@ -146,9 +161,12 @@ def bench_agreement(eval_images: int, calib_images: int) -> list[dict]:
             metrics = checker.check(out, "int8", no_limits).metrics
             rows.append(_agreement_row("int8", f"{method}{'' if exclude else ', all layers int8'}", out.stat().st_size, metrics))
     for row in rows:
-        print(f"{row['variant']:<13} {row['calibration']:<28} top-1 agreement {row['top1_agreement']:.1%} "
-              f"({row['n_images']} crops)  top-5 overlap {row['top5_overlap']:.1%}  min cosine {row['cosine']:.4f}  "
-              f"{row['mib']:.2f} MiB", flush=True)
+        print(
+            f"{row['variant']:<13} {row['calibration']:<28} top-1 agreement {row['top1_agreement']:.1%} "
+            f"({row['n_images']} crops)  top-5 overlap {row['top5_overlap']:.1%}  min cosine {row['cosine']:.4f}  "
+            f"{row['mib']:.2f} MiB",
+            flush=True,
+        )
     return rows
 
 
@@ -161,9 +179,16 @@ def _calibration_batches(run, folder: Path):
 
 
 def _agreement_row(variant: str, calibration: str, size: int, metrics) -> dict:
-    return {"variant": variant, "calibration": calibration, "mib": round(size / 2**20, 2), "n_images": metrics.n_images,
-            "top1_agreement": metrics.top1_agreement, "top5_overlap": metrics.top5_overlap, "cosine": metrics.cosine_similarity,
-            "max_abs_diff": metrics.max_abs_diff}
+    return {
+        "variant": variant,
+        "calibration": calibration,
+        "mib": round(size / 2**20, 2),
+        "n_images": metrics.n_images,
+        "top1_agreement": metrics.top1_agreement,
+        "top5_overlap": metrics.top5_overlap,
+        "cosine": metrics.cosine_similarity,
+        "max_abs_diff": metrics.max_abs_diff,
+    }
 
 
 def main(argv=None) -> int:

@@ -56,8 +56,15 @@ def backbone_of(model_name: str, image_size: int | None):
 
 
 def extractor(backbone, loaded, preprocessing, model_name, runtime, cache_dir):
-    return FeatureExtractor(backbone, model=model_name, weights=loaded.source, preprocessing=preprocessing,
-                            device=torch.device("cpu"), runtime=runtime, cache_dir=cache_dir)
+    return FeatureExtractor(
+        backbone,
+        model=model_name,
+        weights=loaded.source,
+        preprocessing=preprocessing,
+        device=torch.device("cpu"),
+        runtime=runtime,
+        cache_dir=cache_dir,
+    )
 
 
 def measure_extraction(backbone, loaded, preprocessing, model_name, paths, repeats) -> dict:
@@ -74,9 +81,15 @@ def measure_extraction(backbone, loaded, preprocessing, model_name, paths, repea
             (ort if name == "ort" else eager)._extract(paths)
             rates[name].append(len(paths) / (time.perf_counter() - started))
     ort_rate, eager_rate = statistics.median(rates["ort"]), statistics.median(rates["eager"])
-    return {"images": len(paths), "ort_images_per_s": round(ort_rate, 1), "eager_images_per_s": round(eager_rate, 1),
-            "ratio": round(ort_rate / eager_rate, 2), "ort_export_seconds": round(export_seconds, 1),
-            "ort_vs_torch_min_cosine": ort.cosine[0], "runs": rates}
+    return {
+        "images": len(paths),
+        "ort_images_per_s": round(ort_rate, 1),
+        "eager_images_per_s": round(eager_rate, 1),
+        "ratio": round(ort_rate / eager_rate, 2),
+        "ort_export_seconds": round(export_seconds, 1),
+        "ort_vs_torch_min_cosine": ort.cosine[0],
+        "runs": rates,
+    }
 
 
 def old_epoch_loop(train_x, train_y, val_x, val_y, epochs=10, batch_size=32, lr=1e-3, seed=0) -> tuple[float, float]:
@@ -91,7 +104,9 @@ def old_epoch_loop(train_x, train_y, val_x, val_y, epochs=10, batch_size=32, lr=
     steps = math.ceil(len(x) / batch_size)
     total, warmup = epochs * steps, steps
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup)))))
+        optimizer,
+        lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, total - warmup)))),
+    )
     criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
     best, best_epoch = 0.0, 0
     for epoch in range(1, epochs + 1):
@@ -167,27 +182,45 @@ def main() -> None:
             extraction = measure_extraction(backbone, loaded, preprocessing, args.model, paths[: args.extract_images], args.repeats)
         cached = extractor(backbone, loaded, preprocessing, args.model, "ort-cpu", args.cache_dir or default_cache_dir())
         features, info = cached.features(paths + [p for p, _ in val.samples])
-        train_x, val_x = features[: len(train)], features[len(train):]
+        train_x, val_x = features[: len(train)], features[len(train) :]
         train_y = np.asarray([y for _, y in train.samples])
         val_y = np.asarray([y for _, y in val.samples])
         heads = measure_heads(train_x, train_y, val_x, val_y, args.repeats, args.old_epochs)
-    report = {"model": args.model, "image_size": args.image_size, "cpu": cpu_name(), "threads": torch.get_num_threads(),
-              "train_images": len(train), "val_images": len(val), "features_from_cache": info.extracted == 0,
-              "extraction": extraction, "heads": heads}
-    print(f"{args.model} at {args.image_size} px on {report['cpu']}, {report['threads']} threads; "
-          f"digits {len(train)} train / {len(val)} val\n")
+    report = {
+        "model": args.model,
+        "image_size": args.image_size,
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "train_images": len(train),
+        "val_images": len(val),
+        "features_from_cache": info.extracted == 0,
+        "extraction": extraction,
+        "heads": heads,
+    }
+    print(
+        f"{args.model} at {args.image_size} px on {report['cpu']}, {report['threads']} threads; "
+        f"digits {len(train)} train / {len(val)} val\n"
+    )
     print("| head fit on the same features | val accuracy | wall s |\n|---|---|---|")
-    print(f"| L-BFGS solve, L2 from val grid (new default) | {heads['solve']['val_accuracy']:.2%} (C={heads['solve']['c']:.3g}) | {heads['solve']['seconds']} |")
-    print(f"| old epoch loop (AdamW, {args.old_epochs} epochs) | {heads['old_loop']['val_accuracy']:.2%} | {heads['old_loop']['seconds']} |")
-    print(f"| scikit-learn LogisticRegression, best C of the grid | {heads['sklearn']['val_accuracy']:.2%} (C={heads['sklearn']['c']}) | {heads['sklearn']['seconds']} |")
+    print(
+        f"| L-BFGS solve, L2 from val grid (new default) | {heads['solve']['val_accuracy']:.2%} (C={heads['solve']['c']:.3g}) | {heads['solve']['seconds']} |"
+    )
+    print(
+        f"| old epoch loop (AdamW, {args.old_epochs} epochs) | {heads['old_loop']['val_accuracy']:.2%} | {heads['old_loop']['seconds']} |"
+    )
+    print(
+        f"| scikit-learn LogisticRegression, best C of the grid | {heads['sklearn']['val_accuracy']:.2%} (C={heads['sklearn']['c']}) | {heads['sklearn']['seconds']} |"
+    )
     if extraction is None:
         if args.json:
             args.json.write_text(json.dumps(report, indent=2))
         return
     print("\n| feature extraction | images/s |\n|---|---|")
     print(f"| ONNX Runtime fp32 | {extraction['ort_images_per_s']} |\n| torch eager fp32 | {extraction['eager_images_per_s']} |")
-    print(f"| ratio | {extraction['ratio']}x (ORT export once: {extraction['ort_export_seconds']} s; "
-          f"min cosine to torch {extraction['ort_vs_torch_min_cosine']}) |")
+    print(
+        f"| ratio | {extraction['ratio']}x (ORT export once: {extraction['ort_export_seconds']} s; "
+        f"min cosine to torch {extraction['ort_vs_torch_min_cosine']}) |"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 

@@ -54,8 +54,12 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
     _, seconds = timed(lambda: quantize_static(base, plain, _batches(run, calib), method="minmax"))
     files["plain"] = (plain, {}, seconds)
     files["u8u8 session"] = (plain, {"session.x64quantprecision": "1"}, seconds)
-    for name, kwargs in (("percentile", {"method": "percentile"}), ("entropy", {"method": "entropy"}),
-                         ("every layer int8", {"exclude_first_last": False}), ("per-tensor weights", {"per_channel": False})):
+    for name, kwargs in (
+        ("percentile", {"method": "percentile"}),
+        ("entropy", {"method": "entropy"}),
+        ("every layer int8", {"exclude_first_last": False}),
+        ("per-tensor weights", {"per_channel": False}),
+    ):
         out = work / f"{name.replace(' ', '-')}.onnx"
         _, seconds = timed(lambda: quantize_static(base, out, _batches(run, calib), **kwargs))
         files[name] = (out, {}, seconds)
@@ -76,15 +80,32 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
     for name, (path, config, seconds) in files.items():
         metrics = _metrics(checker, path, config)
         p50 = timings.get(name) if not config else None
-        rows.append({
-            "strategy": name, "file": path.name, "agreement": metrics.top1_agreement, "confident_agreement": metrics.confident_agreement,
-            "n_confident": metrics.n_confident, "accuracy_drop": metrics.accuracy_drop, "p50_ms": p50,
-            "ratio_to_fp32": (p50 / timings["fp32"]) if p50 and timings.get("fp32") else None,
-            "mib": round(_size(path) / 2**20, 2), "export_s": round(seconds, 1), "n_images": metrics.n_images,
-        })
-    rows.append({"strategy": "search", "kept_float": len(search.get("kept_float", [])), "of": search.get("quantized_nodes"),
-                 "within_budget": search.get("within_budget"), "stopped": search.get("stopped"), "budget": budget_note,
-                 "auto_reason": auto.choice.reason})
+        rows.append(
+            {
+                "strategy": name,
+                "file": path.name,
+                "agreement": metrics.top1_agreement,
+                "confident_agreement": metrics.confident_agreement,
+                "n_confident": metrics.n_confident,
+                "accuracy_drop": metrics.accuracy_drop,
+                "p50_ms": p50,
+                "ratio_to_fp32": (p50 / timings["fp32"]) if p50 and timings.get("fp32") else None,
+                "mib": round(_size(path) / 2**20, 2),
+                "export_s": round(seconds, 1),
+                "n_images": metrics.n_images,
+            }
+        )
+    rows.append(
+        {
+            "strategy": "search",
+            "kept_float": len(search.get("kept_float", [])),
+            "of": search.get("quantized_nodes"),
+            "within_budget": search.get("within_budget"),
+            "stopped": search.get("stopped"),
+            "budget": budget_note,
+            "auto_reason": auto.choice.reason,
+        }
+    )
     return rows
 
 
@@ -151,8 +172,11 @@ def _nncf_accuracy_control(run, base: Path, calib: Path, parity_data: Path, work
 
     started = time.perf_counter()
     quantized = nncf.quantize_with_accuracy_control(
-        core.read_model(str(base)), nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
-        nncf.Dataset([validation[i : i + 1] for i in range(len(validation))]), validation_fn=validate, max_drop=0.01,
+        core.read_model(str(base)),
+        nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))]),
+        nncf.Dataset([validation[i : i + 1] for i in range(len(validation))]),
+        validation_fn=validate,
+        max_drop=0.01,
         drop_type=nncf.DropType.ABSOLUTE,
     )
     out = work / "nncf-ac.xml"
@@ -165,18 +189,27 @@ def _size(path: Path) -> int:
 
 
 def _markdown(title: str, rows: list[dict]) -> str:
-    lines = [f"**{title}**", "", "| strategy | agreement | confident | accuracy drop | speed-up vs fp32 (batch 1 p50) | size | export |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"**{title}**",
+        "",
+        "| strategy | agreement | confident | accuracy drop | speed-up vs fp32 (batch 1 p50) | size | export |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         if row["strategy"] == "search":
             continue
         drop = "n/a" if row["accuracy_drop"] is None else f"{row['accuracy_drop'] * 100:+.1f} pt"
         confident = "n/a" if row["confident_agreement"] is None else f"{row['confident_agreement']:.1%} of {row['n_confident']}"
         ratio = "-" if not row["ratio_to_fp32"] else f"{1 / row['ratio_to_fp32']:.2f}x"  # fp32 p50 / variant p50, one interleaved run
-        lines.append(f"| {row['strategy']} | {row['agreement']:.1%} | {confident} | {drop} | {ratio} | {row['mib']} MiB | {row['export_s']} s |")
+        lines.append(
+            f"| {row['strategy']} | {row['agreement']:.1%} | {confident} | {drop} | {ratio} | {row['mib']} MiB | {row['export_s']} s |"
+        )
     search = next(r for r in rows if r["strategy"] == "search")
-    lines += ["", f"search: {search['kept_float']} of {search['of']} layers in float, within budget: {search['within_budget']} "
-              f"({search['stopped']}); budget {search['budget']}; auto: {search['auto_reason']}"]
+    lines += [
+        "",
+        f"search: {search['kept_float']} of {search['of']} layers in float, within budget: {search['within_budget']} "
+        f"({search['stopped']}); budget {search['budget']}; auto: {search['auto_reason']}",
+    ]
     return "\n".join(lines)
 
 
@@ -199,8 +232,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-quant-") as workdir:
         work = Path(workdir)
         if args.zoo:
-            calib, search, held_out = (write_crops(work / name, count, seed) for name, count, seed in
-                                       (("calib", 100, 2), ("search", 200, 1), ("held-out", 200, 3)))
+            calib, search, held_out = (
+                write_crops(work / name, count, seed) for name, count, seed in (("calib", 100, 2), ("search", 200, 1), ("held-out", 200, 3))
+            )
             run = run_from_zoo("efficientnet_lite0", "DEFAULT", work / "lite0")
             rows = _strategies(run, work, calib, search, held_out, "agreement >= 99% (no labels)")
             report["zoo_lite0"] = rows
@@ -213,7 +247,9 @@ def main(argv=None) -> int:
             val = Path(run.card.val_dir) if getattr(run.card, "val_dir", None) else train
             rows = _strategies(run, work, train, val, args.test or val, "accuracy drop <= 1.0 pt (labels)")
             report["run"] = rows
-            sections.append(_markdown(f"{args.run} ({run.card.model}), {'held-out ' + str(args.test) if args.test else 'val'} ({isa_class()})", rows))
+            sections.append(
+                _markdown(f"{args.run} ({run.card.model}), {'held-out ' + str(args.test) if args.test else 'val'} ({isa_class()})", rows)
+            )
     text = "\n\n".join(sections)
     print(text)
     if args.md:

@@ -27,8 +27,15 @@ from edgekit.runs import RunCard, save_run
 
 THREADS = 2
 SIZE = 96
-CASES = [("torch", "run"), ("torch-export", "model.pt2"), ("ort-cpu", "model.onnx"), ("ort-cpu", "model.int8.onnx"),
-         ("ort-cpu", "model.int8-dynamic.onnx"), ("ort-cuda", "model.onnx"), ("openvino", "model.onnx")]
+CASES = [
+    ("torch", "run"),
+    ("torch-export", "model.pt2"),
+    ("ort-cpu", "model.onnx"),
+    ("ort-cpu", "model.int8.onnx"),
+    ("ort-cpu", "model.int8-dynamic.onnx"),
+    ("ort-cuda", "model.onnx"),
+    ("openvino", "model.onnx"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +47,9 @@ def run_dir(tmp_path_factory):
     model, _ = build("resnet18", "none", num_classes=10)
     reestimate_batchnorm(model, batches)
     classes = [f"class_{i}" for i in range(10)]
-    run = save_run(base / "run", RunCard(model="resnet18", weights="none", class_names=classes, preprocessing=preprocessing),
-                   model.state_dict())
+    run = save_run(
+        base / "run", RunCard(model="resnet18", weights="none", class_names=classes, preprocessing=preprocessing), model.state_dict()
+    )
     metadata = ModelMetadata(classes, preprocessing, {"model": "resnet18"})
     example = torch.from_numpy(crops[:2])
     fp32 = export_onnx(model, run.exports_dir / "model.onnx", example, metadata)
@@ -72,14 +80,17 @@ def test_runtime_latency(benchmark, run_dir, runtime, artifact, batch_size):
 def test_interleaved_ratios(benchmark, run_dir):
     """One interleaved edgekit.bench over torch and ORT; the ratios land in extra_info (and --benchmark-json)."""
     result = benchmark.pedantic(
-        lambda: bench(run_dir, runtimes=["torch", "torch-export", "ort-cpu"], batch_sizes=(1, 8), threads=THREADS,
-                      warmup=2, iterations=10),
-        rounds=1, iterations=1,
+        lambda: bench(run_dir, runtimes=["torch", "torch-export", "ort-cpu"], batch_sizes=(1, 8), threads=THREADS, warmup=2, iterations=10),
+        rounds=1,
+        iterations=1,
     )
     benchmark.group = "interleaved edgekit.bench"
     for m in result.measurements:
         key = f"b{m.batch_size} {m.variant}/{m.runtime}"
-        benchmark.extra_info[key] = {"p50_ms": round(m.p50_ms, 3), "ratio_to_fastest": round(m.ratio_to_fastest, 3),
-                                     "ratio_to_fp32": None if m.ratio_to_fp32 is None else round(m.ratio_to_fp32, 3)}
+        benchmark.extra_info[key] = {
+            "p50_ms": round(m.p50_ms, 3),
+            "ratio_to_fastest": round(m.ratio_to_fastest, 3),
+            "ratio_to_fp32": None if m.ratio_to_fp32 is None else round(m.ratio_to_fp32, 3),
+        }
     benchmark.extra_info["warnings"] = result.warnings
     assert {m.runtime for m in result.measurements} == {"torch", "torch-export", "ort-cpu"}

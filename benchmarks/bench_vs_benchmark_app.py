@@ -74,8 +74,22 @@ def run_benchmark_app(executable: str, onnx_file: Path, threads: int | None, sec
     deployment would; else keep the dynamic batch and only feed batch 1 (-data_shape), as edgekit's openvino runtime
     compiles the .onnx."""
     tuning = ["-hint", "latency"] if threads is None else ["-hint", "none", "-nstreams", "1", "-nthreads", str(threads)]
-    command = [executable, "-m", str(onnx_file), "-d", "CPU", "-api", "sync", "-nireq", "1", *tuning,
-               "-t", str(seconds), "-shape" if static else "-data_shape", input_shape_argument(onnx_file)]
+    command = [
+        executable,
+        "-m",
+        str(onnx_file),
+        "-d",
+        "CPU",
+        "-api",
+        "sync",
+        "-nireq",
+        "1",
+        *tuning,
+        "-t",
+        str(seconds),
+        "-shape" if static else "-data_shape",
+        input_shape_argument(onnx_file),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds * 4 + 120)
     found = _MEDIAN.search(done.stdout)
     if done.returncode != 0 or found is None:
@@ -108,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             theirs.append(run_benchmark_app(executable, onnx_file, args.threads, args.seconds, static=False))
             theirs_static.append(run_benchmark_app(executable, onnx_file, args.threads, args.seconds, static=True))
             solo = bench(onnx_file, runtimes=["openvino"], threads=args.threads, warmup=10, iterations=args.iterations, save=False)
-            both = bench(onnx_file, runtimes=["ort-cpu", "openvino"], threads=args.threads, warmup=10,
-                         iterations=args.iterations, save=False)
+            both = bench(
+                onnx_file, runtimes=["ort-cpu", "openvino"], threads=args.threads, warmup=10, iterations=args.iterations, save=False
+            )
             alone.append(solo.measurements[0].p50_ms)
             rows = {m.runtime: m for m in both.measurements}
             interleaved.append(rows["openvino"].p50_ms)
@@ -127,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| measurement | p50 / median ms | vs benchmark_app |",
         "|---|---|---|",
-        f"| benchmark_app median (OpenVINO, LATENCY hint, dynamic batch fed batch 1, as edgekit compiles it) | "
-        f"{reference:.3f} | 1.00 |",
+        f"| benchmark_app median (OpenVINO, LATENCY hint, dynamic batch fed batch 1, as edgekit compiles it) | {reference:.3f} | 1.00 |",
         f"| benchmark_app median, model reshaped to a static batch of 1 (-shape) | {median(theirs_static):.3f} | "
         f"{median(theirs_static) / reference:.2f} |",
         f"| edgekit bench, openvino alone | {median(alone):.3f} | {median(alone) / reference:.2f} |",

@@ -102,8 +102,9 @@ def prepare_run(name: str, workdir: Path, calibration: list[Path], agreement_ima
     batches = [calibration_batch[i : i + 16] for i in range(0, len(calibration_batch), 16)]
     reestimate_batchnorm(model, batches)
     classes = [f"class_{i:04d}" for i in range(model(torch.zeros(1, 3, preprocessing.crop, preprocessing.crop)).shape[1])]
-    card = RunCard(model=name, weights="none (BatchNorm statistics re-estimated on real photo crops)",
-                   class_names=classes, preprocessing=preprocessing)
+    card = RunCard(
+        model=name, weights="none (BatchNorm statistics re-estimated on real photo crops)", class_names=classes, preprocessing=preprocessing
+    )
     run = save_run(workdir / name, card, model.state_dict())
     timings = {}
     start = time.perf_counter()
@@ -116,8 +117,9 @@ def prepare_run(name: str, workdir: Path, calibration: list[Path], agreement_ima
     quantize_dynamic_matmul(fp32, run.exports_dir / "model.int8-dynamic.onnx")
 
     with torch.no_grad():
-        logits = torch.cat([model(torch.from_numpy(load_batch(agreement_images[i : i + 16], preprocessing)))
-                            for i in range(0, len(agreement_images), 16)])
+        logits = torch.cat(
+            [model(torch.from_numpy(load_batch(agreement_images[i : i + 16], preprocessing))) for i in range(0, len(agreement_images), 16)]
+        )
     predicted = logits.argmax(1).tolist()
     spread = float(logits.std(dim=1).mean())
     timings.update({"distinct_predictions": len(set(predicted)), "logit_spread": spread})
@@ -132,8 +134,10 @@ def prepare_run(name: str, workdir: Path, calibration: list[Path], agreement_ima
 
 def table(results: dict[str, BenchResult]) -> str:
     """The markdown table: per model and batch size, each path's p50, throughput, ratios and agreement."""
-    lines = ["| model | batch | path | p50 ms (95% CI) | img/s | vs torch eager | vs ORT fp32 | top-1 agreement with fp32 |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | batch | path | p50 ms (95% CI) | img/s | vs torch eager | vs ORT fp32 | top-1 agreement with fp32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, result in results.items():
         for batch_size in sorted({m.batch_size for m in result.measurements}):
             rows = {(m.variant, m.runtime): m for m in result.for_model(name, batch_size)}
@@ -143,11 +147,16 @@ def table(results: dict[str, BenchResult]) -> str:
                 if m is None:
                     continue
                 versus_torch = f"{torch_p50 / m.p50_ms:.2f}x faster" if torch_p50 else "-"
-                versus_fp32 = "-" if key[0] == "fp32" else (
-                    f"{1 / m.ratio_to_fp32:.2f}x faster" if not m.slower_than_fp32 else f"**{m.ratio_to_fp32:.2f}x SLOWER** ⚠")
+                versus_fp32 = (
+                    "-"
+                    if key[0] == "fp32"
+                    else (f"{1 / m.ratio_to_fp32:.2f}x faster" if not m.slower_than_fp32 else f"**{m.ratio_to_fp32:.2f}x SLOWER** ⚠")
+                )
                 agreement = "-" if m.top1 is None else f"{m.top1:.1%}"
-                lines.append(f"| {name} | {batch_size} | {label} | {m.p50_ms:.2f} ({m.p50_ci_ms[0]:.2f}-{m.p50_ci_ms[1]:.2f}) | "
-                             f"{m.images_per_second:.1f} | {versus_torch} | {versus_fp32} | {agreement} |")
+                lines.append(
+                    f"| {name} | {batch_size} | {label} | {m.p50_ms:.2f} ({m.p50_ci_ms[0]:.2f}-{m.p50_ci_ms[1]:.2f}) | "
+                    f"{m.images_per_second:.1f} | {versus_torch} | {versus_fp32} | {agreement} |"
+                )
     return "\n".join(lines)
 
 
@@ -175,8 +184,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{name}] BatchNorm re-estimation, export, int8 quantization...", file=sys.stderr, flush=True)
             run_dir, labelled, facts[name] = prepare_run(name, workdir, calibration, agreement)
             print(f"[{name}] benchmarking ({facts[name]})", file=sys.stderr, flush=True)
-            results[name] = bench(run_dir, runtimes=["torch", "ort-cpu"], batch_sizes=batch_sizes, threads=args.threads,
-                                  data=labelled, warmup=args.warmup, iterations=args.iterations, progress=True)
+            results[name] = bench(
+                run_dir,
+                runtimes=["torch", "ort-cpu"],
+                batch_sizes=batch_sizes,
+                threads=args.threads,
+                data=labelled,
+                warmup=args.warmup,
+                iterations=args.iterations,
+                progress=True,
+            )
     first = next(iter(results.values()))
     machine = first.machine
     text = [
@@ -184,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"{machine['cpu']}, {machine['usable_cores']} usable cores, flags {' '.join(machine['cpu_flags'])}; "
         f"{args.threads} threads; {args.warmup} warm-up + {args.iterations} timed iterations per path, paths interleaved; "
-        + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + ".",
+        + ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+        + ".",
         "",
         table(results),
         "",
@@ -196,10 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     warnings = [w for result in results.values() for w in result.warnings]
     if warnings:
         text += ["", *[f"> ⚠ **{w}**" for w in warnings]]
-    text += ["", "Model facts (random weights, BatchNorm re-estimated): " + "; ".join(
-        f"{name}: {f['distinct_predictions']} distinct top-1 classes over {args.agreement_images} crops, "
-        f"mean logit std {f['logit_spread']:.3g}, export {f['export_s']:.0f} s, static int8 {f['quantize_static_s']:.0f} s"
-        for name, f in facts.items())]
+    text += [
+        "",
+        "Model facts (random weights, BatchNorm re-estimated): "
+        + "; ".join(
+            f"{name}: {f['distinct_predictions']} distinct top-1 classes over {args.agreement_images} crops, "
+            f"mean logit std {f['logit_spread']:.3g}, export {f['export_s']:.0f} s, static int8 {f['quantize_static_s']:.0f} s"
+            for name, f in facts.items()
+        ),
+    ]
     output = "\n".join(text) + "\n"
     print(output)
     if args.md:

@@ -87,8 +87,18 @@ def build_artifacts(workdir: Path) -> tuple[Path, dict[str, Path]]:
 
     data = write_photo_folder(workdir / "data", 8, seed=0, size=96)
     run = workdir / "run"
-    finetune(model="mobilenet_v3_small", weights="none", data=data, val_split=0.25, out=run, strategy="full",
-             epochs=1, batch_size=8, image_size=96, warmup_epochs=0)
+    finetune(
+        model="mobilenet_v3_small",
+        weights="none",
+        data=data,
+        val_split=0.25,
+        out=run,
+        strategy="full",
+        epochs=1,
+        batch_size=8,
+        image_size=96,
+        warmup_epochs=0,
+    )
     result = export(run, formats="all", quantize="none,int8", calib_size=16, max_parity_images=8)
     artifacts = {"run": run}
     for variant in result.variants:
@@ -128,16 +138,23 @@ def main() -> int:
         data, artifacts = build_artifacts(Path(workdir))
         for runtime, artifact in pairs(artifacts):
             env = {**os.environ, "SOAK_DATA": str(data), "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(REPO)}
-            done = subprocess.run([sys.executable, __file__, "--calls", str(args.calls), "--threads", str(args.threads),
-                                   "--child", str(artifact), runtime], env=env, capture_output=True, text=True)
+            done = subprocess.run(
+                [sys.executable, __file__, "--calls", str(args.calls), "--threads", str(args.threads), "--child", str(artifact), runtime],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
             if done.returncode != 0:
                 print(f"{runtime} on {artifact.name}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
                 return 1
             row = json.loads(done.stdout.strip().splitlines()[-1])
             rows.append(row)
-            print(f"{row['runtime']:<13} {row['artifact']:<16} {row['ms_per_call']:>7.2f} ms/call  RSS start peak "
-                  f"{row['start_peak_mib']:>7.1f} MiB  end peak {row['end_peak_mib']:>7.1f} MiB  growth {row['growth_mib']:>+6.2f} MiB  "
-                  f"slope {row['slope_kib_per_1000_calls']:>+7.2f} KiB/1000 calls", flush=True)
+            print(
+                f"{row['runtime']:<13} {row['artifact']:<16} {row['ms_per_call']:>7.2f} ms/call  RSS start peak "
+                f"{row['start_peak_mib']:>7.1f} MiB  end peak {row['end_peak_mib']:>7.1f} MiB  growth {row['growth_mib']:>+6.2f} MiB  "
+                f"slope {row['slope_kib_per_1000_calls']:>+7.2f} KiB/1000 calls",
+                flush=True,
+            )
     leaks = [r for r in rows if r["growth_mib"] > max(4.0, 0.02 * r["start_peak_mib"])]
     if args.json:
         args.json.write_text(json.dumps({"calls": args.calls, "threads": args.threads, "rows": rows}, indent=2) + "\n")

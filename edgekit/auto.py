@@ -70,8 +70,13 @@ def choose(candidates: list[Candidate], batch_size: int = 1, min_speedup: float 
     if fp32 is None:
         raise ValueError("auto needs the fp32 variant among its candidates")
     if fp32.p50_ms is None:
-        return AutoChoice(chosen="fp32", path=fp32.path, reason="fp32: the candidates could not be timed here",
-                          batch_size=batch_size, candidates=candidates)
+        return AutoChoice(
+            chosen="fp32",
+            path=fp32.path,
+            reason="fp32: the candidates could not be timed here",
+            batch_size=batch_size,
+            candidates=candidates,
+        )
     faster = []
     for candidate in candidates:
         if candidate is fp32 or not candidate.within_budget or candidate.p50_ms is None:
@@ -81,13 +86,23 @@ def choose(candidates: list[Candidate], batch_size: int = 1, min_speedup: float 
         if speedup >= min_speedup and beyond_noise:
             faster.append((candidate.p50_ms, candidate, speedup))
     if not faster:
-        return AutoChoice(chosen="fp32", path=fp32.path, reason=_why_fp32(candidates, fp32, batch_size), batch_size=batch_size,
-                          candidates=candidates, speedup_vs_fp32=1.0)
+        return AutoChoice(
+            chosen="fp32",
+            path=fp32.path,
+            reason=_why_fp32(candidates, fp32, batch_size),
+            batch_size=batch_size,
+            candidates=candidates,
+            speedup_vs_fp32=1.0,
+        )
     _, best, speedup = min(faster, key=lambda item: item[0])
     return AutoChoice(
-        chosen=best.variant, path=best.path, batch_size=batch_size, candidates=candidates, speedup_vs_fp32=round(speedup, 3),
+        chosen=best.variant,
+        path=best.path,
+        batch_size=batch_size,
+        candidates=candidates,
+        speedup_vs_fp32=round(speedup, 3),
         reason=f"{best.variant}: {speedup:.2f}x faster than fp32 at batch {batch_size} ({best.p50_ms:.2f} vs {fp32.p50_ms:.2f} ms p50) "
-               f"at {_cost(best)}",
+        f"at {_cost(best)}",
     )
 
 
@@ -131,11 +146,22 @@ class AutoResult(Result):
     choice: AutoChoice
 
 
-def export_auto(run, *, batch_size: int = EXPORT_DEFAULTS.batch_size, threads: int | None = None,
-                calib_data: str | os.PathLike | None = EXPORT_DEFAULTS.calib_data, calib_size: int = EXPORT_DEFAULTS.calib_size,
-                calib_method: str = EXPORT_DEFAULTS.calib_method, parity_data: str | os.PathLike | None = EXPORT_DEFAULTS.parity_data,
-                thresholds: ParityThresholds | None = None, max_parity_images: int = EXPORT_DEFAULTS.max_parity_images, progress: bool = False,
-                iterations: int = 30, candidates: Sequence[str] = CANDIDATES, **export_options) -> AutoResult:
+def export_auto(
+    run,
+    *,
+    batch_size: int = EXPORT_DEFAULTS.batch_size,
+    threads: int | None = None,
+    calib_data: str | os.PathLike | None = EXPORT_DEFAULTS.calib_data,
+    calib_size: int = EXPORT_DEFAULTS.calib_size,
+    calib_method: str = EXPORT_DEFAULTS.calib_method,
+    parity_data: str | os.PathLike | None = EXPORT_DEFAULTS.parity_data,
+    thresholds: ParityThresholds | None = None,
+    max_parity_images: int = EXPORT_DEFAULTS.max_parity_images,
+    progress: bool = False,
+    iterations: int = 30,
+    candidates: Sequence[str] = CANDIDATES,
+    **export_options,
+) -> AutoResult:
     """Export fp32 and int8 (within its accuracy budget), time them interleaved on this machine at ``batch_size``,
     and write the fastest one that holds its budget and beats fp32 beyond noise as ``exports/model.auto.onnx``.
 
@@ -145,26 +171,44 @@ def export_auto(run, *, batch_size: int = EXPORT_DEFAULTS.batch_size, threads: i
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be at least 1")
     run = run if isinstance(run, Run) else Run.load(run)
-    exported = export(run, formats=("onnx",), quantize=tuple(candidates), calib_data=calib_data, calib_size=calib_size,
-                      calib_method=calib_method, parity_data=parity_data, thresholds=thresholds,
-                      max_parity_images=max_parity_images, progress=progress, **export_options)
+    exported = export(
+        run,
+        formats=("onnx",),
+        quantize=tuple(candidates),
+        calib_data=calib_data,
+        calib_size=calib_size,
+        calib_method=calib_method,
+        parity_data=parity_data,
+        thresholds=thresholds,
+        max_parity_images=max_parity_images,
+        progress=progress,
+        **export_options,
+    )
     fp32 = next(v for v in exported.variants if v.variant == "fp32")
     if not fp32.passed:
         raise ConfigError(f"the fp32 ONNX export itself failed parity ({'; '.join(fp32.failures)}); auto has nothing to choose from")
     paths = [Path(v.path) for v in exported.variants]
-    measured = bench(paths, runtimes=("ort-cpu",), batch_sizes=(batch_size,), threads=threads, iterations=iterations,
-                     progress=progress, save=False)
+    measured = bench(
+        paths, runtimes=("ort-cpu",), batch_sizes=(batch_size,), threads=threads, iterations=iterations, progress=progress, save=False
+    )
     timings = {Path(m.artifact).name: m for m in measured.measurements if m.batch_size == batch_size}
     found = []
     for variant in exported.variants:
         timing = timings.get(Path(variant.path).name)
         metrics = variant.parity.metrics
-        found.append(Candidate(
-            variant=variant.variant, path=variant.path, within_budget=variant.passed,
-            p50_ms=getattr(timing, "p50_ms", None), p50_ci_ms=tuple(timing.p50_ci_ms) if timing is not None else None,
-            accuracy_drop=metrics.accuracy_drop, top1_agreement=metrics.top1_agreement,
-            note="" if variant.passed else "; ".join(variant.failures)[:300], contended=bool(getattr(timing, "contended", False)),
-        ))
+        found.append(
+            Candidate(
+                variant=variant.variant,
+                path=variant.path,
+                within_budget=variant.passed,
+                p50_ms=getattr(timing, "p50_ms", None),
+                p50_ci_ms=tuple(timing.p50_ci_ms) if timing is not None else None,
+                accuracy_drop=metrics.accuracy_drop,
+                top1_agreement=metrics.top1_agreement,
+                note="" if variant.passed else "; ".join(variant.failures)[:300],
+                contended=bool(getattr(timing, "contended", False)),
+            )
+        )
     choice = choose(found, batch_size)
     exports = run.exports_dir
     with atomic_path(exports / AUTO_FILE) as tmp:

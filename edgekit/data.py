@@ -251,5 +251,7 @@ def run_images(card, split: str = "val", skip_bad_images: bool = False) -> Image
     if card.val_split is None:
         folder = card.val_dir if split == "val" else card.data_dir
         return scan_folder(folder, classes=card.class_names, skip_bad_images=skip_bad_images)
-    train, val = stratified_split(scan_folder(card.data_dir, classes=card.class_names, skip_bad_images=skip_bad_images), card.val_split, card.seed)
+    train, val = stratified_split(
+        scan_folder(card.data_dir, classes=card.class_names, skip_bad_images=skip_bad_images), card.val_split, card.seed
+    )
     return val if split == "val" else train

@@ -99,12 +99,16 @@ def run_demo(
     out = Path(out)
     prepare_out(out, overwrite)
     folders = write_digits(out / "data")
-    note(f"wrote {sum(1 for _ in folders['train'].rglob('*.png'))} train / {sum(1 for _ in folders['val'].rglob('*.png'))} val / "
-         f"{sum(1 for _ in folders['test'].rglob('*.png'))} test digit images to {out / 'data'}", progress)
+    note(
+        f"wrote {sum(1 for _ in folders['train'].rglob('*.png'))} train / {sum(1 for _ in folders['val'].rglob('*.png'))} val / "
+        f"{sum(1 for _ in folders['test'].rglob('*.png'))} test digit images to {out / 'data'}",
+        progress,
+    )
     run_dir = out / "run"
     # The head is solved, not trained for epochs, by default; --epochs only matters for the epoch loop.
-    config = FinetuneConfig(model="efficientnet_lite0", weights="DEFAULT", data=folders["train"], val_data=folders["val"], out=run_dir,
-                            seed=0, epochs=epochs)
+    config = FinetuneConfig(
+        model="efficientnet_lite0", weights="DEFAULT", data=folders["train"], val_data=folders["val"], out=run_dir, seed=0, epochs=epochs
+    )
     tuned = finetune(config, progress=progress)
     if tuned is None:  # only a non-zero torchrun rank gets None; the demo is a single process
         raise EdgekitError("the demo runs in one process; start it without torchrun")

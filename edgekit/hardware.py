@@ -100,5 +100,7 @@ def isa_mismatch_note(validated_isa: str | None, here: str | None = None) -> str
     here = here or isa_class()
     if same_int8_numerics(validated_isa, here):
         return None
-    return (f"int8 validated on {validated_isa}, this CPU is {here} (different int8 numerics): its accuracy here is only known "
-            "with --data; re-check with `edgekit parity` or `edgekit export` on this machine")
+    return (
+        f"int8 validated on {validated_isa}, this CPU is {here} (different int8 numerics): its accuracy here is only known "
+        "with --data; re-check with `edgekit parity` or `edgekit export` on this machine"
+    )

@@ -74,13 +74,20 @@ class ModelMetadata:
             source = json.loads(props.get(SOURCE_KEY, "{}"))
             runtime = json.loads(props.get(RUNTIME_KEY, "{}"))
         except ValidationError as exc:
-            raise ModelError(f"{format_validation_error(exc, f'{where} {PREPROCESSING_KEY}')}; re-export it with a sane input size") from exc
+            raise ModelError(
+                f"{format_validation_error(exc, f'{where} {PREPROCESSING_KEY}')}; re-export it with a sane input size"
+            ) from exc
         except ValueError as exc:
             raise ModelError(f"{where} has malformed edgekit metadata ({first_line(exc)}); re-export it") from exc
         if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             raise ModelError(f"{where} has malformed {LABELS_KEY}: expected a JSON list of strings; re-export it")
-        return cls(labels, preprocessing, source if isinstance(source, dict) else {}, props.get(INPUT_KEY, FLOAT_INPUT),
-                   _checked_runtime(runtime, where))
+        return cls(
+            labels,
+            preprocessing,
+            source if isinstance(source, dict) else {},
+            props.get(INPUT_KEY, FLOAT_INPUT),
+            _checked_runtime(runtime, where),
+        )
 
 
 def _checked_runtime(runtime: object, where: str) -> dict:

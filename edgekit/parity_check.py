@@ -61,11 +61,14 @@ class ParityOptions(BaseModel):
     variant: str | None = Field(None, description="Which thresholds apply (fp32, fp16, int8, ...) [default: read from the artifact].")
     max_images: int = Field(256, description="Use at most this many images (class-stratified).")
     max_rel_diff: float | None = Field(
-        None, description="Largest allowed max |logit diff| / reference logit spread, e.g. 1e-4. Default: per model and variant.")
+        None, description="Largest allowed max |logit diff| / reference logit spread, e.g. 1e-4. Default: per model and variant."
+    )
     min_agreement: float | None = Field(
-        None, description="Smallest allowed top-1 agreement with the float32 PyTorch model, e.g. 0.9. Default: per model and variant.")
+        None, description="Smallest allowed top-1 agreement with the float32 PyTorch model, e.g. 0.9. Default: per model and variant."
+    )
     max_accuracy_drop: float | None = Field(
-        None, description="Largest allowed drop in accuracy (needs labelled images), e.g. 0.05. Default: per model and variant.")
+        None, description="Largest allowed drop in accuracy (needs labelled images), e.g. 0.05. Default: per model and variant."
+    )
 
 
 _PARITY_DEFAULTS = ParityOptions()
@@ -111,7 +114,7 @@ class ParityResult(Result):
 
 
 def variant_kind(variant: str) -> str:
-    """"fp32", "fp16" or "int8": the precision class a variant's thresholds come from."""
+    """ "fp32", "fp16" or "int8": the precision class a variant's thresholds come from."""
     return Variant.parse(variant).threshold_kind
 
 
@@ -158,8 +161,9 @@ class LabelledImages:
     source: str
 
 
-def images_in(directory: str | os.PathLike, class_names: list[str] | None = None, max_images: int | None = None,
-              seed: int = 0) -> LabelledImages:
+def images_in(
+    directory: str | os.PathLike, class_names: list[str] | None = None, max_images: int | None = None, seed: int = 0
+) -> LabelledImages:
     """Images under ``directory``: either class folders (``<class>/<image>``) or images lying directly in it.
 
     Class folders are labelled when their names are among ``class_names``; a folder whose classes the run
@@ -255,8 +259,9 @@ class ParityChecker:
         if kind not in self._reference:
             inputs = self.data.reference_inputs(kind)
             with torch.no_grad():
-                chunks = [self.model(torch.from_numpy(inputs[i : i + self.batch_size])).numpy()
-                          for i in range(0, len(inputs), self.batch_size)]
+                chunks = [
+                    self.model(torch.from_numpy(inputs[i : i + self.batch_size])).numpy() for i in range(0, len(inputs), self.batch_size)
+                ]
             self._reference[kind] = np.concatenate(chunks).astype(np.float32)
         return self._reference[kind]
 
@@ -271,19 +276,29 @@ class ParityChecker:
         metrics = compare_logits(self.reference_logits(kind), candidate, self.data.labels, self.data.source)
         failures, not_checked = judge(metrics, thresholds)
         return ParityResult(
-            artifact=str(artifact), variant=variant, input_kind=kind, metrics=metrics, thresholds=thresholds,
-            passed=not failures, failures=failures, not_checked=not_checked, seconds=round(time.perf_counter() - started, 3),
+            artifact=str(artifact),
+            variant=variant,
+            input_kind=kind,
+            metrics=metrics,
+            thresholds=thresholds,
+            passed=not failures,
+            failures=failures,
+            not_checked=not_checked,
+            seconds=round(time.perf_counter() - started, 3),
         )
 
 
-def compare_logits(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None,
-                   data_source: str = "random") -> ParityMetrics:
+def compare_logits(
+    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None, data_source: str = "random"
+) -> ParityMetrics:
     """Parity metrics of ``candidate`` logits against ``reference`` logits (both (N, classes))."""
     reference = np.asarray(reference, dtype=np.float64)
     candidate = np.asarray(candidate, dtype=np.float64)
     if reference.shape != candidate.shape:
-        raise EdgekitError(f"the artifact returns logits of shape {candidate.shape}, the reference {reference.shape}; "
-                           "was it exported from another run or class count?")
+        raise EdgekitError(
+            f"the artifact returns logits of shape {candidate.shape}, the reference {reference.shape}; "
+            "was it exported from another run or class count?"
+        )
     difference = np.abs(reference - candidate)
     spread = reference.max(axis=1) - reference.min(axis=1)
     # A constant logit row has no spread; the absolute difference is then the only meaningful measure.
@@ -312,13 +327,21 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray, labels: np.ndar
         paired = (reference_top1 == labels).astype(np.float64) - (candidate_top1 == labels).astype(np.float64)
         accuracy_drop_se = float(paired.std(ddof=1) / np.sqrt(n)) if n > 1 else None
     return ParityMetrics(
-        n_images=len(reference), data_source=data_source,
-        max_abs_diff=float(difference.max()), mean_abs_diff=float(difference.mean()),
-        max_rel_diff=float(relative.max()), cosine_similarity=float(cosine.min()),
-        top1_agreement=float((reference_top1 == candidate_top1).mean()), top5_overlap=float(overlap),
-        reference_accuracy=reference_accuracy, variant_accuracy=variant_accuracy, accuracy_drop=accuracy_drop,
-        n_confident=int(confident.sum()), confident_agreement=confident_agreement,
-        top1_agreement_se=agreement_se, accuracy_drop_se=accuracy_drop_se,
+        n_images=len(reference),
+        data_source=data_source,
+        max_abs_diff=float(difference.max()),
+        mean_abs_diff=float(difference.mean()),
+        max_rel_diff=float(relative.max()),
+        cosine_similarity=float(cosine.min()),
+        top1_agreement=float((reference_top1 == candidate_top1).mean()),
+        top5_overlap=float(overlap),
+        reference_accuracy=reference_accuracy,
+        variant_accuracy=variant_accuracy,
+        accuracy_drop=accuracy_drop,
+        n_confident=int(confident.sum()),
+        confident_agreement=confident_agreement,
+        top1_agreement_se=agreement_se,
+        accuracy_drop_se=accuracy_drop_se,
     )
 
 
@@ -326,17 +349,22 @@ def judge(metrics: ParityMetrics, thresholds: ParityThresholds) -> tuple[list[st
     """(failures, not_checked): one line per threshold crossed, naming the metric, its value and the limit."""
     failures, not_checked = [], []
     if thresholds.max_rel_diff is not None and not metrics.max_rel_diff <= thresholds.max_rel_diff:
-        failures.append(f"max_rel_diff {metrics.max_rel_diff:.3g} > {thresholds.max_rel_diff:.3g} "
-                        f"(max abs diff {metrics.max_abs_diff:.3g})")
+        failures.append(
+            f"max_rel_diff {metrics.max_rel_diff:.3g} > {thresholds.max_rel_diff:.3g} (max abs diff {metrics.max_abs_diff:.3g})"
+        )
     if thresholds.min_agreement is not None and not metrics.top1_agreement >= thresholds.min_agreement:
-        failures.append(f"top1_agreement {metrics.top1_agreement:.3f} < {thresholds.min_agreement:.3f} "
-                        f"({metrics.n_images} images, {metrics.data_source})")
+        failures.append(
+            f"top1_agreement {metrics.top1_agreement:.3f} < {thresholds.min_agreement:.3f} "
+            f"({metrics.n_images} images, {metrics.data_source})"
+        )
     if thresholds.max_accuracy_drop is not None:
         if metrics.accuracy_drop is None:
             not_checked.append("max_accuracy_drop (the parity images have no labels the run knows)")
         elif not metrics.accuracy_drop <= thresholds.max_accuracy_drop + 1e-12:
-            failures.append(f"accuracy_drop {metrics.accuracy_drop:.3f} > {thresholds.max_accuracy_drop:.3f} "
-                            f"(accuracy {metrics.reference_accuracy:.3f} -> {metrics.variant_accuracy:.3f})")
+            failures.append(
+                f"accuracy_drop {metrics.accuracy_drop:.3f} > {thresholds.max_accuracy_drop:.3f} "
+                f"(accuracy {metrics.reference_accuracy:.3f} -> {metrics.variant_accuracy:.3f})"
+            )
     return failures, not_checked
 
 
@@ -356,9 +384,14 @@ def artifact_variant(artifact: str | os.PathLike) -> str:
     return Variant.of_artifact(artifact).name
 
 
-def parity(run, artifact: str | os.PathLike, data: str | os.PathLike | None = None,
-           thresholds: ParityThresholds | None = None, variant: str | None = _PARITY_DEFAULTS.variant,
-           max_images: int = _PARITY_DEFAULTS.max_images) -> ParityResult:
+def parity(
+    run,
+    artifact: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    thresholds: ParityThresholds | None = None,
+    variant: str | None = _PARITY_DEFAULTS.variant,
+    max_images: int = _PARITY_DEFAULTS.max_images,
+) -> ParityResult:
     """Compare ``artifact`` (.onnx / .pt2) with ``run``'s float32 PyTorch model on real images.
 
     ``run`` is a Run or a run directory. ``data`` is a folder of images or of class folders (default:

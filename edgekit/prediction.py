@@ -91,8 +91,10 @@ def _onnx_logits(path: Path, images) -> tuple[np.ndarray, list[str]]:
     # folder) and its metadata validated before ONNX Runtime opens it.
     session = runtimes.load(path, "auto")  # .onnx: ort-cpu, .xml: openvino, .pte: executorch
     if session.labels is None or session.preprocessing is None:
-        raise EdgekitError(f"{path} has no edgekit labels/preprocessing metadata (a .pte keeps them in {path.name}.json); "
-                           "export it with `edgekit export`, or predict from its run directory")
+        raise EdgekitError(
+            f"{path} has no edgekit labels/preprocessing metadata (a .pte keeps them in {path.name}.json); "
+            "export it with `edgekit export`, or predict from its run directory"
+        )
     logits = session.run(load_batch(images, session.preprocessing, session.input_kind))
     if logits.ndim != 2 or logits.shape[1] != len(session.labels):
         raise EdgekitError(

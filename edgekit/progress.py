@@ -69,8 +69,15 @@ class Bar:
                 TimeElapsedColumn,
             )
 
-            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), transient=True, console=stderr)
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                transient=True,
+                console=stderr,
+            )
 
     def __enter__(self) -> "Bar":
         if self._progress is not None:

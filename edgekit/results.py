@@ -45,7 +45,6 @@ class Result(BaseModel):
             raise EdgekitError(f"{source} is not a valid {cls.__name__} report: {where}: {first['msg']}") from exc
         if obj.schema_version > cls.SCHEMA_VERSION:
             raise EdgekitError(
-                f"{source} has schema_version {obj.schema_version}, newer than this edgekit reads "
-                f"({cls.SCHEMA_VERSION}); upgrade edgekit"
+                f"{source} has schema_version {obj.schema_version}, newer than this edgekit reads ({cls.SCHEMA_VERSION}); upgrade edgekit"
             )
         return obj

@@ -1,10 +1,10 @@
 """The run directory: one folder that every command reads and extends (README, "The run directory").
 
-    runs/<name>/edgekit.json   the run card (this module)
-    runs/<name>/model.pt       state_dict only
-    runs/<name>/metrics.json   per-epoch metrics (finetune)
-    runs/<name>/exports/       exported variants and their parity reports
-    runs/<name>/bench/         benchmark reports
+runs/<name>/edgekit.json   the run card (this module)
+runs/<name>/model.pt       state_dict only
+runs/<name>/metrics.json   per-epoch metrics (finetune)
+runs/<name>/exports/       exported variants and their parity reports
+runs/<name>/bench/         benchmark reports
 """
 
 from __future__ import annotations

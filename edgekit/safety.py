@@ -26,8 +26,7 @@ def check_inside(base: str | os.PathLike, path: str | os.PathLike, what: str = "
     target = Path(os.path.realpath(candidate if candidate.is_absolute() else base_real / candidate))
     if target != base_real and base_real not in target.parents:
         raise EdgekitError(
-            f"{what} {str(path)!r} points outside {base} (to {target}); refusing it. "
-            f"Keep such paths relative and inside {base}"
+            f"{what} {str(path)!r} points outside {base} (to {target}); refusing it. Keep such paths relative and inside {base}"
         )
     return target
 
@@ -50,7 +49,9 @@ def check_onnx_file(path: str | os.PathLike):
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, onnx raises others; all mean "not an ONNX model"
-        raise ModelError(f"{path} is not a readable ONNX model ({type(exc).__name__}); it may be truncated or corrupted, re-export it") from exc
+        raise ModelError(
+            f"{path} is not a readable ONNX model ({type(exc).__name__}); it may be truncated or corrupted, re-export it"
+        ) from exc
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise ModelError(f"{path} holds no ONNX graph (a truncated or foreign file?); re-export it")
     folder = path.resolve().parent
@@ -128,7 +129,9 @@ def check_zip_checksums(path: str | os.PathLike) -> None:
         with zipfile.ZipFile(path) as archive:
             bad_member = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise ModelError(f"{path} is a damaged archive ({type(exc).__name__}: {str(exc)[:120]}); it may be truncated or corrupted, re-create it") from exc
+        raise ModelError(
+            f"{path} is a damaged archive ({type(exc).__name__}: {str(exc)[:120]}); it may be truncated or corrupted, re-create it"
+        ) from exc
     if bad_member is not None:
         raise ModelError(f"{path} is corrupted: {bad_member} fails its checksum; re-create or re-copy the file")
 
@@ -208,12 +211,13 @@ def load_exported_program(path: str | os.PathLike):
             return torch.export.load(str(path))
     except pickle.UnpicklingError as exc:
         raise ModelError(
-            f"{path} was refused: it holds pickled Python objects and edgekit never runs pickled code; "
-            "re-export it with `edgekit export`"
+            f"{path} was refused: it holds pickled Python objects and edgekit never runs pickled code; re-export it with `edgekit export`"
         ) from exc
     except Exception as exc:  # torch raises RuntimeError/KeyError/zipfile errors for a damaged archive
         first = first_line(exc, 160)
-        raise ModelError(f"{path} is not a loadable .pt2 archive ({type(exc).__name__}: {first}); it may be corrupted, re-export it") from exc
+        raise ModelError(
+            f"{path} is not a loadable .pt2 archive ({type(exc).__name__}: {first}); it may be corrupted, re-export it"
+        ) from exc
 
 
 def onnx_session(model: str | os.PathLike | bytes, options=None, providers: tuple[str, ...] = ("CPUExecutionProvider",)):

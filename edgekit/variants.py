@@ -119,7 +119,7 @@ class Variant:
 
     @property
     def threshold_kind(self) -> str:
-        """"fp32", "fp16" or "int8": which parity thresholds apply."""
+        """ "fp32", "fp16" or "int8": which parity thresholds apply."""
         return "int8" if self.precision in (Precision.INT8, Precision.INT8_DYNAMIC) else self.precision.value
 
     @property
@@ -138,7 +138,7 @@ class Variant:
             return cls(format=Format.TORCH_EXPORT)
         for fmt, facts in _FORMATS.items():
             if fmt not in (Format.ONNX, Format.TORCH_EXPORT) and text.startswith(facts.prefix):
-                return cls(_precision(text[len(facts.prefix):], text), format=fmt)
+                return cls(_precision(text[len(facts.prefix) :], text), format=fmt)
         batch = _BATCH.search(text)
         if batch:
             text = text[: batch.start()]

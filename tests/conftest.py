@@ -15,6 +15,7 @@ from PIL import Image
 # spin-wait on each other and run many times slower than one thread each.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
+
 # Every test's feature cache lives in its own temporary folder, never in the user's ~/.cache.
 @pytest.fixture(autouse=True)
 def _private_feature_cache(tmp_path_factory, monkeypatch):
@@ -71,8 +72,18 @@ def trained_run(tmp_path_factory, photo_folders):
     train, val = photo_folders
     out = tmp_path_factory.mktemp("runs") / "trained"
     finetune(
-        model="resnet18", weights="none", data=train, val_data=val, out=out,
-        strategy="full", epochs=5, batch_size=16, lr=3e-3, image_size=TEST_SIZE, seed=0, warmup_epochs=0,
+        model="resnet18",
+        weights="none",
+        data=train,
+        val_data=val,
+        out=out,
+        strategy="full",
+        epochs=5,
+        batch_size=16,
+        lr=3e-3,
+        image_size=TEST_SIZE,
+        seed=0,
+        warmup_epochs=0,
     )
     return Run.load(out)
 

@@ -21,8 +21,21 @@ from edgekit.cli import cli
 from edgekit.data import load_image, scan_folder
 from edgekit.errors import DataError
 
-TINY = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "1", "--batch-size", "8",
-        "--no-augment", "--warmup-epochs", "0"]
+TINY = [
+    "--model",
+    "resnet18",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--no-augment",
+    "--warmup-epochs",
+    "0",
+]
 
 
 def run_cli(*args: str):
@@ -56,6 +69,7 @@ def rgb_array(height=24, width=30, seed=0) -> np.ndarray:
 
 # ---- image modes are converted, not rejected ------------------------------------------------------
 
+
 def _save_mode(path: Path, mode: str) -> Image.Image:
     rgb = Image.fromarray(rgb_array())
     if mode == "I;16":
@@ -71,8 +85,17 @@ def _save_mode(path: Path, mode: str) -> Image.Image:
 
 @pytest.mark.parametrize(
     "mode, name",
-    [("CMYK", "cmyk.jpg"), ("I;16", "sixteen.png"), ("P", "palette.png"), ("P+transparency", "palette_alpha.png"),
-     ("RGBA", "rgba.png"), ("LA", "gray_alpha.png"), ("L", "gray.png"), ("1", "bilevel.png"), ("F", "float.tif")],
+    [
+        ("CMYK", "cmyk.jpg"),
+        ("I;16", "sixteen.png"),
+        ("P", "palette.png"),
+        ("P+transparency", "palette_alpha.png"),
+        ("RGBA", "rgba.png"),
+        ("LA", "gray_alpha.png"),
+        ("L", "gray.png"),
+        ("1", "bilevel.png"),
+        ("F", "float.tif"),
+    ],
 )
 def test_image_modes_are_converted_to_8bit_rgb(tmp_path, mode, name):
     _save_mode(tmp_path / name, mode)
@@ -106,6 +129,7 @@ def test_mislabelled_extension_is_decoded_by_content(tmp_path):
 
 # ---- broken files ----------------------------------------------------------------------------------
 
+
 def _truncated_jpeg(path: Path) -> Path:
     Image.fromarray(rgb_array(64, 64)).save(path, quality=90)
     data = path.read_bytes()
@@ -115,6 +139,7 @@ def _truncated_jpeg(path: Path) -> Path:
 
 def _huge_png(path: Path, side: int = 20_000) -> Path:
     """A valid PNG header claiming side x side pixels (a decompression bomb) over a tiny body."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
@@ -160,6 +185,7 @@ def test_skip_bad_images_leaves_them_out_and_reports_them(tmp_path):
 
 
 # ---- folder layout -----------------------------------------------------------------------------------
+
 
 def test_empty_class_folder(tmp_path):
     data = write_photo_folder(tmp_path / "data", 3, seed=0, size=40)
@@ -246,6 +272,7 @@ def test_spaces_and_non_ascii_names_train_and_predict(tmp_path):
 
 # ---- configs and flags ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     return write_photo_folder(tmp_path_factory.mktemp("cfg") / "data", 3, seed=0, size=40)
@@ -294,7 +321,10 @@ def test_missing_config_file(tmp_path, small_data):
         (["--batch-size", "0"], ["batch_size"]),
         (["--epochs", "-1"], ["epochs"]),
         (["--val-split", "0"], ["val_split"]),
-        (["--device", "cuda"] if not __import__("torch").cuda.is_available() else ["--epochs", "0"], ["--device cuda" if not __import__("torch").cuda.is_available() else "epochs"]),
+        (
+            ["--device", "cuda"] if not __import__("torch").cuda.is_available() else ["--epochs", "0"],
+            ["--device cuda" if not __import__("torch").cuda.is_available() else "epochs"],
+        ),
         (["--strategy", "partial", "--unfreeze", "99"], ["--unfreeze 99", "blocks"]),
         (["--model", "resnet1800"], ["resnet1800", "resnet18"]),
         (["--weights", "IMAGENET_V9"], ["IMAGENET_V9", "valid"]),
@@ -355,13 +385,17 @@ def test_self_referencing_link_beside_the_class_folders_is_ignored(tmp_path):
 
 # ---- impossible thresholds and contradicting flags beyond finetune --------------------------------
 
+
 @pytest.mark.parametrize(
     "args, needles",
     [
         (["parity", "{run}", "{run}/model.onnx", "--min-agreement", "1.5"], ["min_agreement", "1.5"]),
         (["export", "{run}", "--max-rel-diff", "-1"], ["max_rel_diff", "-1"]),
         (["export", "{run}", "--max-accuracy-drop", "2"], ["max_accuracy_drop", "2"]),
-        (["export", "{run}", "--format", "torch-export", "--quantize", "int8"], ["--quantize int8", "applies to onnx, openvino, executorch only"]),
+        (
+            ["export", "{run}", "--format", "torch-export", "--quantize", "int8"],
+            ["--quantize int8", "applies to onnx, openvino, executorch only"],
+        ),
         (["export", "{run}", "--quantize", "int4"], ["int4"]),
         (["export", "{run}", "--calib-size", "0"], ["--calib-size 0"]),
         (["bench", "{run}", "--iterations", "0"], ["iterations"]),

@@ -63,8 +63,14 @@ def _expected_top1(run, folder_dir) -> float:
 
 def test_every_variant_on_every_runtime_that_loads_it(run_result, exported_run):
     seen = {(m.variant, m.runtime, m.batch_size) for m in run_result.measurements}
-    expected = {("fp32", "torch"), ("torch-export", "torch-export"), ("fp32", "ort-cpu"), ("fp32-uint8in", "ort-cpu"),
-                ("int8", "ort-cpu"), ("int8-dynamic", "ort-cpu")}
+    expected = {
+        ("fp32", "torch"),
+        ("torch-export", "torch-export"),
+        ("fp32", "ort-cpu"),
+        ("fp32-uint8in", "ort-cpu"),
+        ("int8", "ort-cpu"),
+        ("int8-dynamic", "ort-cpu"),
+    }
     assert seen == {(v, r, b) for v, r in expected for b in (1, 2)}
     assert {m.model for m in run_result.measurements} == {"flowers"}
     assert run_result.skipped == {}
@@ -95,8 +101,12 @@ def test_ort_spinning_is_off_when_sessions_take_turns(run_result, exported_run):
     alone = bench(exported_run.exports_dir / "model.onnx", threads=1, **FAST)
     assert alone.measurements[0].runtime_info["allow_spinning"] == "default"
     assert alone.measurements[0].deployment.alone is False  # benched alone with ORT's defaults: no second pass needed
-    chosen = bench([exported_run.exports_dir / "model.onnx", exported_run.exports_dir / "model.int8.onnx"], threads=1,
-                   options={"allow_spinning": True}, **FAST)
+    chosen = bench(
+        [exported_run.exports_dir / "model.onnx", exported_run.exports_dir / "model.int8.onnx"],
+        threads=1,
+        options={"allow_spinning": True},
+        **FAST,
+    )
     assert all(m.runtime_info["allow_spinning"] is True for m in chosen.measurements)
 
 
@@ -104,8 +114,15 @@ def test_every_row_carries_cold_warm_and_both_settings(run_result, exported_run)
     data = json.loads(run_result.to_json())
     for row in data["measurements"]:
         label = f"{row['variant']} on {row['runtime']} batch {row['batch_size']}"
-        for key in ("load_ms", "first_inference_ms", "p50_ms", "p90_ms", "p99_ms", "peak_rss_after_load_mb",
-                    "peak_rss_after_first_inference_mb"):
+        for key in (
+            "load_ms",
+            "first_inference_ms",
+            "p50_ms",
+            "p90_ms",
+            "p99_ms",
+            "peak_rss_after_load_mb",
+            "peak_rss_after_first_inference_mb",
+        ):
             assert isinstance(row[key], float) and row[key] > 0, (label, key)
         assert row["first_inference_batch_size"] == 1  # the first batch size benched
         assert row["peak_rss_after_load_mb"] <= row["peak_rss_after_first_inference_mb"], label
@@ -125,8 +142,13 @@ def test_every_row_carries_cold_warm_and_both_settings(run_result, exported_run)
         else:  # no deployment-only setting: the interleaved figures are the deployment ones
             assert deployment["alone"] is False and deployment["settings"] == row["fair_settings"]
             assert deployment["p50_ms"] == row["p50_ms"]
-    ort_only = bench([exported_run.exports_dir / "model.onnx", exported_run.exports_dir / "model.int8.onnx"], threads=1,
-                     options={"allow_spinning": False}, save=False, **FAST)
+    ort_only = bench(
+        [exported_run.exports_dir / "model.onnx", exported_run.exports_dir / "model.int8.onnx"],
+        threads=1,
+        options={"allow_spinning": False},
+        save=False,
+        **FAST,
+    )
     # the user said the app runs without spinning: that is the deployment setting, so there is no second pass
     assert all(m.deployment.alone is False and "allow_spinning=0" in m.deployment.app_settings for m in ort_only.measurements)
 
@@ -323,17 +345,34 @@ def test_variant_of_an_unconventionally_named_file_comes_from_its_graph(exported
 
 def _measurement(variant, runtime, p50, batch=1, top1=None, model="m", spread=0.05):
     return Measurement(
-        model=model, artifact=f"{variant}.onnx", variant=variant, runtime=runtime, batch_size=batch, iterations=10,
-        p50_ms=p50, p90_ms=p50 * 1.1, p99_ms=p50 * 1.2, mean_ms=p50, p50_ci_ms=(p50 * (1 - spread), p50 * (1 + spread)),
-        images_per_second=1000 / p50, peak_rss_mb=100, rss_delta_mb=10, size_bytes=1000, top1=top1, ratio_to_fastest=0,
+        model=model,
+        artifact=f"{variant}.onnx",
+        variant=variant,
+        runtime=runtime,
+        batch_size=batch,
+        iterations=10,
+        p50_ms=p50,
+        p90_ms=p50 * 1.1,
+        p99_ms=p50 * 1.2,
+        mean_ms=p50,
+        p50_ci_ms=(p50 * (1 - spread), p50 * (1 + spread)),
+        images_per_second=1000 / p50,
+        peak_rss_mb=100,
+        rss_delta_mb=10,
+        size_bytes=1000,
+        top1=top1,
+        ratio_to_fastest=0,
     )
 
 
 def test_int8_slower_than_fp32_is_flagged_and_explained():
     measurements = [
-        _measurement("fp32", "torch", 11.6, top1=0.90), _measurement("fp32", "ort-cpu", 2.35, top1=0.90),
-        _measurement("int8", "ort-cpu", 3.46, top1=0.88), _measurement("int8-dynamic", "ort-cpu", 1.98, top1=0.90),
-        _measurement("fp32", "ort-cpu", 42.8, model="resnet50"), _measurement("int8", "ort-cpu", 15.5, model="resnet50"),
+        _measurement("fp32", "torch", 11.6, top1=0.90),
+        _measurement("fp32", "ort-cpu", 2.35, top1=0.90),
+        _measurement("int8", "ort-cpu", 3.46, top1=0.88),
+        _measurement("int8-dynamic", "ort-cpu", 1.98, top1=0.90),
+        _measurement("fp32", "ort-cpu", 42.8, model="resnet50"),
+        _measurement("int8", "ort-cpu", 15.5, model="resnet50"),
     ]
     warnings = bench_module.add_ratios(measurements)
     by = {(m.model, m.variant, m.runtime): m for m in measurements}
@@ -429,9 +468,30 @@ def test_cli_bench_run_writes_reports(exported_run, val_dir, tmp_path):
 
     from edgekit.cli import cli
 
-    args = ["bench", str(exported_run.path), "--runtime", "torch,ort-cpu", "--batch-sizes", "1", "--threads", "1",
-            "--warmup", "1", "--iterations", "2", "--data", str(val_dir), "--json", str(tmp_path / "b.json"),
-            "--md", str(tmp_path / "b.md"), "--plot", str(tmp_path / "p.png"), "--graph-opt-level", "extended"]
+    args = [
+        "bench",
+        str(exported_run.path),
+        "--runtime",
+        "torch,ort-cpu",
+        "--batch-sizes",
+        "1",
+        "--threads",
+        "1",
+        "--warmup",
+        "1",
+        "--iterations",
+        "2",
+        "--data",
+        str(val_dir),
+        "--json",
+        str(tmp_path / "b.json"),
+        "--md",
+        str(tmp_path / "b.md"),
+        "--plot",
+        str(tmp_path / "p.png"),
+        "--graph-opt-level",
+        "extended",
+    ]
     before = set(exported_run.bench_dir.glob("*.json")) if exported_run.bench_dir.exists() else set()
     outcome = CliRunner().invoke(cli, args)
     assert outcome.exit_code == 0, outcome.output

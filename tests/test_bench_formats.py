@@ -42,9 +42,13 @@ def test_auto_runs_each_artifact_on_its_natural_runtime_once(ir_run, val_dir):
     result = bench(ir_run.path, runtimes="auto", data=val_dir, **FAST)
 
     rows = _rows(result)
-    assert sorted(rows) == sorted([
-        (ir_run.model_path.name, "fp32", "torch"), ("model.onnx", "fp32", "ort-cpu"), ("model.xml", "openvino-fp32", "openvino"),
-    ])
+    assert sorted(rows) == sorted(
+        [
+            (ir_run.model_path.name, "fp32", "torch"),
+            ("model.onnx", "fp32", "ort-cpu"),
+            ("model.xml", "openvino-fp32", "openvino"),
+        ]
+    )
     assert len(rows) == len(set(rows)), f"duplicate rows: {rows}"
     assert result.skipped == {}
     by_variant = {m.variant: m for m in result.measurements if m.runtime != "torch"}
@@ -63,9 +67,13 @@ def test_auto_runs_each_artifact_on_its_natural_runtime_once(ir_run, val_dir):
 
 def test_named_runtimes_still_run_onnx_on_each(ir_run):
     result = bench(ir_run.path, runtimes="ort-cpu,openvino", **FAST)
-    assert sorted(_rows(result)) == sorted([
-        ("model.onnx", "fp32", "ort-cpu"), ("model.onnx", "fp32", "openvino"), ("model.xml", "openvino-fp32", "openvino"),
-    ])
+    assert sorted(_rows(result)) == sorted(
+        [
+            ("model.onnx", "fp32", "ort-cpu"),
+            ("model.onnx", "fp32", "openvino"),
+            ("model.xml", "openvino-fp32", "openvino"),
+        ]
+    )
     assert result.skipped == {}
 
 
@@ -138,17 +146,28 @@ def _candidate(name: str, kind: str | None = None):
 
 
 def test_auto_pairs_each_format_with_its_runtime_and_names_pair_all():
-    found = [_candidate("model.onnx"), _candidate("model.xml"), _candidate("model.int8.pte"), _candidate("model.pt2"),
-             targets.Candidate("run", Path("/nowhere/run/model.pt"), "fp32", "run")]
+    found = [
+        _candidate("model.onnx"),
+        _candidate("model.xml"),
+        _candidate("model.int8.pte"),
+        _candidate("model.pt2"),
+        targets.Candidate("run", Path("/nowhere/run/model.pt"), "fp32", "run"),
+    ]
     assert [c.variant for c in found] == ["fp32", "openvino-fp32", "executorch-int8", "torch-export", "fp32"]
     pairs, _ = targets.pair_with_runtimes(found, ["auto"], {})
     assert {(c.path.name, runtime) for c, runtime in pairs} == {
-        ("model.onnx", "ort-cpu"), ("model.xml", "openvino"), ("model.int8.pte", "executorch"),
-        ("model.pt2", "torch-export"), ("model.pt", "torch"),
+        ("model.onnx", "ort-cpu"),
+        ("model.xml", "openvino"),
+        ("model.int8.pte", "executorch"),
+        ("model.pt2", "torch-export"),
+        ("model.pt", "torch"),
     } - ({("model.int8.pte", "executorch")} if not _available("executorch") else set())
     named, skipped = targets.pair_with_runtimes(found, ["ort-cpu", "openvino"], {})
     assert sorted((c.path.name, runtime) for c, runtime in named) == [
-        ("model.onnx", "openvino"), ("model.onnx", "ort-cpu"), ("model.xml", "openvino")]
+        ("model.onnx", "openvino"),
+        ("model.onnx", "ort-cpu"),
+        ("model.xml", "openvino"),
+    ]
     both, _ = targets.pair_with_runtimes(found, ["auto", "openvino"], {})
     assert len(both) == len(set((c.path, r) for c, r in both))  # .xml named twice (auto and openvino): one pair
     with pytest.raises(EdgekitError, match="unknown runtime 'openvin'"):
@@ -174,12 +193,33 @@ def test_ratios_compare_within_a_format_first():
     from edgekit.benchmarking import Measurement
 
     def m(variant, runtime, p50):
-        return Measurement(model="m", artifact=f"{variant}.x", variant=variant, runtime=runtime, batch_size=1, iterations=5,
-                           p50_ms=p50, p90_ms=p50, p99_ms=p50, mean_ms=p50, p50_ci_ms=(p50 * 0.95, p50 * 1.05),
-                           images_per_second=1000 / p50, peak_rss_mb=1, rss_delta_mb=0, size_bytes=1, ratio_to_fastest=0)
+        return Measurement(
+            model="m",
+            artifact=f"{variant}.x",
+            variant=variant,
+            runtime=runtime,
+            batch_size=1,
+            iterations=5,
+            p50_ms=p50,
+            p90_ms=p50,
+            p99_ms=p50,
+            mean_ms=p50,
+            p50_ci_ms=(p50 * 0.95, p50 * 1.05),
+            images_per_second=1000 / p50,
+            peak_rss_mb=1,
+            rss_delta_mb=0,
+            size_bytes=1,
+            ratio_to_fastest=0,
+        )
 
-    rows = [m("fp32", "ort-cpu", 2.0), m("int8", "ort-cpu", 1.0), m("openvino-fp32", "openvino", 1.5),
-            m("openvino-int8", "openvino", 1.8), m("executorch-int8", "executorch", 3.0), m("auto (int8)", "ort-cpu", 1.1)]
+    rows = [
+        m("fp32", "ort-cpu", 2.0),
+        m("int8", "ort-cpu", 1.0),
+        m("openvino-fp32", "openvino", 1.5),
+        m("openvino-int8", "openvino", 1.8),
+        m("executorch-int8", "executorch", 3.0),
+        m("auto (int8)", "ort-cpu", 1.1),
+    ]
     warnings = stats.add_ratios(rows)
     by = {r.variant: r for r in rows}
     assert by["openvino-int8"].fp32_baseline == "openvino-fp32 on openvino"

@@ -23,9 +23,29 @@ def test_every_command_is_documented():
 
 
 # Options whose name and default already say everything.
-_SELF_EXPLAINING = {"model", "weights", "data", "val_data", "val_split", "out", "strategy", "epochs", "batch_size", "optimizer",
-                    "weight_decay", "label_smoothing", "warmup_epochs", "augment", "seed", "device", "amp", "channels_last",
-                    "num_workers", "skip_bad_images", "resume"}
+_SELF_EXPLAINING = {
+    "model",
+    "weights",
+    "data",
+    "val_data",
+    "val_split",
+    "out",
+    "strategy",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "weight_decay",
+    "label_smoothing",
+    "warmup_epochs",
+    "augment",
+    "seed",
+    "device",
+    "amp",
+    "channels_last",
+    "num_workers",
+    "skip_bad_images",
+    "resume",
+}
 
 
 def test_required_commands_exist():

@@ -52,8 +52,25 @@ from edgekit.cli import cli
 cli.main(args=sys.argv[1:], prog_name="edgekit")
 """
 
-FINETUNE = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--batch-size", "4", "--val-split", "0.25",
-            "--warmup-epochs", "0", "--no-augment", "--seed", "3", "--patience", "10"]
+FINETUNE = [
+    "--model",
+    "resnet18",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--val-split",
+    "0.25",
+    "--warmup-epochs",
+    "0",
+    "--no-augment",
+    "--seed",
+    "3",
+    "--patience",
+    "10",
+]
 
 
 def _free_port() -> int:
@@ -70,10 +87,28 @@ def tiny_data(tmp_path_factory):
 def torchrun(tmp_path: Path, *args, env_extra=None, nproc: int = 2) -> subprocess.Popen:
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "GLOO_SOCKET_IFNAME": "lo",
-           "EDGEKIT_CACHE_DIR": str(tmp_path / "feature-cache"), **(env_extra or {})}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr", "127.0.0.1",
-               "--master-port", str(_free_port()), str(driver), "finetune", *map(str, args)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO),
+        "GLOO_SOCKET_IFNAME": "lo",
+        "EDGEKIT_CACHE_DIR": str(tmp_path / "feature-cache"),
+        **(env_extra or {}),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(driver),
+        "finetune",
+        *map(str, args),
+    ]
     return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -106,8 +141,20 @@ def test_two_gloo_ranks_train_one_model(tiny_data, tmp_path):
     dump = tmp_path / "dump"
     dump.mkdir()
     out = tmp_path / "run"
-    code, output = finish(torchrun(tmp_path, "--data", tiny_data, "--out", out, "--strategy", "full", "--epochs", "3",
-                                   env_extra={"EDGEKIT_TEST_DUMP_RANK_STATE": str(dump)}))
+    code, output = finish(
+        torchrun(
+            tmp_path,
+            "--data",
+            tiny_data,
+            "--out",
+            out,
+            "--strategy",
+            "full",
+            "--epochs",
+            "3",
+            env_extra={"EDGEKIT_TEST_DUMP_RANK_STATE": str(dump)},
+        )
+    )
     assert code == 0, output[-3000:]
     rank0, rank1 = _rank_states(dump)
     assert rank0["state"] == rank1["state"]  # weights and BatchNorm statistics alike

@@ -143,15 +143,18 @@ def _tamper(pte, change):
     side.write_text(json.dumps(data))
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["metadata"].update({"edgekit.labels": json.dumps({"not": "a list"})}), "edgekit.labels"),
-    (lambda d: d["metadata"].update({"edgekit.preprocessing": json.dumps({"resize": 10**8, "crop": 10**8})}), "edgekit.preprocessing"),
-    (lambda d: d["metadata"].update({"edgekit.labels": ["a", "b", "c"]}), "strings to strings"),
-    (lambda d: d.update({"loader": "os.system('echo hi')"}), "unknown key 'loader'"),
-    (lambda d: d["program"].update({"path": "/etc/passwd"}), "malformed 'program'"),
-    (lambda d: d["program"].update({"max_batch": 10**9}), "max_batch"),
-    (lambda d: d.update({"edgekit_side_file": 99}), "not an edgekit side file"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d["metadata"].update({"edgekit.labels": json.dumps({"not": "a list"})}), "edgekit.labels"),
+        (lambda d: d["metadata"].update({"edgekit.preprocessing": json.dumps({"resize": 10**8, "crop": 10**8})}), "edgekit.preprocessing"),
+        (lambda d: d["metadata"].update({"edgekit.labels": ["a", "b", "c"]}), "strings to strings"),
+        (lambda d: d.update({"loader": "os.system('echo hi')"}), "unknown key 'loader'"),
+        (lambda d: d["program"].update({"path": "/etc/passwd"}), "malformed 'program'"),
+        (lambda d: d["program"].update({"max_batch": 10**9}), "max_batch"),
+        (lambda d: d.update({"edgekit_side_file": 99}), "not an edgekit side file"),
+    ],
+)
 def test_side_file_from_another_hand_is_checked_like_onnx_metadata(et_run, tmp_path, change, message):
     run, _ = et_run
     pte = _copy_program(run, tmp_path)
@@ -191,8 +194,14 @@ def test_relu6_after_conv_is_observed_on_its_own_clamped_range():
     from edgekit.exporting.executorch import relu6_aware_quantizer
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU6(), torch.nn.Conv2d(8, 4, 1),
-                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU6(),
+        torch.nn.Conv2d(8, 4, 1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+    ).eval()
     example = torch.randn(2, 3, 16, 16) * 4
 
     def relu6_input_and_observed_min(quantizer):

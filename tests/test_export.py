@@ -207,8 +207,23 @@ def test_int8_without_calibration_data_is_a_clear_error(tmp_path):
 def test_zoo_model_exported_directly(tmp_path, photo_folders):
     """Real ImageNet weights (Lite0, shipped offline), no fine-tune; parity on real photos without labels."""
     out = tmp_path / "lite0"
-    result = CliRunner().invoke(cli, ["export", "--model", "efficientnet_lite0", "--weights", "DEFAULT", "--out", str(out),
-                                      "--parity-data", str(photo_folders[1]), "--max-parity-images", "12", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            "--model",
+            "efficientnet_lite0",
+            "--weights",
+            "DEFAULT",
+            "--out",
+            str(out),
+            "--parity-data",
+            str(photo_folders[1]),
+            "--max-parity-images",
+            "12",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     parsed = ExportResult.from_json(result.stdout)
     (variant,) = parsed.variants
@@ -221,7 +236,8 @@ def test_zoo_model_exported_directly(tmp_path, photo_folders):
 
 @pytest.mark.slow
 def test_zoo_model_without_images_says_parity_was_random(tmp_path):
-    result = CliRunner().invoke(cli, ["export", "--model", "resnet18", "--weights", "none", "--out", str(tmp_path / "r18"),
-                                      "--format", "torch-export"])
+    result = CliRunner().invoke(
+        cli, ["export", "--model", "resnet18", "--weights", "none", "--out", str(tmp_path / "r18"), "--format", "torch-export"]
+    )
     assert result.exit_code == 0, result.output
     assert "random inputs" in result.output

@@ -102,7 +102,14 @@ def test_default_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 def test_cli_says_when_the_cache_was_used(folders, tmp_path):
     train, val = folders
-    args = ["finetune", *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in SMALL.items()), []), "--data", str(train), "--val-data", str(val)]
+    args = [
+        "finetune",
+        *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in SMALL.items()), []),
+        "--data",
+        str(train),
+        "--val-data",
+        str(val),
+    ]
     first = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "a")])
     assert first.exit_code == 0, first.output
     assert "84 of 84 extracted" in first.output and "head solved by L-BFGS" in first.output

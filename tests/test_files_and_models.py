@@ -50,6 +50,7 @@ def image(photo_folders):
 
 # ---- model names and checkpoints -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("command", [["finetune", "--data", "{data}", "--out", "{out}"], ["predict", "--model"], ["export", "--model"]])
 def test_unknown_model_name_suggests_the_closest(command, photo_folders, tmp_path, image):
     args = [a.replace("{data}", str(photo_folders[0])).replace("{out}", str(tmp_path / "run")) for a in command]
@@ -69,8 +70,21 @@ def test_weights_of_another_architecture_are_refused(tmp_path, photo_folders):
 
     other, _ = build("mobilenet_v3_small", "none", num_classes=3)
     weights = files.save_torch(tmp_path / "mobilenet.pt", other.state_dict())
-    result = run_cli("finetune", "--model", "resnet18", "--weights", weights, "--data", photo_folders[0],
-                     "--out", tmp_path / "run", "--image-size", "32", "--epochs", "1")
+    result = run_cli(
+        "finetune",
+        "--model",
+        "resnet18",
+        "--weights",
+        weights,
+        "--data",
+        photo_folders[0],
+        "--out",
+        tmp_path / "run",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+    )
     assert_user_error(result, str(weights), "another architecture")
     assert not (tmp_path / "run" / "model.pt").exists()
 
@@ -100,6 +114,7 @@ def test_a_file_that_is_not_a_state_dict(tmp_path):
 
 # ---- truncated and corrupted files -----------------------------------------------------------------
 
+
 def _truncate(path: Path, keep: float = 0.5) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
@@ -115,8 +130,11 @@ def _flip_bytes(path: Path, at: float = 0.5, count: int = 64) -> Path:
     return path
 
 
-@pytest.mark.parametrize("damage", [lambda p: _truncate(p, 0.5), lambda p: _truncate(p, 0.0), lambda p: _flip_bytes(p, 0.5)],
-                         ids=["truncated", "empty", "corrupted"])
+@pytest.mark.parametrize(
+    "damage",
+    [lambda p: _truncate(p, 0.5), lambda p: _truncate(p, 0.0), lambda p: _flip_bytes(p, 0.5)],
+    ids=["truncated", "empty", "corrupted"],
+)
 def test_damaged_model_pt_is_a_clear_error(run_copy, image, damage):
     damage(run_copy.model_path)
     assert_user_error(run_cli("predict", run_copy.path, image), str(run_copy.model_path))
@@ -126,13 +144,30 @@ def test_damaged_checkpoint_on_resume_is_a_clear_error(tmp_path, photo_folders):
     out = tmp_path / "run"
     files.save_torch(out / "checkpoint.pt", {"epoch": 1, "model": {"w": torch.zeros(1000)}, "optimizer": {}, "scheduler": {}})
     _truncate(out / "checkpoint.pt", 0.6)
-    result = run_cli("finetune", "--model", "resnet18", "--weights", "none", "--data", photo_folders[0], "--out", out,
-                     "--image-size", "32", "--epochs", "2", "--resume")
+    result = run_cli(
+        "finetune",
+        "--model",
+        "resnet18",
+        "--weights",
+        "none",
+        "--data",
+        photo_folders[0],
+        "--out",
+        out,
+        "--image-size",
+        "32",
+        "--epochs",
+        "2",
+        "--resume",
+    )
     assert_user_error(result, str(out / "checkpoint.pt"), "truncated or corrupted")
 
 
-@pytest.mark.parametrize("damage", [lambda p: _truncate(p, 0.5), lambda p: _truncate(p, 0.0), lambda p: _truncate(p, 0.999),
-                                    lambda p: _flip_bytes(p, 0.0, 16)], ids=["half", "empty", "last-bytes", "header"])
+@pytest.mark.parametrize(
+    "damage",
+    [lambda p: _truncate(p, 0.5), lambda p: _truncate(p, 0.0), lambda p: _truncate(p, 0.999), lambda p: _flip_bytes(p, 0.0, 16)],
+    ids=["half", "empty", "last-bytes", "header"],
+)
 def test_damaged_onnx_is_refused_everywhere(exported, tmp_path, image, damage):
     root, onnx_path, _ = exported
     broken = damage(Path(shutil.copy(onnx_path, tmp_path / "model.onnx")))
@@ -145,8 +180,11 @@ def test_damaged_onnx_is_refused_everywhere(exported, tmp_path, image, damage):
     assert_user_error(run_cli("parity", root, broken), "model.onnx")
 
 
-@pytest.mark.parametrize("damage", [lambda p: _truncate(p, 0.5), lambda p: _truncate(p, 0.0), lambda p: _flip_bytes(p, 0.3, 4096)],
-                         ids=["half", "empty", "corrupted"])
+@pytest.mark.parametrize(
+    "damage",
+    [lambda p: _truncate(p, 0.5), lambda p: _truncate(p, 0.0), lambda p: _flip_bytes(p, 0.3, 4096)],
+    ids=["half", "empty", "corrupted"],
+)
 def test_damaged_pt2_is_refused(exported, tmp_path, damage):
     root, _, pt2_path = exported
     broken = damage(Path(shutil.copy(pt2_path, tmp_path / "model.pt2")))
@@ -166,13 +204,15 @@ def test_undamaged_exports_load(exported):
 
 # ---- ONNX external data: path traversal ---------------------------------------------------------------
 
+
 def _with_external_data(onnx_path: Path, folder: Path) -> Path:
     """A copy of the model with every big initializer in a side file ``model.onnx.data`` (the normal, safe layout)."""
     folder.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(onnx_path))
     target = folder / "model.onnx"
-    onnx.save_model(model, str(target), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024)
+    onnx.save_model(
+        model, str(target), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024
+    )
     return target
 
 
@@ -194,8 +234,11 @@ def test_external_data_beside_the_model_is_accepted(exported, tmp_path):
     assert session.run(session.example_batch(2)).shape == (2, 3)
 
 
-@pytest.mark.parametrize("location", ["../secret/model.onnx.data", "{abs}", "sub/../../secret/model.onnx.data", "link/model.onnx.data"],
-                         ids=["dotdot", "absolute", "normalised-dotdot", "symlink-out"])
+@pytest.mark.parametrize(
+    "location",
+    ["../secret/model.onnx.data", "{abs}", "sub/../../secret/model.onnx.data", "link/model.onnx.data"],
+    ids=["dotdot", "absolute", "normalised-dotdot", "symlink-out"],
+)
 def test_external_data_outside_the_folder_is_refused(exported, tmp_path, image, location):
     _, onnx_path, _ = exported
     model_path = _with_external_data(onnx_path, tmp_path / "model")
@@ -225,6 +268,7 @@ def test_missing_or_short_external_data_is_refused(exported, tmp_path):
 
 
 # ---- ONNX without edgekit metadata ---------------------------------------------------------------
+
 
 @pytest.fixture
 def bare_onnx(exported, tmp_path):

@@ -37,7 +37,9 @@ def lite0_pretrained():
 
 def test_head_strategy_leaves_the_backbone_untouched(photo_folders, tmp_path, lite0_pretrained):
     train, val = photo_folders
-    result = finetune(model="efficientnet_lite0", data=train, val_data=val, out=tmp_path / "run", strategy="head", epochs=4, lr=1e-2, **SMALL)
+    result = finetune(
+        model="efficientnet_lite0", data=train, val_data=val, out=tmp_path / "run", strategy="head", epochs=4, lr=1e-2, **SMALL
+    )
     trained = load_state_dict(tmp_path / "run" / "model.pt")
     head = get_spec("efficientnet_lite0").head
     backbone_keys = [k for k in trained if not k.startswith(head + ".")]
@@ -52,7 +54,17 @@ def test_head_strategy_leaves_the_backbone_untouched(photo_folders, tmp_path, li
 
 def test_partial_strategy_trains_only_the_last_blocks(photo_folders, tmp_path, lite0_pretrained):
     train, val = photo_folders
-    finetune(model="efficientnet_lite0", data=train, val_data=val, out=tmp_path / "run", strategy="partial", unfreeze=1, epochs=1, lr=1e-2, **SMALL)
+    finetune(
+        model="efficientnet_lite0",
+        data=train,
+        val_data=val,
+        out=tmp_path / "run",
+        strategy="partial",
+        unfreeze=1,
+        epochs=1,
+        lr=1e-2,
+        **SMALL,
+    )
     trained = load_state_dict(tmp_path / "run" / "model.pt")
     backbone = {k: v for k, v in lite0_pretrained.items() if not k.startswith("classifier.")}
     changed = _changed(backbone, trained)
@@ -83,7 +95,18 @@ def test_pretrained_layers_get_a_lower_learning_rate(photo_folders, tmp_path, mo
 
     monkeypatch.setattr(module._Trainer, "_optimizer", spy)
     train, val = photo_folders
-    finetune(model="resnet18", weights="none", data=train, val_data=val, out=tmp_path / "run", strategy="full", epochs=1, lr=1e-3, backbone_lr_scale=0.1, **SMALL)
+    finetune(
+        model="resnet18",
+        weights="none",
+        data=train,
+        val_data=val,
+        out=tmp_path / "run",
+        strategy="full",
+        epochs=1,
+        lr=1e-3,
+        backbone_lr_scale=0.1,
+        **SMALL,
+    )
     assert seen["lrs"] == [pytest.approx(1e-3), pytest.approx(1e-4)]
 
 
@@ -113,7 +136,18 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(photo_folde
     module = edgekit.finetuning
 
     train, val = photo_folders
-    options = dict(model="resnet18", weights="none", data=train, val_data=val, strategy=strategy, cache_features=cached, epochs=3, lr=3e-3, warmup_epochs=1, **SMALL)
+    options = dict(
+        model="resnet18",
+        weights="none",
+        data=train,
+        val_data=val,
+        strategy=strategy,
+        cache_features=cached,
+        epochs=3,
+        lr=3e-3,
+        warmup_epochs=1,
+        **SMALL,
+    )
     reference = finetune(out=tmp_path / "straight", **options)
 
     original = module._Trainer._report
@@ -173,14 +207,27 @@ def test_resume_without_a_checkpoint_is_an_error(photo_folders, tmp_path):
 def test_early_stopping_stops_when_validation_stalls(photo_folders, tmp_path):
     train, val = photo_folders
     # A learning rate this small cannot move validation accuracy, so patience 1 ends the run after epoch 2.
-    result = finetune(model="resnet18", weights="none", data=train, val_data=val, out=tmp_path / "run", strategy="head",
-                      cache_features=False, epochs=6, lr=1e-12, patience=1, **SMALL)
+    result = finetune(
+        model="resnet18",
+        weights="none",
+        data=train,
+        val_data=val,
+        out=tmp_path / "run",
+        strategy="head",
+        cache_features=False,
+        epochs=6,
+        lr=1e-12,
+        patience=1,
+        **SMALL,
+    )
     assert result.stopped_early and result.epochs_run == 2 and result.best_epoch == 1
 
 
 def test_val_split_is_stratified_and_recorded(photo_folders, tmp_path):
     train, _ = photo_folders
-    result = finetune(model="resnet18", weights="none", data=train, val_split=0.25, out=tmp_path / "run", strategy="head", epochs=1, **SMALL)
+    result = finetune(
+        model="resnet18", weights="none", data=train, val_split=0.25, out=tmp_path / "run", strategy="head", epochs=1, **SMALL
+    )
     assert result.val_images == 15 and result.train_images == 45  # 5 of each class's 20
     card = Run.load(tmp_path / "run").card
     assert card.val_split == 0.25
@@ -217,14 +264,24 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(photo_folders, tmp_path):
 @pytest.mark.gpu
 def test_full_finetune_on_cuda_with_amp_and_channels_last(photo_folders, tmp_path):
     train, val = photo_folders
-    result = finetune(model="mobilenet_v3_small", weights="none", data=train, val_data=val, out=tmp_path / "run", strategy="full", epochs=1, device="cuda", **SMALL)
+    result = finetune(
+        model="mobilenet_v3_small",
+        weights="none",
+        data=train,
+        val_data=val,
+        out=tmp_path / "run",
+        strategy="full",
+        epochs=1,
+        device="cuda",
+        **SMALL,
+    )
     assert result.device.startswith("cuda")
     with torch.no_grad():
         assert Run.load(tmp_path / "run").build_model()(torch.randn(2, 3, 32, 32)).shape == (2, 3)
 
 
-
 # ---- the head solve on cached features ------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def digit_pixels():

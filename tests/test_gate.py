@@ -27,20 +27,52 @@ def _config(variants: dict, **extra) -> GateConfig:
 
 def _measures(int8_p50=5.0, fp32_p50=10.0, ci=0.02, **int8_fields) -> dict[str, VariantMeasure]:
     """fp32 and int8 as a healthy run would measure them; ``ci`` is the relative half-width of each median's CI."""
-    def m(variant, p50, **fields):
-        return VariantMeasure(variant=variant, artifact=f"model.{variant}.onnx", runtime="ort-cpu", batch_size=1,
-                              p50_ms=p50, p50_ci_ms=(p50 * (1 - ci), p50 * (1 + ci)), n_images=200, **fields)
 
-    fp32 = m("fp32", fp32_p50, size_bytes=16_000_000, accuracy=0.95, reference_accuracy=0.95, accuracy_drop=0.0,
-             agreement=1.0, max_abs_diff=2e-5, max_rel_diff=3e-6)
-    int8_values = dict(size_bytes=4_500_000, accuracy=0.94, reference_accuracy=0.95, accuracy_drop=0.01, agreement=0.97,
-                       max_abs_diff=0.4, max_rel_diff=0.05)
+    def m(variant, p50, **fields):
+        return VariantMeasure(
+            variant=variant,
+            artifact=f"model.{variant}.onnx",
+            runtime="ort-cpu",
+            batch_size=1,
+            p50_ms=p50,
+            p50_ci_ms=(p50 * (1 - ci), p50 * (1 + ci)),
+            n_images=200,
+            **fields,
+        )
+
+    fp32 = m(
+        "fp32",
+        fp32_p50,
+        size_bytes=16_000_000,
+        accuracy=0.95,
+        reference_accuracy=0.95,
+        accuracy_drop=0.0,
+        agreement=1.0,
+        max_abs_diff=2e-5,
+        max_rel_diff=3e-6,
+    )
+    int8_values = dict(
+        size_bytes=4_500_000,
+        accuracy=0.94,
+        reference_accuracy=0.95,
+        accuracy_drop=0.01,
+        agreement=0.97,
+        max_abs_diff=0.4,
+        max_rel_diff=0.05,
+    )
     int8_values.update(int8_fields)
     return {"fp32": fp32, "int8": m("int8", int8_p50, **int8_values)}
 
 
 PASSING = {
-    "fp32": {"min_accuracy": 0.9, "max_accuracy_drop": 0.0, "min_agreement": 0.99, "max_abs_diff": 1e-3, "max_rel_diff": 1e-4, "max_size_mb": 20},
+    "fp32": {
+        "min_accuracy": 0.9,
+        "max_accuracy_drop": 0.0,
+        "min_agreement": 0.99,
+        "max_abs_diff": 1e-3,
+        "max_rel_diff": 1e-4,
+        "max_size_mb": 20,
+    },
     "int8": {"min_accuracy": 0.9, "max_accuracy_drop": 0.03, "min_agreement": 0.95, "max_size_mb": 6, "min_speedup_vs": {"fp32": 1.5}},
 }
 
@@ -91,7 +123,9 @@ def test_thresholds_are_met_exactly_despite_float_rounding():
 def test_int8_slower_than_fp32_fails_the_speedup_ratio_whatever_the_absolute_times():
     # the same ratio on a machine 10x slower gives the same verdict: latency is only ever a ratio
     for scale in (1.0, 10.0):
-        checks = evaluate(_config({"int8": {"min_speedup_vs": {"fp32": 1.5}}}), _measures(int8_p50=8.0 * scale, fp32_p50=10.0 * scale), [], False)
+        checks = evaluate(
+            _config({"int8": {"min_speedup_vs": {"fp32": 1.5}}}), _measures(int8_p50=8.0 * scale, fp32_p50=10.0 * scale), [], False
+        )
         assert not checks[0].passed and checks[0].value == pytest.approx(1.25)
 
 
@@ -181,7 +215,9 @@ def test_baseline_ignores_a_change_within_the_runs_own_noise():
 
 
 def test_baseline_min_noise_is_a_floor_under_tight_confidence_intervals():
-    comparisons, checks = _baseline_checks(_measures(int8_p50=5.2, ci=0.0), _measures(int8_p50=5.0, ci=0.0), max_slowdown=0.01, min_noise=0.05)
+    comparisons, checks = _baseline_checks(
+        _measures(int8_p50=5.2, ci=0.0), _measures(int8_p50=5.0, ci=0.0), max_slowdown=0.01, min_noise=0.05
+    )
     assert next(c for c in comparisons if c.metric == "relative_latency").verdict == "within noise"
     assert all(c.passed for c in checks)
 
@@ -207,11 +243,43 @@ def test_baseline_flags_accuracy_and_size_regressions_but_not_a_one_image_wobble
 def test_baseline_from_a_bench_report_and_a_gate_report(tmp_path):
     config = _config({"fp32": {}, "int8": {}})
     bench_json = tmp_path / "bench.json"
-    bench_json.write_text(json.dumps({"machine": {}, "measurements": [
-        {"artifact": "a/model.onnx", "variant": "fp32", "runtime": "ort-cpu", "batch_size": 1, "p50_ms": 10.0, "p50_ci_ms": [9.9, 10.1], "size_bytes": 16_000_000, "top1": 0.95},
-        {"artifact": "a/model.int8.onnx", "variant": "int8", "runtime": "ort-cpu", "batch_size": 1, "p50_ms": 5.0, "p50_ci_ms": [4.9, 5.1], "size_bytes": 4_500_000, "top1": 0.94},
-        {"artifact": "a/model.int8.onnx", "variant": "int8", "runtime": "torch", "batch_size": 1, "p50_ms": 50.0, "p50_ci_ms": None},
-    ]}))
+    bench_json.write_text(
+        json.dumps(
+            {
+                "machine": {},
+                "measurements": [
+                    {
+                        "artifact": "a/model.onnx",
+                        "variant": "fp32",
+                        "runtime": "ort-cpu",
+                        "batch_size": 1,
+                        "p50_ms": 10.0,
+                        "p50_ci_ms": [9.9, 10.1],
+                        "size_bytes": 16_000_000,
+                        "top1": 0.95,
+                    },
+                    {
+                        "artifact": "a/model.int8.onnx",
+                        "variant": "int8",
+                        "runtime": "ort-cpu",
+                        "batch_size": 1,
+                        "p50_ms": 5.0,
+                        "p50_ci_ms": [4.9, 5.1],
+                        "size_bytes": 4_500_000,
+                        "top1": 0.94,
+                    },
+                    {
+                        "artifact": "a/model.int8.onnx",
+                        "variant": "int8",
+                        "runtime": "torch",
+                        "batch_size": 1,
+                        "p50_ms": 50.0,
+                        "p50_ci_ms": None,
+                    },
+                ],
+            }
+        )
+    )
     loaded = load_baseline(bench_json, config)
     assert set(loaded) == {"fp32", "int8"} and loaded["int8"].p50_ms == 5.0
     gate_json = tmp_path / "gate.json"
@@ -219,7 +287,7 @@ def test_baseline_from_a_bench_report_and_a_gate_report(tmp_path):
     result.to_json(gate_json)
     assert load_baseline(gate_json, config)["int8"].accuracy == 0.94
     other = tmp_path / "other.json"
-    other.write_text("{\"something\": 1}")
+    other.write_text('{"something": 1}')
     with pytest.raises(Exception, match="neither a gate report"):
         load_baseline(other, config)
 
@@ -229,8 +297,16 @@ def test_baseline_from_a_bench_report_and_a_gate_report(tmp_path):
 
 def _result(checks: list[Check], comparisons=()) -> GateResult:
     failures = [c.message for c in checks if c.failed]  # as gate() builds them: a not-measured check is no failure
-    return GateResult(runtime="ort-cpu", threads=2, variants=list(_measures().values()), checks=checks,
-                      comparisons=list(comparisons), baseline="main.json", passed=not failures, failures=failures)
+    return GateResult(
+        runtime="ort-cpu",
+        threads=2,
+        variants=list(_measures().values()),
+        checks=checks,
+        comparisons=list(comparisons),
+        baseline="main.json",
+        passed=not failures,
+        failures=failures,
+    )
 
 
 def test_junit_xml_parses_with_one_case_per_check_and_failures_marked():
@@ -350,9 +426,13 @@ def _tiny_onnx(path: Path, floats: int) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
     weight = numpy_helper.from_array(np.zeros(floats, dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [floats])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [floats])], [weight])
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [floats])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [floats])],
+        [weight],
+    )
     onnx.save(helper.make_model(graph), str(path))
     return path
 
@@ -373,17 +453,39 @@ def injected_bench(tmp_path, monkeypatch):
         rows = []
         for path, variant, p50 in ((fp32, "fp32", 10.0), (int8, "int8", 5.0)):
             busy = state["contended"] and variant == "int8"
-            rows.append(Measurement(
-                model="model", artifact=str(path), variant=variant, runtime=runtimes[0], batch_size=batch_sizes[0], iterations=20,
-                p50_ms=p50, p90_ms=p50, p99_ms=p50, mean_ms=p50, p50_ci_ms=(p50 * 0.98, p50 * 1.02), images_per_second=100 / p50,
-                peak_rss_mb=1.0, rss_delta_mb=0.0, size_bytes=path.stat().st_size, top1=0.9, accuracy_images=20, ratio_to_fastest=1.0,
-                contended=busy, contention_share=0.4 if busy else 0.01,
-            ))
+            rows.append(
+                Measurement(
+                    model="model",
+                    artifact=str(path),
+                    variant=variant,
+                    runtime=runtimes[0],
+                    batch_size=batch_sizes[0],
+                    iterations=20,
+                    p50_ms=p50,
+                    p90_ms=p50,
+                    p99_ms=p50,
+                    mean_ms=p50,
+                    p50_ci_ms=(p50 * 0.98, p50 * 1.02),
+                    images_per_second=100 / p50,
+                    peak_rss_mb=1.0,
+                    rss_delta_mb=0.0,
+                    size_bytes=path.stat().st_size,
+                    top1=0.9,
+                    accuracy_images=20,
+                    ratio_to_fastest=1.0,
+                    contended=busy,
+                    contention_share=0.4 if busy else 0.01,
+                )
+            )
         return BenchResult(machine={}, settings={}, measurements=rows)
 
     monkeypatch.setattr(gate_measure, "run_bench", fake_bench)
-    config = _write_config(tmp_path / "gate.yaml", artifacts={"fp32": str(fp32), "int8": str(int8)}, data=str(tmp_path / "images"),
-                           variants={"int8": {"min_accuracy": 0.8, "max_size_mb": 1, "min_speedup_vs": {"fp32": 1.5}}})
+    config = _write_config(
+        tmp_path / "gate.yaml",
+        artifacts={"fp32": str(fp32), "int8": str(int8)},
+        data=str(tmp_path / "images"),
+        variants={"int8": {"min_accuracy": 0.8, "max_size_mb": 1, "min_speedup_vs": {"fp32": 1.5}}},
+    )
     return config, state
 
 
@@ -432,7 +534,14 @@ def _write_config(path: Path, **data) -> Path:
 
 
 PARITY_ONLY = {
-    "fp32": {"min_accuracy": 0.5, "max_accuracy_drop": 0.0, "min_agreement": 0.99, "max_rel_diff": 1e-4, "max_abs_diff": 1e-3, "max_size_mb": 100},
+    "fp32": {
+        "min_accuracy": 0.5,
+        "max_accuracy_drop": 0.0,
+        "min_agreement": 0.99,
+        "max_rel_diff": 1e-4,
+        "max_abs_diff": 1e-3,
+        "max_size_mb": 100,
+    },
     "int8": {"min_accuracy": 0.5, "max_accuracy_drop": 0.25, "min_agreement": 0.6, "max_size_mb": 100},
 }
 
@@ -448,8 +557,10 @@ def gated(tmp_path_factory, trained_run, photo_folders):
     shutil.copytree(trained_run.path, run_dir, ignore=shutil.ignore_patterns("exports", "bench"))
     config = _write_config(base / "gate.yaml", run="run", data=str(photo_folders[1]), variants=PARITY_ONLY)
     out = base / "out"
-    result = CliRunner().invoke(cli, ["gate", "--config", str(config), "--json", str(out / "gate.json"),
-                                      "--junit", str(out / "gate.xml"), "--md", str(out / "gate.md")])
+    result = CliRunner().invoke(
+        cli,
+        ["gate", "--config", str(config), "--json", str(out / "gate.json"), "--junit", str(out / "gate.xml"), "--md", str(out / "gate.md")],
+    )
     return base, run_dir, out, result
 
 
@@ -513,7 +624,7 @@ def quiet_cpu(monkeypatch):
     measured" (tested above with an injected contended result, and in test_bench with a real neighbour)."""
     from edgekit.benchmarking import contention
 
-    monkeypatch.setattr(contention, "probe", lambda: (lambda: contention.Reading(share=0.0)))
+    monkeypatch.setattr(contention, "probe", lambda: lambda: contention.Reading(share=0.0))
 
 
 @pytest.mark.slow
@@ -530,7 +641,9 @@ def test_latency_ratio_and_baseline_on_a_real_bench(gated, quiet_cpu):
     assert speedup.value == pytest.approx(fp32.p50_ms / int8.p50_ms) and int8.p50_ci_ms[0] <= int8.p50_ms <= int8.p50_ci_ms[1]
 
     # the same models against their own report: every move is within noise
-    again = CliRunner().invoke(cli, ["gate", "--config", str(config), "--baseline", str(base / "first.json"), "--md", str(base / "again.md")])
+    again = CliRunner().invoke(
+        cli, ["gate", "--config", str(config), "--baseline", str(base / "first.json"), "--md", str(base / "again.md")]
+    )
     assert again.exit_code == 0, again.output
     assert "within noise" in (base / "again.md").read_text() and "regression" not in (base / "again.md").read_text()
 
@@ -589,8 +702,12 @@ def test_bare_artifacts_without_a_run_are_gated_on_bench_accuracy_size_and_speed
     data = GateResult.from_json(out / "gate.json").data
     exports = run_dir / "exports"
     config = _write_config(
-        tmp_path / "bare.yaml", artifacts={"fp32": str(exports / "model.onnx"), "int8": str(exports / "model.int8.onnx")},
-        data=data, threads=1, warmup=1, iterations=10,
+        tmp_path / "bare.yaml",
+        artifacts={"fp32": str(exports / "model.onnx"), "int8": str(exports / "model.int8.onnx")},
+        data=data,
+        threads=1,
+        warmup=1,
+        iterations=10,
         variants={"int8": {"min_accuracy": 0.5, "max_size_mb": 100, "min_speedup_vs": {"fp32": 0.05}}},
     )
     result = CliRunner().invoke(cli, ["gate", "--config", str(config), "--json", str(tmp_path / "bare.json")])

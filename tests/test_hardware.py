@@ -15,17 +15,20 @@ SAPPHIRE_RAPIDS = ICE_LAKE | {"amx_int8", "amx_tile"}
 ALDER_LAKE = EPYC_ZEN2 | {"avx_vnni"}
 
 
-@pytest.mark.parametrize("flags, machine, isa, saturates", [
-    (EPYC_ZEN2, "x86_64", "x86-avx2", True),
-    (SKYLAKE_SP, "x86_64", "x86-avx512", True),
-    (ICE_LAKE, "x86_64", "x86-avx512-vnni", False),
-    (SAPPHIRE_RAPIDS, "x86_64", "x86-amx", False),
-    (ALDER_LAKE, "x86_64", "x86-avx-vnni", False),
-    ({"sse2"}, "x86_64", "x86", True),
-    ({"fp", "asimd", "asimddp"}, "aarch64", "arm64-dotprod", False),
-    ({"fp", "asimd"}, "aarch64", "arm64", False),
-    (set(), "riscv64", "unknown", False),
-])
+@pytest.mark.parametrize(
+    "flags, machine, isa, saturates",
+    [
+        (EPYC_ZEN2, "x86_64", "x86-avx2", True),
+        (SKYLAKE_SP, "x86_64", "x86-avx512", True),
+        (ICE_LAKE, "x86_64", "x86-avx512-vnni", False),
+        (SAPPHIRE_RAPIDS, "x86_64", "x86-amx", False),
+        (ALDER_LAKE, "x86_64", "x86-avx-vnni", False),
+        ({"sse2"}, "x86_64", "x86", True),
+        ({"fp", "asimd", "asimddp"}, "aarch64", "arm64-dotprod", False),
+        ({"fp", "asimd"}, "aarch64", "arm64", False),
+        (set(), "riscv64", "unknown", False),
+    ],
+)
 def test_isa_class_and_saturation(flags, machine, isa, saturates):
     assert hardware.isa_class(flags, machine) == isa
     assert hardware.int8_saturates(isa) is saturates
@@ -52,13 +55,16 @@ def test_runtime_metadata_round_trips():
     assert ModelMetadata.from_props(ModelMetadata(["a"], None, {}).to_props()).runtime == {}
 
 
-@pytest.mark.parametrize("payload", [
-    '{"ort_session_config": {"session.use_env_allocators": "1"}}',  # not on the allow-list
-    '{"ort_session_config": {"session.x64quantprecision": "7"}}',
-    '{"ort_session_config": ["session.x64quantprecision"]}',
-    '["x"]',
-    '{"validated_isa": "' + "x" * 100 + '"}',
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        '{"ort_session_config": {"session.use_env_allocators": "1"}}',  # not on the allow-list
+        '{"ort_session_config": {"session.x64quantprecision": "7"}}',
+        '{"ort_session_config": ["session.x64quantprecision"]}',
+        '["x"]',
+        '{"validated_isa": "' + "x" * 100 + '"}',
+    ],
+)
 def test_runtime_metadata_from_another_hand_is_checked(payload):
     with pytest.raises(ModelError) as info:
         ModelMetadata.from_props({RUNTIME_KEY: payload}, "evil.onnx")

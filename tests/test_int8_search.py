@@ -66,7 +66,9 @@ def sensitive(tmp_path_factory, photo_folders):
     train, val = photo_folders
     train_paths = sorted(train.rglob("*.jpg"))
     train_images = load_batch(train_paths, preprocessing)
-    model = _trained_sensitive_model(train_images, np.array([sorted({p.parent.name for p in train_paths}).index(p.parent.name) for p in train_paths]))
+    model = _trained_sensitive_model(
+        train_images, np.array([sorted({p.parent.name for p in train_paths}).index(p.parent.name) for p in train_paths])
+    )
     base = work / "model.onnx"
     export_onnx(model, base, torch.randn(2, 3, 32, 32))
     calibration = train_images[::2][:32]
@@ -87,8 +89,9 @@ def _search(sensitive, budget: float, reachable: bool = True, **bounds):
     ranking = Ranking(ranking_inputs, run_onnx(base, ranking_inputs, {}), {})
     out = work / f"int8-{budget}-{len(bounds)}.onnx"
     within = (lambda m: m.top1_agreement >= budget) if reachable else (lambda m: False)
-    result = search_int8(prepared, out, ranges, [], Validation(evaluate, within), ranking,
-                         ParityThresholds(min_agreement=budget), "x86-test", **bounds)
+    result = search_int8(
+        prepared, out, ranges, [], Validation(evaluate, within), ranking, ParityThresholds(min_agreement=budget), "x86-test", **bounds
+    )
     return result, out
 
 
@@ -128,8 +131,14 @@ def test_fallback_stops_at_its_time_bound(sensitive):
 
 
 def _candidate(variant, p50, ci=None, within=True, drop=None):
-    return Candidate(variant=variant, path=f"model.{variant}.onnx", within_budget=within, p50_ms=p50,
-                     p50_ci_ms=ci or (p50 * 0.98, p50 * 1.02), accuracy_drop=drop)
+    return Candidate(
+        variant=variant,
+        path=f"model.{variant}.onnx",
+        within_budget=within,
+        p50_ms=p50,
+        p50_ci_ms=ci or (p50 * 0.98, p50 * 1.02),
+        accuracy_drop=drop,
+    )
 
 
 def test_auto_picks_the_fastest_within_budget_and_says_why():
@@ -194,7 +203,9 @@ def test_cli_quantize_auto_writes_the_choice(run_copy):
     exports = Path(run_copy.path) / "exports"
     choice = json.loads((exports / "auto.json").read_text())
     assert choice["chosen"] in ("fp32", "int8")
-    assert (exports / "model.auto.onnx").read_bytes() == (exports / ("model.onnx" if choice["chosen"] == "fp32" else "model.int8.onnx")).read_bytes()
+    assert (exports / "model.auto.onnx").read_bytes() == (
+        exports / ("model.onnx" if choice["chosen"] == "fp32" else "model.int8.onnx")
+    ).read_bytes()
     assert {c["variant"] for c in choice["candidates"]} == {"fp32", "int8"}
     if choice["chosen"] == "int8":
         fp32, int8 = (next(c for c in choice["candidates"] if c["variant"] == v) for v in ("fp32", "int8"))

@@ -68,8 +68,15 @@ cli.main(args=sys.argv[1:], prog_name="edgekit")
 
 def edgekit_process(*args, env_extra=None, **popen) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *map(str, args)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def run_edgekit(*args, env_extra=None, timeout=180) -> subprocess.CompletedProcess:
@@ -105,9 +112,30 @@ def assert_final_files_complete(directory: Path) -> list[str]:
 
 # ---- fine-tune: kill -9 anywhere, resume, same result --------------------------------------------
 
-FINETUNE = ["--model", "resnet18", "--weights", "none", "--image-size", "32", "--epochs", "3", "--batch-size", "8",
-            "--val-split", "0.25", "--strategy", "full", "--lr", "3e-3", "--warmup-epochs", "1", "--seed", "7",
-            "--patience", "3"]
+FINETUNE = [
+    "--model",
+    "resnet18",
+    "--weights",
+    "none",
+    "--image-size",
+    "32",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "8",
+    "--val-split",
+    "0.25",
+    "--strategy",
+    "full",
+    "--lr",
+    "3e-3",
+    "--warmup-epochs",
+    "1",
+    "--seed",
+    "7",
+    "--patience",
+    "3",
+]
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +240,7 @@ def test_resume_from_a_checkpoint_of_another_model_is_a_clear_error(kill_data, t
 
 # ---- disk full --------------------------------------------------------------------------------------
 
+
 def _enospc(*_args, **_kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -299,8 +328,11 @@ def _digest(path: Path) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("hook", [{"EDGEKIT_TEST_KILL_IN_WRITE": "3"}, {"EDGEKIT_TEST_KILL_AT_REPLACE": "4"}],
-                         ids=["mid-write-int8-quantization", "before-int8-report"])
+@pytest.mark.parametrize(
+    "hook",
+    [{"EDGEKIT_TEST_KILL_IN_WRITE": "3"}, {"EDGEKIT_TEST_KILL_AT_REPLACE": "4"}],
+    ids=["mid-write-int8-quantization", "before-int8-report"],
+)
 def test_kill_during_export_leaves_only_complete_files_and_a_rerun_finishes(export_run, hook):
     killed = run_edgekit("export", export_run, *EXPORT, env_extra=hook)
     assert killed.returncode == -signal.SIGKILL, killed.stderr

@@ -69,11 +69,14 @@ def test_ort_format_files_match_their_onnx(mobile_run):
     assert logits.shape == (1, run.card.num_classes)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--fixed-batch", "0"], "--fixed-batch 0 must be between 1"),
-    (["--format", "torch-export", "--fixed-batch", "1"], "add --format onnx"),
-    (["--format", "torch-export", "--ort-format"], "add --format onnx"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--fixed-batch", "0"], "--fixed-batch 0 must be between 1"),
+        (["--format", "torch-export", "--fixed-batch", "1"], "add --format onnx"),
+        (["--format", "torch-export", "--ort-format"], "add --format onnx"),
+    ],
+)
 def test_mobile_flags_are_checked_in_one_line(run_copy, args, message):
     result = CliRunner().invoke(main, ["export", str(run_copy.path), *args])
     assert result.exit_code == 2, result.output

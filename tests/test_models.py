@@ -12,8 +12,16 @@ from edgekit.errors import ModelError
 from edgekit.models import ModelSpec, build, get_spec, list_specs, register
 
 REQUIRED = {
-    "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnet_b1", "efficientnet_b2",
-    "efficientnet_b3", "resnet18", "resnet34", "resnet50", "efficientnet_lite0",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+    "efficientnet_b1",
+    "efficientnet_b2",
+    "efficientnet_b3",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "efficientnet_lite0",
 }
 
 
@@ -157,9 +165,15 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
 def test_registering_a_new_model_is_a_few_lines():
     from torchvision.models import resnet18
 
-    spec = register(ModelSpec(
-        name="test_tiny_resnet", family="resnet", build=lambda: resnet18(num_classes=10), head="fc",
-        blocks=lambda m: [m.layer1, m.layer2, m.layer3, m.layer4], input_size=32,
-    ))
+    spec = register(
+        ModelSpec(
+            name="test_tiny_resnet",
+            family="resnet",
+            build=lambda: resnet18(num_classes=10),
+            head="fc",
+            blocks=lambda m: [m.layer1, m.layer2, m.layer3, m.layer4],
+            input_size=32,
+        )
+    )
     model, _ = build("test_tiny_resnet", "none", num_classes=3)
     assert spec.default_weights is None and model.fc.out_features == 3

@@ -115,10 +115,13 @@ def test_damaged_ir_is_refused_in_one_line(ov_run, photo_folders, tmp_path, dama
     assert len(result.output.strip().splitlines()) == 1, result.output
 
 
-@pytest.mark.parametrize("field, bad", [
-    ("edgekit.labels", "{&quot;not&quot;: &quot;a list&quot;}"),
-    ("edgekit.preprocessing", "{&quot;resize&quot;: 100000000, &quot;crop&quot;: 100000000}"),
-])
+@pytest.mark.parametrize(
+    "field, bad",
+    [
+        ("edgekit.labels", "{&quot;not&quot;: &quot;a list&quot;}"),
+        ("edgekit.preprocessing", "{&quot;resize&quot;: 100000000, &quot;crop&quot;: 100000000}"),
+    ],
+)
 def test_tampered_rt_info_is_checked_like_onnx_metadata(ov_run, tmp_path, field, bad):
     import re
 

@@ -9,13 +9,52 @@ from click.testing import CliRunner
 
 from edgekit.cli import cli
 
-EXPORT_FLAGS = ["--model", "--weights", "--out", "--config", "--format", "--quantize", "--batch-size", "--no-fallback",
-                "--max-fallback-steps", "--max-fallback-seconds", "--opset", "--calib-data", "--calib-size", "--calib-method",
-                "--parity-data", "--max-parity-images", "--embed-preprocessing", "--fixed-batch", "--ort-format",
-                "--max-rel-diff", "--min-agreement", "--max-accuracy-drop", "--json"]
-BENCH_FLAGS = ["--config", "--runtime", "--batch-sizes", "--threads", "--data", "--max-images", "--warmup", "--iterations",
-               "--end-to-end", "--graph-opt-level", "--allow-spinning", "--no-allow-spinning", "--provider-option", "--device",
-               "--json", "--md", "--plot", "--save", "--no-save"]
+EXPORT_FLAGS = [
+    "--model",
+    "--weights",
+    "--out",
+    "--config",
+    "--format",
+    "--quantize",
+    "--batch-size",
+    "--no-fallback",
+    "--max-fallback-steps",
+    "--max-fallback-seconds",
+    "--opset",
+    "--calib-data",
+    "--calib-size",
+    "--calib-method",
+    "--parity-data",
+    "--max-parity-images",
+    "--embed-preprocessing",
+    "--fixed-batch",
+    "--ort-format",
+    "--max-rel-diff",
+    "--min-agreement",
+    "--max-accuracy-drop",
+    "--json",
+]
+BENCH_FLAGS = [
+    "--config",
+    "--runtime",
+    "--batch-sizes",
+    "--threads",
+    "--data",
+    "--max-images",
+    "--warmup",
+    "--iterations",
+    "--end-to-end",
+    "--graph-opt-level",
+    "--allow-spinning",
+    "--no-allow-spinning",
+    "--provider-option",
+    "--device",
+    "--json",
+    "--md",
+    "--plot",
+    "--save",
+    "--no-save",
+]
 
 
 def _invoke(*args):

@@ -78,8 +78,9 @@ def test_judge_names_the_metric_and_value():
 
 
 def test_thresholds_follow_the_variant_kind():
-    tolerance = ParityTolerance(fp32_max_rel_diff=1e-5, fp16_max_rel_diff=1e-2, fp16_min_agreement=0.97,
-                                int8_min_agreement=0.7, int8_max_accuracy_drop=0.04)
+    tolerance = ParityTolerance(
+        fp32_max_rel_diff=1e-5, fp16_max_rel_diff=1e-2, fp16_min_agreement=0.97, int8_min_agreement=0.7, int8_max_accuracy_drop=0.04
+    )
     assert thresholds_for(tolerance, "fp32") == ParityThresholds(max_rel_diff=1e-5)
     assert thresholds_for(tolerance, "torch-export") == ParityThresholds(max_rel_diff=1e-5)
     assert thresholds_for(tolerance, "fp32-uint8in") == ParityThresholds(max_rel_diff=1e-5)
@@ -107,10 +108,19 @@ def test_overrides_replace_only_the_fields_given():
 
 
 def test_result_json_round_trip():
-    metrics = ParityMetrics(n_images=3, data_source="random", max_abs_diff=0.1, mean_abs_diff=0.01, max_rel_diff=0.02,
-                            cosine_similarity=0.99, top1_agreement=1.0, top5_overlap=1.0)
-    result = ParityResult(artifact="m.onnx", variant="fp16", metrics=metrics, thresholds=ParityThresholds(max_rel_diff=0.5),
-                          passed=True, failures=[])
+    metrics = ParityMetrics(
+        n_images=3,
+        data_source="random",
+        max_abs_diff=0.1,
+        mean_abs_diff=0.01,
+        max_rel_diff=0.02,
+        cosine_similarity=0.99,
+        top1_agreement=1.0,
+        top5_overlap=1.0,
+    )
+    result = ParityResult(
+        artifact="m.onnx", variant="fp16", metrics=metrics, thresholds=ParityThresholds(max_rel_diff=0.5), passed=True, failures=[]
+    )
     again = ParityResult.from_json(result.to_json())
     assert again == result and json.loads(result.to_json())["schema_version"] == 1
 

@@ -22,7 +22,21 @@ def photos(tmp_path_factory):
 
 
 def test_lite0_default_weights_call_the_coffee_photo_espresso(photos):
-    result = CliRunner().invoke(cli, ["predict", "--model", "efficientnet_lite0", "--weights", "DEFAULT", str(photos / "coffee.png"), str(photos / "chelsea.png"), "--top-k", "3", "--json"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            "--model",
+            "efficientnet_lite0",
+            "--weights",
+            "DEFAULT",
+            str(photos / "coffee.png"),
+            str(photos / "chelsea.png"),
+            "--top-k",
+            "3",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     coffee, cat = report["predictions"]

@@ -29,11 +29,16 @@ FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 
 FIELDS = list(FinetuneConfig.model_fields)
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(["head", "partial", "full", "adamw", "sgd", "cpu", "auto", "DEFAULT", "none"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["head", "partial", "full", "adamw", "sgd", "cpu", "auto", "DEFAULT", "none"]),
 )
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)),
-                      max_leaves=6)
+values = st.recursive(
+    scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)), max_leaves=6
+)
 keys = st.one_of(st.sampled_from(FIELDS), st.text(min_size=1, max_size=12))
 
 
@@ -203,9 +208,11 @@ def test_preprocessing_gives_the_crop_for_any_image_shape(height, width, crop):
 
 # ---- parity metrics -------------------------------------------------------------------------------
 
+
 def logits(n_max=16, c_max=12):
     return st.tuples(st.integers(1, n_max), st.integers(1, c_max)).flatmap(
-        lambda shape: hnp.arrays(np.float32, shape, elements=st.floats(-50, 50, width=32)))
+        lambda shape: hnp.arrays(np.float32, shape, elements=st.floats(-50, 50, width=32))
+    )
 
 
 @FAST

@@ -81,8 +81,9 @@ def test_uint8_activations_and_per_channel_int8_weights(float_model, real_batche
     assert activation_zero_points == {onnx.TensorProto.UINT8}
     weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
     assert weights, "convolution weights should be stored as int8"
-    dequantize_scales = [initializers[n.input[1]] for n in model.graph.node
-                         if n.op_type == "DequantizeLinear" and n.input[0] in {w.name for w in weights}]
+    dequantize_scales = [
+        initializers[n.input[1]] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in {w.name for w in weights}
+    ]
     assert any(len(s.dims) == 1 and s.dims[0] > 1 for s in dequantize_scales)  # one scale per output channel
 
 
@@ -147,8 +148,12 @@ def test_topological_sort_repairs_order():
 
     a = helper.make_node("Relu", ["x"], ["a"], name="a")
     b = helper.make_node("Relu", ["a"], ["y"], name="b")
-    graph = helper.make_graph([b, a], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [b, a],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     sort_topologically(graph)
     assert [n.name for n in graph.node] == ["a", "b"]
     cycle = helper.make_graph([helper.make_node("Relu", ["z"], ["w"], name="c")], "g", [], [])
@@ -170,16 +175,19 @@ def _activation_scales(path) -> np.ndarray:
 
     model = onnx.load(str(path))
     initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    return np.array([float(initializers[n.input[1]]) for n in model.graph.node
-                     if n.op_type == "QuantizeLinear" and initializers[n.input[1]].ndim == 0])
+    return np.array(
+        [float(initializers[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear" and initializers[n.input[1]].ndim == 0]
+    )
 
 
 @pytest.mark.slow
 def test_calibration_methods_really_differ(float_model, real_batches, tmp_path):
     """ORT's own entropy defaults (128 bins, 128 quantized bins) silently equal minmax; ours must not."""
     calibration, _ = real_batches
-    scales = {method: _activation_scales(quantize_static(float_model, tmp_path / f"{method}.onnx", calibration[:2], method=method))
-              for method in ("minmax", "entropy", "percentile")}
+    scales = {
+        method: _activation_scales(quantize_static(float_model, tmp_path / f"{method}.onnx", calibration[:2], method=method))
+        for method in ("minmax", "entropy", "percentile")
+    }
     assert len({len(s) for s in scales.values()}) == 1
     assert not np.allclose(scales["entropy"], scales["minmax"], rtol=1e-3)
     assert not np.allclose(scales["percentile"], scales["minmax"], rtol=1e-3)

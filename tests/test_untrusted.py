@@ -62,8 +62,24 @@ def test_load_torch_refuses_a_pickle_payload(tmp_path, wrap):
 def test_finetune_weights_file_with_a_payload_is_refused(tmp_path, photo_folders):
     marker = tmp_path / "pwned"
     evil = plant_pickle(tmp_path / "weights.pt", marker)
-    result = CliRunner().invoke(cli, ["finetune", "--model", "resnet18", "--weights", str(evil), "--data", str(photo_folders[0]),
-                                      "--out", str(tmp_path / "run"), "--image-size", "32", "--epochs", "1"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "finetune",
+            "--model",
+            "resnet18",
+            "--weights",
+            str(evil),
+            "--data",
+            str(photo_folders[0]),
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "pickled" in result.stderr and str(evil) in result.stderr
     assert not marker.exists()
@@ -85,8 +101,25 @@ def test_resume_checkpoint_with_a_payload_is_refused(tmp_path, photo_folders):
     out = tmp_path / "run"
     out.mkdir()
     plant_pickle(out / "checkpoint.pt", marker, lambda p: {"epoch": 1, "model": {}, "optimizer": p})
-    result = CliRunner().invoke(cli, ["finetune", "--model", "resnet18", "--weights", "none", "--data", str(photo_folders[0]),
-                                      "--out", str(out), "--image-size", "32", "--epochs", "2", "--resume"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "finetune",
+            "--model",
+            "resnet18",
+            "--weights",
+            "none",
+            "--data",
+            str(photo_folders[0]),
+            "--out",
+            str(out),
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--resume",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "pickled" in result.stderr
     assert not marker.exists()
@@ -113,8 +146,9 @@ def _plant_in_pt2(source: Path, target: Path, marker: Path, member_suffix: str, 
     return target
 
 
-@pytest.mark.parametrize("member, pickled_weights", [("sample_inputs/model.pt", False), ("weights/weight_0", True)],
-                         ids=["sample-inputs", "weights"])
+@pytest.mark.parametrize(
+    "member, pickled_weights", [("sample_inputs/model.pt", False), ("weights/weight_0", True)], ids=["sample-inputs", "weights"]
+)
 def test_pt2_with_a_payload_is_refused_where_plain_torch_would_run_it(tmp_path, member, pickled_weights):
     from edgekit import runtimes
     from edgekit.safety import load_exported_program
@@ -138,6 +172,7 @@ def test_pt2_with_a_payload_is_refused_where_plain_torch_would_run_it(tmp_path, 
 
 
 # ---- the source never unpickles, never evals, never builds objects from YAML ----------------------
+
 
 def _calls(tree):
     for node in ast.walk(tree):
@@ -166,8 +201,18 @@ def test_source_loads_torch_files_only_with_weights_only_true():
                 value = keywords.get("weights_only")
                 if not (isinstance(value, ast.Constant) and value.value is True):
                     offenders.append(f"{where} torch.load without weights_only=True")
-            if name in ("pickle.load", "pickle.loads", "pickle.Unpickler", "dill.load", "joblib.load", "eval", "exec",
-                        "yaml.load", "yaml.unsafe_load", "marshal.loads"):
+            if name in (
+                "pickle.load",
+                "pickle.loads",
+                "pickle.Unpickler",
+                "dill.load",
+                "joblib.load",
+                "eval",
+                "exec",
+                "yaml.load",
+                "yaml.unsafe_load",
+                "marshal.loads",
+            ):
                 offenders.append(f"{where} {name}")
             if name in ("numpy.load", "np.load"):  # only in safety.py, and never able to unpickle
                 keywords = {k.arg: k.value for k in node.keywords}
@@ -201,6 +246,7 @@ def test_no_network_client_in_the_package():
 
 # ---- no network at run time ----------------------------------------------------------------------
 
+
 @pytest.fixture
 def no_network(monkeypatch):
     """Every attempt to open a connection or resolve a name is recorded and refused."""
@@ -226,8 +272,18 @@ def test_whole_workflow_makes_no_network_call(no_network, tmp_path):
 
     data = write_photo_folder(tmp_path / "data", 4, seed=0, size=40)
     out = tmp_path / "run"
-    finetune(model="resnet18", weights="none", data=data, val_split=0.25, out=out, strategy="full", epochs=1,
-             batch_size=8, image_size=32, warmup_epochs=0)
+    finetune(
+        model="resnet18",
+        weights="none",
+        data=data,
+        val_split=0.25,
+        out=out,
+        strategy="full",
+        epochs=1,
+        batch_size=8,
+        image_size=32,
+        warmup_epochs=0,
+    )
     image = next((data / "rocket").iterdir())
     predict(out, [image], top_k=2)
     result = export(out, formats="onnx", quantize="none", max_parity_images=8)
@@ -244,14 +300,31 @@ def test_whole_workflow_makes_no_network_call(no_network, tmp_path):
 def test_named_torchvision_weights_offline_fail_cleanly(no_network, monkeypatch, tmp_path, photo_folders):
     """The one allowed download: weights named by the user. Offline, it is a one-line error with the fix."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))  # no cached copy to fall back on
-    result = CliRunner().invoke(cli, ["finetune", "--model", "resnet18", "--weights", "IMAGENET1K_V1", "--data", str(photo_folders[0]),
-                                      "--out", str(tmp_path / "run"), "--image-size", "32", "--epochs", "1"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "finetune",
+            "--model",
+            "resnet18",
+            "--weights",
+            "IMAGENET1K_V1",
+            "--data",
+            str(photo_folders[0]),
+            "--out",
+            str(tmp_path / "run"),
+            "--image-size",
+            "32",
+            "--epochs",
+            "1",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "could not download" in result.stderr and "--weights" in result.stderr
     assert len(no_network) >= 1  # it did try: only because the user named the weights
 
 
 # ---- paths from files cannot steer writes ---------------------------------------------------------
+
 
 def test_path_like_labels_and_names_in_a_card_write_nothing_outside_the_run(run_copy, tmp_path, photo_folders):
     from edgekit.exporting import export
@@ -294,6 +367,7 @@ def test_check_inside_refuses_escapes(tmp_path):
 
 
 # ---- values in ONNX metadata are checked, not trusted -----------------------------------------------
+
 
 def _with_props(source: Path, target: Path, **changes) -> Path:
     import onnx

@@ -8,12 +8,22 @@ from edgekit.errors import EdgekitError
 from edgekit.variants import Format, InputKind, Precision, Variant, all_names, format_of
 
 
-@pytest.mark.parametrize("name, file_name", [
-    ("fp32", "model.onnx"), ("int8", "model.int8.onnx"), ("int8-dynamic", "model.int8-dynamic.onnx"),
-    ("fp16-uint8in", "model.fp16-uint8in.onnx"), ("int8-b1", "model.int8-b1.onnx"), ("fp32-uint8in-b4", "model.fp32-uint8in-b4.onnx"),
-    ("torch-export", "model.pt2"), ("executorch-fp32", "model.pte"), ("executorch-int8", "model.int8.pte"),
-    ("openvino-fp32", "model.xml"), ("openvino-int8", "model.int8.xml"),
-])
+@pytest.mark.parametrize(
+    "name, file_name",
+    [
+        ("fp32", "model.onnx"),
+        ("int8", "model.int8.onnx"),
+        ("int8-dynamic", "model.int8-dynamic.onnx"),
+        ("fp16-uint8in", "model.fp16-uint8in.onnx"),
+        ("int8-b1", "model.int8-b1.onnx"),
+        ("fp32-uint8in-b4", "model.fp32-uint8in-b4.onnx"),
+        ("torch-export", "model.pt2"),
+        ("executorch-fp32", "model.pte"),
+        ("executorch-int8", "model.int8.pte"),
+        ("openvino-fp32", "model.xml"),
+        ("openvino-int8", "model.int8.xml"),
+    ],
+)
 def test_names_round_trip_and_name_their_files(name, file_name):
     variant = Variant.parse(name)
     assert variant.name == name == str(variant)

@@ -47,7 +47,6 @@ DEFAULT_ITERATIONS = BENCH_DEFAULTS.iterations
 ACCURACY_BATCH = 32
 
 
-
 @dataclass
 class _Entry:
     candidate: Candidate
@@ -179,13 +178,21 @@ def bench(
     summary_of_load = ContentionSummary(
         mean_share=contention.share_of(monitor.chunks),
         max_share=max((c.share for c in monitor.chunks), default=0.0),
-        chunks=len(monitor.chunks), contended_chunks=sum(c.contended for c in monitor.chunks),
-        remeasured_chunks=monitor.remeasured, contended_rows=contended_rows, threshold=contention_threshold,
+        chunks=len(monitor.chunks),
+        contended_chunks=sum(c.contended for c in monitor.chunks),
+        remeasured_chunks=monitor.remeasured,
+        contended_rows=contended_rows,
+        threshold=contention_threshold,
     )
     result = BenchResult(
-        targets=[str(t) for t in target_list], machine=machine_info(), settings=settings, measurements=measurements,
-        contention=summary_of_load, skipped=skipped,
-        summary=summarize(measurements) + [contention_line(summary_of_load, len(measurements))], warnings=warnings,
+        targets=[str(t) for t in target_list],
+        machine=machine_info(),
+        settings=settings,
+        measurements=measurements,
+        contention=summary_of_load,
+        skipped=skipped,
+        summary=summarize(measurements) + [contention_line(summary_of_load, len(measurements))],
+        warnings=warnings,
     )
     run_dir = common_run(target_list) if save else None
     if run_dir is not None:
@@ -339,8 +346,7 @@ def _widens(kept: list[float], chunk: list[float]) -> bool:
     return float(np.median(chunk)) > contention.WIDENING * float(np.median(kept))
 
 
-def _time_deployment(entry: _Entry, threads, options, user_options, batch_sizes, warmup, iterations, e2e_images, bar,
-                     monitor) -> None:
+def _time_deployment(entry: _Entry, threads, options, user_options, batch_sizes, warmup, iterations, e2e_images, bar, monitor) -> None:
     """Time ``entry`` alone under the settings an app would use, where they differ from the fair ones (ORT)."""
     runtime = registry.get_runtime(entry.runtime)
     fair = {k: v for k, v in options.items() if k in runtime.options}
@@ -471,6 +477,19 @@ def _end_to_end_images(folder, candidates) -> list[Path]:
 
 
 __all__ = [
-    "BenchResult", "BenchSettings", "Candidate", "Deployment", "MachineInfo", "Measurement", "PeakMemory", "bench", "collect_candidates", "common_run",
-    "machine_info", "median_ci", "save_to_run", "stamp", "variant_of",
+    "BenchResult",
+    "BenchSettings",
+    "Candidate",
+    "Deployment",
+    "MachineInfo",
+    "Measurement",
+    "PeakMemory",
+    "bench",
+    "collect_candidates",
+    "common_run",
+    "machine_info",
+    "median_ci",
+    "save_to_run",
+    "stamp",
+    "variant_of",
 ]

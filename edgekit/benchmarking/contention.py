@@ -99,8 +99,9 @@ class Monitor:
     chunks: list[Chunk] = field(default_factory=list)  # every kept chunk, all passes
     remeasured: int = 0
 
-    def measure(self, run_chunk: Callable[[], object], suspect: Callable[[object], bool] | None = None,
-                budget: list[int] | None = None) -> tuple[object, Chunk, int]:
+    def measure(
+        self, run_chunk: Callable[[], object], suspect: Callable[[object], bool] | None = None, budget: list[int] | None = None
+    ) -> tuple[object, Chunk, int]:
         """Run ``run_chunk`` in a probe window: (its value, the kept Chunk, how often it was re-measured).
 
         A chunk is re-measured when it is contended, or when ``suspect(value)`` (its times widen the interval) and

@@ -56,23 +56,78 @@ def _rss(m) -> str:
 def _rows(result) -> list[list[str]]:
     rows = []
     for m in result.measurements:
-        rows.append([
-            m.model, m.variant, m.runtime, str(m.batch_size), _deployed(m),
-            m.deployment.app_settings if m.deployment is not None else "-", _fair(m), f"{m.p90_ms:.2f}", f"{m.p99_ms:.2f}",
-            f"{m.images_per_second:.1f}", f"{m.ratio_to_fastest:.2f}x", _vs_fp32(m), _percent(m.top1), _percent(m.top5),
-            _ms(m.load_ms), _ms(m.first_inference_ms), f"{m.size_bytes / 2**20:.2f}", _rss(m),
-            f"+{m.rss_delta_mb:.0f}", _others(m), "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
-        ])
+        rows.append(
+            [
+                m.model,
+                m.variant,
+                m.runtime,
+                str(m.batch_size),
+                _deployed(m),
+                m.deployment.app_settings if m.deployment is not None else "-",
+                _fair(m),
+                f"{m.p90_ms:.2f}",
+                f"{m.p99_ms:.2f}",
+                f"{m.images_per_second:.1f}",
+                f"{m.ratio_to_fastest:.2f}x",
+                _vs_fp32(m),
+                _percent(m.top1),
+                _percent(m.top5),
+                _ms(m.load_ms),
+                _ms(m.first_inference_ms),
+                f"{m.size_bytes / 2**20:.2f}",
+                _rss(m),
+                f"+{m.rss_delta_mb:.0f}",
+                _others(m),
+                "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
+            ]
+        )
     return rows
 
 
-_HEADERS = ["model", "variant", "runtime", "batch", "p50 ms deployed (95% CI)", "deployed as", "p50 ms fair (95% CI)",
-            "p90 ms", "p99 ms", "img/s", "vs fastest", "vs fp32", "top-1", "top-5", "load ms", "1st inference ms",
-            "size MB", "peak RSS MB load/1st/all", "model RSS MB", "others' CPU", "GPU MB"]
+_HEADERS = [
+    "model",
+    "variant",
+    "runtime",
+    "batch",
+    "p50 ms deployed (95% CI)",
+    "deployed as",
+    "p50 ms fair (95% CI)",
+    "p90 ms",
+    "p99 ms",
+    "img/s",
+    "vs fastest",
+    "vs fp32",
+    "top-1",
+    "top-5",
+    "load ms",
+    "1st inference ms",
+    "size MB",
+    "peak RSS MB load/1st/all",
+    "model RSS MB",
+    "others' CPU",
+    "GPU MB",
+]
 
 
-_TERMINAL_HEADERS = ["model", "variant", "runtime", "batch", "p50 ms deployed (CI)", "p50 fair", "p90/p99 ms", "img/s",
-                     "×fastest", "×fp32", "top-1", "top-5", "load/1st ms", "MB", "RSS MB load/1st/all", "others' CPU", "GPU MB"]
+_TERMINAL_HEADERS = [
+    "model",
+    "variant",
+    "runtime",
+    "batch",
+    "p50 ms deployed (CI)",
+    "p50 fair",
+    "p90/p99 ms",
+    "img/s",
+    "×fastest",
+    "×fp32",
+    "top-1",
+    "top-5",
+    "load/1st ms",
+    "MB",
+    "RSS MB load/1st/all",
+    "others' CPU",
+    "GPU MB",
+]
 
 
 def table(result):
@@ -87,18 +142,42 @@ def table(result):
 
     measurements = result.measurements
     keep = [
-        len({m.model for m in measurements}) > 1, True, True, True, True,
-        any(m.deployment is not None and m.deployment.alone for m in measurements), True, True, True,
+        len({m.model for m in measurements}) > 1,
+        True,
+        True,
+        True,
+        True,
+        any(m.deployment is not None and m.deployment.alone for m in measurements),
+        True,
+        True,
+        True,
         any(m.ratio_to_fp32 is not None for m in measurements),
-        any(m.top1 is not None for m in measurements), any(m.top5 is not None for m in measurements),
-        True, True, True, True, any(m.gpu_memory_mb is not None for m in measurements),
+        any(m.top1 is not None for m in measurements),
+        any(m.top5 is not None for m in measurements),
+        True,
+        True,
+        True,
+        True,
+        any(m.gpu_memory_mb is not None for m in measurements),
     ]
     out = Table(*[h for h, k in zip(_TERMINAL_HEADERS, keep) if k], title="edgekit bench", caption=escape(_caption(result)))
     for m in measurements:
         cells = [
-            m.model, m.variant, m.runtime, str(m.batch_size), _deployed(m), f"{m.p50_ms:.2f}",
-            f"{m.p90_ms:.2f}/{m.p99_ms:.2f}", f"{m.images_per_second:.1f}", f"{m.ratio_to_fastest:.2f}", _vs_fp32(m),
-            _percent(m.top1), _percent(m.top5), _cold(m), f"{m.size_bytes / 2**20:.1f}", _rss(m),
+            m.model,
+            m.variant,
+            m.runtime,
+            str(m.batch_size),
+            _deployed(m),
+            f"{m.p50_ms:.2f}",
+            f"{m.p90_ms:.2f}/{m.p99_ms:.2f}",
+            f"{m.images_per_second:.1f}",
+            f"{m.ratio_to_fastest:.2f}",
+            _vs_fp32(m),
+            _percent(m.top1),
+            _percent(m.top5),
+            _cold(m),
+            f"{m.size_bytes / 2**20:.1f}",
+            _rss(m),
             f"{CONTENDED_MARK} {m.contention_share:.0%}" if m.contended else f"{m.contention_share:.0%}",
             "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
         ]
@@ -110,10 +189,12 @@ def table(result):
 def _caption(result) -> str:
     machine = result.machine
     threads = result.settings.get("threads") or "default"
-    return (f"{machine.get('cpu')} ({machine.get('usable_cores')} cores usable), threads {threads}, "
-            f"{result.settings.get('iterations')} iterations. deployed: the settings an app uses (ORT alone, spinning "
-            "on); fair: interleaved, spinning off, which the ratios (>1 slower) use; p90/p99 fair. "
-            f"{CONTENDED_MARK}: other processes used the CPU while timing (contended), not evidence")
+    return (
+        f"{machine.get('cpu')} ({machine.get('usable_cores')} cores usable), threads {threads}, "
+        f"{result.settings.get('iterations')} iterations. deployed: the settings an app uses (ORT alone, spinning "
+        "on); fair: interleaved, spinning off, which the ratios (>1 slower) use; p90/p99 fair. "
+        f"{CONTENDED_MARK}: other processes used the CPU while timing (contended), not evidence"
+    )
 
 
 def markdown(result) -> str:
@@ -153,8 +234,9 @@ def markdown(result) -> str:
         lines.append("")
     for runtime, reason in result.skipped.items():
         lines.append(f"- skipped {runtime}: {reason}")
-    notes = sorted({f"{m.variant} on {m.runtime}: {note}" for m in result.measurements for note in m.notes
-                    if not note.startswith("not faster than")})  # those are the warnings at the top already
+    notes = sorted(
+        {f"{m.variant} on {m.runtime}: {note}" for m in result.measurements for note in m.notes if not note.startswith("not faster than")}
+    )  # those are the warnings at the top already
     lines += [f"- note: {note}" for note in notes]
     return "\n".join(lines).rstrip() + "\n"
 

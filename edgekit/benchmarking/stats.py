@@ -41,8 +41,12 @@ def _figures(seconds: list[float], batch_size: int) -> dict:
     ms = np.asarray(seconds) * 1000.0
     low, high = median_ci(ms.tolist())
     return {
-        "iterations": len(ms), "p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-        "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "p50_ci_ms": (float(low), float(high)),
+        "iterations": len(ms),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "p50_ci_ms": (float(low), float(high)),
         "images_per_second": batch_size / float(ms.mean() / 1000.0),
     }
 
@@ -64,17 +68,23 @@ def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: boo
             own = timed.chunks.get(batch_size, [])
             info = _jsonable(timed.info)
             deployment = Deployment(
-                settings=settings_of(info), app_settings=app_settings(entry.runtime, info), alone=True,
-                contended=any(c.contended for c in own), contention_share=contention.share_of(own),
+                settings=settings_of(info),
+                app_settings=app_settings(entry.runtime, info),
+                alone=True,
+                contended=any(c.contended for c in own),
+                contention_share=contention.share_of(own),
                 **_figures(timed.times[batch_size], batch_size),
             )
             chunks += own
             remeasured += timed.remeasured.get(batch_size, 0)
         else:  # the fair settings are the deployment settings: the interleaved figures are the deployment figures
             deployment = Deployment(
-                settings=fair_settings, app_settings=app_settings(entry.runtime, fair_settings), alone=False,
+                settings=fair_settings,
+                app_settings=app_settings(entry.runtime, fair_settings),
+                alone=False,
                 contended=any(c.contended for c in entry.chunks.get(batch_size, [])),
-                contention_share=contention.share_of(entry.chunks.get(batch_size, [])), **figures,
+                contention_share=contention.share_of(entry.chunks.get(batch_size, [])),
+                **figures,
             )
         rows.append(
             Measurement(
@@ -101,8 +111,7 @@ def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: boo
                 first_inference_ms=cold.get("first_inference_ms"),
                 first_inference_batch_size=cold.get("first_inference_batch_size"),
                 peak_rss_after_load_mb=base_rss + cold["load_rss_delta_mb"] if "load_rss_delta_mb" in cold else None,
-                peak_rss_after_first_inference_mb=(
-                    base_rss + cold["first_rss_delta_mb"] if "first_rss_delta_mb" in cold else None),
+                peak_rss_after_first_inference_mb=(base_rss + cold["first_rss_delta_mb"] if "first_rss_delta_mb" in cold else None),
                 fair_settings=fair_settings,
                 deployment=deployment,
                 runtime_info=_jsonable(session.info),
@@ -118,9 +127,15 @@ def row_order(m: Measurement):
     names = registry.registered_names()
     formats = list(Format)
     variant = as_variant(m.variant)
-    return (m.model, m.batch_size, formats.index(variant.format) if variant is not None else len(formats),
-            not is_fp32(m.variant), auto_chosen(m.variant) is not None, m.variant,
-            names.index(m.runtime) if m.runtime in names else len(names))
+    return (
+        m.model,
+        m.batch_size,
+        formats.index(variant.format) if variant is not None else len(formats),
+        not is_fp32(m.variant),
+        auto_chosen(m.variant) is not None,
+        m.variant,
+        names.index(m.runtime) if m.runtime in names else len(names),
+    )
 
 
 def is_compressed(variant: str) -> bool:
@@ -188,8 +203,11 @@ def _fp32_parent(m: Measurement, group: list[Measurement]) -> Measurement | None
         for b in group:
             if b.variant == name and b.runtime == m.runtime:
                 return b
-    for candidates in ([b for b in group if b.variant == wanted[0]], [b for b in group if b.variant == "fp32"],
-                       [b for b in group if is_fp32(b.variant) and auto_chosen(b.variant) is None]):
+    for candidates in (
+        [b for b in group if b.variant == wanted[0]],
+        [b for b in group if b.variant == "fp32"],
+        [b for b in group if is_fp32(b.variant) and auto_chosen(b.variant) is None],
+    ):
         if candidates:
             return min(candidates, key=lambda b: b.p50_ms)
     return None
@@ -203,8 +221,10 @@ def summarize(measurements: list[Measurement]) -> list[str]:
     for model, batch_size in keys:
         group = [m for m in measurements if m.model == model and m.batch_size == batch_size]
         fastest = min(group, key=lambda m: m.deployed_p50_ms)
-        line = (f"{model}, batch {batch_size}: fastest is {fastest.label}, {fastest.deployed_p50_ms:.2f} ms p50 "
-                f"({batch_size * 1000 / _deployed_mean(fastest):.0f} img/s)")
+        line = (
+            f"{model}, batch {batch_size}: fastest is {fastest.label}, {fastest.deployed_p50_ms:.2f} ms p50 "
+            f"({batch_size * 1000 / _deployed_mean(fastest):.0f} img/s)"
+        )
         if fastest.top1 is not None:
             line += f" at top-1 {fastest.top1:.1%}"
         if fastest.deployment is not None:
@@ -224,8 +244,7 @@ def summarize(measurements: list[Measurement]) -> list[str]:
             close = [m for m in scored if m.top1 is not None and m.top1 >= reference - 0.01]
             pick = min(close, key=lambda m: m.deployed_p50_ms)
             if pick is not fastest:
-                line += (f"; fastest within 1 point of fp32 accuracy: {pick.label}, {pick.deployed_p50_ms:.2f} ms at "
-                         f"top-1 {pick.top1:.1%}")
+                line += f"; fastest within 1 point of fp32 accuracy: {pick.label}, {pick.deployed_p50_ms:.2f} ms at top-1 {pick.top1:.1%}"
         contended = [m.label for m in group if m.contended]
         if contended:
             line += f"; CONTENDED (other processes busy while timing, not evidence): {', '.join(contended)}"
@@ -248,8 +267,10 @@ def contention_line(load: ContentionSummary, rows: int) -> str:
     retried = f", {load.remeasured_chunks} chunk(s) measured again" if load.remeasured_chunks else ""
     if load.contended_rows == 0:
         return f"machine: quiet enough while timing ({shares}{retried}); no row contended (threshold {load.threshold:.0%})"
-    return (f"machine: BUSY while timing ({shares}{retried}); {load.contended_rows} of {rows} rows contended "
-            f"(threshold {load.threshold:.0%}): their latencies are not evidence, re-run on a quiet machine")
+    return (
+        f"machine: BUSY while timing ({shares}{retried}); {load.contended_rows} of {rows} rows contended "
+        f"(threshold {load.threshold:.0%}): their latencies are not evidence, re-run on a quiet machine"
+    )
 
 
 def _jsonable(value):

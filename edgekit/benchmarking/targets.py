@@ -28,7 +28,6 @@ class Candidate:
     run_dir: Path | None = None
 
 
-
 # ---- what to bench ---------------------------------------------------------------------------------------------
 
 
@@ -59,7 +58,7 @@ def auto_label(chosen: str) -> str:
 def auto_chosen(variant: str) -> str | None:
     """The variant an :func:`auto_label` names ("auto (int8)" -> "int8"); None for any other name."""
     prefix = f"{AUTO} ("
-    return variant[len(prefix):-1] if variant.startswith(prefix) and variant.endswith(")") else None
+    return variant[len(prefix) : -1] if variant.startswith(prefix) and variant.endswith(")") else None
 
 
 def as_variant(name: str) -> Variant | None:

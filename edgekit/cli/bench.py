@@ -46,7 +46,9 @@ def _print_runtimes() -> None:
     for name, reason in available_runtimes().items():
         runtime = get_runtime(name)
         loads = ", ".join("run dir" if s == "run" else s for s in runtime.suffixes)
-        out.add_row(name, loads, "yes" if reason is None else "[yellow]no[/yellow]", escape(runtime.description if reason is None else reason))
+        out.add_row(
+            name, loads, "yes" if reason is None else "[yellow]no[/yellow]", escape(runtime.description if reason is None else reason)
+        )
     console.print(out)
 
 
@@ -54,8 +56,13 @@ def _print_runtimes() -> None:
 @click.argument("targets", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file with the options below as keys; flags win.")
 @options_from_model(BenchOptions, exclude=("provider_options",))
-@click.option("--provider-option", "provider_pairs", multiple=True, metavar="KEY=VALUE",
-              help=BenchOptions.model_fields["provider_options"].description)
+@click.option(
+    "--provider-option",
+    "provider_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=BenchOptions.model_fields["provider_options"].description,
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full result as JSON here.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a markdown report (for a PR comment) here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a latency vs accuracy PNG (needs --data) here.")
@@ -95,9 +102,18 @@ def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot
     if options.device is not None:
         runtime_options["device"] = options.device
     result = bench(
-        list(targets), runtimes=options.runtimes, batch_sizes=options.batch_sizes, threads=options.threads, data=options.data,
-        warmup=options.warmup, iterations=options.iterations, end_to_end=options.end_to_end, progress=True,
-        options=runtime_options, max_images=options.max_images, save=options.save,
+        list(targets),
+        runtimes=options.runtimes,
+        batch_sizes=options.batch_sizes,
+        threads=options.threads,
+        data=options.data,
+        warmup=options.warmup,
+        iterations=options.iterations,
+        end_to_end=options.end_to_end,
+        progress=True,
+        options=runtime_options,
+        max_images=options.max_images,
+        save=options.save,
     )
     show_bench(result)
     written = []

@@ -11,10 +11,20 @@ from .output import console
 
 
 @click.command("demo")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True, help="Folder for the data, the run and every report.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("runs/demo"),
+    show_default=True,
+    help="Folder for the data, the run and every report.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
 @click.option("--epochs", type=int, help="Fine-tune epochs [default: none; the linear head is solved to convergence on cached features].")
-@click.option("--gate-config", type=click.Path(path_type=Path, exists=True, dir_okay=False), help="End with `edgekit gate` on this config (e.g. configs/gate.yaml).")
+@click.option(
+    "--gate-config",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="End with `edgekit gate` on this config (e.g. configs/gate.yaml).",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the whole demo result as JSON here.")
 def demo_command(out, overwrite, epochs, gate_config, json_path):
     """Run the built-in default end to end, offline, at the model's native 224 px: scikit-learn's handwritten

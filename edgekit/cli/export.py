@@ -60,8 +60,19 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
     elif out is not None:
         raise ConfigError("--out applies to --model only; a run is exported into its own exports/ folder")
     thresholds = _overrides(options.max_rel_diff, options.min_agreement, options.max_accuracy_drop)
-    shared = options.model_dump(include={"calib_data", "calib_size", "calib_method", "parity_data", "max_parity_images", "opset",
-                                         "accuracy_aware", "max_fallback_steps", "max_fallback_seconds"})
+    shared = options.model_dump(
+        include={
+            "calib_data",
+            "calib_size",
+            "calib_method",
+            "parity_data",
+            "max_parity_images",
+            "opset",
+            "accuracy_aware",
+            "max_fallback_steps",
+            "max_fallback_seconds",
+        }
+    )
     if "auto" in options.quantize and options.quantize != ("auto",):
         raise ConfigError(f"--quantize {','.join(options.quantize)}: auto chooses among the variants itself; pass --quantize auto alone")
     if options.quantize == ("auto",):
@@ -78,9 +89,15 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
         show_runtime_settings(chosen.export, only=chosen.choice.chosen)
         return  # the answer (fp32 or a variant within budget) holds its budget: exit 0
     result = export(
-        run_dir, formats=options.formats, quantize=options.quantize, thresholds=thresholds,
-        embed_preprocessing=options.embed_preprocessing, progress=True, fixed_batch=options.fixed_batch,
-        ort_format=options.ort_format, **shared,
+        run_dir,
+        formats=options.formats,
+        quantize=options.quantize,
+        thresholds=thresholds,
+        embed_preprocessing=options.embed_preprocessing,
+        progress=True,
+        fixed_batch=options.fixed_batch,
+        ort_format=options.ort_format,
+        **shared,
     )
     if as_json:
         click.echo(result.to_json())
@@ -102,23 +119,42 @@ def show_runtime_settings(result, only: str | None = None) -> None:
         isa = variant.details.get("isa", "this CPU")
         if config:
             settings = ", ".join(f"add_session_config_entry({k!r}, {v!r})" for k, v in config.items())
-            console.print(f"{variant.variant}: validated on {isa}; your app must set SessionOptions.{settings} "
-                          "(int8 saturates on x86 without VNNI otherwise)", highlight=False)
+            console.print(
+                f"{variant.variant}: validated on {isa}; your app must set SessionOptions.{settings} "
+                "(int8 saturates on x86 without VNNI otherwise)",
+                highlight=False,
+            )
         else:
-            console.print(f"{variant.variant}: validated on {isa} (VNNI-class int8, no session option needed); "
-                          "on x86 without VNNI set session.x64quantprecision=1 and re-check parity", highlight=False)
+            console.print(
+                f"{variant.variant}: validated on {isa} (VNNI-class int8, no session option needed); "
+                "on x86 without VNNI set session.x64quantprecision=1 and re-check parity",
+                highlight=False,
+            )
 
 
 def show_export(result, budget_failures_are_final: bool = True) -> None:
     """Print every variant's parity as a table; failures (and random-input parity) on stderr, and for int8 what the
     accuracy-aware search did."""
-    table = Table("variant", "file", "size", "max abs diff", "rel diff", "agreement", "accuracy drop", "parity",
-                  title=f"{result.run_dir}: parity vs float32 PyTorch on {_data_words(result.parity_data, result.variants)}")
+    table = Table(
+        "variant",
+        "file",
+        "size",
+        "max abs diff",
+        "rel diff",
+        "agreement",
+        "accuracy drop",
+        "parity",
+        title=f"{result.run_dir}: parity vs float32 PyTorch on {_data_words(result.parity_data, result.variants)}",
+    )
     for variant in result.variants:
         metrics = variant.parity.metrics
         table.add_row(
-            variant.variant, Path(variant.path).name, _size(variant.size_bytes), f"{metrics.max_abs_diff:.2e}",
-            f"{metrics.max_rel_diff:.2e}", f"{metrics.top1_agreement:.1%}",
+            variant.variant,
+            Path(variant.path).name,
+            _size(variant.size_bytes),
+            f"{metrics.max_abs_diff:.2e}",
+            f"{metrics.max_rel_diff:.2e}",
+            f"{metrics.top1_agreement:.1%}",
             "n/a" if metrics.accuracy_drop is None else f"{metrics.accuracy_drop:+.1%}",
             "[green]pass[/green]" if variant.passed else "[red]FAIL[/red]",
         )
@@ -130,12 +166,16 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
         if search:
             kept = len(search["kept_float"])
             if search["within_budget"]:
-                console.print(f"{variant.variant}: within budget with {kept} of {search['quantized_nodes']} layers in float "
-                              f"({len(search['steps'])} validated step(s), {search['seconds']:.0f} s)", highlight=False)
+                console.print(
+                    f"{variant.variant}: within budget with {kept} of {search['quantized_nodes']} layers in float "
+                    f"({len(search['steps'])} validated step(s), {search['seconds']:.0f} s)",
+                    highlight=False,
+                )
             else:
                 answer = "fp32 (model.onnx) stays the answer" if budget_failures_are_final else "not a candidate"
-                errors.print(f"[red]{variant.variant}: no int8 within the budget was found[/red] ({search['stopped']}); {answer}",
-                             highlight=False)
+                errors.print(
+                    f"[red]{variant.variant}: no int8 within the budget was found[/red] ({search['stopped']}); {answer}", highlight=False
+                )
         for failure in variant.failures:
             errors.print(f"[red]{variant.variant} failed[/red] ({Path(variant.path).name}): {failure}", highlight=False)
         for warning in variant.details.get("warnings", []):
@@ -174,8 +214,13 @@ def parity_command(ctx, run_dir, artifact, config_path, out, as_json, **flags):
         click.echo(result.to_json())
     else:
         metrics = result.metrics
-        table = Table("metric", "value", "limit", title=f"{artifact} ({result.variant}) vs float32 PyTorch on "
-                      f"{metrics.n_images} {'random inputs' if metrics.data_source == 'random' else metrics.data_source}")
+        table = Table(
+            "metric",
+            "value",
+            "limit",
+            title=f"{artifact} ({result.variant}) vs float32 PyTorch on "
+            f"{metrics.n_images} {'random inputs' if metrics.data_source == 'random' else metrics.data_source}",
+        )
         limits = result.thresholds
         rows = [
             ("max abs diff", f"{metrics.max_abs_diff:.3e}", ""),
@@ -186,8 +231,10 @@ def parity_command(ctx, run_dir, artifact, config_path, out, as_json, **flags):
             ("top-5 overlap", f"{metrics.top5_overlap:.1%}", ""),
         ]
         if metrics.accuracy_drop is not None:
-            rows += [("accuracy (reference -> artifact)", f"{metrics.reference_accuracy:.1%} -> {metrics.variant_accuracy:.1%}", ""),
-                     ("accuracy drop", f"{metrics.accuracy_drop:+.1%}", _limit("<=", limits.max_accuracy_drop, ".1%"))]
+            rows += [
+                ("accuracy (reference -> artifact)", f"{metrics.reference_accuracy:.1%} -> {metrics.variant_accuracy:.1%}", ""),
+                ("accuracy drop", f"{metrics.accuracy_drop:+.1%}", _limit("<=", limits.max_accuracy_drop, ".1%")),
+            ]
         for row in rows:
             table.add_row(*row)
         console.print(table)

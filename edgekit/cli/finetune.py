@@ -37,8 +37,14 @@ def models_command(as_json):
         return
     table = Table("model", "params (M)", "input", "default weights", "offline", "source")
     for row in rows:
-        table.add_row(row["name"], f"{row['params_m']:.2f}", str(row["input_size"]), str(row["default_weights"]),
-                      "yes" if row["weights_offline"] else "download", row["source"])
+        table.add_row(
+            row["name"],
+            f"{row['params_m']:.2f}",
+            str(row["input_size"]),
+            str(row["default_weights"]),
+            "yes" if row["weights_offline"] else "download",
+            row["source"],
+        )
     console.print(table)
 
 

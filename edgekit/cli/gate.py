@@ -17,17 +17,29 @@ _VERDICT_STYLE = {"regression": "bold red", "improvement": "green"}
 
 
 @click.command("gate")
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
-              help="Gate config (YAML): what to check and the thresholds; see configs/gate.yaml.")
-@click.option("--baseline", type=click.Path(path_type=Path),
-              help="JSON report of an earlier run (edgekit gate --json, or edgekit bench --json) to compare with.")
+@click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Gate config (YAML): what to check and the thresholds; see configs/gate.yaml.",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(path_type=Path),
+    help="JSON report of an earlier run (edgekit gate --json, or edgekit bench --json) to compare with.",
+)
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full gate report as JSON.")
 @click.option("--junit", "junit_path", type=click.Path(path_type=Path), help="Write JUnit XML (one test case per check).")
 @click.option("--md", "markdown_path", type=click.Path(path_type=Path), help="Write a markdown summary (for a PR comment).")
 @click.option("--threads", type=int, help="Override the config's bench threads.")
-@click.option("--strict-contention/--no-strict-contention", "strict_contention", default=None,
-              help="Exit 3 when a latency check was not measured because other processes used the CPU "
-                   "[default: the config's strict_contention, false: such checks are reported, exit 0].")
+@click.option(
+    "--strict-contention/--no-strict-contention",
+    "strict_contention",
+    default=None,
+    help="Exit 3 when a latency check was not measured because other processes used the CPU "
+    "[default: the config's strict_contention, false: such checks are reported, exit 0].",
+)
 def gate_command(config_path, baseline, json_path, junit_path, markdown_path, threads, strict_contention):
     """Check accuracy, parity, size and relative speed of exported variants against thresholds.
 

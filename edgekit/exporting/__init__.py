@@ -93,8 +93,10 @@ def onnx_variant(quantization: str, embedded: bool = False) -> str:
     return Variant(precision, InputKind.UINT8 if embedded else InputKind.FLOAT).name
 
 
-def parse_choices(values: str | Iterable[str], allowed: Sequence[str], what: str, all_means: Sequence[str] | None = None) -> tuple[str, ...]:
-    """"a,b" or ["a", "b"] -> ("a", "b"), each checked against ``allowed``; "all" -> ``all_means``."""
+def parse_choices(
+    values: str | Iterable[str], allowed: Sequence[str], what: str, all_means: Sequence[str] | None = None
+) -> tuple[str, ...]:
+    """ "a,b" or ["a", "b"] -> ("a", "b"), each checked against ``allowed``; "all" -> ``all_means``."""
     items = values.split(",") if isinstance(values, str) else list(values)
     chosen: list[str] = []
     for item in (i.strip() for i in items):
@@ -191,7 +193,11 @@ def export(
         steps.append(("torch-export", "none", False))
     steps += [(f, q, False) for f in ("openvino", "executorch") if f in formats for q in quantize if q in FORMAT_QUANTIZATIONS[f]]
     exporter.fixed_batch, exporter.ort_format = fixed_batch, ort_format
-    exporter.accuracy_aware, exporter.max_fallback_steps, exporter.max_fallback_seconds = accuracy_aware, max_fallback_steps, max_fallback_seconds
+    exporter.accuracy_aware, exporter.max_fallback_steps, exporter.max_fallback_seconds = (
+        accuracy_aware,
+        max_fallback_steps,
+        max_fallback_seconds,
+    )
 
     variants = []
     with Bar(progress) as bar, tempfile.TemporaryDirectory(prefix="edgekit-export-") as workdir:
@@ -209,8 +215,11 @@ def export(
 
                 variants += mobile_variants(exporter, variants[-1])
     return ExportResult(
-        run_dir=str(run.path), variants=variants, passed=all(v.passed for v in variants),
-        parity_data=checker.data.source, seconds=round(time.perf_counter() - started, 3),
+        run_dir=str(run.path),
+        variants=variants,
+        passed=all(v.passed for v in variants),
+        parity_data=checker.data.source,
+        seconds=round(time.perf_counter() - started, 3),
     )
 
 
@@ -255,8 +264,13 @@ class _Exporter:
     def metadata(self, variant: str, kind: str, format_name: str, extra: dict | None = None) -> ModelMetadata:
         card = self.run.card
         source = {
-            "model": card.model, "weights": card.weights, "run": str(self.run.path), "variant": variant, "format": format_name,
-            "edgekit": __version__, "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": card.model,
+            "weights": card.weights,
+            "run": str(self.run.path),
+            "variant": variant,
+            "format": format_name,
+            "edgekit": __version__,
+            "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **(extra or {}),
         }
         return ModelMetadata(list(card.class_names), card.preprocessing, source, kind)
@@ -354,8 +368,12 @@ class _Exporter:
         ranges = calibrate(prepared, self.calibration_batches(kind), self.calib_method, self.workdir)
         start = first_and_last_compute_nodes(_load(prepared))
         details: dict = {
-            "calibration_method": ranges.method, "calibration_images": ranges.images, "calibration_data": self.calibration.source,
-            "activations": "uint8 asymmetric, per tensor", "weights": "int8 symmetric, per channel", "isa": isa,
+            "calibration_method": ranges.method,
+            "calibration_images": ranges.images,
+            "calibration_data": self.calibration.source,
+            "activations": "uint8 asymmetric, per tensor",
+            "weights": "int8 symmetric, per channel",
+            "isa": isa,
             "ort_session_config": session_config,
         }
         runtime = {"ort_session_config": session_config, "validated_isa": isa}
@@ -384,8 +402,17 @@ class _Exporter:
         ranking_inputs = load_batch(self.calibration.paths[:RANKING_IMAGES], self.run.card.preprocessing, kind)
         ranking = Ranking(ranking_inputs, run_onnx(base, ranking_inputs, {}), session_config)
         search = search_int8(
-            prepared, work, ranges, start, Validation(evaluate, lambda metrics: not judge(with_margin(metrics), budget)[0]), ranking, budget, isa,
-            max_steps=self.max_fallback_steps, max_seconds=self.max_fallback_seconds, metadata_from=base,
+            prepared,
+            work,
+            ranges,
+            start,
+            Validation(evaluate, lambda metrics: not judge(with_margin(metrics), budget)[0]),
+            ranking,
+            budget,
+            isa,
+            max_steps=self.max_fallback_steps,
+            max_seconds=self.max_fallback_seconds,
+            metadata_from=base,
             progress=lambda message: self.bar.describe(f"int8: {message}") if self.bar is not None else None,
         )
         details.update({"kept_float": search.kept_float, "search": search.model_dump(mode="json")})
@@ -399,8 +426,17 @@ class _Exporter:
         export_program(self.model, path, self.example(FLOAT_INPUT), self.metadata("torch-export", FLOAT_INPUT, "torch-export"))
         return self._finish("torch-export", "torch-export", path, time.perf_counter() - started, FLOAT_INPUT, {}, 1e-3)
 
-    def _finish(self, variant: str, format_name: str, path: Path, seconds: float, kind: str, details: dict,
-                consistency_tolerance: float | None, session=None) -> VariantResult:
+    def _finish(
+        self,
+        variant: str,
+        format_name: str,
+        path: Path,
+        seconds: float,
+        kind: str,
+        details: dict,
+        consistency_tolerance: float | None,
+        session=None,
+    ) -> VariantResult:
         from ..parity_check import open_artifact
         from .onnx import CHECK_BATCH_SIZES, check_batch_sizes
 
@@ -409,8 +445,9 @@ class _Exporter:
         crop = self.run.card.preprocessing.crop
         shape = (crop, crop, 3) if kind == UINT8_INPUT else (3, crop, crop)
         try:
-            check_batch_sizes(session.run, shape, np.uint8 if kind == UINT8_INPUT else np.float32,
-                              self.run.card.num_classes, consistency_tolerance)
+            check_batch_sizes(
+                session.run, shape, np.uint8 if kind == UINT8_INPUT else np.float32, self.run.card.num_classes, consistency_tolerance
+            )
         except ExportError as exc:
             failures.append(f"batch sizes: {exc}")
         limits = self.limits(variant)
@@ -418,9 +455,17 @@ class _Exporter:
         parity_result.to_json(self.run.exports_dir / parity_file_name(variant))
         failures += parity_result.failures
         return VariantResult(
-            variant=variant, format=format_name, path=str(path), size_bytes=path.stat().st_size, seconds=round(seconds, 3),
-            input_kind=kind, batch_sizes_checked=list(CHECK_BATCH_SIZES), parity=parity_result, passed=not failures,
-            failures=failures, details=details,
+            variant=variant,
+            format=format_name,
+            path=str(path),
+            size_bytes=path.stat().st_size,
+            seconds=round(seconds, 3),
+            input_kind=kind,
+            batch_sizes_checked=list(CHECK_BATCH_SIZES),
+            parity=parity_result,
+            passed=not failures,
+            failures=failures,
+            details=details,
         )
 
 

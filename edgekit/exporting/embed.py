@@ -28,4 +28,3 @@ class EmbeddedPreprocessing(nn.Module):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         images = pixels.permute(0, 3, 1, 2).to(torch.float32)
         return self.model(images * self.scale + self.shift)
-

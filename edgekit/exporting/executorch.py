@@ -49,8 +49,9 @@ def require_executorch():
     except ImportError as exc:
         raise ExportError(f"the ExecuTorch format needs the executorch extra: {INSTALL_HINT}") from exc
     except Exception as exc:  # the pybindings link against libtorch: a mismatched torch fails here
-        raise ExportError(f"executorch does not load next to this torch ({str(exc).splitlines()[0][:160]}); "
-                          f"install the matching pair: {INSTALL_HINT}") from exc
+        raise ExportError(
+            f"executorch does not load next to this torch ({str(exc).splitlines()[0][:160]}); install the matching pair: {INSTALL_HINT}"
+        ) from exc
 
 
 # --------------------------------------------------------------------------- export
@@ -109,8 +110,14 @@ def _quantized_program(program, example, dynamic, batches, details: dict, say):
         raise ExportError("ExecuTorch int8 needs at least one calibration image")
     say("int8: converting")
     converted = convert_pt2e(prepared)
-    details.update({"calibration_images": seen, "quantizer": "XNNPACKQuantizer (pt2e), conv->hardtanh annotated like conv->relu",
-                    "activations": "int8 per-tensor (static)", "weights": "int8 per-channel (symmetric)"})
+    details.update(
+        {
+            "calibration_images": seen,
+            "quantizer": "XNNPACKQuantizer (pt2e), conv->hardtanh annotated like conv->relu",
+            "activations": "int8 per-tensor (static)",
+            "weights": "int8 per-channel (symmetric)",
+        }
+    )
     say("int8: torch.export of the quantized model")
     return torch.export.export(converted, (example,), dynamic_shapes=dynamic)
 
@@ -168,16 +175,21 @@ def delegation(graph_module) -> dict:
     total = inside + sum(outside.values())
     compute_outside = {op: n for op, n in outside.items() if not any(d in op for d in _DATA_MOVEMENT)}
     result = {
-        "delegated_subgraphs": int(info.num_delegated_subgraphs), "delegated_nodes": inside,
-        "nodes_outside_delegate": outside, "delegated_share": round(inside / total, 4) if total else 0.0,
+        "delegated_subgraphs": int(info.num_delegated_subgraphs),
+        "delegated_nodes": inside,
+        "nodes_outside_delegate": outside,
+        "delegated_share": round(inside / total, 4) if total else 0.0,
     }
     if compute_outside:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(compute_outside.items()))
-        result["warnings"] = [f"{sum(compute_outside.values())} compute ops fall back to ExecuTorch's portable kernels "
-                              f"outside XNNPACK ({ops}); expect them to be slow on device"]
+        result["warnings"] = [
+            f"{sum(compute_outside.values())} compute ops fall back to ExecuTorch's portable kernels "
+            f"outside XNNPACK ({ops}); expect them to be slow on device"
+        ]
     elif outside:
-        result["notes"] = [f"{sum(outside.values())} data-movement ops run outside XNNPACK on portable kernels "
-                           f"({', '.join(sorted(outside))})"]
+        result["notes"] = [
+            f"{sum(outside.values())} data-movement ops run outside XNNPACK on portable kernels ({', '.join(sorted(outside))})"
+        ]
     return result
 
 
@@ -187,12 +199,19 @@ def save_program(buffer: bytes, pte_path: Path, metadata: ModelMetadata, max_bat
     side = side_file_path(pte_path)
     side.unlink(missing_ok=True)
     write_bytes(pte_path, buffer)
-    write_json(side, {
-        "edgekit_side_file": SIDE_FILE_VERSION,
-        "program": {"sha256": hashlib.sha256(buffer).hexdigest(), "bytes": len(buffer), "max_batch": max_batch,
-                    "dynamic_batch": dynamic},
-        "metadata": metadata.to_props(),
-    })
+    write_json(
+        side,
+        {
+            "edgekit_side_file": SIDE_FILE_VERSION,
+            "program": {
+                "sha256": hashlib.sha256(buffer).hexdigest(),
+                "bytes": len(buffer),
+                "max_batch": max_batch,
+                "dynamic_batch": dynamic,
+            },
+            "metadata": metadata.to_props(),
+        },
+    )
     return pte_path
 
 
@@ -209,8 +228,12 @@ def export_variant(exporter, quantization: str):
     variant = Variant(precision, format=Format.EXECUTORCH)
     started = time.perf_counter()
     batches = exporter.calibration_batches(FLOAT_INPUT) if precision is Precision.INT8 else None
-    buffer, details = export_program(exporter.model, exporter.example(FLOAT_INPUT), batches,
-                                     progress=lambda text: exporter.bar.describe(f"exporting {variant.name}: {text}"))
+    buffer, details = export_program(
+        exporter.model,
+        exporter.example(FLOAT_INPUT),
+        batches,
+        progress=lambda text: exporter.bar.describe(f"exporting {variant.name}: {text}"),
+    )
     if precision is Precision.INT8:
         details["calibration_data"] = exporter.calibration.source
     path = exporter.run.exports_dir / variant.file_name

@@ -25,6 +25,8 @@ from ..files import atomic_path
 from ..safety import onnx_session
 
 MAX_FIXED_BATCH = 1024
+
+
 def check_mobile_options(formats: Sequence[str], fixed_batch: int | None, ort_format: bool) -> None:
     """Before any work: each optional format's extra is installed (else a one-line error naming it), and a fixed
     batch and the ORT format apply to ONNX variants (a bad value is a one-line ConfigError)."""
@@ -101,9 +103,11 @@ def mobile_usability(path: Path) -> dict:
         for name, check in providers.items():
             info = check(model, True)  # True: a node with a dynamic input shape counts as unsupported, as on device
             verdict[name] = {
-                "supported_nodes": int(info.num_supported_nodes), "nodes": int(info.num_nodes),
+                "supported_nodes": int(info.num_supported_nodes),
+                "nodes": int(info.num_nodes),
                 "coverage": round(info.num_supported_nodes / info.num_nodes, 4) if info.num_nodes else 0.0,
-                "partitions": int(info.num_partitions), "suitability": info.suitability().name,
+                "partitions": int(info.num_partitions),
+                "suitability": info.suitability().name,
                 "unsupported_ops": sorted(str(op) for op in info.unsupported_ops)[:20],
                 "nodes_with_dynamic_input": int(info.nodes_unsupported_due_to_dynamic_input),
             }
@@ -181,8 +185,9 @@ def mobile_variants(exporter, parent) -> list:
     parent.details["mobile"] = mobile_usability(parent_path)
     session = FixedBatchSession(open_artifact(path), int(batch))
     tolerance = None if parent_variant.precision.value == "int8-dynamic" else 1e-3
-    result = exporter._finish(variant.name, "onnx", path, time.perf_counter() - started, parent.input_kind, details,
-                              tolerance, session=session)
+    result = exporter._finish(
+        variant.name, "onnx", path, time.perf_counter() - started, parent.input_kind, details, tolerance, session=session
+    )
     if exporter.ort_format:
         _add_ort(exporter, result, path, int(batch))
     results.append(result)

@@ -114,8 +114,14 @@ def update_metadata(path: str | os.PathLike, metadata: ModelMetadata) -> Path:
     return save_proto(proto, path)
 
 
-def check_batch_sizes(run_batch, input_shape: tuple[int, ...], dtype, num_classes: int | None = None,
-                      consistency_tolerance: float | None = 1e-3, seed: int = 0) -> None:
+def check_batch_sizes(
+    run_batch,
+    input_shape: tuple[int, ...],
+    dtype,
+    num_classes: int | None = None,
+    consistency_tolerance: float | None = 1e-3,
+    seed: int = 0,
+) -> None:
     """Run a model at every size in CHECK_BATCH_SIZES and check the output shape, finiteness and (unless
     ``consistency_tolerance`` is None) that each image's logits do not depend on the batch it sits in.
 

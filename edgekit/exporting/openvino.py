@@ -76,16 +76,25 @@ def quantize_int8(model, batches: Iterable[np.ndarray], overflow_fix: bool, info
     try:
         with _quiet():
             quantized = nncf.quantize(
-                model, nncf.Dataset(images), subset_size=len(images), preset=nncf.QuantizationPreset.PERFORMANCE,
+                model,
+                nncf.Dataset(images),
+                subset_size=len(images),
+                preset=nncf.QuantizationPreset.PERFORMANCE,
                 advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix),
             )
     except Exception as exc:  # nncf raises plain RuntimeError/ValueError
         raise ExportError(f"nncf.quantize failed: {_first_line(exc)}") from exc
     if info is not None:
-        info.update({
-            "calibration_images": len(images), "quantizer": f"nncf {nncf.__version__}", "preset": "performance",
-            "overflow_fix": fix.value, "activations": "int8 per-tensor", "weights": "int8 per-channel",
-        })
+        info.update(
+            {
+                "calibration_images": len(images),
+                "quantizer": f"nncf {nncf.__version__}",
+                "preset": "performance",
+                "overflow_fix": fix.value,
+                "activations": "int8 per-tensor",
+                "weights": "int8 per-channel",
+            }
+        )
     return quantized
 
 
@@ -135,7 +144,6 @@ def _first_line(exc: Exception) -> str:
 
 def read_ir_metadata(xml_path: str | os.PathLike) -> ModelMetadata:
     return read_ir(xml_path)[1]
-
 
 
 def export_variant(exporter, quantization: str):

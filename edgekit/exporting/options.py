@@ -33,7 +33,8 @@ class ExportOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     formats: Names = Field(
-        ("onnx",), json_schema_extra={"flag": "--format"},
+        ("onnx",),
+        json_schema_extra={"flag": "--format"},
         description="onnx, torch-export, openvino (extra: edgekit[openvino]), executorch (extra: edgekit[executorch]), "
         "comma-separated; all = onnx,torch-export.",
     )
@@ -45,7 +46,8 @@ class ExportOptions(BaseModel):
     )
     batch_size: int = Field(1, ge=1, description="With --quantize auto: the batch size the app runs, for timing.")
     accuracy_aware: bool = Field(
-        True, json_schema_extra={"flag": "--no-fallback"},
+        True,
+        json_schema_extra={"flag": "--no-fallback"},
         description="int8: do not return sensitive layers to float when the accuracy budget is broken (just report it).",
     )
     max_fallback_steps: int = Field(24, ge=0, description="int8: at most this many layers go back to float.")
@@ -54,14 +56,18 @@ class ExportOptions(BaseModel):
     calib_data: Path | None = Field(None, description="int8 calibration images (folder) [default: the run's training images].")
     calib_size: int = Field(300, description="How many calibration images (class-stratified).")
     calib_method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="How int8 activation ranges are chosen from the calibration images.")
+        "minmax", description="How int8 activation ranges are chosen from the calibration images."
+    )
     parity_data: Path | None = Field(None, description="Images for the parity check [default: the run's validation images].")
     max_parity_images: int = Field(256, description="Parity uses at most this many images (class-stratified).")
     embed_preprocessing: bool = Field(
-        False, description="Also export a twin of each ONNX variant that takes uint8 NHWC pixels and normalizes inside the graph.")
+        False, description="Also export a twin of each ONNX variant that takes uint8 NHWC pixels and normalizes inside the graph."
+    )
     fixed_batch: int | None = Field(
-        None, description="Also write a fixed-shape twin of each ONNX variant with this batch (model.<variant>-b<N>.onnx, "
-        "for NNAPI/CoreML), with ORT's mobile-usability verdict in its report.")
+        None,
+        description="Also write a fixed-shape twin of each ONNX variant with this batch (model.<variant>-b<N>.onnx, "
+        "for NNAPI/CoreML), with ORT's mobile-usability verdict in its report.",
+    )
     ort_format: bool = Field(False, description="Also write an .ort file (ORT Mobile) beside each ONNX variant.")
     max_rel_diff: float | None = _threshold("max_rel_diff")
     min_agreement: float | None = _threshold("min_agreement")

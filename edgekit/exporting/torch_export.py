@@ -34,4 +34,3 @@ def export_program(model, path: str | os.PathLike, example, metadata: ModelMetad
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files=extra)
     return write_bytes(path, buffer.getvalue())
-

@@ -91,17 +91,33 @@ class FeatureExtractor:
     """Runs the frozen ``backbone`` (the model with its head replaced by Identity, eval mode) over image
     files and returns float32 features, through the cache unless ``cache_dir`` is None."""
 
-    def __init__(self, backbone: nn.Module, *, model: str, weights: str, preprocessing, device: torch.device,
-                 runtime: str, cache_dir: Path | None, num_workers: int = 0, amp_dtype=None,
-                 channels_last: bool = False, progress: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        model: str,
+        weights: str,
+        preprocessing,
+        device: torch.device,
+        runtime: str,
+        cache_dir: Path | None,
+        num_workers: int = 0,
+        amp_dtype=None,
+        channels_last: bool = False,
+        progress: bool = False,
+    ):
         self.backbone = backbone.eval()
         self.preprocessing, self.device, self.runtime = preprocessing, device, runtime
         self.num_workers, self.amp_dtype, self.progress = num_workers, amp_dtype, progress
         self.memory_format = torch.channels_last if (device.type == "cuda" and channels_last) else torch.contiguous_format
         self.batch_size = 256 if device.type == "cuda" else 64
         described = {
-            "format": FORMAT_VERSION, "model": model, "weights": weights, "backbone_sha256": state_digest(backbone),
-            "preprocessing": preprocessing.model_dump(mode="json"), "runtime": runtime,
+            "format": FORMAT_VERSION,
+            "model": model,
+            "weights": weights,
+            "backbone_sha256": state_digest(backbone),
+            "preprocessing": preprocessing.model_dump(mode="json"),
+            "runtime": runtime,
         }
         self.key = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:24]
         self.described = described
@@ -135,11 +151,15 @@ class FeatureExtractor:
             self.cosine = self._read_cosine()
         features = np.stack([known[d] for d in digests]).astype(np.float32, copy=False) if digests else np.zeros((0, 0), np.float32)
         info = FeatureInfo(
-            runtime=self.runtime, cache_key=self.key if self.entry_dir is not None else None,
-            cache_dir=str(self.cache_dir) if self.cache_dir is not None else None, images=len(paths), extracted=len(missing),
+            runtime=self.runtime,
+            cache_key=self.key if self.entry_dir is not None else None,
+            cache_dir=str(self.cache_dir) if self.cache_dir is not None else None,
+            images=len(paths),
+            extracted=len(missing),
             seconds=round(time.perf_counter() - started, 3),
             images_per_second=round(len(missing) / extract_seconds, 1) if missing and extract_seconds else None,
-            ort_vs_torch_min_cosine=self.cosine[0] if self.cosine else None, ort_vs_torch_images=self.cosine[1] if self.cosine else None,
+            ort_vs_torch_min_cosine=self.cosine[0] if self.cosine else None,
+            ort_vs_torch_images=self.cosine[1] if self.cosine else None,
         )
         return features, info
 
@@ -157,7 +177,9 @@ class FeatureExtractor:
                 known.update(zip((str(d) for d in digests), features))
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
                 # Atomic writes make this unlikely (a disk error, a hand edit); the images re-extract.
-                note(f"ignoring unreadable feature cache file {shard} ({type(exc).__name__}); its images are extracted again", self.progress)
+                note(
+                    f"ignoring unreadable feature cache file {shard} ({type(exc).__name__}); its images are extracted again", self.progress
+                )
         return known
 
     def _write_shard(self, digests: list[str], features: np.ndarray) -> None:
@@ -172,8 +194,11 @@ class FeatureExtractor:
     # ---- extraction ---------------------------------------------------------------------------
     def _loader(self, paths: Sequence[Path]):
         return torch.utils.data.DataLoader(
-            _Images(paths, self.preprocessing.transform()), batch_size=self.batch_size, shuffle=False,
-            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+            _Images(paths, self.preprocessing.transform()),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
         )
 
     def _extract(self, paths: list[Path]) -> np.ndarray:

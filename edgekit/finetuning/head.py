@@ -34,8 +34,14 @@ def _fit(x, y, num_classes: int, l2: float, start: tuple[torch.Tensor, torch.Ten
     weight.requires_grad_(True)
     bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS(
-        [weight, bias], lr=1, max_iter=MAX_ITERATIONS, max_eval=MAX_ITERATIONS * 5 // 4, history_size=20,
-        tolerance_grad=GRADIENT_TOLERANCE, tolerance_change=1e-12, line_search_fn="strong_wolfe",
+        [weight, bias],
+        lr=1,
+        max_iter=MAX_ITERATIONS,
+        max_eval=MAX_ITERATIONS * 5 // 4,
+        history_size=20,
+        tolerance_grad=GRADIENT_TOLERANCE,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
     )
 
     def closure():
@@ -90,15 +96,24 @@ def solve_linear_head(
     best = max(fits, key=lambda f: (f[8], -f[7]))
     strength, weight, bias, iterations, gradient, train_loss, train_accuracy, val_loss, val_accuracy = best
     grid = [
-        HeadCandidate(l2=f[0], c=_c(f[0], n), iterations=f[3], train_loss=round(f[5], 6), val_loss=round(f[7], 6), val_accuracy=round(f[8], 6))
+        HeadCandidate(
+            l2=f[0], c=_c(f[0], n), iterations=f[3], train_loss=round(f[5], 6), val_loss=round(f[7], 6), val_accuracy=round(f[8], 6)
+        )
         for f in fits
     ]
     solve = HeadSolve(
-        l2=strength, c=_c(strength, n), chosen_by="--l2" if l2 is not None else "validation grid",
-        iterations=iterations, converged=gradient <= GRADIENT_TOLERANCE * 10, gradient_norm=gradient,
-        train_loss=round(train_loss, 6), train_accuracy=round(train_accuracy, 6),
-        val_loss=round(val_loss, 6), val_accuracy=round(val_accuracy, 6),
-        seconds=round(time.perf_counter() - started, 3), grid=grid if l2 is None else [],
+        l2=strength,
+        c=_c(strength, n),
+        chosen_by="--l2" if l2 is not None else "validation grid",
+        iterations=iterations,
+        converged=gradient <= GRADIENT_TOLERANCE * 10,
+        gradient_norm=gradient,
+        train_loss=round(train_loss, 6),
+        train_accuracy=round(train_accuracy, 6),
+        val_loss=round(val_loss, 6),
+        val_accuracy=round(val_accuracy, 6),
+        seconds=round(time.perf_counter() - started, 3),
+        grid=grid if l2 is None else [],
     )
     return weight.float(), bias.float(), solve
 

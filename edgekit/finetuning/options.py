@@ -29,18 +29,21 @@ class FinetuneConfig(BaseModel):
     strategy: Literal["head", "partial", "full"] = "head"
     unfreeze: int = Field(default=2, ge=1, description="with strategy partial: how many of the last backbone blocks train")
     epochs: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description="epoch loop (partial, full, head with --no-cache-features): the most epochs; early stopping "
         "usually ends sooner. Default: 30 head, 20 partial/full. The cached-feature head solve has no epochs",
     )
     batch_size: int = Field(default=32, ge=1)
     lr: float | None = Field(
-        default=None, gt=0,
+        default=None,
+        gt=0,
         description="epoch loop: learning rate of the new head. Default by rule: adamw 1e-3 * sqrt(batch/32), "
         "sgd 0.01 * batch/32 (head-only loop: x3)",
     )
     l2: float | None = Field(
-        default=None, ge=0,
+        default=None,
+        ge=0,
         description="head solve on cached features: L2 strength (weight decay 1/(C*n) in scikit-learn's terms). "
         "Default: chosen on the validation split from a grid",
     )
@@ -58,9 +61,12 @@ class FinetuneConfig(BaseModel):
         "(L-BFGS to convergence); --no-cache-features trains it in an epoch loop that re-runs the backbone "
         "so augmentation applies",
     )
-    cache: bool = Field(default=True, description="keep extracted features on disk and reuse them; --no-cache extracts afresh and stores nothing")
+    cache: bool = Field(
+        default=True, description="keep extracted features on disk and reuse them; --no-cache extracts afresh and stores nothing"
+    )
     cache_dir: Path | None = Field(
-        default=None, description="feature cache folder; default $EDGEKIT_CACHE_DIR, else $XDG_CACHE_HOME/edgekit/features, else ~/.cache/edgekit/features",
+        default=None,
+        description="feature cache folder; default $EDGEKIT_CACHE_DIR, else $XDG_CACHE_HOME/edgekit/features, else ~/.cache/edgekit/features",
     )
     feature_runtime: Literal["auto", "ort", "torch"] = Field(
         default="auto",

@@ -44,8 +44,17 @@ def _seed_everything(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
 class _Trainer:
     """One training run. Kept in a class because the strategies share set-up, checkpoints and reports."""
 
-    def __init__(self, config: FinetuneConfig, model, card, train: ImageFolder, val: ImageFolder, device, progress,
-                 context: distributed.Distributed = distributed.Distributed()):
+    def __init__(
+        self,
+        config: FinetuneConfig,
+        model,
+        card,
+        train: ImageFolder,
+        val: ImageFolder,
+        device,
+        progress,
+        context: distributed.Distributed = distributed.Distributed(),
+    ):
         self.config, self.model, self.card = config, model, card
         self.train_folder, self.val_folder = train, val
         self.device, self.context = device, context
@@ -82,7 +91,9 @@ class _Trainer:
         loose = [p for p in self.model.parameters() if id(p) not in block_params and id(p) not in head_ids]
         n_train = len(blocks) if strategy == "full" else min(self.config.unfreeze, len(blocks))
         if strategy == "partial" and self.config.unfreeze > len(blocks):
-            raise ConfigError(f"--unfreeze {self.config.unfreeze} is more than the {len(blocks)} blocks of {self.spec.name}; use at most {len(blocks)}")
+            raise ConfigError(
+                f"--unfreeze {self.config.unfreeze} is more than the {len(blocks)} blocks of {self.spec.name}; use at most {len(blocks)}"
+            )
         trainable_blocks = blocks[len(blocks) - n_train :]
         frozen_blocks = blocks[: len(blocks) - n_train]
         pretrained = loose + [p for block in trainable_blocks for p in block.parameters()]
@@ -141,8 +152,13 @@ class _Trainer:
             self.head.bias.copy_(bias.to(self.head.bias.device))
         self.head_solve = solve
         metrics = EpochMetrics(
-            epoch=1, train_loss=solve.train_loss, train_accuracy=solve.train_accuracy, val_loss=solve.val_loss,
-            val_accuracy=solve.val_accuracy, lr=None, seconds=solve.seconds,
+            epoch=1,
+            train_loss=solve.train_loss,
+            train_accuracy=solve.train_accuracy,
+            val_loss=solve.val_loss,
+            val_accuracy=solve.val_accuracy,
+            lr=None,
+            seconds=solve.seconds,
             images_per_second=round(len(train_x) / solve.seconds, 1) if solve.seconds else 0.0,
         )
         save_run(self.out, self.card, self._cpu_state())
@@ -172,9 +188,11 @@ class _Trainer:
             source = f"all {info.images} from the feature cache {cache_dir / info.cache_key}"
         else:
             reused = info.images - info.extracted
-            source = (f"{info.extracted} extracted with {info.runtime} at {info.images_per_second:.0f} img/s"
-                      + (f", {reused} from the feature cache" if reused else "")
-                      + (f"; cached in {cache_dir / info.cache_key}" if cache_dir is not None else " (--no-cache: not stored)"))
+            source = (
+                f"{info.extracted} extracted with {info.runtime} at {info.images_per_second:.0f} img/s"
+                + (f", {reused} from the feature cache" if reused else "")
+                + (f"; cached in {cache_dir / info.cache_key}" if cache_dir is not None else " (--no-cache: not stored)")
+            )
         parity = f"; ORT vs torch: 1 - cosine <= {1 - info.ort_vs_torch_min_cosine:.1e}" if info.ort_vs_torch_min_cosine is not None else ""
         note(f"features: {source}{parity}", self.progress)
         n_train = len(self.train_folder)
@@ -182,9 +200,17 @@ class _Trainer:
 
     def _extractor(self, runtime: str, cache_dir):
         return FeatureExtractor(
-            self.model, model=self.config.model, weights=self.card.weights, preprocessing=self.card.preprocessing,
-            device=self.device, runtime=runtime, cache_dir=cache_dir, num_workers=self.config.num_workers,
-            amp_dtype=self.amp_dtype, channels_last=self.config.channels_last, progress=self.progress,
+            self.model,
+            model=self.config.model,
+            weights=self.card.weights,
+            preprocessing=self.card.preprocessing,
+            device=self.device,
+            runtime=runtime,
+            cache_dir=cache_dir,
+            num_workers=self.config.num_workers,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.config.channels_last,
+            progress=self.progress,
         )
 
     # ---- the epoch loop -----------------------------------------------------------------------
@@ -196,7 +222,8 @@ class _Trainer:
         self.model.to(self.device, memory_format=self.memory_format)
         if self.context.enabled:
             self.forward_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
             )
         per_rank = self._shard_size(len(self.train_folder))
         steps = per_rank // self.config.batch_size if self._lone_last_batch(per_rank) else math.ceil(per_rank / self.config.batch_size)
@@ -258,17 +285,26 @@ class _Trainer:
 
     def _write_metrics(self, history, best_epoch, best_accuracy) -> None:
         if self.context.is_main:
-            Metrics(epochs=history, best_epoch=best_epoch, best_val_accuracy=best_accuracy, world_size=self.context.world_size,
-                    head_solve=self.head_solve, features=self.feature_info).to_json(self.out / METRICS_NAME)
+            Metrics(
+                epochs=history,
+                best_epoch=best_epoch,
+                best_val_accuracy=best_accuracy,
+                world_size=self.context.world_size,
+                head_solve=self.head_solve,
+                features=self.feature_info,
+            ).to_json(self.out / METRICS_NAME)
 
     def _save_checkpoint(self, epoch: int, optimizer, scheduler) -> None:
         if not self.context.is_main:
             return
         files.save_torch(
             self.out / CHECKPOINT_NAME,
-            {"epoch": epoch, "model": self._cpu_state(),
-             "optimizer": optimizer.state_dict() if optimizer is not None else {},
-             "scheduler": scheduler.state_dict() if scheduler is not None else {}},
+            {
+                "epoch": epoch,
+                "model": self._cpu_state(),
+                "optimizer": optimizer.state_dict() if optimizer is not None else {},
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            },
         )
 
     def _cpu_state(self) -> dict:
@@ -302,7 +338,11 @@ class _Trainer:
         sampler: torch.utils.data.DistributedSampler | None = None
         if self.context.enabled and train:
             sampler = torch.utils.data.DistributedSampler(
-                dataset, num_replicas=self.context.world_size, rank=self.context.rank, shuffle=True, seed=self.config.seed,
+                dataset,
+                num_replicas=self.context.world_size,
+                rank=self.context.rank,
+                shuffle=True,
+                seed=self.config.seed,
             )
             sampler.set_epoch(epoch)
         elif self.context.enabled:
@@ -349,8 +389,10 @@ class _Trainer:
                 total_loss += batch_loss * len(targets)
                 correct += batch_correct
                 count += len(targets)
-                bar.describe(f"epoch {epoch}/{self.epochs}  loss {total_loss / count:.4f}  acc {correct / count:.3f}  "
-                             f"{count * self.context.world_size / max(time.perf_counter() - started, 1e-9):.0f} img/s")
+                bar.describe(
+                    f"epoch {epoch}/{self.epochs}  loss {total_loss / count:.4f}  acc {correct / count:.3f}  "
+                    f"{count * self.context.world_size / max(time.perf_counter() - started, 1e-9):.0f} img/s"
+                )
                 bar.advance()
         total_loss, correct, count = distributed.sum_across_ranks([total_loss, correct, count], self.context, self.device)
         return total_loss / max(count, 1), correct / max(count, 1), int(count)

@@ -61,6 +61,16 @@ def gate(config: GateConfig | str | os.PathLike, baseline: str | os.PathLike | N
 
 
 __all__ = [
-    "EXIT_FAILED", "EXIT_NOT_MEASURED", "EXIT_PASSED", "BaselinePolicy", "Check", "Comparison", "GateConfig", "GateResult",
-    "VariantMeasure", "VariantThresholds", "gate", "load_config",
+    "EXIT_FAILED",
+    "EXIT_NOT_MEASURED",
+    "EXIT_PASSED",
+    "BaselinePolicy",
+    "Check",
+    "Comparison",
+    "GateConfig",
+    "GateResult",
+    "VariantMeasure",
+    "VariantThresholds",
+    "gate",
+    "load_config",
 ]

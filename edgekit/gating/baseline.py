@@ -20,8 +20,9 @@ def load_baseline(path: str | os.PathLike, config: GateConfig) -> dict[str, Vari
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise EdgekitError(f"--baseline {path} does not exist; pass the JSON report of an earlier `edgekit gate --json` "
-                           "or `edgekit bench` run") from exc
+        raise EdgekitError(
+            f"--baseline {path} does not exist; pass the JSON report of an earlier `edgekit gate --json` or `edgekit bench` run"
+        ) from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgekitError(f"--baseline {path} is not a readable JSON report ({exc}); regenerate it") from exc
     if isinstance(data, dict) and "checks" in data and "variants" in data:
@@ -37,21 +38,31 @@ def _from_bench(data: dict, path: Path, config: GateConfig) -> dict[str, Variant
         if not isinstance(row, dict) or row.get("runtime") != config.runtime or row.get("batch_size") != config.batch_size:
             continue
         if str(row.get("variant")) in measures:
-            raise EdgekitError(f"--baseline {path} holds {row.get('variant')} of several models on {config.runtime}; "
-                               "pass the bench report of the one run being gated")
+            raise EdgekitError(
+                f"--baseline {path} holds {row.get('variant')} of several models on {config.runtime}; "
+                "pass the bench report of the one run being gated"
+            )
         try:
             ci = row.get("p50_ci_ms")
             measures[str(row["variant"])] = VariantMeasure(
-                variant=str(row["variant"]), artifact=row.get("artifact"), size_bytes=row.get("size_bytes"),
-                accuracy=row.get("top1"), runtime=row["runtime"], batch_size=row["batch_size"],
-                p50_ms=row.get("p50_ms"), p50_ci_ms=tuple(ci) if ci else None,
-                contended=bool(row.get("contended", False)), contention_share=row.get("contention_share"),
+                variant=str(row["variant"]),
+                artifact=row.get("artifact"),
+                size_bytes=row.get("size_bytes"),
+                accuracy=row.get("top1"),
+                runtime=row["runtime"],
+                batch_size=row["batch_size"],
+                p50_ms=row.get("p50_ms"),
+                p50_ci_ms=tuple(ci) if ci else None,
+                contended=bool(row.get("contended", False)),
+                contention_share=row.get("contention_share"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EdgekitError(f"--baseline {path} has a malformed measurement ({exc}); regenerate it") from exc
     if not measures:
-        raise EdgekitError(f"--baseline {path} has no measurement on runtime {config.runtime} with batch size {config.batch_size}; "
-                           "compare reports made with the same runtime and batch size")
+        raise EdgekitError(
+            f"--baseline {path} has no measurement on runtime {config.runtime} with batch size {config.batch_size}; "
+            "compare reports made with the same runtime and batch size"
+        )
     return measures
 
 
@@ -94,16 +105,18 @@ def compare_with_baseline(config: GateConfig, current: dict[str, VariantMeasure]
     return comparisons
 
 
-def _latency(config: GateConfig, now: VariantMeasure, then: VariantMeasure, anchor_now: VariantMeasure,
-             anchor_then: VariantMeasure) -> list[Comparison]:
+def _latency(
+    config: GateConfig, now: VariantMeasure, then: VariantMeasure, anchor_now: VariantMeasure, anchor_then: VariantMeasure
+) -> list[Comparison]:
     if not (now.p50_ms and then.p50_ms and anchor_now.p50_ms and anchor_then.p50_ms):
         return []
     four = (now, anchor_now, then, anchor_then)
     ratio_now, ratio_then = now.p50_ms / anchor_now.p50_ms, then.p50_ms / anchor_then.p50_ms
     change = ratio_now / ratio_then - 1
     measured = math.sqrt(sum(_relative_half_width(m) ** 2 for m in four))
-    comparison = _comparison(now.variant, "relative_latency", ratio_then, ratio_now, change, max(config.baseline.min_noise, measured),
-                             worse=change > 0)
+    comparison = _comparison(
+        now.variant, "relative_latency", ratio_then, ratio_now, change, max(config.baseline.min_noise, measured), worse=change > 0
+    )
     return [comparison.model_copy(update={"contended": any(m.contended for m in four)})]
 
 
@@ -121,5 +134,13 @@ def _accuracies(now: VariantMeasure, then: VariantMeasure) -> list[Comparison]:
 
 
 def _comparison(variant: str, metric: str, baseline: float, current: float, change: float, noise: float, worse: bool) -> Comparison:
-    return Comparison(variant=variant, metric=metric, baseline=float(baseline), current=float(current), change=float(change),
-                      noise=float(noise), worse=bool(worse), outside_noise=abs(change) > noise)
+    return Comparison(
+        variant=variant,
+        metric=metric,
+        baseline=float(baseline),
+        current=float(current),
+        change=float(change),
+        noise=float(noise),
+        worse=bool(worse),
+        outside_noise=abs(change) > noise,
+    )

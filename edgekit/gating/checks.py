@@ -51,39 +51,79 @@ def _threshold(variant: str, metric: str, value: float | None, threshold: float,
     name = f"{variant}.{metric}"
     if value is None or (isinstance(value, float) and math.isnan(value)):
         # A threshold that cannot be measured fails: a gate that silently skips is no gate.
-        return Check(name=name, variant=variant, metric=metric, value=None, threshold=threshold, op=op, status="fail",
-                     message=f"{name}: {variant} {what} was not measured (needs {op} {format_metric(metric, threshold)})")
+        return Check(
+            name=name,
+            variant=variant,
+            metric=metric,
+            value=None,
+            threshold=threshold,
+            op=op,
+            status="fail",
+            message=f"{name}: {variant} {what} was not measured (needs {op} {format_metric(metric, threshold)})",
+        )
     # accuracies are differences of fractions: 0.945 - 0.94 is 0.0050000000000000044, not above 0.005
     slack = 1e-9 * max(1.0, abs(threshold))
     passed = value >= threshold - slack if op == ">=" else value <= threshold + slack
     bound = "minimum" if op == ">=" else "maximum"
     relation = "meets" if passed else ("is below" if op == ">=" else "exceeds")
     shown, limit = format_metric(metric, value), format_metric(metric, threshold)
-    return Check(name=name, variant=variant, metric=metric, value=float(value), threshold=threshold, op=op,
-                 status="pass" if passed else "fail", message=f"{name}: {variant} {what} {shown} {relation} the {bound} {limit}{suffix}")
+    return Check(
+        name=name,
+        variant=variant,
+        metric=metric,
+        value=float(value),
+        threshold=threshold,
+        op=op,
+        status="pass" if passed else "fail",
+        message=f"{name}: {variant} {what} {shown} {relation} the {bound} {limit}{suffix}",
+    )
 
 
 def _speedup(variant: str, other: str, measure: VariantMeasure, reference: VariantMeasure | None, ratio: float) -> Check:
     name, metric = f"{variant}.speedup_vs_{other}", f"speedup_vs_{other}"
     if reference is None or reference.p50_ms is None or measure.p50_ms is None:
-        return Check(name=name, variant=variant, metric=metric, value=None, threshold=ratio, op=">=", status="fail",
-                     message=f"{name}: latency of {variant} and {other} in one bench run is needed but was not measured")
+        return Check(
+            name=name,
+            variant=variant,
+            metric=metric,
+            value=None,
+            threshold=ratio,
+            op=">=",
+            status="fail",
+            message=f"{name}: latency of {variant} and {other} in one bench run is needed but was not measured",
+        )
     speedup = reference.p50_ms / measure.p50_ms
     timing = f"p50 {format_ms(measure.p50_ms)} vs {format_ms(reference.p50_ms)} ms, same {measure.runtime} run"
     contended = [m for m in (measure, reference) if m.contended]
     if contended:
         busy = ", ".join(f"{m.variant} ({format_share(m.contention_share)} of the CPU to other processes)" for m in contended)
         return Check(
-            name=name, variant=variant, metric=metric, value=speedup, threshold=ratio, op=">=", status="not_measured",
-            message=(f"{name}: not measured: bench timed {busy} under contention, so {format_metric(metric, speedup)} ({timing}) "
-                     "says nothing about the model; rerun on a quiet machine (strict_contention: true makes this exit 3)"),
+            name=name,
+            variant=variant,
+            metric=metric,
+            value=speedup,
+            threshold=ratio,
+            op=">=",
+            status="not_measured",
+            message=(
+                f"{name}: not measured: bench timed {busy} under contention, so {format_metric(metric, speedup)} ({timing}) "
+                "says nothing about the model; rerun on a quiet machine (strict_contention: true makes this exit 3)"
+            ),
         )
     passed = speedup >= ratio
     verdict = "meets" if passed else "is below"
     return Check(
-        name=name, variant=variant, metric=metric, value=speedup, threshold=ratio, op=">=", status="pass" if passed else "fail",
-        message=(f"{name}: {variant} is {format_metric(metric, speedup)} as fast as {other} ({timing}), "
-                 f"{verdict} the minimum {format_metric(metric, ratio)}"),
+        name=name,
+        variant=variant,
+        metric=metric,
+        value=speedup,
+        threshold=ratio,
+        op=">=",
+        status="pass" if passed else "fail",
+        message=(
+            f"{name}: {variant} is {format_metric(metric, speedup)} as fast as {other} ({timing}), "
+            f"{verdict} the minimum {format_metric(metric, ratio)}"
+        ),
     )
 
 
@@ -112,8 +152,18 @@ def baseline_checks(config: GateConfig, comparisons: list[Comparison]) -> list[C
     compared = {c.variant for c in comparisons}
     for variant in config.variants:
         if variant not in compared:
-            checks.append(Check(name=f"{variant}.baseline", variant=variant, metric="baseline", value=None, threshold=None, op="<=",
-                                status="skipped", message=f"{variant}.baseline: not in the baseline report; nothing to compare"))
+            checks.append(
+                Check(
+                    name=f"{variant}.baseline",
+                    variant=variant,
+                    metric="baseline",
+                    value=None,
+                    threshold=None,
+                    op="<=",
+                    status="skipped",
+                    message=f"{variant}.baseline: not in the baseline report; nothing to compare",
+                )
+            )
     return checks
 
 
@@ -125,9 +175,19 @@ def _baseline_check(comparison: Comparison, limit: float, label: str) -> Check:
     status: CheckStatus = "not_measured" if comparison.contended else ("pass" if passed else "fail")
     name = f"{comparison.variant}.baseline_{metric}"
     state = {"not_measured": "not measured (contended)", "fail": "regression"}.get(status, comparison.verdict)
-    message = (f"{name}: {comparison.variant} {label} {format_change(metric, worsening)} vs baseline "
-               f"({format_metric(metric, comparison.baseline)} -> {format_metric(metric, comparison.current)}; "
-               f"noise {format_change(metric, comparison.noise, signed=False)}, "
-               f"limit {format_change(metric, limit, signed=False)}): {state}")
-    return Check(name=name, variant=comparison.variant, metric=f"baseline_{metric}", value=worsening, threshold=limit, op="<=",
-                 status=status, message=message)
+    message = (
+        f"{name}: {comparison.variant} {label} {format_change(metric, worsening)} vs baseline "
+        f"({format_metric(metric, comparison.baseline)} -> {format_metric(metric, comparison.current)}; "
+        f"noise {format_change(metric, comparison.noise, signed=False)}, "
+        f"limit {format_change(metric, limit, signed=False)}): {state}"
+    )
+    return Check(
+        name=name,
+        variant=comparison.variant,
+        metric=f"baseline_{metric}",
+        value=worsening,
+        threshold=limit,
+        op="<=",
+        status=status,
+        message=message,
+    )

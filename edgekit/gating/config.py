@@ -109,8 +109,9 @@ class GateConfig(_Strict):
     def _consistent(self):
         for name, thresholds in self.variants.items():
             if name in thresholds.min_speedup_vs:
-                raise ValueError(f"variants.{name}.min_speedup_vs.{name}: a variant's speed relative to itself is always 1; "
-                                 "name another variant")
+                raise ValueError(
+                    f"variants.{name}.min_speedup_vs.{name}: a variant's speed relative to itself is always 1; name another variant"
+                )
         if self.run is None and not self.artifacts:
             raise ValueError("give `run` (a run directory) or `artifacts` (variant: file)")
         if self.run is None:

@@ -105,8 +105,9 @@ def _find(config: GateConfig, run: Run | None, variant: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def locate_artifacts(config: GateConfig, run: Run | None, names: list[str],
-                     progress: bool = False) -> tuple[dict[str, Path], tuple[str, ...]]:
+def locate_artifacts(
+    config: GateConfig, run: Run | None, names: list[str], progress: bool = False
+) -> tuple[dict[str, Path], tuple[str, ...]]:
     """(variant -> artifact file, parity reports of the exports made): the config's artifacts, else the run's
     exports, exporting the missing ones when ``export_missing`` allows."""
     found = {name: _find(config, run, name) for name in names}
@@ -118,8 +119,10 @@ def locate_artifacts(config: GateConfig, run: Run | None, names: list[str],
     written: list[str] = []
     if AUTO in missing:
         if not config.export_missing:
-            raise EdgekitError(f"variant auto has no artifact in {run.exports_dir}; run `edgekit export {run.path} --quantize auto` "
-                               "or set export_missing: true")
+            raise EdgekitError(
+                f"variant auto has no artifact in {run.exports_dir}; run `edgekit export {run.path} --quantize auto` "
+                "or set export_missing: true"
+            )
         # auto picks by speed on this machine, so it is timed like the gate's own latency checks
         chosen = export_auto(run, batch_size=config.batch_size, threads=config.threads, progress=progress)
         written += [v.path for v in chosen.export.variants]
@@ -127,10 +130,18 @@ def locate_artifacts(config: GateConfig, run: Run | None, names: list[str],
     if missing:
         request = _export_request(run, missing)
         if not config.export_missing:
-            raise EdgekitError(f"variant {missing[0]} has no artifact in {run.exports_dir}; "
-                               f"run `{request.command}` or set export_missing: true")
-        result = run_export(run, formats=request.formats, quantize=request.quantize, parity_data=config.resolve(config.data),
-                            embed_preprocessing=request.embed_preprocessing, max_parity_images=config.max_images, progress=progress)
+            raise EdgekitError(
+                f"variant {missing[0]} has no artifact in {run.exports_dir}; run `{request.command}` or set export_missing: true"
+            )
+        result = run_export(
+            run,
+            formats=request.formats,
+            quantize=request.quantize,
+            parity_data=config.resolve(config.data),
+            embed_preprocessing=request.embed_preprocessing,
+            max_parity_images=config.max_images,
+            progress=progress,
+        )
         written += [v.path for v in result.variants]
     located = {name: _find(config, run, name) for name in names}
     still = [name for name, path in located.items() if path is None]
@@ -183,9 +194,15 @@ def measure_parity(config: GateConfig, run: Run, artifacts: dict[str, Path], dat
 
 def _parity_values(report: ParityResult) -> dict[str, Any]:
     metrics = report.metrics
-    return {"n_images": metrics.n_images, "accuracy": metrics.variant_accuracy, "reference_accuracy": metrics.reference_accuracy,
-            "accuracy_drop": metrics.accuracy_drop, "agreement": metrics.top1_agreement, "max_abs_diff": metrics.max_abs_diff,
-            "max_rel_diff": metrics.max_rel_diff}
+    return {
+        "n_images": metrics.n_images,
+        "accuracy": metrics.variant_accuracy,
+        "reference_accuracy": metrics.reference_accuracy,
+        "accuracy_drop": metrics.accuracy_drop,
+        "agreement": metrics.top1_agreement,
+        "max_abs_diff": metrics.max_abs_diff,
+        "max_rel_diff": metrics.max_rel_diff,
+    }
 
 
 def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max_images: int) -> tuple[ParityResult, Path] | None:
@@ -209,7 +226,7 @@ def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max
         return None  # random inputs say nothing about accuracy
     if data is None:
         return (report, path) if report.metrics.n_images <= max_images else None
-    if os.path.realpath(source[len("images:"):]) != os.path.realpath(data):
+    if os.path.realpath(source[len("images:") :]) != os.path.realpath(data):
         return None
     expected = len(images_in(data, run.card.class_names, max_images).paths)  # a listing, no decoding
     # made on another sample size: the gate's numbers would not be comparable
@@ -249,11 +266,18 @@ def measure_latency(config: GateConfig, run: Run | None, artifacts: dict[str, Pa
         result, path = fresh
         reports: tuple[str, ...] = (str(path),)
     else:
-        result = run_bench(list(artifacts.values()), runtimes=(config.runtime,), batch_sizes=(config.batch_size,),
-                           threads=config.threads, data=data, max_images=config.max_images if data is not None else None,
-                           warmup=config.warmup if config.warmup is not None else DEFAULT_WARMUP,
-                           iterations=config.iterations if config.iterations is not None else DEFAULT_ITERATIONS, progress=progress,
-                           save=False)  # the gate writes only exports and the reports its caller asks for
+        result = run_bench(
+            list(artifacts.values()),
+            runtimes=(config.runtime,),
+            batch_sizes=(config.batch_size,),
+            threads=config.threads,
+            data=data,
+            max_images=config.max_images if data is not None else None,
+            warmup=config.warmup if config.warmup is not None else DEFAULT_WARMUP,
+            iterations=config.iterations if config.iterations is not None else DEFAULT_ITERATIONS,
+            progress=progress,
+            save=False,
+        )  # the gate writes only exports and the reports its caller asks for
         reports = ()
     rows = _rows_by_artifact(result, config)
     if not rows and result.skipped:
@@ -268,16 +292,23 @@ def measure_latency(config: GateConfig, run: Run | None, artifacts: dict[str, Pa
 
 
 def _bench_values(row: Measurement) -> dict[str, Any]:
-    values = {"runtime": row.runtime, "batch_size": row.batch_size, "p50_ms": row.p50_ms, "p50_ci_ms": tuple(row.p50_ci_ms),
-              "contended": row.contended, "contention_share": row.contention_share}
+    values = {
+        "runtime": row.runtime,
+        "batch_size": row.batch_size,
+        "p50_ms": row.p50_ms,
+        "p50_ci_ms": tuple(row.p50_ci_ms),
+        "contended": row.contended,
+        "contention_share": row.contention_share,
+    }
     if row.top1 is not None:  # bench measures accuracy only when the gate has no run (so no parity) and asks for it
         values.update(accuracy=row.top1, n_images=row.accuracy_images)
     return values
 
 
 def _rows_by_artifact(result: BenchResult, config: GateConfig) -> dict[str, Measurement]:
-    return {os.path.realpath(m.artifact): m for m in result.measurements
-            if m.runtime == config.runtime and m.batch_size == config.batch_size}
+    return {
+        os.path.realpath(m.artifact): m for m in result.measurements if m.runtime == config.runtime and m.batch_size == config.batch_size
+    }
 
 
 def _fresh_bench(run: Run, artifacts: dict[str, Path], config: GateConfig) -> tuple[BenchResult, Path] | None:
@@ -303,8 +334,11 @@ def _fresh_bench(run: Run, artifacts: dict[str, Path], config: GateConfig) -> tu
 def _applies(result: BenchResult, artifacts: dict[str, Path], config: GateConfig, here: Any) -> bool:
     """Whether ``result`` timed every artifact with the gate's settings on this machine (``here``: machine_info())."""
     settings = result.settings
-    same_settings = (settings.get("threads") == config.threads and not settings.get("end_to_end")
-                     and (config.iterations is None or settings.get("iterations") == config.iterations))
+    same_settings = (
+        settings.get("threads") == config.threads
+        and not settings.get("end_to_end")
+        and (config.iterations is None or settings.get("iterations") == config.iterations)
+    )
     same_machine = all(result.machine.get(key) == here.get(key) for key in ("cpu", "usable_cores", "versions"))
     rows = _rows_by_artifact(result, config)
     needed = [rows.get(os.path.realpath(path)) for path in artifacts.values()]

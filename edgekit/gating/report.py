@@ -78,8 +78,12 @@ def metric_label(metric: str, anchor: str = "fp32") -> str:
 
 def format_comparison(comparison: Comparison) -> tuple[str, str, str, str]:
     """(baseline, now, change, noise) of a baseline comparison as text."""
-    return (format_metric(comparison.metric, comparison.baseline), format_metric(comparison.metric, comparison.current),
-            format_change(comparison.metric, comparison.change), format_change(comparison.metric, comparison.noise, signed=False))
+    return (
+        format_metric(comparison.metric, comparison.baseline),
+        format_metric(comparison.metric, comparison.current),
+        format_change(comparison.metric, comparison.change),
+        format_change(comparison.metric, comparison.noise, signed=False),
+    )
 
 
 STATE_TEXT = {"pass": "pass", "fail": "FAIL", "not_measured": "not measured", "skipped": "skipped"}
@@ -112,13 +116,24 @@ def junit_xml(result: GateResult) -> str:
     each failed check and <skipped message=...> for checks that were not measured or had nothing to compare."""
     failures = sum(1 for c in result.checks if c.failed)
     skipped = sum(1 for c in result.checks if c.status in ("skipped", "not_measured"))
-    suite = ET.Element("testsuite", {
-        "name": SUITE_NAME, "tests": str(len(result.checks)), "failures": str(failures),
-        "errors": "0", "skipped": str(skipped),
-    })
+    suite = ET.Element(
+        "testsuite",
+        {
+            "name": SUITE_NAME,
+            "tests": str(len(result.checks)),
+            "failures": str(failures),
+            "errors": "0",
+            "skipped": str(skipped),
+        },
+    )
     properties = ET.SubElement(suite, "properties")
-    for key, value in (("run", result.run_dir), ("data", result.data), ("runtime", result.runtime),
-                       ("threads", result.threads), ("baseline", result.baseline)):
+    for key, value in (
+        ("run", result.run_dir),
+        ("data", result.data),
+        ("runtime", result.runtime),
+        ("threads", result.threads),
+        ("baseline", result.baseline),
+    ):
         if value is not None:
             ET.SubElement(properties, "property", {"name": key, "value": str(value)})
     for check in result.checks:
@@ -165,16 +180,25 @@ def markdown(result: GateResult) -> str:
         name, measured, threshold, _ = check_row(check)
         lines.append(f"| `{name}` | {measured} | {_cell(threshold)} | {_MARKDOWN_STATE[check.status]} |")
     if result.comparisons:
-        lines += ["", f"**Compared with the baseline** `{result.baseline}`", "",
-                  "| variant | metric | baseline | now | change | noise | verdict |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**Compared with the baseline** `{result.baseline}`",
+            "",
+            "| variant | metric | baseline | now | change | noise | verdict |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for comparison in result.comparisons:
             cells = " | ".join(format_comparison(comparison))
             lines.append(f"| {comparison.variant} | {comparison.metric} | {cells} | {comparison.verdict} |")
     return "\n".join(lines) + "\n"
 
 
-def write_reports(result: GateResult, json_path: str | os.PathLike | None = None, junit_path: str | os.PathLike | None = None,
-                  markdown_path: str | os.PathLike | None = None) -> list[Path]:
+def write_reports(
+    result: GateResult,
+    json_path: str | os.PathLike | None = None,
+    junit_path: str | os.PathLike | None = None,
+    markdown_path: str | os.PathLike | None = None,
+) -> list[Path]:
     """Write the requested reports, each atomically; returns the paths written."""
     written = []
     if json_path is not None:

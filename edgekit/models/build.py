@@ -66,7 +66,9 @@ def _download_torchvision(weights) -> dict:
         # torch.hub defaults to weights_only=False, which would unpickle whatever sits in the hub cache.
         return weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ModelError(f"the cached file for {weights} holds pickled Python objects and was refused; delete it from {torch.hub.get_dir()}/checkpoints") from exc
+        raise ModelError(
+            f"the cached file for {weights} holds pickled Python objects and was refused; delete it from {torch.hub.get_dir()}/checkpoints"
+        ) from exc
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
         target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise ModelError(

@@ -61,7 +61,6 @@ def _load_lite0_weights():
     return mapped, LITE0_PREPROCESSING, categories
 
 
-
 def specs() -> list[ModelSpec]:
     """The timm part of the zoo (registered by edgekit.models.registry)."""
     return [

@@ -160,13 +160,15 @@ def available_runtimes() -> dict[str, str | None]:
 
 
 def artifact_kind(artifact: str | os.PathLike) -> str:
-    """".onnx", ".pt2", ".xml" (OpenVINO IR), ".pte" (ExecuTorch) or "run" (a run directory, or the model.pt inside one)."""
+    """ ".onnx", ".pt2", ".xml" (OpenVINO IR), ".pte" (ExecuTorch) or "run" (a run directory, or the model.pt inside one)."""
     path = Path(artifact)
     if path.suffix in _AUTO_RUNTIMES:
         return path.suffix
     if path.is_dir() or path.suffix in (".pt", ".pth"):
         return "run"
-    raise EdgekitError(f"{path} is not a model edgekit can run; pass an .onnx, .pt2, .xml (OpenVINO) or .pte (ExecuTorch) file or a run directory")
+    raise EdgekitError(
+        f"{path} is not a model edgekit can run; pass an .onnx, .pt2, .xml (OpenVINO) or .pte (ExecuTorch) file or a run directory"
+    )
 
 
 def auto_runtime(artifact: str | os.PathLike) -> str:
@@ -191,9 +193,7 @@ def load(artifact: str | os.PathLike, runtime: str = "auto", threads: int | None
     chosen = get_runtime(name)
     kind = artifact_kind(path)
     if kind not in chosen.suffixes:
-        raise EdgekitError(
-            f"runtime {name} cannot load {path} (it loads {', '.join(chosen.suffixes)}); use --runtime {auto_runtime(path)}"
-        )
+        raise EdgekitError(f"runtime {name} cannot load {path} (it loads {', '.join(chosen.suffixes)}); use --runtime {auto_runtime(path)}")
     ok, reason = chosen.available()
     if not ok:
         raise EdgekitError(f"runtime {name} is not available here: {reason}")
@@ -212,12 +212,26 @@ def _ensure_loaded() -> None:
         return
     from . import executorch, openvino, ort, torch_eager, torch_export
 
-    for runtime in (torch_eager.TorchEager(), torch_export.TorchExport(), ort.OrtRuntime("ort-cpu"),
-                    ort.OrtRuntime("ort-cuda"), openvino.OpenVino(), executorch.ExecuTorch()):
+    for runtime in (
+        torch_eager.TorchEager(),
+        torch_export.TorchExport(),
+        ort.OrtRuntime("ort-cpu"),
+        ort.OrtRuntime("ort-cuda"),
+        openvino.OpenVino(),
+        executorch.ExecuTorch(),
+    ):
         register(runtime)
 
 
 __all__ = [
-    "INPUT_KINDS", "Runtime", "Session", "artifact_kind", "auto_runtime", "available_runtimes", "get_runtime",
-    "load", "register", "registered_names",
+    "INPUT_KINDS",
+    "Runtime",
+    "Session",
+    "artifact_kind",
+    "auto_runtime",
+    "available_runtimes",
+    "get_runtime",
+    "load",
+    "register",
+    "registered_names",
 ]

@@ -102,14 +102,23 @@ class ExecuTorch:
         # program whose batch is really fixed say so at run time.
         dynamic = bool(program_facts.get("dynamic_batch", True))
         info = {
-            "library": f"executorch {getattr(executorch, '__version__', _version())}", "threads": used_threads,
-            "delegate": "XnnpackBackend", "batch": f"dynamic 1..{max_batch}" if dynamic else f"fixed {max_batch}",
+            "library": f"executorch {getattr(executorch, '__version__', _version())}",
+            "threads": used_threads,
+            "delegate": "XnnpackBackend",
+            "batch": f"dynamic 1..{max_batch}" if dynamic else f"fixed {max_batch}",
             **({} if program_facts else {"batch": f"at most {max_batch} (no side file says whether it is fixed)"}),
             "side_file": program_facts.get("side_file", "none (no labels or preprocessing)"),
         }
         return ExecuTorchSession(
-            method, artifact, max_batch if dynamic else None, input_kind=metadata.input_kind, input_shape=tuple(sizes[1:]),
-            fixed_batch=None if dynamic else max_batch, labels=metadata.labels, preprocessing=metadata.preprocessing, info=info,
+            method,
+            artifact,
+            max_batch if dynamic else None,
+            input_kind=metadata.input_kind,
+            input_shape=tuple(sizes[1:]),
+            fixed_batch=None if dynamic else max_batch,
+            labels=metadata.labels,
+            preprocessing=metadata.preprocessing,
+            info=info,
         )
 
 
@@ -161,8 +170,7 @@ def read_side_file(pte_path: str | os.PathLike) -> tuple[ModelMetadata, dict]:
     if not side.is_file():
         return ModelMetadata(None, None, {}), {}
     if side.stat().st_size > MAX_SIDE_FILE_BYTES:
-        raise ModelError(f"{side} is {side.stat().st_size} bytes, more than a side file of labels and preprocessing can be; "
-                         "re-export it")
+        raise ModelError(f"{side} is {side.stat().st_size} bytes, more than a side file of labels and preprocessing can be; re-export it")
     try:
         data = json.loads(side.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -181,8 +189,10 @@ def read_side_file(pte_path: str | os.PathLike) -> tuple[ModelMetadata, dict]:
     if not isinstance(digest, str) or not isinstance(max_batch, int) or isinstance(max_batch, bool) or not 1 <= max_batch <= 4096:
         raise ModelError(f"{side} has a malformed program entry (sha256 and max_batch 1..4096 expected); re-export it")
     if _sha256(pte_path) != digest:
-        raise ModelError(f"{pte_path} does not match its side file {side.name} (SHA-256 differs: truncated, corrupted "
-                         "or from another export); re-export it")
+        raise ModelError(
+            f"{pte_path} does not match its side file {side.name} (SHA-256 differs: truncated, corrupted "
+            "or from another export); re-export it"
+        )
     metadata = ModelMetadata.from_props(props, str(side))
     facts = {"max_batch": max_batch, "dynamic_batch": bool(program.get("dynamic_batch")), "side_file": side.name}
     return metadata, facts

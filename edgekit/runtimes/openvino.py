@@ -82,12 +82,22 @@ class OpenVino:
         dims = [d.get_length() if d.is_static else None for d in partial_shape]
         element = compiled.input(0).get_element_type().get_type_name()
         input_kind = "uint8-nhwc" if element == "u8" else metadata.input_kind
-        info = {"library": f"openvino {ov.__version__}", "device": device, "threads": threads if threads is not None else "default",
-                "format": "IR" if artifact.suffix == ".xml" else "ONNX (read directly)",
-                **{k.lower(): v for k, v in config.items()}}
+        info = {
+            "library": f"openvino {ov.__version__}",
+            "device": device,
+            "threads": threads if threads is not None else "default",
+            "format": "IR" if artifact.suffix == ".xml" else "ONNX (read directly)",
+            **{k.lower(): v for k, v in config.items()},
+        }
         return OpenVinoSession(
-            compiled, artifact, input_kind=input_kind, input_shape=tuple(dims[1:]), fixed_batch=dims[0],
-            labels=metadata.labels, preprocessing=metadata.preprocessing, info=info,
+            compiled,
+            artifact,
+            input_kind=input_kind,
+            input_shape=tuple(dims[1:]),
+            fixed_batch=dims[0],
+            labels=metadata.labels,
+            preprocessing=metadata.preprocessing,
+            info=info,
         )
 
 
@@ -134,8 +144,10 @@ def read_ir(xml_path: str | os.PathLike):
     # The digest is checked before OpenVINO reads the weights, so a swapped .bin of the same size is refused too.
     recorded = _DIGEST_IN_XML.search(xml_path.read_bytes()[-MAX_RT_TAIL_BYTES:])
     if recorded is not None and recorded.group(1).decode() != ir_digest(weights):
-        raise ModelError(f"{weights} does not match {xml_path.name} (its SHA-256 differs from the one recorded at export: "
-                         "truncated, corrupted or from another export); re-export it")
+        raise ModelError(
+            f"{weights} does not match {xml_path.name} (its SHA-256 differs from the one recorded at export: "
+            "truncated, corrupted or from another export); re-export it"
+        )
     try:
         model = ov.Core().read_model(str(xml_path), str(weights))
     except Exception as exc:

@@ -126,9 +126,16 @@ class OrtRuntime:
             "validated_isa": metadata.validated_isa,
         }
         return OrtSession(
-            session, artifact, self.name,
-            input_kind=input_kind, input_shape=tuple(dims[1:]), fixed_batch=dims[0],
-            labels=metadata.labels, preprocessing=metadata.preprocessing, info=info, parameters=onnx_parameter_count(proto),
+            session,
+            artifact,
+            self.name,
+            input_kind=input_kind,
+            input_shape=tuple(dims[1:]),
+            fixed_batch=dims[0],
+            labels=metadata.labels,
+            preprocessing=metadata.preprocessing,
+            info=info,
+            parameters=onnx_parameter_count(proto),
         )
 
 

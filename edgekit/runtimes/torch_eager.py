@@ -85,7 +85,13 @@ class TorchEager:
         crop = run.card.preprocessing.crop
         info = {"library": f"torch {torch.__version__}", "device": device, "threads": used_threads, "mode": "eager, inference_mode"}
         return TorchSession(
-            model, run.model_path, self.name, device,
-            input_kind="float32-nchw", input_shape=(3, crop, crop),
-            labels=list(run.card.class_names), preprocessing=run.card.preprocessing, info=info,
+            model,
+            run.model_path,
+            self.name,
+            device,
+            input_kind="float32-nchw",
+            input_shape=(3, crop, crop),
+            labels=list(run.card.class_names),
+            preprocessing=run.card.preprocessing,
+            info=info,
         )

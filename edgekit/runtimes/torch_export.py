@@ -37,11 +37,22 @@ class TorchExport:
         module = program.module().to(device)
         used_threads = set_torch_threads(threads)
         labels, preprocessing = _run_metadata(artifact)
-        info = {"library": f"torch {torch.__version__}", "device": device, "threads": used_threads,
-                "mode": "torch.export program, ExportedProgram.module()"}
+        info = {
+            "library": f"torch {torch.__version__}",
+            "device": device,
+            "threads": used_threads,
+            "mode": "torch.export program, ExportedProgram.module()",
+        }
         return TorchSession(
-            module, artifact, self.name, device,
-            input_kind=input_kind, input_shape=input_shape, labels=labels, preprocessing=preprocessing, info=info,
+            module,
+            artifact,
+            self.name,
+            device,
+            input_kind=input_kind,
+            input_shape=input_shape,
+            labels=labels,
+            preprocessing=preprocessing,
+            info=info,
         )
 
 

@@ -17,6 +17,16 @@ from .ort import (
 )
 
 __all__ = [
-    "BatchReader", "CALIBRATION_METHODS", "DYNAMIC_OP_TYPES", "Ranges", "calibrate", "convert_fp16", "first_and_last_compute_nodes",
-    "prepare", "quantize_dynamic_matmul", "quantize_static", "quantize_with_ranges", "sort_topologically",
+    "BatchReader",
+    "CALIBRATION_METHODS",
+    "DYNAMIC_OP_TYPES",
+    "Ranges",
+    "calibrate",
+    "convert_fp16",
+    "first_and_last_compute_nodes",
+    "prepare",
+    "quantize_dynamic_matmul",
+    "quantize_static",
+    "quantize_with_ranges",
+    "sort_topologically",
 ]

@@ -95,9 +95,21 @@ class Ranking:
         return float(np.mean(np.abs(logits - self.reference)) / (np.std(self.reference) + 1e-12))
 
 
-def search_int8(prepared: Path, out: Path, ranges: Ranges, start_excluded: list[str], validation: Validation, ranking: Ranking,
-                budget: ParityThresholds, isa: str, *, max_steps: int = MAX_STEPS, max_seconds: float = MAX_SECONDS,
-                metadata_from: Path | None = None, progress: Callable[[str], None] = lambda _: None) -> Int8Search:
+def search_int8(
+    prepared: Path,
+    out: Path,
+    ranges: Ranges,
+    start_excluded: list[str],
+    validation: Validation,
+    ranking: Ranking,
+    budget: ParityThresholds,
+    isa: str,
+    *,
+    max_steps: int = MAX_STEPS,
+    max_seconds: float = MAX_SECONDS,
+    metadata_from: Path | None = None,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Int8Search:
     """Quantize ``prepared`` into ``out`` within ``budget`` if a model with some layers in float gets there.
 
     ``out`` always ends as the last validated model; the result says whether it is within the budget.
@@ -112,12 +124,19 @@ def search_int8(prepared: Path, out: Path, ranges: Ranges, start_excluded: list[
         quantize_with_ranges(prepared, out, ranges, excluded, metadata_from=metadata_from)
         metrics = validation.evaluate(out)
         step = FallbackStep(
-            action=action, kept_float=list(excluded), top1_agreement=metrics.top1_agreement, accuracy_drop=metrics.accuracy_drop,
-            mean_abs_diff=metrics.mean_abs_diff, within_budget=validation.within_budget(metrics),
+            action=action,
+            kept_float=list(excluded),
+            top1_agreement=metrics.top1_agreement,
+            accuracy_drop=metrics.accuracy_drop,
+            mean_abs_diff=metrics.mean_abs_diff,
+            within_budget=validation.within_budget(metrics),
             seconds=round(time.perf_counter() - step_started, 2),
         )
         steps.append(step)
-        progress(f"{action}: agreement {step.top1_agreement:.1%}" + (f", accuracy drop {step.accuracy_drop:+.1%}" if step.accuracy_drop is not None else ""))
+        progress(
+            f"{action}: agreement {step.top1_agreement:.1%}"
+            + (f", accuracy drop {step.accuracy_drop:+.1%}" if step.accuracy_drop is not None else "")
+        )
         return step
 
     quantizable = [n.name for n in _load(prepared).graph.node if n.op_type in QUANTIZABLE and n.name]
@@ -158,9 +177,15 @@ def search_int8(prepared: Path, out: Path, ranges: Ranges, start_excluded: list[
             best = step
     last = steps[-1]
     return Int8Search(
-        budget=budget, isa=isa, session_config=ranking.session_config,
-        calibration={"method": ranges.method, "images": ranges.images}, quantized_nodes=len(quantizable),
-        steps=steps, kept_float=last.kept_float, within_budget=last.within_budget, stopped=stopped,
+        budget=budget,
+        isa=isa,
+        session_config=ranking.session_config,
+        calibration={"method": ranges.method, "images": ranges.images},
+        quantized_nodes=len(quantizable),
+        steps=steps,
+        kept_float=last.kept_float,
+        within_budget=last.within_budget,
+        stopped=stopped,
         seconds=round(time.perf_counter() - started, 2),
     )
 

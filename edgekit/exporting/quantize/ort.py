@@ -65,9 +65,16 @@ def _split(batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
             yield batch[index : index + 1]
 
 
-def quantize_static(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike, calibration_batches: Iterable[np.ndarray],
-                    method: str = "minmax", per_channel: bool = True, exclude_first_last: bool = True,
-                    info: dict | None = None, exclude: Iterable[str] = ()) -> Path:
+def quantize_static(
+    onnx_in: str | os.PathLike,
+    onnx_out: str | os.PathLike,
+    calibration_batches: Iterable[np.ndarray],
+    method: str = "minmax",
+    per_channel: bool = True,
+    exclude_first_last: bool = True,
+    info: dict | None = None,
+    exclude: Iterable[str] = (),
+) -> Path:
     """Static QDQ int8 (uint8 activations, int8 weights) calibrated on ``calibration_batches``.
 
     ``calibration_batches`` yields arrays the model accepts (e.g. float32 NCHW, a few hundred real
@@ -118,13 +125,21 @@ def calibrate(prepared: Path, calibration_batches: Iterable[np.ndarray], method:
         extra = {"percentile": PERCENTILE}
     else:
         extra = {}
-    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                        "percentile": CalibrationMethod.Percentile}[method]
+    calibrate_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[method]
     op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry))  # what quantize_static calibrates by default
     try:
         with quiet():
-            calibrator = create_calibrator(prepared, op_types, augmented_model_path=str(workdir / f"augmented-{method}.onnx"),
-                                           calibrate_method=calibrate_method, extra_options=extra)
+            calibrator = create_calibrator(
+                prepared,
+                op_types,
+                augmented_model_path=str(workdir / f"augmented-{method}.onnx"),
+                calibrate_method=calibrate_method,
+                extra_options=extra,
+            )
             calibrator.collect_data(reader)
             ranges = calibrator.compute_data()
     except Exception as exc:  # ORT raises ValueError, RuntimeError, its own types...
@@ -134,20 +149,36 @@ def calibrate(prepared: Path, calibration_batches: Iterable[np.ndarray], method:
     return Ranges(cache, reader.count, method)
 
 
-def quantize_with_ranges(prepared: Path, onnx_out: str | os.PathLike, ranges: Ranges, excluded: Iterable[str],
-                         per_channel: bool = True, metadata_from: str | os.PathLike | None = None) -> Path:
+def quantize_with_ranges(
+    prepared: Path,
+    onnx_out: str | os.PathLike,
+    ranges: Ranges,
+    excluded: Iterable[str],
+    per_channel: bool = True,
+    metadata_from: str | os.PathLike | None = None,
+) -> Path:
     """QDQ int8 of ``prepared`` with precomputed ``ranges``, keeping ``excluded`` nodes in float; written atomically."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
-    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                        "percentile": CalibrationMethod.Percentile}[ranges.method]  # ORT checks it against the cache
+    calibrate_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[ranges.method]  # ORT checks it against the cache
     with atomic_path(onnx_out) as tmp, quiet():
         try:
             ort_quantize_static(
-                str(prepared), str(tmp), None, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=list(excluded),
-                calibrate_method=calibrate_method, calibration_cache_path=ranges.path,
+                str(prepared),
+                str(tmp),
+                None,
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=list(excluded),
+                calibrate_method=calibrate_method,
+                calibration_cache_path=ranges.path,
             )
         except Exception as exc:  # the quantizer raises ValueError, RuntimeError, ORT errors...
             raise ExportError(f"static int8 quantization of {metadata_from or prepared} failed: {first_line(exc, 300)}") from exc
