@@ -88,16 +88,25 @@ def trained_run(tmp_path_factory, photo_folders):
     return Run.load(out)
 
 
-@pytest.fixture
-def run_copy(trained_run, tmp_path):
-    """A private, writable copy of ``trained_run``."""
+@pytest.fixture(scope="session")
+def copy_trained_run(trained_run, tmp_path_factory):
+    """A factory for private, writable copies of ``trained_run``, for module fixtures that export into one."""
     import shutil
 
     from edgekit.runs import Run
 
-    target = tmp_path / "run"
-    shutil.copytree(trained_run.path, target)
-    return Run.load(target)
+    def copy(label: str = "run", name: str = "run", **copytree_options):
+        target = tmp_path_factory.mktemp(label) / name  # the directory's name is the run's name in reports
+        shutil.copytree(trained_run.path, target, **copytree_options)
+        return Run.load(target)
+
+    return copy
+
+
+@pytest.fixture
+def run_copy(copy_trained_run):
+    """A private, writable copy of ``trained_run`` for one test."""
+    return copy_trained_run()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -28,13 +28,9 @@ FAST = {"warmup": 1, "iterations": 3}
 
 
 @pytest.fixture(scope="module")
-def exported_run(trained_run, tmp_path_factory):
+def exported_run(copy_trained_run):
     """A private copy of the trained run with exports: fp32, fp32-uint8in (embedded preprocessing), int8, int8-dynamic, .pt2."""
-    from edgekit.runs import Run
-
-    target = tmp_path_factory.mktemp("bench") / "flowers"
-    shutil.copytree(trained_run.path, target)
-    run = Run.load(target)
+    run = copy_trained_run("bench", name="flowers")
     write_exports(run, with_quantized=True)
     return run
 

@@ -23,13 +23,11 @@ THREADS = None  # ExecuTorch's threadpool cannot be resized once programs ran (t
 
 
 @pytest.fixture(scope="module")
-def et_run(trained_run, tmp_path_factory):
+def et_run(copy_trained_run):
+    """A private copy of the trained run exported to executorch-fp32 and executorch-int8."""
     from edgekit.exporting import export
-    from edgekit.runs import Run
 
-    target = tmp_path_factory.mktemp("executorch") / "run"
-    shutil.copytree(trained_run.path, target)
-    run = Run.load(target)
+    run = copy_trained_run("executorch")
     return run, export(run, formats="executorch", quantize="none,int8", calib_size=30)
 
 

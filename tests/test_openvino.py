@@ -16,16 +16,12 @@ from edgekit.errors import EdgekitError, ExportError, ModelError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def ov_run(trained_run, tmp_path_factory):
+def ov_run(copy_trained_run):
     """A private copy of the trained run exported to openvino-fp32 and openvino-int8."""
     from edgekit.exporting import export
-    from edgekit.runs import Run
 
-    target = tmp_path_factory.mktemp("openvino") / "run"
-    shutil.copytree(trained_run.path, target)
-    run = Run.load(target)
-    result = export(run, formats="openvino", quantize="none,int8", calib_size=30)
-    return run, result
+    run = copy_trained_run("openvino")
+    return run, export(run, formats="openvino", quantize="none,int8", calib_size=30)
 
 
 def _copy_ir(run, tmp_path, name="model"):

@@ -360,13 +360,13 @@ class _Exporter:
         from ..parity_check import compare_logits, judge
         from .quantize import calibrate, first_and_last_compute_nodes, prepare, quantize_with_ranges
         from .quantize.fallback import RANKING_IMAGES, Ranking, Validation, run_onnx, search_int8
-        from .quantize.ort import _load
+        from .quantize.ort import load_model
 
         isa = isa_class()
         session_config = int8_runtime_config(isa)
         prepared = prepare(base, self.workdir / f"prepared-{kind}.onnx")
         ranges = calibrate(prepared, self.calibration_batches(kind), self.calib_method, self.workdir)
-        start = first_and_last_compute_nodes(_load(prepared))
+        start = first_and_last_compute_nodes(load_model(prepared))
         details: dict = {
             "calibration_method": ranges.method,
             "calibration_images": ranges.images,

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from ...errors import ExportError, ModelError
 from ...parity_check import ParityMetrics, ParityThresholds
 from ...safety import onnx_session
-from .ort import Ranges, _load, quantize_with_ranges
+from .ort import Ranges, load_model, quantize_with_ranges
 
 QUANTIZABLE = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 MAX_STEPS = 24  # layers returned to float before giving up
@@ -78,7 +78,7 @@ class Ranking:
 
     def scores(self, qdq_path: Path, float_path: Path, candidates: list[str], tick: Callable[[str], None]) -> list[tuple[float, str]]:
         """(error with the node in float, node), lowest error first: the node whose float version helps most."""
-        qdq, float_model = _load(qdq_path), _load(float_path)
+        qdq, float_model = load_model(qdq_path), load_model(float_path)
         floats = {t.name: t for t in float_model.graph.initializer}
         float_nodes = {n.name: n for n in float_model.graph.node}
         scored = []
@@ -139,7 +139,7 @@ def search_int8(
         )
         return step
 
-    quantizable = [n.name for n in _load(prepared).graph.node if n.op_type in QUANTIZABLE and n.name]
+    quantizable = [n.name for n in load_model(prepared).graph.node if n.op_type in QUANTIZABLE and n.name]
     best = attempt("quantize")
     order: list[str] = []
     reranks = 0

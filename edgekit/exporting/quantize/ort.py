@@ -86,7 +86,7 @@ def quantize_static(
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as workdir:
         prepared = prepare(onnx_in, Path(workdir) / "prepared.onnx")
         ranges = calibrate(prepared, calibration_batches, method, Path(workdir))
-        excluded = (first_and_last_compute_nodes(_load(prepared)) if exclude_first_last else []) + [n for n in exclude]
+        excluded = (first_and_last_compute_nodes(load_model(prepared)) if exclude_first_last else []) + [n for n in exclude]
         quantize_with_ranges(prepared, onnx_out, ranges, excluded, per_channel=per_channel, metadata_from=onnx_in)
     if info is not None:
         info.update({"kept_float": excluded, "calibration_images": ranges.images, "calibration_method": method})
@@ -116,7 +116,7 @@ def calibrate(prepared: Path, calibration_batches: Iterable[np.ndarray], method:
     first = next(batches, None)
     if first is None or len(first) == 0:
         raise ExportError("static int8 quantization got no calibration images; pass a folder with images (--calib-data)")
-    reader = BatchReader(_load(prepared).graph.input[0].name, itertools.chain([first], batches), single_images=method != "minmax")
+    reader = BatchReader(load_model(prepared).graph.input[0].name, itertools.chain([first], batches), single_images=method != "minmax")
     if method == "entropy":
         # quantize_static builds its entropy calibrator with 128 bins and 128 quantized bins, which leaves
         # exactly one candidate threshold (the full range): the same ranges as minmax. We use a real histogram.
@@ -199,7 +199,7 @@ def quantize_dynamic_matmul(onnx_in: str | os.PathLike, onnx_out: str | os.PathL
 
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as workdir:
         prepared = _pre_process(onnx_in, Path(workdir) / "prepared.onnx")
-        if not any(node.op_type in DYNAMIC_OP_TYPES for node in _load(prepared).graph.node):
+        if not any(node.op_type in DYNAMIC_OP_TYPES for node in load_model(prepared).graph.node):
             raise ExportError(f"{onnx_in} has no MatMul/Gemm node, so dynamic int8 would change nothing; use int8 (static) instead")
         with atomic_path(onnx_out) as tmp, quiet():
             try:
@@ -214,7 +214,7 @@ def convert_fp16(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike) -> Pat
     """Weights and activations in float16, inputs and outputs kept float32 (callers feed the same arrays)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = _load(onnx_in)
+    model = load_model(onnx_in)
     try:
         with quiet():
             converted = convert_float_to_float16(model, keep_io_types=True)
@@ -267,7 +267,8 @@ def _pre_process(onnx_in: str | os.PathLike, prepared: Path) -> Path:
     return prepared
 
 
-def _load(path):
+def load_model(path):
+    """The ONNX graph at ``path``, or an ExportError naming the file (the quantizers' one way to read a model)."""
     import onnx
 
     try:
