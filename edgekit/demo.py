@@ -73,8 +73,33 @@ class DemoResult(Result):
     predictions: PredictResult
     export: ExportResult | None = None
     auto: AutoResult | None = None
+    edge_targets: ExportResult | None = None  # OpenVINO IR / ExecuTorch .pte, where their extras are installed
+    edge_targets_missing: dict[str, str] = {}  # format -> why it was left out, with the install line
     bench: BenchResult | None = None
     gate: GateResult | None = None
+
+
+EDGE_FORMATS = ("openvino", "executorch")  # each format's runtime has the same name
+
+
+def export_edge_targets(run_dir: Path, progress: bool = False) -> tuple[ExportResult | None, dict[str, str]]:
+    """OpenVINO IR and ExecuTorch .pte (fp32 and int8, each with parity) of the run, for the formats whose extra is
+    installed here; and, for the others, why not and how to install them."""
+    from . import runtimes
+    from .exporting import export
+
+    formats, missing = [], {}
+    for name in EDGE_FORMATS:
+        ok, reason = runtimes.get_runtime(name).available()
+        if ok:
+            formats.append(name)
+        else:
+            missing[name] = reason
+    for name, reason in missing.items():
+        note(f"{name}: not exported or benched ({reason})", progress)
+    if not formats:
+        return None, missing
+    return export(run_dir, formats=",".join(formats), quantize="none,int8", progress=progress), missing
 
 
 def run_demo(
@@ -88,7 +113,8 @@ def run_demo(
     """The built-in default, end to end, at the weights' native 224 px: digits -> efficientnet_lite0 (ImageNet
     weights) with its head solved on cached features -> predictions on held-out images -> `--quantize auto`
     (fp32 and accuracy-aware int8, each with parity, timed here; the faster one within budget becomes
-    model.auto.onnx) -> bench (torch vs ONNX Runtime) with accuracy on the held-out test split -> the gate.
+    model.auto.onnx) -> OpenVINO IR and ExecuTorch .pte where their extras are installed -> bench (torch, ONNX
+    Runtime and those runtimes, each file on its own) with accuracy on the held-out test split -> the gate.
     """
     from .auto import export_auto
     from .benchmarking import bench
@@ -120,8 +146,10 @@ def run_demo(
         result.auto = export_auto(run_dir, batch_size=1, progress=progress)
         result.export = result.auto.export
         note(f"auto: {result.auto.choice.reason}", progress)
+        result.edge_targets, result.edge_targets_missing = export_edge_targets(run_dir, progress)
     if "bench" in steps:
-        result.bench = bench([run_dir], runtimes=("torch", "ort-cpu"), batch_sizes=(1, 8), data=folders["test"], progress=progress)
+        # "auto": every exported file on its natural runtime (ONNX on ORT, IR on OpenVINO, .pte on ExecuTorch), one table.
+        result.bench = bench([run_dir], runtimes=("torch", "auto"), batch_sizes=(1, 8), data=folders["test"], progress=progress)
     if "gate" in steps and gate_config is not None:
         # The config's own run/data paths name the default demo folder; point them at this one.
         overrides = {"run": str(run_dir.resolve()), "data": str(folders["test"].resolve())}

@@ -30,8 +30,8 @@ def demo_command(out, overwrite, epochs, gate_config, json_path):
     """Run the built-in default end to end, offline, at the model's native 224 px: scikit-learn's handwritten
     digits, efficientnet_lite0 with real ImageNet weights and its head solved on cached features, predictions on
     held-out digits, `--quantize auto` (fp32 and accuracy-aware int8 with parity, the faster one within budget
-    kept as model.auto.onnx), a benchmark of torch vs ONNX Runtime with accuracy, and (with --gate-config) the
-    CI gate. Exits 1 if the chosen variant fails parity or a gate check fails."""
+    kept as model.auto.onnx), OpenVINO IR and ExecuTorch .pte where `edgekit[openvino]` / `edgekit[executorch]` are
+    installed, a benchmark of every file on its own runtime with accuracy, and (with --gate-config) the CI gate. Exits 1 if the chosen variant fails parity or a gate check fails."""
     from ..demo import run_demo
 
     result = run_demo(out, overwrite=overwrite, epochs=epochs, gate_config=gate_config, progress=True)
@@ -49,6 +49,10 @@ def demo_command(out, overwrite, epochs, gate_config, json_path):
         if result.auto is not None:
             console.print(f"auto: {result.auto.choice.reason} -> {result.auto.choice.path}", highlight=False)
             show_runtime_settings(result.export, only=result.auto.choice.chosen)
+    if result.edge_targets is not None:
+        show_export(result.edge_targets, budget_failures_are_final=False)
+    for name, reason in result.edge_targets_missing.items():
+        console.print(f"{name}: not exported or benched here ({reason})", highlight=False)
     if result.bench is not None:
         from .bench import show_bench
 
