@@ -137,8 +137,9 @@ def bench(
                 _label_indices(entry.session, folder)
         for batch_size in batch_sizes:
             _time_interleaved(entries, batch_size, iterations, e2e_images, bar, monitor)
+        took_turns = len(entries) > 1
         for entry in entries:  # each alone, after the interleaved pass, so no other session's threads compete
-            _time_deployment(entry, threads, options, user_options, batch_sizes, warmup, iterations, e2e_images, bar, monitor)
+            _time_deployment(entry, threads, options, user_options, batch_sizes, warmup, iterations, e2e_images, bar, monitor, took_turns)
         if folder is not None:
             bar.begin(len(entries), "accuracy")
             prepared: dict = {}  # decoded batches shared by the variants with the same preprocessing
@@ -171,8 +172,8 @@ def bench(
         "x cores; a chunk at or above the threshold (minus the counters' resolution) is measured again up to "
         f"{contention.MAX_RETRIES_PER_CHUNK} times ({contention.MAX_RETRIES_PER_PASS} per pass), else its rows are contended",
         contention_threshold=contention_threshold,
-        deployment="ORT rows are also timed alone with spinning on (or --allow-spinning's choice) and the same threads, "
-        "right after the interleaved pass; other rows' deployment figures are their interleaved ones",
+        deployment="after the interleaved pass every row is also timed alone (ORT with spinning on, or --allow-spinning's "
+        "choice, and the same threads; the others with the same settings); a row benched alone already is",
     )
     contended_rows = sum(m.contended for m in measurements)
     summary_of_load = ContentionSummary(
@@ -346,20 +347,26 @@ def _widens(kept: list[float], chunk: list[float]) -> bool:
     return float(np.median(chunk)) > contention.WIDENING * float(np.median(kept))
 
 
-def _time_deployment(entry: _Entry, threads, options, user_options, batch_sizes, warmup, iterations, e2e_images, bar, monitor) -> None:
-    """Time ``entry`` alone under the settings an app would use, where they differ from the fair ones (ORT)."""
+def _time_deployment(
+    entry: _Entry, threads, options, user_options, batch_sizes, warmup, iterations, e2e_images, bar, monitor, took_turns: bool
+) -> None:
+    """Time ``entry`` alone under the settings an app would use: a new session where they differ from the fair ones
+    (ORT's spinning), else the same session. Every row's deployed figure is then an alone one, so runtimes compete on
+    equal terms (interleaving costs each its caches); a row benched alone with the same settings already has one."""
     runtime = registry.get_runtime(entry.runtime)
     fair = {k: v for k, v in options.items() if k in runtime.options}
     wanted = deployment_options(runtime, fair, user_options)
-    if wanted is None:
+    if wanted is None and not took_turns:
         return
     bar.describe(f"timing {entry.candidate.path.name} on {entry.runtime} alone, deployment settings")
-    try:
-        session = registry.load(entry.candidate.path, entry.runtime, threads, **wanted)
-        _warm_up(session, batch_sizes, warmup)
-    except Exception as exc:  # the fair figures stand; say why the deployment ones are missing
-        entry.notes.append(f"deployment settings {wanted} not measured ({type(exc).__name__}: {str(exc)[:200]})")
-        return
+    session = entry.session
+    if wanted is not None:
+        try:
+            session = registry.load(entry.candidate.path, entry.runtime, threads, **wanted)
+            _warm_up(session, batch_sizes, warmup)
+        except Exception as exc:  # the fair figures stand; say why the deployment ones are missing
+            entry.notes.append(f"deployment settings {wanted} not measured ({type(exc).__name__}: {str(exc)[:200]})")
+            return
     timing = _DeploymentTiming(info=dict(session.info))
     alone = _Entry(entry.candidate, entry.runtime, session, entry.size_bytes, notes=[])
     for batch_size in batch_sizes:

@@ -191,8 +191,8 @@ def _caption(result) -> str:
     threads = result.settings.get("threads") or "default"
     return (
         f"{machine.get('cpu')} ({machine.get('usable_cores')} cores usable), threads {threads}, "
-        f"{result.settings.get('iterations')} iterations. deployed: the settings an app uses (ORT alone, spinning "
-        "on); fair: interleaved, spinning off, which the ratios (>1 slower) use; p90/p99 fair. "
+        f"{result.settings.get('iterations')} iterations. deployed: each alone, with the settings an app uses "
+        "(ORT: spinning on); fair: interleaved, spinning off, which the ratios (>1 slower) use; p90/p99 fair. "
         f"{CONTENDED_MARK}: other processes used the CPU while timing (contended), not evidence"
     )
 
@@ -210,7 +210,7 @@ def markdown(result) -> str:
     )
     lines.append("")
     lines.append(
-        "*deployed*: timed with the settings an app would use (ORT: alone, spinning on, the same threads); *fair*: "
+        "*deployed*: each row timed alone with the settings an app would use (ORT: spinning on, the same threads); *fair*: "
         "interleaved with spinning off, which the ratios use. Load and first inference are cold costs an app pays at "
         f"every start. {CONTENDED_MARK} *contended*: other processes used at least "
         f"{(result.settings.get('contention_threshold') or 0.25):.0%} of the CPU while that row was timed, even after "

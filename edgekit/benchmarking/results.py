@@ -84,7 +84,7 @@ class Deployment(BaseModel):
 
     settings: dict  # what the runtime used (threads, spinning, session config entries...)
     app_settings: str  # the same, as the app must set it: "intra_op_num_threads=2, allow_spinning=1"
-    alone: bool  # timed by itself (True) or the interleaved figures, because the fair settings are the deployment ones
+    alone: bool  # timed by itself (True), or the row was benched alone with these settings anyway (False)
     iterations: int
     p50_ms: float
     p90_ms: float
