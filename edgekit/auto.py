@@ -62,6 +62,7 @@ class AutoChoice(Result):
     batch_size: int
     candidates: list[Candidate]
     speedup_vs_fp32: float | None = None
+    left_out: dict[str, str] = {}  # variant -> why it was not a candidate on this machine
 
 
 def choose(candidates: list[Candidate], batch_size: int = 1, min_speedup: float = MIN_SPEEDUP) -> AutoChoice:
@@ -137,6 +138,36 @@ def _why_fp32(candidates: list[Candidate], fp32: Candidate, batch_size: int) -> 
 
 
 CANDIDATES = ("none", "int8")  # fp32 and the accuracy-aware int8 are always candidates on the CPU
+MATMUL_DOMINATES = 0.5  # int8-dynamic quantizes MatMul/Gemm only: a candidate when they do at least half the work
+FP16_ON_CPU = "ONNX Runtime's CPU provider computes float16 through casts, slower than fp32"
+
+
+def matmul_share(run: Run) -> float:
+    """The share of the model's floating-point work done in matrix multiplications (linear layers, attention),
+    counted by torch's FlopCounterMode on one image at the run's input size."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = run.build_model().eval()
+    crop = run.card.preprocessing.crop
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, crop, crop))
+    by_op = {str(op): flops for op, flops in counter.get_flop_counts().get("Global", {}).items()}
+    total = sum(by_op.values())
+    matmuls = sum(flops for op, flops in by_op.items() if any(name in op for name in ("mm", "matmul", "linear")))
+    return matmuls / total if total else 0.0
+
+
+def default_candidates(run: Run) -> tuple[tuple[str, ...], dict[str, str]]:
+    """What auto exports on this CPU by default, and why the other variants are not candidates."""
+    share = matmul_share(run)
+    left_out = {"fp16": FP16_ON_CPU}
+    if share >= MATMUL_DOMINATES:
+        return (*CANDIDATES, "int8-dynamic"), left_out
+    left_out["int8-dynamic"] = (
+        f"MatMul/Gemm do {share:.1%} of this model's work (a candidate from {MATMUL_DOMINATES:.0%}); it quantizes nothing else"
+    )
+    return CANDIDATES, left_out
 
 
 class AutoResult(Result):
@@ -159,18 +190,23 @@ def export_auto(
     max_parity_images: int = EXPORT_DEFAULTS.max_parity_images,
     progress: bool = False,
     iterations: int = 30,
-    candidates: Sequence[str] = CANDIDATES,
+    candidates: Sequence[str] | None = None,
     **export_options,
 ) -> AutoResult:
     """Export fp32 and int8 (within its accuracy budget), time them interleaved on this machine at ``batch_size``,
     and write the fastest one that holds its budget and beats fp32 beyond noise as ``exports/model.auto.onnx``.
 
-    fp16 is not a CPU candidate: ONNX Runtime's CPU provider computes float16 through casts, slower than fp32.
-    int8-dynamic only quantizes MatMul/Gemm, a few percent of a CNN's work, so it is a candidate only when named.
+    ``candidates`` (the ``--quantize`` names, "none" being fp32) default to :func:`default_candidates`: fp16 is not a
+    CPU candidate (ONNX Runtime's CPU provider computes float16 through casts, slower than fp32), and int8-dynamic
+    only quantizes MatMul/Gemm, so it is one only where they do most of the work (not in a CNN, where they are the
+    classifier alone). What was left out and why is recorded in the choice (``left_out``).
     """
     if batch_size < 1:
         raise ConfigError(f"--batch-size {batch_size} must be at least 1")
     run = run if isinstance(run, Run) else Run.load(run)
+    left_out: dict[str, str] = {}
+    if candidates is None:
+        candidates, left_out = default_candidates(run)
     exported = export(
         run,
         formats=("onnx",),
@@ -210,6 +246,7 @@ def export_auto(
             )
         )
     choice = choose(found, batch_size)
+    choice.left_out = left_out
     exports = run.exports_dir
     with atomic_path(exports / AUTO_FILE) as tmp:
         shutil.copyfile(choice.path, tmp)

@@ -207,6 +207,27 @@ def test_cli_quantize_auto_writes_the_choice(run_copy):
         exports / ("model.onnx" if choice["chosen"] == "fp32" else "model.int8.onnx")
     ).read_bytes()
     assert {c["variant"] for c in choice["candidates"]} == {"fp32", "int8"}
+    # a ResNet's only matrix multiplication is its classifier: int8-dynamic is left out, and the choice says why
+    assert "int8-dynamic" in choice["left_out"] and "MatMul/Gemm do" in choice["left_out"]["int8-dynamic"]
+    assert "fp16" in choice["left_out"]
     if choice["chosen"] == "int8":
         fp32, int8 = (next(c for c in choice["candidates"] if c["variant"] == v) for v in ("fp32", "int8"))
         assert int8["within_budget"] and int8["p50_ms"] < fp32["p50_ms"]
+
+
+def _stub_run(model: nn.Module, crop: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(build_model=lambda: model, card=SimpleNamespace(preprocessing=SimpleNamespace(crop=crop)))
+
+
+def test_int8_dynamic_is_an_auto_candidate_only_where_matmuls_do_the_work():
+    from edgekit.auto import MATMUL_DOMINATES, default_candidates, matmul_share
+
+    cnn = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+    mlp = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(), nn.Linear(8 * 8 * 8, 512), nn.ReLU(), nn.Linear(512, 10))
+    cnn_share, mlp_share = matmul_share(_stub_run(cnn, 32)), matmul_share(_stub_run(mlp, 32))
+    assert cnn_share < 0.01 and mlp_share > MATMUL_DOMINATES  # computed, not assumed: FLOPs of each op type
+    assert "int8-dynamic" not in default_candidates(_stub_run(cnn, 32))[0]
+    candidates, left_out = default_candidates(_stub_run(mlp, 32))
+    assert "int8-dynamic" in candidates and "int8-dynamic" not in left_out and "fp16" in left_out

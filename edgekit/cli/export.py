@@ -86,6 +86,8 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
             return
         show_export(chosen.export, budget_failures_are_final=False)
         console.print(f"auto: {chosen.choice.reason} -> {chosen.choice.path}", highlight=False)
+        for variant, why in chosen.choice.left_out.items():
+            console.print(f"  not a candidate here: {variant} ({why})", highlight=False)
         show_runtime_settings(chosen.export, only=chosen.choice.chosen)
         return  # the answer (fp32 or a variant within budget) holds its budget: exit 0
     result = export(
