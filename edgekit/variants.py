@@ -10,7 +10,9 @@ bench rows and gate configs):
     executorch-fp32, executorch-int8       ExecuTorch program, XNNPACK-delegated (model.pte, model.int8.pte)
     openvino-fp32, openvino-int8           OpenVINO IR (model.xml + .bin, model.int8.xml + .bin)
 
-Adding a format is one ``Format`` member plus its row in ``_FORMATS``.
+Adding a format is one ``Format`` member plus its row in ``_FORMATS`` (suffix, precisions, name prefix, pip extra),
+and one module ``edgekit/exporting/<format>.py`` with ``export_variant(exporter, quantization)``: export finds it
+by the format's name. (Running it is one module in ``edgekit/runtimes/``, registered there.)
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ class Precision(str, Enum):
 class Format(str, Enum):
     ONNX = "onnx"
     TORCH_EXPORT = "torch-export"
-    EXECUTORCH = "executorch"
     OPENVINO = "openvino"
+    EXECUTORCH = "executorch"
 
 
 @dataclass(frozen=True)
@@ -45,14 +47,27 @@ class _FormatFacts:
     suffix: str  # the file's extension
     precisions: tuple[Precision, ...]  # what this format can hold
     prefix: str  # the name prefix for non-ONNX formats ("executorch-"); "" for ONNX
+    extra: str | None = None  # the pip extra its exporter and runtime need (not part of `--format all`)
 
 
 _FORMATS: dict[Format, _FormatFacts] = {
     Format.ONNX: _FormatFacts(".onnx", tuple(Precision), ""),
     Format.TORCH_EXPORT: _FormatFacts(".pt2", (Precision.FP32,), "torch-export"),
-    Format.EXECUTORCH: _FormatFacts(".pte", (Precision.FP32, Precision.INT8), "executorch-"),
-    Format.OPENVINO: _FormatFacts(".xml", (Precision.FP32, Precision.INT8), "openvino-"),
+    Format.OPENVINO: _FormatFacts(".xml", (Precision.FP32, Precision.INT8), "openvino-", extra="openvino"),
+    Format.EXECUTORCH: _FormatFacts(".pte", (Precision.FP32, Precision.INT8), "executorch-", extra="executorch"),
 }
+
+
+def format_precisions(name: str) -> tuple[str, ...]:
+    """The precisions a format can hold, e.g. ("fp32", "int8") for "openvino"."""
+    return tuple(p.value for p in _FORMATS[Format(name)].precisions)
+
+
+def format_extra(name: str) -> str | None:
+    """The pip extra a format needs ("openvino" -> edgekit[openvino]); None for the core formats."""
+    return _FORMATS[Format(name)].extra
+
+
 UINT8_SUFFIX = "-uint8in"
 # Not a variant but a choice among them: `edgekit export --quantize auto` copies the variant it chose to AUTO_FILE
 # and records which one, and why, in AUTO_CHOICE_FILE (both in the run's exports/). The gate accepts "auto" as a name.

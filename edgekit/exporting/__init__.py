@@ -14,6 +14,7 @@ Files (under <run>/exports/, each written atomically):
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import os
 import tempfile
 import time
@@ -39,15 +40,19 @@ from ..parity_check import (
 from ..preprocessing import example_pixels
 from ..progress import Bar
 from ..results import Result
-from ..variants import InputKind, Precision, Variant
+from ..variants import Format, InputKind, Precision, Variant, format_extra, format_precisions
 from ..version import __version__
 from .options import EXPORT_DEFAULTS
 
-FORMATS = ("onnx", "torch-export", "openvino", "executorch")
-CORE_FORMATS = ("onnx", "torch-export")  # what --format all means
+# Every format is a Format in variants.py; ONNX is made here (_onnx), every other one by the module of its name in this
+# package (torch_export.py, openvino.py, executorch.py), through its export_variant(exporter, quantization). So a
+# new format is one Format entry (suffix, precisions, extra) plus one module, and nothing here changes.
+FORMATS = tuple(f.value for f in Format)
+CORE_FORMATS = tuple(f for f in FORMATS if format_extra(f) is None)  # what --format all means
 QUANTIZATIONS = ("none", "fp16", "int8", "int8-dynamic")
+_QUANTIZE_NAME = {"fp32": "none", "fp16": "fp16", "int8": "int8", "int8-dynamic": "int8-dynamic"}  # precision -> --quantize
 # The --quantize choices each format makes (torch-export is always one float32 program).
-FORMAT_QUANTIZATIONS = {"onnx": QUANTIZATIONS, "torch-export": ("none",), "openvino": ("none", "int8"), "executorch": ("none", "int8")}
+FORMAT_QUANTIZATIONS = {f: tuple(_QUANTIZE_NAME[p] for p in format_precisions(f)) for f in FORMATS}
 CALIBRATION_BATCH = 8
 MAX_FALLBACK_STEPS = EXPORT_DEFAULTS.max_fallback_steps  # int8: layers returned to float, at most, before saying no int8 holds the budget
 MAX_FALLBACK_SECONDS = EXPORT_DEFAULTS.max_fallback_seconds
@@ -189,9 +194,10 @@ def export(
         steps += [("onnx", q, False) for q in quantize]
         if embed_preprocessing:
             steps += [("onnx", q, True) for q in quantize]
-    if "torch-export" in formats:
-        steps.append(("torch-export", "none", False))
-    steps += [(f, q, False) for f in ("openvino", "executorch") if f in formats for q in quantize if q in FORMAT_QUANTIZATIONS[f]]
+    for f in formats:
+        if f != "onnx":  # a float-only format (torch-export) makes its one program whatever --quantize asks
+            made = FORMAT_QUANTIZATIONS[f]
+            steps += [(f, q, False) for q in (quantize if len(made) > 1 else made) if q in made]
     exporter.fixed_batch, exporter.ort_format = fixed_batch, ort_format
     exporter.accuracy_aware, exporter.max_fallback_steps, exporter.max_fallback_seconds = (
         accuracy_aware,
@@ -297,17 +303,10 @@ class _Exporter:
     # ----------------------------------------------------------------- one variant
 
     def variant(self, format_name: str, quantization: str, embedded: bool) -> VariantResult:
-        if format_name == "torch-export":
-            return self._torch_export()
-        if format_name == "openvino":
-            from .openvino import export_variant
-
-            return export_variant(self, quantization)
-        if format_name == "executorch":
-            from .executorch import export_variant
-
-            return export_variant(self, quantization)
-        return self._onnx(quantization, embedded)
+        if format_name == "onnx":
+            return self._onnx(quantization, embedded)
+        module = importlib.import_module(f".{format_name.replace('-', '_')}", __package__)  # see FORMATS
+        return module.export_variant(self, quantization)
 
     def _onnx(self, quantization: str, embedded: bool) -> VariantResult:
         import onnx
@@ -417,14 +416,6 @@ class _Exporter:
         )
         details.update({"kept_float": search.kept_float, "search": search.model_dump(mode="json")})
         return details, runtime
-
-    def _torch_export(self) -> VariantResult:
-        from .torch_export import export_program
-
-        started = time.perf_counter()
-        path = self.run.exports_dir / variant_file_name("torch-export")
-        export_program(self.model, path, self.example(FLOAT_INPUT), self.metadata("torch-export", FLOAT_INPUT, "torch-export"))
-        return self._finish("torch-export", "torch-export", path, time.perf_counter() - started, FLOAT_INPUT, {}, 1e-3)
 
     def _finish(
         self,
