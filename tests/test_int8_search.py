@@ -122,6 +122,16 @@ def test_fallback_stops_at_its_step_bound_with_a_clear_message(sensitive):
     assert len(result.steps) <= 2
 
 
+def test_out_of_budget_search_leaves_its_best_validated_model(sensitive):
+    result, out = _search(sensitive, 1.0, reachable=False, max_steps=4)
+    assert not result.within_budget and len(result.steps) >= 2
+    kept = result.steps[result.kept_step]
+    assert kept.top1_agreement == max(s.top1_agreement for s in result.steps)
+    assert result.kept_float == kept.kept_float
+    logits = run_onnx(out, sensitive[3], {})  # the file on disk is that step's model, re-quantized
+    assert (logits.argmax(1) == sensitive[4].argmax(1)).mean() == pytest.approx(kept.top1_agreement, abs=1e-9)
+
+
 def test_fallback_stops_at_its_time_bound(sensitive):
     result, _ = _search(sensitive, 1.0, reachable=False, max_seconds=0.0)
     assert not result.within_budget and "time bound" in result.stopped and len(result.steps) == 1

@@ -56,6 +56,7 @@ class Int8Search(BaseModel):
     steps: list[FallbackStep]
     kept_float: list[str]
     within_budget: bool
+    kept_step: int = -1  # which step's model the file is: the last (within budget), else the best validated one
     stopped: str  # why the search ended, one line
     seconds: float
 
@@ -112,7 +113,8 @@ def search_int8(
 ) -> Int8Search:
     """Quantize ``prepared`` into ``out`` within ``budget`` if a model with some layers in float gets there.
 
-    ``out`` always ends as the last validated model; the result says whether it is within the budget.
+    ``out`` ends as the first validated model within the budget, or else as the best one validated (``kept_step``);
+    the result says whether it is within the budget.
     """
     started = time.perf_counter()
     workdir = out.parent
@@ -175,7 +177,12 @@ def search_int8(
             order = []  # this layer did not help: the ranking is stale, rank again around what is in float now
         if _better(step, best):
             best = step
-    last = steps[-1]
+    final = steps[-1]
+    if not final.within_budget and best is not final:
+        # Returning layers to float does not improve the model monotonically (on near-tie images the validated
+        # agreement wandered by +-3 points from step to step), so the file left behind is the best one seen.
+        quantize_with_ranges(prepared, out, ranges, best.kept_float, metadata_from=metadata_from)
+        final = best
     return Int8Search(
         budget=budget,
         isa=isa,
@@ -183,15 +190,21 @@ def search_int8(
         calibration={"method": ranges.method, "images": ranges.images},
         quantized_nodes=len(quantizable),
         steps=steps,
-        kept_float=last.kept_float,
-        within_budget=last.within_budget,
+        kept_float=final.kept_float,
+        within_budget=final.within_budget,
+        kept_step=steps.index(final),
         stopped=stopped,
         seconds=round(time.perf_counter() - started, 2),
     )
 
 
 def _better(step: FallbackStep, best: FallbackStep) -> bool:
-    return (step.top1_agreement, -step.mean_abs_diff) > (best.top1_agreement, -best.mean_abs_diff)
+    """Closer to fp32: lower accuracy drop where labels exist, then higher agreement, then smaller logit error."""
+
+    def key(s: FallbackStep) -> tuple[float, float, float]:
+        return (-(s.accuracy_drop or 0.0), s.top1_agreement, -s.mean_abs_diff)
+
+    return key(step) > key(best)
 
 
 def float_node(qdq, name: str, float_nodes: dict, float_initializers: dict):
