@@ -35,6 +35,7 @@ from .variants import UINT8_SUFFIX, Variant  # noqa: F401  (UINT8_SUFFIX re-expo
 
 RANDOM_IMAGES = 32  # how many random inputs stand in when there is no image at all
 CONFIDENT = 0.5  # top-1 probability from which the reference counts as confident about an input
+NEAR_TIE = 0.05  # reference top-1 minus top-2 probability under which an input is a near-tie
 REFERENCE = "torch-fp32"
 
 
@@ -92,6 +93,10 @@ class ParityMetrics(BaseModel):
     accuracy_drop: float | None = None  # reference - variant; None without labels
     n_confident: int | None = None  # images where the reference's top-1 softmax probability is >= CONFIDENT
     confident_agreement: float | None = None  # top-1 agreement on those (reported, not judged)
+    # Disagreements on near-ties: images whose reference top-1 and top-2 probabilities are within NEAR_TIE of each
+    # other, where any rounding may flip the answer (reported, not judged).
+    near_tie_disagreements: int | None = None
+    disagreements: int | None = None
     # Standard errors of the two decision metrics over these images (paired for the accuracy drop), so a reader,
     # and the int8 search, can tell a real difference from the luck of one sample.
     top1_agreement_se: float | None = None
@@ -316,6 +321,9 @@ def compare_logits(
     shifted = np.exp(reference - reference.max(axis=1, keepdims=True))
     confident = (shifted.max(axis=1) / shifted.sum(axis=1)) >= CONFIDENT
     confident_agreement = float((reference_top1 == candidate_top1)[confident].mean()) if confident.any() else None
+    probabilities = np.sort(shifted / shifted.sum(axis=1, keepdims=True), axis=1)
+    near_tie = (probabilities[:, -1] - probabilities[:, -2] < NEAR_TIE) if reference.shape[1] > 1 else np.zeros(len(reference), bool)
+    disagree = reference_top1 != candidate_top1
     reference_accuracy = variant_accuracy = accuracy_drop = accuracy_drop_se = None
     n = len(reference)
     agreement = float((reference_top1 == candidate_top1).mean()) if n else 1.0
@@ -340,6 +348,8 @@ def compare_logits(
         accuracy_drop=accuracy_drop,
         n_confident=int(confident.sum()),
         confident_agreement=confident_agreement,
+        disagreements=int(disagree.sum()),
+        near_tie_disagreements=int((disagree & near_tie).sum()),
         top1_agreement_se=agreement_se,
         accuracy_drop_se=accuracy_drop_se,
     )

@@ -61,6 +61,16 @@ def test_top5_overlap_counts_shared_classes():
     assert compare_logits(reference, candidate).top5_overlap == pytest.approx(4 / 5)
 
 
+def test_disagreements_on_near_ties_are_counted_apart():
+    # image 0: a near-tie (logits 2.0 vs 1.99, probabilities within 0.05) that the candidate flips;
+    # image 1: a decisive answer the candidate flips; image 2: agreement
+    reference = np.array([[2.0, 1.99, -5.0], [4.0, 0.0, -5.0], [0.0, 3.0, -5.0]])
+    candidate = np.array([[1.98, 2.0, -5.0], [0.0, 4.0, -5.0], [0.0, 3.1, -5.0]])
+    metrics = compare_logits(reference, candidate)
+    assert metrics.disagreements == 2 and metrics.near_tie_disagreements == 1
+    assert compare_logits(reference, reference.copy()).disagreements == 0
+
+
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(EdgekitError, match="another run or class count"):
         compare_logits(np.zeros((2, 3)), np.zeros((2, 4)))

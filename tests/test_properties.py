@@ -209,8 +209,8 @@ def test_preprocessing_gives_the_crop_for_any_image_shape(height, width, crop):
 # ---- parity metrics -------------------------------------------------------------------------------
 
 
-def logits(n_max=16, c_max=12):
-    return st.tuples(st.integers(1, n_max), st.integers(1, c_max)).flatmap(
+def logits(n_max=16, c_max=12, c_min=1):
+    return st.tuples(st.integers(1, n_max), st.integers(c_min, c_max)).flatmap(
         lambda shape: hnp.arrays(np.float32, shape, elements=st.floats(-50, 50, width=32))
     )
 
@@ -246,12 +246,14 @@ def test_metrics_stay_in_bounds_and_are_symmetric_where_they_should_be(pair):
 
 
 @FAST
-@given(logits(), st.floats(0.01, 100), st.floats(-100, 100))
+@given(logits(c_min=2), st.floats(0.01, 100), st.floats(-100, 100))
 def test_relative_difference_ignores_scale_and_shift_of_both(reference, scale, shift):
     from edgekit.parity_check import compare_logits
 
     noise = np.random.default_rng(0).normal(0, 0.1, reference.shape).astype(np.float64)
-    reference = reference.astype(np.float64)
+    # A ramp across the classes gives (nearly) every row a spread: with flat rows (hypothesis likes all-zero arrays)
+    # the assume below rejected so many inputs that the health check failed on some seeds.
+    reference = reference.astype(np.float64) + np.linspace(0.0, 3.0, reference.shape[1])
     candidate = reference + noise
     base = compare_logits(reference, candidate)
     moved = compare_logits(reference * scale + shift, candidate * scale + shift)

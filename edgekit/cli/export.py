@@ -8,7 +8,7 @@ import click
 from rich.table import Table
 
 from ..exporting.options import ExportOptions
-from ..parity_check import ParityOptions
+from ..parity_check import NEAR_TIE, ParityOptions
 from .options import options_from_model
 from .output import console, errors
 
@@ -180,6 +180,18 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
                 )
         for failure in variant.failures:
             errors.print(f"[red]{variant.variant} failed[/red] ({Path(variant.path).name}): {failure}", highlight=False)
+        metrics = variant.parity.metrics
+        if variant.failures and metrics.disagreements:
+            confident = (
+                f"; on the {metrics.n_confident} images the reference is confident about it agrees {metrics.confident_agreement:.1%}"
+                if metrics.confident_agreement is not None
+                else ""
+            )
+            errors.print(
+                f"  {metrics.near_tie_disagreements} of its {metrics.disagreements} top-1 disagreements are near-ties "
+                f"(the reference's top two within {NEAR_TIE} probability){confident}",
+                highlight=False,
+            )
         for warning in variant.details.get("warnings", []):
             errors.print(f"[yellow]{variant.variant}[/yellow]: {warning}", highlight=False)
         mobile = variant.details.get("mobile")
