@@ -7,14 +7,17 @@
 Strategies (each row is one ONNX file, timed interleaved with fp32 in one `edgekit.bench` run, batch 1, ort-cpu):
 - plain: static QDQ int8, minmax, first Conv and last Gemm in float, no search (``accuracy_aware=False``)
 - u8u8 session: the same file run with ``session.x64quantprecision=1`` (what edgekit records on x86 without VNNI)
-- ablations of the quantization choices: percentile / entropy calibration, every layer int8, per-tensor weights
-- accuracy-aware: ``edgekit export --quantize int8`` (the budget search)
+- reference rows: fp16, and int8-dynamic (the classifier's Gemm alone in int8)
+- ablations of the quantization choices: percentile / entropy calibration, every layer int8, per-tensor weights,
+  symmetric activations, 7-bit weights (reduce_range), uint8 weights, depthwise convolutions in float
+- accuracy-aware: ``edgekit export --quantize int8`` (the budget search), and the same from percentile ranges
 - auto: ``edgekit export --quantize auto``
 - nncf-ac: NNCF's ``quantize_with_accuracy_control`` on the fp32 ONNX, run with OpenVINO (where openvino/nncf are installed)
 
 For the zoo model: calibration on 100 crops (seed 2), the search validates on 200 others (seed 1), and every
 figure in the table is measured on a third set of 200 crops (seed 3) that nothing was tuned on. Agreement is
-top-1 agreement with PyTorch fp32; "confident" is the same on the crops where fp32's top-1 probability >= 0.5.
+top-1 agreement with PyTorch fp32; "confident" is the same on the crops where fp32's top-1 probability >= 0.5;
+"flips on near-ties" counts the disagreements on crops whose fp32 top two probabilities are within 0.05.
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
     fp32, seconds = timed(lambda: export(run, quantize="none", parity_data=parity_data, thresholds=no_limits))
     base = Path(fp32.variants[0].path)
     files = {"fp32": (base, {}, seconds)}
+    # Reference rows: how far a float16 model, and int8 of the classifier alone, already move the decisions.
+    for name in ("fp16", "int8-dynamic"):
+        made, seconds = timed(lambda: export(run, quantize=name, parity_data=parity_data, thresholds=no_limits))
+        kept = work / f"{name}.onnx"
+        shutil.copyfile(made.variants[0].path, kept)
+        files[name] = (kept, {}, seconds)
     plain = work / "plain.onnx"
     _, seconds = timed(lambda: quantize_static(base, plain, _batches(run, calib), method="minmax"))
     files["plain"] = (plain, {}, seconds)
@@ -63,12 +72,28 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
         out = work / f"{name.replace(' ', '-')}.onnx"
         _, seconds = timed(lambda: quantize_static(base, out, _batches(run, calib), **kwargs))
         files[name] = (out, {}, seconds)
+    # Choices edgekit does not offer as options, made with ORT's quantizer directly (minmax, first/last in float).
+    for name, kwargs in (
+        ("symmetric activations", {"extra_options": {"ActivationSymmetric": True}}),
+        ("7-bit weights (reduce_range)", {"reduce_range": True}),
+        ("uint8 weights", {"weight_type": "QUInt8"}),
+        ("depthwise convs in float", {"depthwise_float": True}),
+    ):
+        out = work / f"{name.split(' (')[0].replace(' ', '-')}.onnx"
+        _, seconds = timed(lambda: _ort_ablation(base, out, _batches(run, calib), work, **kwargs))
+        files[name] = (out, {}, seconds)
     searched, seconds = timed(lambda: export(run, quantize="int8", calib_data=calib, parity_data=parity_data, progress=True))
     int8 = searched.variants[0]
     search = int8.details.get("search") or {}
     kept = Path(int8.path).with_name("searched.int8.onnx")
     shutil.copyfile(int8.path, kept)
     files["accuracy-aware"] = (kept, {}, seconds)
+    searched_p, seconds = timed(
+        lambda: export(run, quantize="int8", calib_data=calib, parity_data=parity_data, calib_method="percentile", progress=True)
+    )
+    kept = work / "searched-percentile.int8.onnx"
+    shutil.copyfile(searched_p.variants[0].path, kept)
+    files["accuracy-aware, percentile calibration"] = (kept, {}, seconds)
     auto, seconds = timed(lambda: export_auto(run, calib_data=calib, parity_data=parity_data, progress=True))
     files[f"auto ({auto.choice.chosen})"] = (Path(auto.choice.path), {}, seconds)
     nncf_file = _nncf_accuracy_control(run, base, calib, parity_data, work)
@@ -87,6 +112,8 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
                 "agreement": metrics.top1_agreement,
                 "confident_agreement": metrics.confident_agreement,
                 "n_confident": metrics.n_confident,
+                "disagreements": metrics.disagreements,
+                "near_tie_disagreements": metrics.near_tie_disagreements,
                 "accuracy_drop": metrics.accuracy_drop,
                 "p50_ms": p50,
                 "ratio_to_fp32": (p50 / timings["fp32"]) if p50 and timings.get("fp32") else None,
@@ -107,6 +134,36 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
         }
     )
     return rows
+
+
+def _ort_ablation(base: Path, out: Path, batches, work: Path, depthwise_float: bool = False, weight_type: str = "QInt8", **options) -> Path:
+    """Static QDQ int8 like edgekit's plain row (minmax, per-channel, uint8 activations, first Conv and last Gemm in
+    float), with one ORT quantizer option changed."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
+    from onnxruntime.quantization import quantize_static as ort_quantize_static
+
+    from edgekit.exporting.quantize import first_and_last_compute_nodes, prepare
+    from edgekit.exporting.quantize.ort import BatchReader
+
+    prepared = prepare(base, work / f"prepared-{out.stem}.onnx")
+    model = onnx.load(str(prepared))
+    excluded = first_and_last_compute_nodes(model)
+    if depthwise_float:
+        excluded += [n.name for n in model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    ort_quantize_static(
+        str(prepared),
+        str(out),
+        BatchReader(model.graph.input[0].name, batches),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=getattr(QuantType, weight_type),
+        nodes_to_exclude=excluded,
+        calibrate_method=CalibrationMethod.MinMax,
+        **options,
+    )
+    return out
 
 
 def _batches(run, folder: Path):
@@ -192,8 +249,8 @@ def _markdown(title: str, rows: list[dict]) -> str:
     lines = [
         f"**{title}**",
         "",
-        "| strategy | agreement | confident | accuracy drop | speed-up vs fp32 (batch 1 p50) | size | export |",
-        "|---|---|---|---|---|---|---|",
+        "| strategy | agreement | confident | flips on near-ties | accuracy drop | speed-up vs fp32 (batch 1 p50) | size | export |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if row["strategy"] == "search":
@@ -202,7 +259,8 @@ def _markdown(title: str, rows: list[dict]) -> str:
         confident = "n/a" if row["confident_agreement"] is None else f"{row['confident_agreement']:.1%} of {row['n_confident']}"
         ratio = "-" if not row["ratio_to_fp32"] else f"{1 / row['ratio_to_fp32']:.2f}x"  # fp32 p50 / variant p50, one interleaved run
         lines.append(
-            f"| {row['strategy']} | {row['agreement']:.1%} | {confident} | {drop} | {ratio} | {row['mib']} MiB | {row['export_s']} s |"
+            f"| {row['strategy']} | {row['agreement']:.1%} | {confident} | {row['near_tie_disagreements']} of {row['disagreements']} "
+            f"| {drop} | {ratio} | {row['mib']} MiB | {row['export_s']} s |"
         )
     search = next(r for r in rows if r["strategy"] == "search")
     lines += [
