@@ -23,26 +23,41 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..data import load_batch, run_images, stratified_sample
 from ..errors import ConfigError, ExportError, first_line
+from ..hardware import int8_runtime_config, isa_class
 from ..metadata import ModelMetadata
+from ..models import get_spec
 from ..parity_check import (
     FLOAT_INPUT,
     UINT8_INPUT,
+    LabelledImages,
     ParityChecker,
     ParityData,
     ParityResult,
     ParityThresholds,
+    compare_logits,
     images_in,
+    judge,
     merge_thresholds,
+    open_artifact,
     run_parity_images,
     thresholds_for,
 )
 from ..preprocessing import example_pixels
 from ..progress import Bar
 from ..results import Result
+from ..runs import Run
 from ..variants import Format, InputKind, Precision, Variant, format_extra, format_precisions
 from ..version import __version__
+from . import quantize as quantizers
+from .embed import EmbeddedPreprocessing
+from .mobile import check_mobile_options, mobile_variants
+from .onnx import CHECK_BATCH_SIZES, check_batch_sizes, export_proto, save_proto, set_metadata
 from .options import EXPORT_DEFAULTS
+from .quantize import CALIBRATION_METHODS, calibrate, first_and_last_compute_nodes, prepare, quantize_with_ranges
+from .quantize.fallback import RANKING_IMAGES, Ranking, Validation, run_onnx, search_int8
+from .quantize.ort import load_model
 
 # Every format is a Format in variants.py; ONNX is made here (_onnx), every other one by the module of its name in this
 # package (torch_export.py, openvino.py, executorch.py), through its export_variant(exporter, quantization). So a
@@ -159,12 +174,9 @@ def export(
     records the ORT session options its CPU class needs (U8U8 kernels on x86 without VNNI) and the ISA class it
     was validated on, and every edgekit runtime applies them.
     """
-    from ..models import get_spec
-    from ..runs import Run
 
     started = time.perf_counter()
     run = run if isinstance(run, Run) else Run.load(run)
-    from .mobile import check_mobile_options
 
     # "all" is the core formats: the edge targets need their extras, and ExecuTorch int8 takes minutes, so they are
     # asked for by name.
@@ -177,7 +189,6 @@ def export(
     check_mobile_options(formats, fixed_batch, ort_format)
     if calib_size < 1:
         raise ConfigError(f"--calib-size {calib_size} must be at least 1")
-    from .quantize import CALIBRATION_METHODS
 
     if calib_method not in CALIBRATION_METHODS:
         raise ConfigError(f"--calib-method {calib_method!r} is not one of {', '.join(CALIBRATION_METHODS)}")
@@ -217,8 +228,6 @@ def export(
             bar.step(f"exporting {name}")
             variants.append(exporter.variant(format_name, quantization, embedded))
             if format_name == "onnx" and (fixed_batch or ort_format):
-                from .mobile import mobile_variants
-
                 variants += mobile_variants(exporter, variants[-1])
     return ExportResult(
         run_dir=str(run.path),
@@ -254,8 +263,6 @@ class _Exporter:
 
     def module_for(self, kind: str):
         if kind == UINT8_INPUT:
-            from .embed import EmbeddedPreprocessing
-
             return EmbeddedPreprocessing(self.model, self.run.card.preprocessing).eval()
         return self.model
 
@@ -284,8 +291,6 @@ class _Exporter:
     def base_onnx(self, kind: str) -> tuple[Path, float, int]:
         """The float32 ONNX export for an input kind, made once."""
         if kind not in self._base:
-            from .onnx import export_proto, save_proto
-
             started = time.perf_counter()
             proto = export_proto(self.module_for(kind), self.example(kind), self.opset)
             opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -294,7 +299,6 @@ class _Exporter:
         return self._base[kind]
 
     def calibration_batches(self, kind: str) -> Iterator[np.ndarray]:
-        from ..data import load_batch
 
         paths = self.calibration.paths
         for start in range(0, len(paths), CALIBRATION_BATCH):
@@ -310,9 +314,6 @@ class _Exporter:
 
     def _onnx(self, quantization: str, embedded: bool) -> VariantResult:
         import onnx
-
-        from . import quantize as quantizers
-        from .onnx import save_proto, set_metadata
 
         kind = UINT8_INPUT if embedded else FLOAT_INPUT
         variant = onnx_variant(quantization, embedded)
@@ -354,12 +355,6 @@ class _Exporter:
     def _int8(self, base: Path, work: Path, kind: str, variant: str) -> tuple[dict, dict]:
         """Static int8 of ``base`` into ``work``, hardware-aware and, with real parity images, accuracy-aware:
         layers go back to float until the budget holds (see quantize/fallback.py). Returns (details, runtime)."""
-        from ..data import load_batch
-        from ..hardware import int8_runtime_config, isa_class
-        from ..parity_check import compare_logits, judge
-        from .quantize import calibrate, first_and_last_compute_nodes, prepare, quantize_with_ranges
-        from .quantize.fallback import RANKING_IMAGES, Ranking, Validation, run_onnx, search_int8
-        from .quantize.ort import load_model
 
         isa = isa_class()
         session_config = int8_runtime_config(isa)
@@ -428,8 +423,6 @@ class _Exporter:
         consistency_tolerance: float | None,
         session=None,
     ) -> VariantResult:
-        from ..parity_check import open_artifact
-        from .onnx import CHECK_BATCH_SIZES, check_batch_sizes
 
         failures: list[str] = []
         session = session if session is not None else open_artifact(path)
@@ -468,8 +461,6 @@ def _quantization_source(details: dict) -> dict:
 
 def _calibration_images(run, calib_data, calib_size: int):
     """Class-stratified calibration images: ``calib_data`` if given, else the run's training images."""
-    from ..data import run_images, stratified_sample
-    from ..parity_check import LabelledImages
 
     if calib_data is not None:
         return images_in(calib_data, run.card.class_names, calib_size, seed=0)
