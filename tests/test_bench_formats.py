@@ -233,4 +233,4 @@ def test_ratios_compare_within_a_format_first():
     assert stats.is_compressed("executorch-int8") and stats.is_compressed("auto (int8)")
     assert not stats.is_compressed("openvino-fp32") and not stats.is_compressed("torch-export")
     ordered = [r.variant for r in sorted(rows, key=stats.row_order)]
-    assert ordered == ["fp32", "int8", "auto (int8)", "executorch-int8", "openvino-fp32", "openvino-int8"]
+    assert ordered == ["fp32", "int8", "auto (int8)", "openvino-fp32", "openvino-int8", "executorch-int8"]  # Format order
