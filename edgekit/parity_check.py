@@ -319,14 +319,14 @@ def compare_logits(
     # Where the reference itself is unsure (near-ties, out-of-distribution inputs), a tiny change flips top-1; the
     # agreement on the inputs it is confident about separates "the variant is broken" from "the input is ambiguous".
     shifted = np.exp(reference - reference.max(axis=1, keepdims=True))
-    confident = (shifted.max(axis=1) / shifted.sum(axis=1)) >= CONFIDENT
-    confident_agreement = float((reference_top1 == candidate_top1)[confident].mean()) if confident.any() else None
-    probabilities = np.sort(shifted / shifted.sum(axis=1, keepdims=True), axis=1)
+    probabilities = np.sort(shifted / shifted.sum(axis=1, keepdims=True), axis=1)  # the reference's, ascending
+    agree = reference_top1 == candidate_top1
+    confident = probabilities[:, -1] >= CONFIDENT
+    confident_agreement = float(agree[confident].mean()) if confident.any() else None
     near_tie = (probabilities[:, -1] - probabilities[:, -2] < NEAR_TIE) if reference.shape[1] > 1 else np.zeros(len(reference), bool)
-    disagree = reference_top1 != candidate_top1
     reference_accuracy = variant_accuracy = accuracy_drop = accuracy_drop_se = None
     n = len(reference)
-    agreement = float((reference_top1 == candidate_top1).mean()) if n else 1.0
+    agreement = float(agree.mean()) if n else 1.0
     agreement_se = float(np.sqrt(agreement * (1 - agreement) / n)) if n else None
     if labels is not None:
         reference_accuracy = float((reference_top1 == labels).mean())
@@ -341,15 +341,15 @@ def compare_logits(
         mean_abs_diff=float(difference.mean()),
         max_rel_diff=float(relative.max()),
         cosine_similarity=float(cosine.min()),
-        top1_agreement=float((reference_top1 == candidate_top1).mean()),
+        top1_agreement=float(agree.mean()),
         top5_overlap=float(overlap),
         reference_accuracy=reference_accuracy,
         variant_accuracy=variant_accuracy,
         accuracy_drop=accuracy_drop,
         n_confident=int(confident.sum()),
         confident_agreement=confident_agreement,
-        disagreements=int(disagree.sum()),
-        near_tie_disagreements=int((disagree & near_tie).sum()),
+        disagreements=int((~agree).sum()),
+        near_tie_disagreements=int((~agree & near_tie).sum()),
         top1_agreement_se=agreement_se,
         accuracy_drop_se=accuracy_drop_se,
     )
