@@ -130,7 +130,7 @@ def check_zip_checksums(path: str | os.PathLike) -> None:
             bad_member = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
         raise ModelError(
-            f"{path} is a damaged archive ({type(exc).__name__}: {str(exc)[:120]}); it may be truncated or corrupted, re-create it"
+            f"{path} is a damaged archive ({type(exc).__name__}: {first_line(exc, 120)}); it may be truncated or corrupted, re-create it"
         ) from exc
     if bad_member is not None:
         raise ModelError(f"{path} is corrupted: {bad_member} fails its checksum; re-create or re-copy the file")

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
-from ..errors import DataError, EdgekitError
+from ..errors import DataError, EdgekitError, first_line
 from ..hardware import isa_mismatch_note
 from ..progress import Bar
 from . import contention
@@ -251,8 +251,7 @@ def _load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar) -> lis
             skipped[f"{name}: {candidate.path}"] = str(exc)
             continue
         except Exception as exc:  # a runtime that loads a model but fails to run it: report it, bench the others
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-            skipped[f"{name}: {candidate.path}"] = f"failed to run ({type(exc).__name__}: {first})"
+            skipped[f"{name}: {candidate.path}"] = f"failed to run ({type(exc).__name__}: {first_line(exc)})"
             continue
         entry = _Entry(candidate, name, session, artifact_size(candidate), rss_delta_mb=memory.delta_mb, notes=notes, cold=cold)
         if session.device != "cpu" and gpu_before is not None:
@@ -365,7 +364,7 @@ def _time_deployment(
             session = registry.load(entry.candidate.path, entry.runtime, threads, **wanted)
             _warm_up(session, batch_sizes, warmup)
         except Exception as exc:  # the fair figures stand; say why the deployment ones are missing
-            entry.notes.append(f"deployment settings {wanted} not measured ({type(exc).__name__}: {str(exc)[:200]})")
+            entry.notes.append(f"deployment settings {wanted} not measured ({type(exc).__name__}: {first_line(exc)})")
             return
     timing = _DeploymentTiming(info=dict(session.info))
     alone = _Entry(entry.candidate, entry.runtime, session, entry.size_bytes, notes=[])

@@ -345,7 +345,7 @@ class _Exporter:
         seconds = time.perf_counter() - started + (base_seconds if quantization == "none" else 0.0)
         # Dynamic quantization scales activations per batch, so one image's logits legitimately depend on its batch.
         tolerance = None if quantization == "int8-dynamic" else 1e-3
-        return self._finish(variant, "onnx", path, seconds, kind, details, tolerance)
+        return self.finish(variant, "onnx", path, seconds, kind, details, tolerance)
 
     def limits(self, variant: str) -> ParityThresholds:
         """The thresholds (for int8: the accuracy budget) ``variant`` is held to on this exporter's parity images."""
@@ -412,7 +412,7 @@ class _Exporter:
         details.update({"kept_float": search.kept_float, "search": search.model_dump(mode="json")})
         return details, runtime
 
-    def _finish(
+    def finish(
         self,
         variant: str,
         format_name: str,
@@ -423,7 +423,8 @@ class _Exporter:
         consistency_tolerance: float | None,
         session=None,
     ) -> VariantResult:
-
+        """Prove a written variant (batch sizes, then parity against fp32) and make its result: every format
+        module's last step."""
         failures: list[str] = []
         session = session if session is not None else open_artifact(path)
         crop = self.run.card.preprocessing.crop

@@ -28,7 +28,7 @@ import hashlib
 import time
 from pathlib import Path
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from ..files import write_bytes, write_json
 from ..metadata import ModelMetadata
 from ..runtimes.executorch import SIDE_FILE_VERSION, read_side_file, side_file_path  # noqa: F401  (re-exported)
@@ -50,7 +50,7 @@ def require_executorch():
         raise ExportError(f"the ExecuTorch format needs the executorch extra: {INSTALL_HINT}") from exc
     except Exception as exc:  # the pybindings link against libtorch: a mismatched torch fails here
         raise ExportError(
-            f"executorch does not load next to this torch ({str(exc).splitlines()[0][:160]}); install the matching pair: {INSTALL_HINT}"
+            f"executorch does not load next to this torch ({first_line(exc, 160)}); install the matching pair: {INSTALL_HINT}"
         ) from exc
 
 
@@ -240,7 +240,7 @@ def export_variant(exporter, quantization: str):
     metadata = exporter.metadata(variant.name, FLOAT_INPUT, "executorch", _quantization_facts(details))
     save_program(buffer, path, metadata, MAX_BATCH, dynamic=True)
     details["side_file"] = side_file_path(path).name
-    return exporter._finish(variant.name, "executorch", path, time.perf_counter() - started, FLOAT_INPUT, details, 1e-3)
+    return exporter.finish(variant.name, "executorch", path, time.perf_counter() - started, FLOAT_INPUT, details, 1e-3)
 
 
 def _quantization_facts(details: dict) -> dict:

@@ -9,9 +9,6 @@ ONNX runs 0 nodes on NNAPI as is, all of them once the batch is fixed. ``--fixed
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import shutil
 import tempfile
 import time
@@ -20,8 +17,9 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, first_line
 from ..files import atomic_path
+from ..progress import quiet
 from ..safety import onnx_session
 
 MAX_FIXED_BATCH = 1024
@@ -96,7 +94,7 @@ def mobile_usability(path: Path) -> dict:
         "coreml_neuralnetwork": lambda m, fixed: checker.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md"),
     }
     verdict: dict = {}
-    with tempfile.TemporaryDirectory(prefix="edgekit-mobile-") as work, _quiet():
+    with tempfile.TemporaryDirectory(prefix="edgekit-mobile-") as work, quiet():
         optimized = Path(work) / path.name
         optimize_model(path, optimized, use_external_initializers=True)
         model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
@@ -126,10 +124,10 @@ def convert_to_ort(path: Path) -> Path:
         shutil.copyfile(path, source)
         out = Path(work) / "out"
         try:
-            with _quiet():
+            with quiet():
                 convert_onnx_models_to_ort(source, output_dir=out, optimization_styles=[OptimizationStyle.Fixed])
         except Exception as exc:  # the converter raises plain exceptions from ORT
-            raise ExportError(f"converting {path.name} to the ORT format failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+            raise ExportError(f"converting {path.name} to the ORT format failed: {first_line(exc, 300)}") from exc
         produced = sorted(out.glob("*.ort"))
         if not produced:
             raise ExportError(f"converting {path.name} to the ORT format produced no .ort file")
@@ -185,7 +183,7 @@ def mobile_variants(exporter, parent) -> list:
     parent.details["mobile"] = mobile_usability(parent_path)
     session = FixedBatchSession(open_artifact(path), int(batch))
     tolerance = None if parent_variant.precision.value == "int8-dynamic" else 1e-3
-    result = exporter._finish(
+    result = exporter.finish(
         variant.name, "onnx", path, time.perf_counter() - started, parent.input_kind, details, tolerance, session=session
     )
     if exporter.ort_format:
@@ -200,16 +198,3 @@ def _add_ort(exporter, result, onnx_path: Path, batch: int | None) -> None:
     result.details["ort_file"] = ort_path.name
     result.details["ort_bytes"] = ort_path.stat().st_size
     result.details["ort_max_abs_diff"] = ort_agreement(onnx_path, ort_path, inputs, batch)
-
-
-@contextlib.contextmanager
-def _quiet():
-    # The ORT tools print progress on stdout and log at INFO; a library call (and `--json`) stays clean.
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logger.setLevel(level)

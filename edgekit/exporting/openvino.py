@@ -13,8 +13,6 @@ The IR is saved in float32 (``compress_to_fp16=False``); ``ov.save_model`` would
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import tempfile
@@ -23,8 +21,9 @@ from typing import Iterable
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import ExportError, first_line
 from ..metadata import ModelMetadata
+from ..progress import quiet
 from ..runtimes.openvino import DIGEST_KEY, RT_SECTION, bin_path, ir_digest, ov_message, read_ir  # noqa: F401  (re-exported)
 
 EXTRA = "openvino"
@@ -53,10 +52,10 @@ def convert_onnx(onnx_path: str | os.PathLike):
     """An ``openvino.Model`` converted from a float32 ONNX file (weights kept float32)."""
     ov = require_openvino()
     try:
-        with _quiet():
+        with quiet():
             return ov.convert_model(str(onnx_path))
     except Exception as exc:  # OpenVINO's frontends raise several types with multi-line messages
-        raise ExportError(f"openvino.convert_model failed for {onnx_path}: {_first_line(exc)}") from exc
+        raise ExportError(f"openvino.convert_model failed for {onnx_path}: {first_line(exc, 300)}") from exc
 
 
 def quantize_int8(model, batches: Iterable[np.ndarray], overflow_fix: bool, info: dict | None = None):
@@ -74,7 +73,7 @@ def quantize_int8(model, batches: Iterable[np.ndarray], overflow_fix: bool, info
         raise ExportError("OpenVINO int8 needs at least one calibration image")
     fix = OverflowFix.ENABLE if overflow_fix else OverflowFix.DISABLE
     try:
-        with _quiet():
+        with quiet():
             quantized = nncf.quantize(
                 model,
                 nncf.Dataset(images),
@@ -83,7 +82,7 @@ def quantize_int8(model, batches: Iterable[np.ndarray], overflow_fix: bool, info
                 advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix),
             )
     except Exception as exc:  # nncf raises plain RuntimeError/ValueError
-        raise ExportError(f"nncf.quantize failed: {_first_line(exc)}") from exc
+        raise ExportError(f"nncf.quantize failed: {first_line(exc, 300)}") from exc
     if info is not None:
         info.update(
             {
@@ -114,7 +113,7 @@ def save_ir(model, xml_path: str | os.PathLike, metadata: ModelMetadata) -> Path
         try:
             ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
         except Exception as exc:
-            raise ExportError(f"openvino.save_model failed writing {xml_path}: {_first_line(exc)}") from exc
+            raise ExportError(f"openvino.save_model failed writing {xml_path}: {first_line(exc, 300)}") from exc
         digest = ir_digest(bin_path(tmp_xml))
         text = tmp_xml.read_text(encoding="utf-8")
         if text.count(_DIGEST_PLACEHOLDER) != 1:
@@ -129,17 +128,6 @@ def save_ir(model, xml_path: str | os.PathLike, metadata: ModelMetadata) -> Path
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return xml_path
-
-
-@contextlib.contextmanager
-def _quiet():
-    # NNCF and the converters print progress bars and notes on stdout; a library call (and `--json`) stays clean.
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
-
-
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def read_ir_metadata(xml_path: str | os.PathLike) -> ModelMetadata:
@@ -177,7 +165,7 @@ def export_variant(exporter, quantization: str):
     path = save_ir(model, exporter.run.exports_dir / variant.file_name, metadata)
     details["bin_bytes"] = bin_path(path).stat().st_size
     seconds = time.perf_counter() - started + base_seconds
-    result = exporter._finish(variant.name, "openvino", path, seconds, FLOAT_INPUT, details, 1e-3)
+    result = exporter.finish(variant.name, "openvino", path, seconds, FLOAT_INPUT, details, 1e-3)
     # The weights are the bulk of an IR: its size is the .xml plus the .bin.
     result.size_bytes = path.stat().st_size + details["bin_bytes"]
     return result

@@ -5,24 +5,23 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 from ..errors import ExportError, first_line
 from ..files import write_bytes
-from ..metadata import PT2_METADATA_FILE, InputKind, ModelMetadata
+from ..metadata import FLOAT_INPUT, PT2_METADATA_FILE, ModelMetadata
 from ..variants import Variant
 
 
 def export_variant(exporter, quantization: str):
     """The run's torch.export program (.pt2, float32), with parity: the exporter's entry point for this format."""
-    import time
-
     started = time.perf_counter()
     variant = Variant.parse("torch-export")
     path = exporter.run.exports_dir / variant.file_name
-    kind = InputKind.FLOAT.value
-    export_program(exporter.model, path, exporter.example(kind), exporter.metadata(variant.name, kind, "torch-export"))
-    return exporter._finish(variant.name, "torch-export", path, time.perf_counter() - started, kind, {}, 1e-3)
+    metadata = exporter.metadata(variant.name, FLOAT_INPUT, "torch-export")
+    export_program(exporter.model, path, exporter.example(FLOAT_INPUT), metadata)
+    return exporter.finish(variant.name, "torch-export", path, time.perf_counter() - started, FLOAT_INPUT, {}, 1e-3)
 
 
 def export_program(model, path: str | os.PathLike, example, metadata: ModelMetadata | None = None) -> Path:

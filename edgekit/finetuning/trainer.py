@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import files
 from ..data import ImageFolder, TorchImageDataset
-from ..errors import ConfigError, EdgekitError
+from ..errors import ConfigError, EdgekitError, first_line
 from ..models import get_spec
 from ..models.build import get_submodule, set_submodule
 from ..progress import Bar, note
@@ -131,7 +131,7 @@ class _Trainer:
             return int(state["epoch"])
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise EdgekitError(
-                f"{checkpoint} does not fit this run ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}); "
+                f"{checkpoint} does not fit this run ({type(exc).__name__}: {first_line(exc, 120)}); "
                 "resume with the same model and options, or delete it and start again"
             ) from exc
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..files import load_state_dict
 from ..preprocessing import Preprocessing, from_torchvision_transforms
 from .registry import get_spec
@@ -72,7 +72,7 @@ def _download_torchvision(weights) -> dict:
     except (urllib.error.URLError, OSError, RuntimeError) as exc:
         target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise ModelError(
-            f"could not download {weights} from {weights.url} ({type(exc).__name__}: {str(exc)[:120]}). "
+            f"could not download {weights} from {weights.url} ({type(exc).__name__}: {first_line(exc, 120)}). "
             f"Offline? Place the file at {target}, or pass --weights path/to/{target.name}"
         ) from exc
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EdgekitError, ModelError
+from ..errors import EdgekitError, ModelError, first_line
 from ..files import sha256_file
 from ..metadata import ModelMetadata
 from . import Session
@@ -71,7 +71,7 @@ class ExecuTorch:
         except ImportError:
             return False, f"executorch is not installed; {INSTALL_HINT}"
         except Exception as exc:  # a torch/executorch mismatch fails inside the pybindings (undefined symbol, ...)
-            return False, f"executorch does not load next to this torch ({str(exc).splitlines()[0][:160]}); {INSTALL_HINT}"
+            return False, f"executorch does not load next to this torch ({first_line(exc, 160)}); {INSTALL_HINT}"
         if not Runtime.get().backend_registry.is_available("XnnpackBackend"):
             return False, "this executorch build has no XNNPACK backend; install the executorch wheel from PyPI"
         return True, ""
@@ -88,7 +88,7 @@ class ExecuTorch:
             program = Runtime.get().load_program(artifact, verification=Verification.InternalConsistency)
             method = program.load_method("forward")
         except Exception as exc:  # the pybindings raise RuntimeError with an error code
-            raise ModelError(f"{artifact} cannot be loaded by ExecuTorch ({_first_line(exc)}); re-export it") from exc
+            raise ModelError(f"{artifact} cannot be loaded by ExecuTorch ({first_line(exc, 300)}); re-export it") from exc
         if method is None:
             raise ModelError(f"{artifact} has no 'forward' method; re-export it with `edgekit export --format executorch`")
         meta = method.metadata
@@ -151,10 +151,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
 def side_file_path(pte_path: str | os.PathLike) -> Path:
     pte_path = Path(pte_path)
     return pte_path.with_name(pte_path.name + SIDE_SUFFIX)
@@ -174,7 +170,7 @@ def read_side_file(pte_path: str | os.PathLike) -> tuple[ModelMetadata, dict]:
     try:
         data = json.loads(side.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{side} is not valid JSON ({str(exc).splitlines()[0][:120]}); re-export it") from exc
+        raise ModelError(f"{side} is not valid JSON ({first_line(exc, 120)}); re-export it") from exc
     if not isinstance(data, dict) or data.get("edgekit_side_file") != SIDE_FILE_VERSION:
         raise ModelError(f"{side} is not an edgekit side file (version {SIDE_FILE_VERSION}); re-export it")
     unknown = sorted(set(data) - _SIDE_KEYS)
