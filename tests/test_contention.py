@@ -154,7 +154,7 @@ _BURNER = "import time\nend = time.time() + {seconds}\nprint('burning', flush=Tr
 @pytest.mark.slow
 def test_a_real_neighbour_is_flagged(two_models):
     """A python busy loop (bounded to 20 s, killed in the end) takes one core: bench must flag the rows it disturbed.
-    Without it, on a machine quiet enough, the same bench flags nothing (skipped where the machine is busy)."""
+    Without it, on a machine quiet enough, the same bench flags nothing (skipped where the machine was busy)."""
     neighbour = subprocess.Popen([sys.executable, "-c", _BURNER.format(seconds=20)], stdout=subprocess.PIPE, text=True)
     try:
         assert neighbour.stdout.readline().strip() == "burning"
@@ -165,12 +165,15 @@ def test_a_real_neighbour_is_flagged(two_models):
     assert all(m.contended for m in busy.measurements), [(m.label, m.contention_share) for m in busy.measurements]
     assert all(m.contention_share >= 0.25 for m in busy.measurements)
 
+    # The quiet half is only a claim about a quiet machine, and under `pytest -n 2` the other worker is a real
+    # neighbour that comes and goes. So the background is read over the very interval the quiet bench ran (a check
+    # before it, as this test once did, says nothing about the seconds after) and the claim is only tested when
+    # that interval was clearly quiet.
     stop = contention.system_window()
-    time.sleep(1.0)
-    background = stop()
-    if background.share >= contention.CONTENDED_SHARE / 2:
-        pytest.skip(f"other processes use {background.share:.0%} of this machine's CPU: no quiet run to compare with")
     quiet = bench(two_models, warmup=1, iterations=30, threads=1)
+    background = stop()
+    if background.share >= contention.CONTENDED_SHARE / 4:
+        pytest.skip(f"other processes used {background.share:.0%} of this machine's CPU during the quiet run")
     assert not any(m.contended for m in quiet.measurements), [(m.label, m.contention_share) for m in quiet.measurements]
 
 
