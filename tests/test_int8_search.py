@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sensitive_model import sensitive_setup
 from torch import nn
 
 from edgekit.auto import Candidate, choose
@@ -16,63 +17,16 @@ from edgekit.exporting.quantize.fallback import Ranking, Validation, run_onnx, s
 from edgekit.parity_check import ParityThresholds, compare_logits
 
 
-class OneSensitiveLayer(nn.Module):
-    """A small CNN, trained on real photo crops, then rescaled so that conv3 sees a tensor with one huge channel
-    (conv2's channel 0 times 2000, conv3's weights on it divided by 2000: the same function in float). Per-tensor
-    uint8 activations then keep almost nothing of the other channels, unless conv3 is computed in float."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
-        self.conv3 = nn.Conv2d(16, 16, 3, padding=1)
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x):
-        x = torch.relu(self.conv1(x))
-        x = self.conv2(x)  # no activation: the wide channel goes straight into conv3's input
-        x = torch.relu(self.conv3(x))
-        return self.head(x.mean(dim=(2, 3)))
-
-    def make_sensitive(self, factor: float = 2000.0) -> "OneSensitiveLayer":
-        with torch.no_grad():
-            self.conv2.weight[0] *= factor
-            self.conv2.bias[0] *= factor
-            self.conv3.weight[:, 0] /= factor
-        return self
-
-
-def _trained_sensitive_model(images: np.ndarray, labels: np.ndarray) -> OneSensitiveLayer:
-    torch.manual_seed(0)
-    model = OneSensitiveLayer()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x, y = torch.from_numpy(images), torch.from_numpy(labels)
-    for _ in range(150):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(x), y).backward()
-        optimizer.step()
-    return model.eval().make_sensitive()
-
-
 @pytest.fixture(scope="module")
 def sensitive(tmp_path_factory, photo_folders):
     """(fp32 onnx, prepared, calibration batches, validation inputs, fp32 logits) for OneSensitiveLayer on real photo crops."""
-    from edgekit.data import load_batch
     from edgekit.exporting.onnx import export_onnx
-    from edgekit.preprocessing import Preprocessing
 
     work = tmp_path_factory.mktemp("sensitive")
-    preprocessing = Preprocessing(resize=32, crop=32)
-    train, val = photo_folders
-    train_paths = sorted(train.rglob("*.jpg"))
-    train_images = load_batch(train_paths, preprocessing)
-    model = _trained_sensitive_model(
-        train_images, np.array([sorted({p.parent.name for p in train_paths}).index(p.parent.name) for p in train_paths])
-    )
+    model, train_images, inputs = sensitive_setup(photo_folders)
     base = work / "model.onnx"
     export_onnx(model, base, torch.randn(2, 3, 32, 32))
     calibration = train_images[::2][:32]
-    inputs = load_batch(sorted(val.rglob("*.jpg")), preprocessing)
     prepared = prepare(base, work / "prepared.onnx")
     reference = run_onnx(base, inputs, {})
     return base, prepared, [calibration[i : i + 8] for i in range(0, len(calibration), 8)], inputs, reference, work
