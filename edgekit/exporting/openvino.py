@@ -25,6 +25,7 @@ from ..errors import ExportError, first_line
 from ..metadata import ModelMetadata
 from ..progress import quiet
 from ..runtimes.openvino import DIGEST_KEY, RT_SECTION, bin_path, ir_digest, ov_message, read_ir  # noqa: F401  (re-exported)
+from .quantize import nncf as nncf_int8
 
 EXTRA = "openvino"
 INSTALL_HINT = "pip install 'edgekit[openvino]'"
@@ -38,14 +39,6 @@ def require_openvino():
     except ImportError as exc:
         raise ExportError(f"the OpenVINO format needs the openvino extra: {INSTALL_HINT}") from exc
     return openvino
-
-
-def require_nncf():
-    try:
-        import nncf
-    except ImportError as exc:
-        raise ExportError(f"OpenVINO int8 needs nncf from the openvino extra: {INSTALL_HINT}") from exc
-    return nncf
 
 
 def convert_onnx(onnx_path: str | os.PathLike):
@@ -65,36 +58,26 @@ def quantize_int8(model, batches: Iterable[np.ndarray], overflow_fix: bool, info
     in every layer (``OverflowFix.ENABLE``): the fix for CPUs whose int8 dot product saturates 16-bit
     intermediates (x86 without VNNI). ``info`` receives what was done.
     """
-    nncf = require_nncf()
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
-
-    images = [batch[i : i + 1] for batch in batches for i in range(len(batch))]
-    if not images:
-        raise ExportError("OpenVINO int8 needs at least one calibration image")
-    fix = OverflowFix.ENABLE if overflow_fix else OverflowFix.DISABLE
-    try:
-        with quiet():
-            quantized = nncf.quantize(
-                model,
-                nncf.Dataset(images),
-                subset_size=len(images),
-                preset=nncf.QuantizationPreset.PERFORMANCE,
-                advanced_parameters=AdvancedQuantizationParameters(overflow_fix=fix),
-            )
-    except Exception as exc:  # nncf raises plain RuntimeError/ValueError
-        raise ExportError(f"nncf.quantize failed: {first_line(exc, 300)}") from exc
+    images = batch_one(batches)
+    quantized = nncf_int8.quantize(model, images, overflow_fix)
     if info is not None:
-        info.update(
-            {
-                "calibration_images": len(images),
-                "quantizer": f"nncf {nncf.__version__}",
-                "preset": "performance",
-                "overflow_fix": fix.value,
-                "activations": "int8 per-tensor",
-                "weights": "int8 per-channel",
-            }
-        )
+        info.update(quantization_info(len(images), overflow_fix))
     return quantized
+
+
+def batch_one(batches: Iterable[np.ndarray]) -> list[np.ndarray]:
+    return [batch[i : i + 1] for batch in batches for i in range(len(batch))]
+
+
+def quantization_info(images: int, overflow_fix: bool) -> dict:
+    return {
+        "calibration_images": images,
+        "quantizer": f"nncf {nncf_int8.require_nncf().__version__}",
+        "preset": "performance",
+        "overflow_fix": "enable" if overflow_fix else "disable",
+        "activations": "int8 per-tensor",
+        "weights": "int8 per-channel",
+    }
 
 
 def save_ir(model, xml_path: str | os.PathLike, metadata: ModelMetadata) -> Path:
@@ -138,11 +121,11 @@ def export_variant(exporter, quantization: str):
     """One OpenVINO variant ("openvino-fp32" or "openvino-int8") of an export run, with its parity check.
 
     Converted from the exporter's float32 ONNX file; int8 calibrates on the same class-stratified images as
-    ONNX int8, with NNCF's overflow fix where this CPU's int8 dot product saturates (x86 without VNNI).
+    ONNX int8, with NNCF's overflow fix where this CPU's int8 dot product saturates (x86 without VNNI), and is
+    accuracy-aware like ONNX int8 (see ``int8_variant``).
     """
     import time
 
-    from ..hardware import int8_saturates, isa_class
     from ..metadata import FLOAT_INPUT
     from ..variants import Format, Precision, Variant
 
@@ -152,16 +135,10 @@ def export_variant(exporter, quantization: str):
     started = time.perf_counter()
     model = convert_onnx(base)
     details: dict = {"converted_from": f"ONNX opset {opset}", "ir_weights": "float32 (compress_to_fp16=False)"}
-    runtime: dict = {}
-    if precision is Precision.INT8:
-        isa = isa_class()
-        exporter.bar.describe(f"exporting {variant.name}: NNCF calibration on {len(exporter.calibration.paths)} images")
-        info: dict = {}
-        model = quantize_int8(model, exporter.calibration_batches(FLOAT_INPUT), overflow_fix=int8_saturates(isa), info=info)
-        details.update({**info, "calibration_data": exporter.calibration.source, "isa": isa})
-        runtime = {"validated_isa": isa}
     metadata = exporter.metadata(variant.name, FLOAT_INPUT, "openvino", {"opset": opset})
-    metadata.runtime = runtime
+    if precision is Precision.INT8:
+        model, int8_details = int8_variant(exporter, variant.name, model, metadata)
+        details.update(int8_details)
     path = save_ir(model, exporter.run.exports_dir / variant.file_name, metadata)
     details["bin_bytes"] = bin_path(path).stat().st_size
     seconds = time.perf_counter() - started + base_seconds
@@ -169,3 +146,64 @@ def export_variant(exporter, quantization: str):
     # The weights are the bulk of an IR: its size is the .xml plus the .bin.
     result.size_bytes = path.stat().st_size + details["bin_bytes"]
     return result
+
+
+def int8_variant(exporter, variant: str, model, metadata: ModelMetadata):
+    """(int8 ``openvino.Model``, details) for ``export_variant``: NNCF int8, and where it breaks the accuracy budget
+    and the exporter has real images to validate on, NNCF's accuracy control returns layers to float until the
+    budget holds (``quantize/nncf.py``), within ``exporter.max_fallback_steps`` / ``max_fallback_seconds``."""
+    from ..hardware import int8_saturates, isa_class
+    from ..metadata import FLOAT_INPUT
+    from ..parity_check import compare_logits, open_artifact
+
+    isa = isa_class()
+    overflow_fix = int8_saturates(isa)
+    metadata.runtime = {"validated_isa": isa}
+    exporter.bar.describe(f"exporting {variant}: NNCF calibration on {len(exporter.calibration.paths)} images")
+    images = batch_one(exporter.calibration_batches(FLOAT_INPUT))
+    details: dict = {**quantization_info(len(images), overflow_fix), "calibration_data": exporter.calibration.source, "isa": isa}
+    budget = exporter.limits(variant)
+    data = exporter.checker.data
+    skipped = _search_skipped(exporter, budget)
+    if skipped:
+        details.update({"kept_float": [], "search": None, "search_skipped": skipped})
+        return nncf_int8.quantize(model, images, overflow_fix), details
+    validation = nncf_int8.ValidationImages(
+        data.inputs(FLOAT_INPUT), exporter.checker.reference_logits(FLOAT_INPUT), data.labels, data.source
+    )
+
+    def measure(candidate):
+        # Saved and loaded the way parity and the user's app load it (edgekit's OpenVINO runtime, f32 inference).
+        session = open_artifact(save_ir(candidate, exporter.workdir / f"{variant}.candidate.xml", metadata))
+        inputs = validation.inputs
+        logits = np.concatenate([session.run(inputs[i : i + 32]) for i in range(0, len(inputs), 32)])
+        return compare_logits(validation.reference, logits, validation.labels, validation.source)
+
+    quantized, search = nncf_int8.quantize_within_budget(
+        model,
+        images,
+        validation,
+        budget,
+        measure,
+        overflow_fix=overflow_fix,
+        isa=isa,
+        max_steps=exporter.max_fallback_steps,
+        max_seconds=exporter.max_fallback_seconds,
+        progress=lambda message: exporter.bar.describe(f"{variant}: {message}"),
+    )
+    details.update({"kept_float": search.kept_float, "search": search.model_dump(mode="json")})
+    return quantized, details
+
+
+def _search_skipped(exporter, budget) -> str:
+    """Why the accuracy-aware search does not run ("" when it does)."""
+    data = exporter.checker.data
+    if not exporter.accuracy_aware:
+        return "accuracy-aware search off"
+    if data.images is None:
+        return "no images to validate on (random inputs)"
+    if nncf_int8.search_metric(budget, data.labels is not None) is None:
+        return "the budget limits neither accuracy nor top-1 agreement"
+    if len(data.images.paths) < 2:
+        return "fewer than 2 images to validate on"
+    return ""

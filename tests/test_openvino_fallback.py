@@ -1,0 +1,144 @@
+"""OpenVINO int8 is accuracy-aware: where plain NNCF int8 breaks the budget, NNCF's accuracy control returns layers to
+float until it holds, within the step and time bounds, on OneSensitiveLayer (one layer that int8 ruins)."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+from conftest import PHOTOS
+from sensitive_model import PREPROCESSING, OneSensitiveLayer, sensitive_setup
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+from edgekit.parity_check import ParityThresholds  # noqa: E402
+
+MODEL = "test-one-sensitive-layer"
+# 24 validation photos: 0.99 agreement means every one agrees with fp32.
+AGREEMENT = ParityThresholds(min_agreement=0.99, max_accuracy_drop=None)
+
+
+@pytest.fixture(scope="module")
+def sensitive_model(photo_folders):
+    """OneSensitiveLayer registered as a zoo model for this module, so runs of it export like any run."""
+    from edgekit.models import registry
+    from edgekit.models.spec import ModelSpec
+
+    registry.get_spec("resnet18")  # the built-in zoo first, so registering it later cannot collide with this one
+    spec = ModelSpec(
+        name=MODEL,
+        family="test",
+        build=OneSensitiveLayer,
+        head="head",
+        blocks=lambda model: [model.conv1, model.conv2, model.conv3],
+        input_size=PREPROCESSING.crop,
+        preprocessing=PREPROCESSING,
+        source="test",
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(registry._REGISTRY, MODEL, spec)
+        yield sensitive_setup(photo_folders)[0]
+
+
+def _run(tmp_path, photo_folders, model, with_data: bool = True):
+    from edgekit.runs import RunCard, save_run
+
+    train, val = photo_folders
+    card = RunCard(
+        model=MODEL,
+        weights="none",
+        class_names=list(PHOTOS),
+        preprocessing=PREPROCESSING,
+        data_dir=str(train) if with_data else None,
+        val_dir=str(val) if with_data else None,
+    )
+    return save_run(tmp_path / "run", card, model.state_dict())
+
+
+def _export(run, **options):
+    from edgekit.exporting import export
+
+    (int8,) = export(run, formats="openvino", quantize="int8", calib_size=30, **options).variants
+    return int8
+
+
+@pytest.mark.slow
+def test_accuracy_control_reaches_the_budget_plain_nncf_int8_breaks(tmp_path, photo_folders, sensitive_model):
+    import openvino as ov
+
+    from edgekit import runtimes
+    from edgekit.data import load_batch
+
+    run = _run(tmp_path, photo_folders, sensitive_model)
+    plain = _export(run, thresholds=AGREEMENT, accuracy_aware=False)
+    assert not plain.passed and plain.parity.metrics.top1_agreement < 0.9  # per-tensor int8 ruins conv3's input
+    assert plain.details["search"] is None and plain.details["search_skipped"] == "accuracy-aware search off"
+
+    int8 = _export(run, thresholds=AGREEMENT)
+    search = int8.details["search"]
+    assert search["metric"] == "top1 agreement" and search["max_drop"] == pytest.approx(0.01)
+    assert search["steps"][0]["action"] == "quantize" and search["steps"][0]["top1_agreement"] < 0.9
+    assert search["within_budget"] and search["stopped"] == "within budget"
+    assert search["final"]["top1_agreement"] >= 0.99
+    # conv3, the layer reading the wide tensor, went back to float, and not the whole network
+    convolutions = [
+        op.get_friendly_name() for op in ov.Core().read_model(int8.path).get_ordered_ops() if op.get_type_name() == "Convolution"
+    ]
+    assert search["kept_float"][0] == convolutions[2] and len(search["kept_float"]) <= 2
+    assert int8.details["kept_float"] == search["kept_float"] and search["quantized_nodes"] == 4
+    assert int8.passed, int8.failures
+
+    # The saved IR, run through edgekit's OpenVINO runtime, is still int8 and really agrees with PyTorch fp32.
+    session = runtimes.load(int8.path, runtime="openvino")
+    val = sorted(photo_folders[1].rglob("*.jpg"))
+    inputs = load_batch(val, PREPROCESSING)
+    import torch
+
+    with torch.no_grad():
+        reference = sensitive_model(torch.from_numpy(inputs)).numpy()
+    assert (session.run(inputs).argmax(1) == reference.argmax(1)).mean() >= 0.99
+    types = {op.get_type_name() for op in ov.Core().read_model(int8.path).get_ordered_ops()}
+    assert "FakeQuantize" in types
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("bound", "flag"), [({"max_fallback_steps": 0}, "--max-fallback-steps"), ({"max_fallback_seconds": 0}, "--max-fallback-seconds")]
+)
+def test_a_bound_stops_the_search_and_the_variant_fails(tmp_path, photo_folders, sensitive_model, bound, flag):
+    run = _run(tmp_path, photo_folders, sensitive_model)
+    int8 = _export(run, thresholds=AGREEMENT, **bound)
+    search = int8.details["search"]
+    assert not search["within_budget"] and f"raise {flag}" in search["stopped"] and "\n" not in search["stopped"]
+    assert [step["action"] for step in search["steps"]] == ["quantize"]  # stopped before any layer went back to float
+    assert search["kept_float"] == [] and search["final"]["top1_agreement"] < 0.9
+    assert not int8.passed and any("top1_agreement" in failure for failure in int8.failures)
+
+
+@pytest.mark.slow
+def test_cli_says_why_the_search_stopped_and_exits_non_zero(tmp_path, photo_folders, sensitive_model):
+    from edgekit.cli import cli
+
+    run = _run(tmp_path, photo_folders, sensitive_model)
+    args = ["export", str(run.path), "--format", "openvino", "--quantize", "int8", "--calib-size", "30", "--max-fallback-seconds", "0"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code != 0
+    assert "no int8 within the budget was found" in result.output and "raise --max-fallback-seconds" in result.output
+
+
+def test_random_inputs_skip_the_search_and_say_why(tmp_path, photo_folders, sensitive_model):
+    run = _run(tmp_path, photo_folders, sensitive_model, with_data=False)
+    int8 = _export(run, calib_data=photo_folders[0])
+    assert int8.parity.metrics.data_source == "random"
+    assert int8.details["search"] is None and int8.details["kept_float"] == []
+    assert int8.details["search_skipped"] == "no images to validate on (random inputs)"
+
+
+def test_search_metric_follows_the_budget():
+    from edgekit.exporting.quantize.nncf import search_metric
+
+    assert search_metric(ParityThresholds(max_accuracy_drop=0.01), has_labels=True) == ("accuracy", 0.01)
+    assert search_metric(ParityThresholds(min_agreement=0.97), has_labels=False) == ("top1 agreement", pytest.approx(0.03))
+    # labels but only an agreement limit: agreement; an accuracy limit without labels cannot be searched for
+    assert search_metric(ParityThresholds(min_agreement=0.99), has_labels=True)[0] == "top1 agreement"  # type: ignore[index]
+    assert search_metric(ParityThresholds(max_accuracy_drop=0.01), has_labels=False) is None
