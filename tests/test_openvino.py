@@ -46,6 +46,12 @@ def test_export_writes_ir_pairs_with_parity(ov_run):
     assert int8.details["calibration_images"] == 30
     assert int8.details["overflow_fix"] in ("enable", "disable")
     assert int8.size_bytes < fp32.size_bytes / 2  # int8 weights
+    # int8 is accuracy-aware, as ONNX int8 is: NNCF's accuracy control ran against the run's accuracy budget, and a
+    # model within it one standard error inside the limit passes the parity check too.
+    search = int8.details["search"]
+    assert search["budget"]["max_accuracy_drop"] == 0.01 and search["metric"] == "accuracy"
+    assert search["steps"][0]["action"] == "quantize" and int8.details["kept_float"] == search["kept_float"]
+    assert int8.passed or not search["within_budget"]
     # No stray temporary files from the atomic writes.
     assert not [p for p in run.exports_dir.iterdir() if p.name.startswith(".")]
 

@@ -3,6 +3,7 @@ float until it holds, within the step and time bounds, on OneSensitiveLayer (one
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import PHOTOS
@@ -19,7 +20,13 @@ AGREEMENT = ParityThresholds(min_agreement=0.99, max_accuracy_drop=None)
 
 
 @pytest.fixture(scope="module")
-def sensitive_model(photo_folders):
+def sensitive(photo_folders):
+    """(OneSensitiveLayer, its training crops, validation crops), trained once for this module."""
+    return sensitive_setup(photo_folders)
+
+
+@pytest.fixture(scope="module")
+def sensitive_model(sensitive):
     """OneSensitiveLayer registered as a zoo model for this module, so runs of it export like any run."""
     from edgekit.models import registry
     from edgekit.models.spec import ModelSpec
@@ -37,7 +44,7 @@ def sensitive_model(photo_folders):
     )
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(registry._REGISTRY, MODEL, spec)
-        yield sensitive_setup(photo_folders)[0]
+        yield sensitive[0]
 
 
 def _run(tmp_path, photo_folders, model, with_data: bool = True):
@@ -142,3 +149,58 @@ def test_search_metric_follows_the_budget():
     # labels but only an agreement limit: agreement; an accuracy limit without labels cannot be searched for
     assert search_metric(ParityThresholds(min_agreement=0.99), has_labels=True)[0] == "top1 agreement"  # type: ignore[index]
     assert search_metric(ParityThresholds(max_accuracy_drop=0.01), has_labels=False) is None
+
+
+def test_plain_int8_keeps_no_layer_in_float(tmp_path):
+    """A FakeQuantize in front of a reshape (as before a classifier) still makes the layer after it int8."""
+    import openvino as ov
+    import torch
+    from torch import nn
+
+    from edgekit.exporting.onnx import export_onnx
+    from edgekit.exporting.quantize.nncf import float_layers, quantize
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(), nn.Linear(8 * 12 * 12, 3)).eval()
+    export_onnx(model, tmp_path / "model.onnx", torch.randn(2, 3, 16, 16))
+    graph = ov.convert_model(str(tmp_path / "model.onnx"))
+    images = [np.random.default_rng(i).standard_normal((1, 3, 16, 16)).astype(np.float32) for i in range(4)]
+    assert len(float_layers(graph)[0]) == 3  # all three in float before quantization
+    quantized = quantize(graph, images, overflow_fix=False)
+    matmul = next(op for op in quantized.get_ordered_ops() if op.get_type_name() == "MatMul")
+    assert matmul.input_value(0).get_node().get_type_name() == "Reshape"
+    assert float_layers(quantized) == ([], 3)
+
+
+@pytest.mark.slow
+def test_out_of_budget_the_file_is_the_better_of_plain_and_nncf(sensitive, tmp_path):
+    """Where the model NNCF returns misses the budget under the runtime (simulated: its measure is made terrible) and
+    plain int8 was validated better, the plain model is what is left, and the record says so in one line."""
+    import openvino as ov
+    import torch
+
+    from edgekit.exporting.onnx import export_onnx
+    from edgekit.exporting.quantize.nncf import ValidationImages, quantize_within_budget
+    from edgekit.parity_check import compare_logits
+
+    model, train_images, inputs = sensitive
+    export_onnx(model, tmp_path / "model.onnx", torch.randn(2, 3, 32, 32))
+    graph = ov.convert_model(str(tmp_path / "model.onnx"))
+    with torch.no_grad():
+        reference = model(torch.from_numpy(inputs)).numpy()
+    images = ValidationImages(inputs, reference, None, "images:val")
+    measured = []
+
+    def measure(candidate):
+        compiled = ov.Core().compile_model(candidate, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        metrics = compare_logits(reference, compiled(inputs)[0], None, "images:val")
+        measured.append(metrics)
+        return metrics if len(measured) > 1 else metrics.model_copy(update={"top1_agreement": 0.0, "mean_abs_diff": 1e9})
+
+    calibration = [train_images[i : i + 1] for i in range(0, 60, 2)]
+    _, search = quantize_within_budget(
+        graph, calibration, images, AGREEMENT, measure, overflow_fix=False, isa="test", max_steps=4, max_seconds=120
+    )
+    assert search.steps[-1].within_budget  # NNCF did reach the budget on its own validation
+    assert search.kept_step == 0 and search.kept_float == [] and not search.within_budget
+    assert search.final is not None and search.final.top1_agreement == pytest.approx(search.steps[0].top1_agreement)
+    assert "edgekit's runtime settings" in search.stopped and "\n" not in search.stopped

@@ -17,12 +17,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from ..errors import ExportError, first_line
 from ..metadata import ModelMetadata
+from ..parity_check import ParityMetrics, ParityThresholds
 from ..progress import quiet
 from ..runtimes.openvino import DIGEST_KEY, RT_SECTION, bin_path, ir_digest, ov_message, read_ir  # noqa: F401  (re-exported)
 from .quantize import nncf as nncf_int8
@@ -148,7 +149,7 @@ def export_variant(exporter, quantization: str):
     return result
 
 
-def int8_variant(exporter, variant: str, model, metadata: ModelMetadata):
+def int8_variant(exporter, variant: str, model, metadata: ModelMetadata) -> tuple[Any, dict]:
     """(int8 ``openvino.Model``, details) for ``export_variant``: NNCF int8, and where it breaks the accuracy budget
     and the exporter has real images to validate on, NNCF's accuracy control returns layers to float until the
     budget holds (``quantize/nncf.py``), within ``exporter.max_fallback_steps`` / ``max_fallback_seconds``."""
@@ -172,7 +173,7 @@ def int8_variant(exporter, variant: str, model, metadata: ModelMetadata):
         data.inputs(FLOAT_INPUT), exporter.checker.reference_logits(FLOAT_INPUT), data.labels, data.source
     )
 
-    def measure(candidate):
+    def measure(candidate) -> ParityMetrics:
         # Saved and loaded the way parity and the user's app load it (edgekit's OpenVINO runtime, f32 inference).
         session = open_artifact(save_ir(candidate, exporter.workdir / f"{variant}.candidate.xml", metadata))
         inputs = validation.inputs
@@ -195,7 +196,7 @@ def int8_variant(exporter, variant: str, model, metadata: ModelMetadata):
     return quantized, details
 
 
-def _search_skipped(exporter, budget) -> str:
+def _search_skipped(exporter, budget: ParityThresholds) -> str:
     """Why the accuracy-aware search does not run ("" when it does)."""
     data = exporter.checker.data
     if not exporter.accuracy_aware:

@@ -33,6 +33,8 @@ RANKING_IMAGES = 100  # at most this many validation images rank the layer group
 VALIDATION_BATCH = 16
 # OpenVINO operations whose int8 version carries the compute (and whose float fallback costs speed).
 COMPUTE_OPS = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "GroupConvolutionBackpropData", "MatMul")
+# Operations that move int8 values without changing them, so a FakeQuantize before them still quantizes the layer after.
+LAYOUT_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Transpose", "MaxPool", "StridedSlice", "Slice", "Split", "VariadicSplit", "Gather")
 
 
 class NncfStep(BaseModel):
@@ -99,7 +101,7 @@ def _settings(images: list[np.ndarray], overflow_fix: bool) -> dict[str, Any]:
     }
 
 
-def quantize(model, images: list[np.ndarray], overflow_fix: bool):
+def quantize(model, images: list[np.ndarray], overflow_fix: bool) -> Any:
     """Plain NNCF post-training int8 of an ``openvino.Model`` calibrated on ``images`` (batch-1 arrays)."""
     nncf = require_nncf()
     if not images:
@@ -146,10 +148,17 @@ def within_budget(metrics: ParityMetrics, budget: ParityThresholds) -> bool:
 
 def float_layers(model) -> tuple[list[str], int]:
     """(compute layers whose data input is not int8, number of compute layers) of an ``openvino.Model``: NNCF puts a
-    FakeQuantize in front of every layer it quantizes and removes it from every layer it reverts to float."""
+    FakeQuantize in front of every layer it quantizes (before any reshape on the way, as in front of a classifier)
+    and removes it from every layer it reverts to float."""
     compute = [op for op in model.get_ordered_ops() if op.get_type_name() in COMPUTE_OPS]
-    kept = [op.get_friendly_name() for op in compute if op.input_value(0).get_node().get_type_name() != "FakeQuantize"]
-    return kept, len(compute)
+    return [op.get_friendly_name() for op in compute if not _int8_input(op)], len(compute)
+
+
+def _int8_input(op) -> bool:
+    node = op.input_value(0).get_node()
+    while node.get_type_name() in LAYOUT_OPS:
+        node = node.input_value(0).get_node()
+    return node.get_type_name() == "FakeQuantize"
 
 
 @dataclass
@@ -229,7 +238,7 @@ def quantize_within_budget(
     max_steps: int,
     max_seconds: float,
     progress: Callable[[str], None] = lambda _: None,
-):
+) -> tuple[Any, NncfSearch]:
     """(int8 ``openvino.Model``, NncfSearch): NNCF int8 of ``model``, with layers reverted to float by NNCF's
     accuracy control until ``budget`` holds one standard error inside its limit on ``images``, or a bound stops it.
 
