@@ -9,6 +9,9 @@ so ``ModelMetadata.from_props`` validates it exactly like ONNX metadata), plus `
 the .bin, so a truncated or swapped weights file is refused before OpenVINO reads it.
 
 The IR is saved in float32 (``compress_to_fp16=False``); ``ov.save_model`` would halve the weights by default.
+
+int8 is NNCF's, accuracy-aware like ONNX int8: where plain NNCF int8 breaks the budget on the parity images, NNCF's
+``quantize_with_accuracy_control`` returns layers to float until it holds (``quantize/nncf.py``).
 """
 
 from __future__ import annotations
