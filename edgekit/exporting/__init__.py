@@ -56,7 +56,7 @@ from .mobile import check_mobile_options, mobile_variants
 from .onnx import CHECK_BATCH_SIZES, check_batch_sizes, export_proto, save_proto, set_metadata
 from .options import EXPORT_DEFAULTS
 from .quantize import CALIBRATION_METHODS, calibrate, first_and_last_compute_nodes, prepare, quantize_with_ranges
-from .quantize.fallback import RANKING_IMAGES, Ranking, Validation, run_onnx, search_int8
+from .quantize.fallback import RANKING_IMAGES, Ranking, Validation, run_onnx, search_int8, with_margin
 from .quantize.ort import load_model
 
 # Every format is a Format in variants.py; ONNX is made here (_onnx), every other one by the module of its name in this
@@ -382,16 +382,6 @@ class _Exporter:
         def evaluate(path: Path):
             logits = run_onnx(path, data.inputs(kind), session_config)
             return compare_logits(self.checker.reference_logits(kind), logits, data.labels, data.source)
-
-        def with_margin(metrics):
-            # The search stops only when the budget holds one standard error inside its limit: stopping at the first
-            # sample that happens to pass overfits the validation images (seen: -0.4 pt on val, -2.8 pt on test digits).
-            update = {}
-            if metrics.accuracy_drop is not None and metrics.accuracy_drop_se is not None:
-                update["accuracy_drop"] = metrics.accuracy_drop + metrics.accuracy_drop_se
-            if metrics.top1_agreement_se is not None:
-                update["top1_agreement"] = metrics.top1_agreement - metrics.top1_agreement_se
-            return metrics.model_copy(update=update)
 
         ranking_inputs = load_batch(self.calibration.paths[:RANKING_IMAGES], self.run.card.preprocessing, kind)
         ranking = Ranking(ranking_inputs, run_onnx(base, ranking_inputs, {}), session_config)

@@ -27,13 +27,18 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Collection
 
 from ..errors import ExportError, first_line
 from ..files import write_bytes, write_json
 from ..metadata import ModelMetadata
 from ..runtimes.executorch import SIDE_FILE_VERSION, read_side_file, side_file_path  # noqa: F401  (re-exported)
+from .quantize.fallback import RANKING_IMAGES, Validation, with_margin
+from .quantize.pt2e import Pt2eInt8, keep_in_float, run_eager, search_pt2e
 
 INSTALL_HINT = "pip install 'edgekit[executorch]'"
+# Where the int8 search validates its candidates (see search_float_layers).
+EAGER = "the converted pt2e model in PyTorch eager (reference int8 quantize/dequantize ops)"
 MAX_BATCH = 8
 # Graph nodes that are bookkeeping, not work: never counted as falling back.
 _BOOKKEEPING = ("getitem", "sym_size", "sym_numel", "sym_stride")
@@ -57,10 +62,12 @@ def require_executorch():
 # --------------------------------------------------------------------------- export
 
 
-def export_program(model, example, quantize_batches=None, progress=None) -> tuple[bytes, dict]:
+def export_program(model, example, quantize_batches=None, progress=None, choose_float=None) -> tuple[bytes, dict]:
     """(the .pte bytes, details) for ``model`` at ``example``'s per-image shape with a batch of 1..MAX_BATCH.
 
     ``quantize_batches``: an iterable of float32 NCHW arrays to calibrate pt2e static int8 on; None for float32.
+    ``choose_float(int8) -> layer names``: which layers of the calibrated ``Pt2eInt8`` stay in float (the
+    accuracy-aware search, ``search_float_layers``); None quantizes every layer.
     ``progress(text)`` is told which stage is running (the int8 export of a real model takes minutes).
     """
     require_executorch()
@@ -77,7 +84,7 @@ def export_program(model, example, quantize_batches=None, progress=None) -> tupl
         say("torch.export")
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic)
         if quantize_batches is not None:
-            program = _quantized_program(program, example, dynamic, quantize_batches, details, say)
+            program = _quantized_program(program, example, dynamic, quantize_batches, choose_float, details, say)
         say("lowering to XNNPACK")
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         details.update(delegation(edge.exported_program().graph_module))
@@ -91,40 +98,84 @@ def export_program(model, example, quantize_batches=None, progress=None) -> tupl
     return bytes(buffer), details
 
 
-def _quantized_program(program, example, dynamic, batches, details: dict, say):
+def _quantized_program(program, example, dynamic, batches, choose_float, details: dict, say):
     import torch
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    quantizer = relu6_aware_quantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    say("int8: inserting observers")
-    prepared = prepare_pt2e(program.module(), quantizer)
-    seen = 0
-    with torch.no_grad():
-        for batch in batches:
-            for start in range(0, len(batch), MAX_BATCH):
-                prepared(torch.from_numpy(batch[start : start + MAX_BATCH]))
-            seen += len(batch)
-            say(f"int8: calibrating ({seen} images)")
-    if seen == 0:
-        raise ExportError("ExecuTorch int8 needs at least one calibration image")
+    int8 = Pt2eInt8(program.module(), int8_quantizer, batches, say)
+    kept_float = choose_float(int8) if choose_float is not None else []
     say("int8: converting")
-    converted = convert_pt2e(prepared)
+    converted = int8.converted(kept_float)
+    float_layers = int8.float_layers(kept_float)
     details.update(
         {
-            "calibration_images": seen,
+            "calibration_images": int8.images,
             "quantizer": "XNNPACKQuantizer (pt2e), conv->hardtanh annotated like conv->relu",
             "activations": "int8 per-tensor (static)",
             "weights": "int8 per-channel (symmetric)",
+            "quantized_layers": len(int8.layers) - len(float_layers),
+            "float_layers": float_layers,  # kept_float, plus producers that must compute in float with them
         }
     )
     say("int8: torch.export of the quantized model")
     return torch.export.export(converted, (example,), dynamic_shapes=dynamic)
 
 
-def relu6_aware_quantizer():
+def int8_quantizer(kept_float: Collection[str] = ()):
+    """The quantizer ExecuTorch int8 uses: symmetric per-channel weights, static per-tensor activations, ReLU6-aware,
+    with ``kept_float`` layers left in float."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+
+    return relu6_aware_quantizer(kept_float).set_global(get_symmetric_quantization_config(is_per_channel=True))
+
+
+def search_float_layers(exporter, variant: str, details: dict):
+    """``choose_float`` for ``export_program``: the accuracy-aware search (``quantize/fallback.py``) on the exporter's
+    parity images, recorded in ``details`` like ONNX Runtime's; None (quantize every layer) where it does not run.
+
+    Candidates are judged in PyTorch eager on the converted pt2e model, whose reference quantize/dequantize ops agree
+    with the lowered XNNPACK program (Lite0 on the demo digits: same top-1 on 256 of 256 images, mean |diff| 3% of
+    the logits' spread); a step costs a conversion and one eager pass, where lowering alone takes 30-70 s. The
+    lowered program is then checked like every variant (``exporter.finish``)."""
+    from ..data import load_batch
+    from ..hardware import isa_class
+    from ..metadata import FLOAT_INPUT
+    from ..parity_check import compare_logits, judge
+
+    data = exporter.checker.data
+    if not exporter.accuracy_aware or data.images is None:
+        why = "accuracy-aware search off" if not exporter.accuracy_aware else "no images to validate on (random inputs)"
+        details.update({"kept_float": [], "search": None, "search_skipped": why})
+        return None
+    budget = exporter.limits(variant)
+
+    def say(message: str) -> None:
+        exporter.bar.describe(f"exporting {variant}: int8: {message}")
+
+    def choose(int8: Pt2eInt8) -> list[str]:
+        def evaluate(candidate):
+            logits = run_eager(candidate, data.inputs(FLOAT_INPUT))
+            return compare_logits(exporter.checker.reference_logits(FLOAT_INPUT), logits, data.labels, data.source)
+
+        search = search_pt2e(
+            int8,
+            Validation(evaluate, lambda metrics: not judge(with_margin(metrics), budget)[0]),
+            load_batch(exporter.calibration.paths[:RANKING_IMAGES], exporter.run.card.preprocessing, FLOAT_INPUT),
+            budget,
+            isa_class(),
+            max_steps=exporter.max_fallback_steps,
+            max_seconds=exporter.max_fallback_seconds,
+            progress=say,
+        )
+        details.update({"kept_float": search.kept_float, "search": search.model_dump(mode="json"), "search_validated_on": EAGER})
+        return search.kept_float
+
+    return choose
+
+
+def relu6_aware_quantizer(kept_float: Collection[str] = ()):
     """An ``XNNPACKQuantizer`` that annotates conv -> hardtanh (ReLU6) like conv -> ReLU: the conv's output gets no
-    observer of its own and the hardtanh's output is observed on its clamped range (see the module docstring)."""
+    observer of its own and the hardtanh's output is observed on its clamped range (see the module docstring).
+    Layers named in ``kept_float`` (module paths) are left in float (see ``quantize.pt2e.keep_in_float``)."""
     import torch
     from executorch.backends.xnnpack.quantizer import xnnpack_quantizer_utils as utils
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
@@ -155,7 +206,9 @@ def relu6_aware_quantizer():
                     producer.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=inputs, _annotated=True)
                     node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=utils.get_output_act_qspec(config), _annotated=True)
                     utils._mark_nodes_as_annotated(partition)
-            return super().annotate(model)
+            model = super().annotate(model)
+            keep_in_float(model, kept_float)
+            return model
 
     return Relu6AwareXNNPACKQuantizer()
 
@@ -228,14 +281,16 @@ def export_variant(exporter, quantization: str):
     variant = Variant(precision, format=Format.EXECUTORCH)
     started = time.perf_counter()
     batches = exporter.calibration_batches(FLOAT_INPUT) if precision is Precision.INT8 else None
+    search_details: dict = {}
     buffer, details = export_program(
         exporter.model,
         exporter.example(FLOAT_INPUT),
         batches,
         progress=lambda text: exporter.bar.describe(f"exporting {variant.name}: {text}"),
+        choose_float=search_float_layers(exporter, variant.name, search_details) if precision is Precision.INT8 else None,
     )
     if precision is Precision.INT8:
-        details["calibration_data"] = exporter.calibration.source
+        details.update({"calibration_data": exporter.calibration.source, **search_details})
     path = exporter.run.exports_dir / variant.file_name
     metadata = exporter.metadata(variant.name, FLOAT_INPUT, "executorch", _quantization_facts(details))
     save_program(buffer, path, metadata, MAX_BATCH, dynamic=True)
