@@ -56,6 +56,11 @@ def test_export_writes_delegated_programs_with_parity(et_run):
     assert fp32.parity.metrics.top1_agreement >= 0.999 and fp32.parity.metrics.max_rel_diff < 1e-4
     int8 = by_name["executorch-int8"]
     assert int8.details["calibration_images"] == 30
+    # accuracy-aware like ONNX int8: the search (or why it did not run) is recorded the same way
+    search = int8.details["search"]
+    assert search["steps"][0]["action"] == "quantize" and search["kept_float"] == int8.details["kept_float"]
+    assert search["within_budget"] == search["steps"][search["kept_step"]]["within_budget"] and "\n" not in search["stopped"]
+    assert set(int8.details["kept_float"]) <= set(int8.details["float_layers"])
     assert int8.size_bytes < fp32.size_bytes / 2
 
 

@@ -59,7 +59,9 @@ def _pte_logits(tmp_path, buffer: bytes, inputs) -> np.ndarray:
     from edgekit import runtimes
     from edgekit.metadata import FLOAT_INPUT, ModelMetadata
 
-    path = save_program(buffer, tmp_path / "model.int8.pte", ModelMetadata(["a", "b", "c"], PREPROCESSING, {}, FLOAT_INPUT), MAX_BATCH, True)
+    path = save_program(
+        buffer, tmp_path / "model.int8.pte", ModelMetadata(["a", "b", "c"], PREPROCESSING, {}, FLOAT_INPUT), MAX_BATCH, True
+    )
     return runtimes.load(path).run(inputs)
 
 
@@ -75,6 +77,27 @@ def test_layers_kept_in_float_reuse_the_one_calibration_exactly(sensitive):
             run_eager(fresh, batch)
         assert np.array_equal(run_eager(convert_pt2e(fresh), inputs), run_eager(int8.converted(kept), inputs))
     assert int8.recalibrations == 0
+
+
+def test_a_float_layer_behind_an_add_leaves_the_conv_before_the_add_quantized():
+    """keep_in_float takes a producing conv into float only through its fused activation, never through an add."""
+
+    class Residual(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_a = torch.nn.Conv2d(3, 3, 1)
+            self.conv_b = torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.conv_b(self.conv_a(x) + x)
+
+    torch.manual_seed(0)
+    batches = [np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)]
+    program = torch.export.export(Residual().eval(), (torch.from_numpy(batches[0][:2]),))
+    int8 = Pt2eInt8(program.module(), int8_quantizer, batches)
+    assert int8.layers == ["conv_a", "conv_b"]
+    assert int8.float_layers(["conv_b"]) == ["conv_b"]
+    run_eager(int8.converted(["conv_b"]), batches[0])  # converts and runs
 
 
 @pytest.mark.slow
@@ -93,7 +116,9 @@ def test_fallback_keeps_the_sensitive_conv_in_float_and_the_program_holds_the_bu
     # The lowered program, run by edgekit's runtime, holds the budget that plain int8 broke (steps[0]).
     searched, details = export_program(model, torch.from_numpy(inputs[:2]), batches, choose_float=lambda _: result.kept_float)
     assert _agreement(_pte_logits(tmp_path, searched, inputs), reference) >= BUDGET
-    assert details["float_layers"] == int8.float_layers(result.kept_float) and details["quantized_layers"] == 4 - len(details["float_layers"])
+    assert details["float_layers"] == int8.float_layers(result.kept_float) and details["quantized_layers"] == 4 - len(
+        details["float_layers"]
+    )
     # The float convs run inside XNNPACK: only the mean (portable in this model's fp32 program too) is outside.
     assert details["delegated_subgraphs"] >= 1 and set(details["nodes_outside_delegate"]) <= {"aten_mean_dim"}
 

@@ -20,6 +20,11 @@ weights, static per-tensor activations), calibrated on the same class-stratified
 quantizer fuses conv->ReLU but lets a conv->hardtanh (ReLU6) share the conv's observer, so every ReLU6 output is
 quantized on the wide pre-activation range (51.5% top-1 agreement on Lite0); ``Relu6AwareXNNPACKQuantizer``
 annotates conv->hardtanh like conv->ReLU (84.5%, still fully delegated, same speed).
+
+int8 is accuracy-aware like ONNX Runtime's (``quantize/fallback.py``, one search loop for both): where the variant
+breaks its budget on real parity images, layers go back to float, the most sensitive first (``search_float_layers``,
+``quantize/pt2e.py``). Candidates are judged in PyTorch eager on the converted pt2e model, and only the chosen one
+is lowered; its parity is then checked on the lowered program like every variant's.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Quantization of exported ONNX models: ORT's static/dynamic int8 and fp16 (``ort.py``), the accuracy-aware
-int8 search (``fallback.py``) and the choice among variants for ``--quantize auto`` (``auto.py``)."""
+"""Quantization: ORT's static/dynamic int8 and fp16 of ONNX models (``ort.py``), the accuracy-aware int8 search
+shared by ONNX Runtime and ExecuTorch (``fallback.py``), pt2e int8 with layers kept in float for ExecuTorch
+(``pt2e.py``, imported where used: it needs torchao) and the choice among variants for ``--quantize auto``
+(``auto.py``)."""
 
 from .ort import (
     CALIBRATION_METHODS,

@@ -9,6 +9,10 @@ worst, re-validate, and re-rank when a step does not help. Two things keep it af
   DequantizeLinear nodes in memory (``float_node``), and scored on a few calibration images against fp32.
 Every step's file is a real re-quantization, validated on the run's parity images, under the runtime settings
 (``session_config``) the model will carry, so what the search measures is what the user gets.
+
+The loop itself (``search_layers``) knows no format: ONNX Runtime (``search_int8``) and ExecuTorch
+(``pt2e.search_pt2e``) each hand it a way to quantize-and-validate a set of float layers and a way to rank them,
+and both record the same ``Int8Search``.
 """
 
 from __future__ import annotations

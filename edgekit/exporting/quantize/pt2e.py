@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable, Collection, Iterable
+from typing import Any, Callable, Collection, Iterable
 
 import numpy as np
 
@@ -65,20 +65,29 @@ def keep_in_float(model, names: Collection[str]) -> None:
         found = node.meta.get(Q_ANNOTATION_KEY) if hasattr(node, "meta") else None
         return found if found is not None and (found.input_qspec_map or found.output_qspec is not None) else None
 
+    import torch
+
+    fused_activations = (
+        torch.ops.aten.relu.default,
+        torch.ops.aten.relu_.default,
+        torch.ops.aten.hardtanh.default,
+        torch.ops.aten.hardtanh_.default,
+    )
     floats = [node for node in model.graph.nodes if layer_name(node) in names]
     for node in floats:
         node.meta.pop(Q_ANNOTATION_KEY, None)
     for node in floats:
-        producer, reader = node.args[0] if node.args else None, node
+        producer: Any = node.args[0] if node.args else None
+        reader = node
         while hasattr(producer, "users") and annotation(producer) is None and producer.op == "call_function" and len(producer.users) == 1:
             producer, reader = producer.args[0], producer
         found = annotation(producer)
         if found is None or isinstance(found.output_qspec, SharedQuantizationSpec) or set(producer.users) - {reader, *floats}:
             continue
         found.output_qspec = None
-        layer = producer if layer_name(producer) else producer.args[0]  # the conv behind a fused activation
+        layer = producer.args[0] if producer.target in fused_activations else producer  # the conv behind its ReLU
         layer_annotation = annotation(layer) if layer_name(layer) and layer not in floats else None
-        if layer_annotation is not None:
+        if layer_annotation is not None and (layer is producer or layer_annotation.output_qspec is None):
             layer_annotation.output_qspec = None
             layer_annotation.input_qspec_map = {k: v for k, v in layer_annotation.input_qspec_map.items() if k is layer.args[0]}
 
@@ -231,7 +240,8 @@ def rank_layers(converted, candidates: list[str], inputs: np.ndarray, reference:
 def _through_qdq(node, index: int):
     """(the node that reads a dequantize(quantize(x)) on the way to ``node``'s input ``index``, x), or (None, None).
     Walks up through single-user ops that are not quantize/dequantize (a pad, a view)."""
-    reader, value = node, node.args[index] if len(node.args) > index else None
+    reader = node
+    value: Any = node.args[index] if len(node.args) > index else None
     for _ in range(4):
         if not hasattr(value, "op") or value.op != "call_function":
             return None, None
