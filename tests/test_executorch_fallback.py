@@ -27,8 +27,6 @@ BUDGET = 0.99  # top-1 agreement with fp32
 def sensitive(photo_folders):
     """(model, calibrated Pt2eInt8, calibration batches, held-out inputs, their fp32 logits) for OneSensitiveLayer."""
     model, train_images, inputs = sensitive_setup(photo_folders)
-    # load_batch's arrays are strided views; edgekit's ExecuTorch runtime reads a non-contiguous batch wrongly.
-    inputs = np.ascontiguousarray(inputs)
     calibration = train_images[::2][:32]
     batches = [calibration[i : i + 8] for i in range(0, len(calibration), 8)]
     dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)

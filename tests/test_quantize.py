@@ -226,3 +226,47 @@ def test_calibration_methods_really_differ(float_model, real_batches, tmp_path):
     assert not np.allclose(scales["percentile"], scales["minmax"], rtol=1e-3)
     # clipping methods never widen a range beyond the observed min/max
     assert (scales["entropy"] <= scales["minmax"] * 1.001).all()
+
+
+class _RoundedAway(torch.nn.Module):
+    """Two convs whose weights int8 rounds with one systematic error: in each output channel one weight of 1.0 sets
+    the scale (1/127) and every other weight is 0.4/127, which rounds to 0. The first conv is kept in float (the
+    quantizer's default), the second is quantized: its output mean then drops by 143 x 0.4/127 x E[x] per channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 16, 1)
+        self.conv = torch.nn.Conv2d(16, 8, 3, padding=1)
+        with torch.no_grad():
+            self.stem.weight.fill_(0.0)
+            self.stem.bias.fill_(1.0)  # a constant input of 1 + a little of the image: E[x] is about 1
+            self.stem.weight[:, :, 0, 0] = 0.05
+            self.conv.weight.fill_(0.4 / 127)
+            self.conv.weight[:, 0, 0, 0] = 1.0
+            self.conv.bias.fill_(0.1)  # a zero bias would be dropped by the exporter, and bias correction needs one
+
+    def forward(self, x):
+        return self.conv(torch.relu(self.stem(x))).mean(dim=(2, 3))
+
+
+def test_bias_correction_removes_the_mean_shift_of_rounded_weights(real_batches, tmp_path):
+    from edgekit.exporting.quantize import calibrate, prepare, quantize_with_ranges
+
+    calibration, held_out = real_batches
+    model = _RoundedAway().eval()
+    base = tmp_path / "rounded.onnx"
+    export_onnx(model, base, torch.from_numpy(held_out[:2]))
+    prepared = prepare(base, tmp_path / "prepared.onnx")
+    ranges = calibrate(prepared, iter(calibration), "minmax", tmp_path)
+    stem = first_and_last_compute_nodes(onnx.load(str(prepared)))[:1]
+    with torch.no_grad():
+        reference = model(torch.from_numpy(held_out)).numpy()
+    shifts = {}
+    for corrected in (False, True):
+        out = quantize_with_ranges(prepared, tmp_path / f"q-{corrected}.onnx", ranges, stem, bias_correction=corrected)
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        logits = session.run(None, {session.get_inputs()[0].name: held_out})[0]
+        shifts[corrected] = float(np.abs((logits - reference).mean(axis=0)).max())
+    expected = 143 * 0.4 / 127  # every rounded-away weight times E[x] of about 1
+    assert shifts[False] == pytest.approx(expected, rel=0.25)
+    assert shifts[True] < 0.1 * shifts[False], shifts  # on images the means were not measured on

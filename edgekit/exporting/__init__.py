@@ -367,6 +367,7 @@ class _Exporter:
             "calibration_data": self.calibration.source,
             "activations": "uint8 asymmetric, per tensor",
             "weights": "int8 symmetric, per channel",
+            "bias_correction": "each int8 Conv's bias absorbs its rounded weights' mean shift (calibration images)",
             "isa": isa,
             "ort_session_config": session_config,
         }
@@ -446,7 +447,7 @@ class _Exporter:
 
 def _quantization_source(details: dict) -> dict:
     """The quantization facts worth carrying inside the model file (kept small: strings and numbers)."""
-    keys = ("calibration_method", "calibration_images", "activations", "weights", "kept_float", "quantized_op_types")
+    keys = ("calibration_method", "calibration_images", "activations", "weights", "bias_correction", "kept_float", "quantized_op_types")
     return {"quantization": {k: details[k] for k in keys if k in details}} if any(k in details for k in keys) else {}
 
 

@@ -75,30 +75,35 @@ def quantize_static(
     exclude_first_last: bool = True,
     info: dict | None = None,
     exclude: Iterable[str] = (),
+    bias_correction: bool = True,
 ) -> Path:
     """Static QDQ int8 (uint8 activations, int8 weights) calibrated on ``calibration_batches``.
 
     ``calibration_batches`` yields arrays the model accepts (e.g. float32 NCHW, a few hundred real
     images in total). ``method``: minmax, entropy or percentile (99.999). ``exclude_first_last`` keeps the
     first Conv and the final Gemm/MatMul in float32 (see the module docstring for why); ``exclude`` names more
-    nodes to keep in float. ``info``, if given, receives what was done: nodes kept in float, number of
-    calibration images.
+    nodes to keep in float. ``bias_correction``: see ``ChannelMeans``. ``info``, if given, receives what was
+    done: nodes kept in float, number of calibration images.
     """
     with tempfile.TemporaryDirectory(prefix="edgekit-quant-") as workdir:
         prepared = prepare(onnx_in, Path(workdir) / "prepared.onnx")
         ranges = calibrate(prepared, calibration_batches, method, Path(workdir))
         excluded = (first_and_last_compute_nodes(load_model(prepared)) if exclude_first_last else []) + [n for n in exclude]
-        quantize_with_ranges(prepared, onnx_out, ranges, excluded, per_channel=per_channel, metadata_from=onnx_in)
+        quantize_with_ranges(
+            prepared, onnx_out, ranges, excluded, per_channel=per_channel, metadata_from=onnx_in, bias_correction=bias_correction
+        )
     if info is not None:
         info.update({"kept_float": excluded, "calibration_images": ranges.images, "calibration_method": method})
     return Path(onnx_out)
 
 
 class Ranges:
-    """Activation ranges from one calibration pass, saved as ORT's calibration cache (a JSON file)."""
+    """Activation ranges from one calibration pass, saved as ORT's calibration cache (a JSON file), and the mean
+    of every Conv input channel over the same images (what bias correction needs)."""
 
-    def __init__(self, path: Path, images: int, method: str):
+    def __init__(self, path: Path, images: int, method: str, input_means: dict[str, np.ndarray] | None = None):
         self.path, self.images, self.method = path, images, method
+        self.input_means = input_means or {}
 
 
 def prepare(onnx_in: str | os.PathLike, prepared: Path) -> Path:
@@ -117,8 +122,10 @@ def calibrate(prepared: Path, calibration_batches: Iterable[np.ndarray], method:
     first = next(batches, None)
     if first is None or len(first) == 0:
         raise ExportError("static int8 quantization got no calibration images; pass a folder with images (--calib-data)")
-    input_name = load_model(prepared).graph.input[0].name
-    reader = BatchReader(input_name, itertools.chain([first], batches), single_images=method != "minmax")
+    model = load_model(prepared)
+    input_name = model.graph.input[0].name
+    means = ChannelMeans(model)
+    reader = BatchReader(input_name, means.observe(itertools.chain([first], batches)), single_images=method != "minmax")
     if method == "entropy":
         # quantize_static builds its entropy calibrator with 128 bins and 128 quantized bins, which leaves
         # exactly one candidate threshold (the full range): the same ranges as minmax. We use a real histogram.
@@ -155,7 +162,49 @@ def calibrate(prepared: Path, calibration_batches: Iterable[np.ndarray], method:
         raise ExportError(f"{method} calibration failed: {first_line(exc, 300)}") from exc
     cache = workdir / f"ranges-{method}.json"
     save_tensors_data(ranges, cache)
-    return Ranges(cache, reader.count, method)
+    return Ranges(cache, reader.count, method, means.result())
+
+
+class ChannelMeans:
+    """Per-channel means of every Conv's input over the calibration images, in the float model.
+
+    Bias correction (Nagel et al., "Data-Free Quantization", 2019, section 4.2): rounding a layer's weights to
+    int8 shifts the mean of its output by (W_int8 - W) . E[x] per output channel, and on a deep net of small
+    depthwise kernels those shifts add up. Subtracting the shift from the bias costs nothing at run time; on zoo
+    Lite0 it took plain int8 from 85.5% to 93% top-1 agreement on held-out crops (README, Measured).
+    """
+
+    def __init__(self, model):
+        import onnx
+
+        self._names = sorted({n.input[0] for n in model.graph.node if n.op_type == "Conv"})
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        del probe.graph.output[:]
+        for name in self._names:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        self._probe = probe.SerializeToString()
+        self._input = model.graph.input[0].name
+        self._sums: list[np.ndarray] = []
+        self._count = 0
+
+    def observe(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Pass ``batches`` through unchanged, adding each one's channel means on the way."""
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(self._probe, options, providers=["CPUExecutionProvider"]) if self._names else None
+        for batch in batches:
+            if session is not None and len(batch):
+                outputs = session.run(None, {self._input: np.ascontiguousarray(batch)})
+                sums = [o.astype(np.float64).mean(axis=tuple(range(2, o.ndim))).sum(axis=0) for o in outputs]
+                self._sums = sums if not self._sums else [a + b for a, b in zip(self._sums, sums)]
+                self._count += len(batch)
+            yield batch
+
+    def result(self) -> dict[str, np.ndarray]:
+        return {name: total / self._count for name, total in zip(self._names, self._sums)} if self._count else {}
 
 
 def quantize_with_ranges(
@@ -165,8 +214,12 @@ def quantize_with_ranges(
     excluded: Iterable[str],
     per_channel: bool = True,
     metadata_from: str | os.PathLike | None = None,
+    bias_correction: bool = True,
 ) -> Path:
-    """QDQ int8 of ``prepared`` with precomputed ``ranges``, keeping ``excluded`` nodes in float; written atomically."""
+    """QDQ int8 of ``prepared`` with precomputed ``ranges``, keeping ``excluded`` nodes in float; written atomically.
+
+    ``bias_correction``: each quantized Conv's int32 bias absorbs the mean shift its weights' rounding causes
+    (see ``ChannelMeans``), where ``ranges`` carries the input means."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
@@ -191,9 +244,53 @@ def quantize_with_ranges(
             )
         except Exception as exc:  # the quantizer raises ValueError, RuntimeError, ORT errors...
             raise ExportError(f"static int8 quantization of {metadata_from or prepared} failed: {first_line(exc, 300)}") from exc
+        if bias_correction and ranges.input_means:
+            corrected = correct_biases(load_model(tmp), load_model(prepared), ranges.input_means)
+            tmp.write_bytes(corrected.SerializeToString())
         if metadata_from is not None:
             _copy_metadata(metadata_from, tmp)
     return Path(onnx_out)
+
+
+def correct_biases(qdq, float_model, input_means: dict[str, np.ndarray]):
+    """``qdq`` with every quantized Conv's bias corrected for the mean shift of its rounded weights:
+    b' = b - sum over (input channel, kernel) of (W_int8 - W) * E[x]. The bias stays int32 on the same scale
+    (input scale x weight scale), so the graph and its kernels are unchanged; a Conv without a bias is left as it
+    is (BatchNorm folding gives every Conv of the zoo models one). Returns ``qdq`` (edited in place)."""
+    from onnx import numpy_helper
+
+    initializers = {t.name: t for t in qdq.graph.initializer}
+    producers = {out: n for n in qdq.graph.node for out in n.output}
+    float_nodes = {n.name: n for n in float_model.graph.node if n.op_type == "Conv"}
+    float_values = {t.name: t for t in float_model.graph.initializer}
+
+    def dequantized(tensor: str) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """(int values, scale, initializer name) of a DequantizeLinear fed by an initializer."""
+        node = producers.get(tensor)
+        if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in initializers:
+            return None
+        values = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float64)
+        zero = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64) if len(node.input) > 2 else 0.0
+        scale = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
+        shape = (-1,) + (1,) * (values.ndim - 1) if np.ndim(scale) else ()
+        return (values - np.reshape(zero, shape)) * np.reshape(scale, shape), scale, node.input[0]
+
+    for node in qdq.graph.node:
+        original = float_nodes.get(node.name)
+        if node.op_type != "Conv" or original is None or len(node.input) < 3 or original.input[0] not in input_means:
+            continue
+        weight, bias = dequantized(node.input[1]), dequantized(node.input[2])
+        if weight is None or bias is None or original.input[1] not in float_values:
+            continue
+        error = (weight[0] - numpy_helper.to_array(float_values[original.input[1]])).sum(axis=tuple(range(2, weight[0].ndim)))
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        means = input_means[original.input[0]].reshape(group, -1)  # [group, input channels per group]
+        per_group = error.shape[0] // group
+        shift = np.einsum("oi,oi->o", error, np.repeat(means, per_group, axis=0))
+        corrected, scale, name = bias[0] - shift, bias[1], bias[2]
+        quantized = np.clip(np.round(corrected / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        initializers[name].CopyFrom(numpy_helper.from_array(quantized, name))
+    return qdq
 
 
 def quantize_dynamic_matmul(onnx_in: str | os.PathLike, onnx_out: str | os.PathLike) -> Path:
