@@ -30,6 +30,7 @@ import numpy as np
 from ...errors import ExportError, first_line
 from ...files import atomic_path
 from ...progress import quiet
+from ...safety import onnx_session
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 PERCENTILE = 99.999  # the percentile calibration's clipping point
@@ -194,7 +195,7 @@ class ChannelMeans:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        session = ort.InferenceSession(self._probe, options, providers=["CPUExecutionProvider"]) if self._names else None
+        session = onnx_session(self._probe, options) if self._names else None
         for batch in batches:
             if session is not None and len(batch):
                 outputs = session.run(None, {self._input: np.ascontiguousarray(batch)})
