@@ -236,7 +236,9 @@ def load_batch(paths: Sequence[str | os.PathLike], preprocessing, input_kind: st
         resize_crop = preprocessing.geometry_transform()
         return np.stack([resize_crop(load_image(p)) for p in paths])
     transform = preprocessing.transform()
-    return np.stack([transform(load_image(p)).numpy() for p in paths]).astype(np.float32, copy=False)
+    # np.stack keeps the transform's channels-last memory order: make the batch C-contiguous NCHW, the layout
+    # runtimes expect (ExecuTorch misread it; ORT copied it on every call).
+    return np.ascontiguousarray(np.stack([transform(load_image(p)).numpy() for p in paths]), dtype=np.float32)
 
 
 def run_images(card, split: str = "val", skip_bad_images: bool = False) -> ImageFolder:

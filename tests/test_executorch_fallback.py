@@ -152,3 +152,13 @@ def test_search_is_skipped_and_says_why(accuracy_aware, images, why):
     details: dict = {}
     assert search_float_layers(exporter, "executorch-int8", details) is None
     assert details == {"kept_float": [], "search": None, "search_skipped": why}
+
+
+def test_a_channels_last_example_still_makes_a_program_that_reads_nchw(sensitive, tmp_path):
+    """torch.export records the example's strides as the program's dim order: export_program must export from a
+    contiguous example, or the program misreads the contiguous NCHW batches the runtime feeds it."""
+    model, _, _, inputs, reference = sensitive
+    example = torch.from_numpy(inputs[:2]).to(memory_format=torch.channels_last)
+    buffer, _ = export_program(model, example)
+    logits = _pte_logits(tmp_path, buffer, inputs)
+    assert np.abs(logits - reference).max() <= 1e-3 * (np.abs(reference).max() + 1)

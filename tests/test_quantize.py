@@ -270,3 +270,8 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_weights(real_batches,
     expected = 143 * 0.4 / 127  # every rounded-away weight times E[x] of about 1
     assert shifts[False] == pytest.approx(expected, rel=0.25)
     assert shifts[True] < 0.1 * shifts[False], shifts  # on images the means were not measured on
+
+
+def test_load_batch_is_c_contiguous_nchw(real_batches):
+    calibration, held_out = real_batches
+    assert held_out.flags["C_CONTIGUOUS"] and held_out.dtype == np.float32 and held_out.shape[1] == 3

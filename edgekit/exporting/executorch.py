@@ -81,7 +81,9 @@ def export_program(model, example, quantize_batches=None, progress=None, choose_
     from executorch.exir import to_edge_transform_and_lower
 
     say = progress or (lambda text: None)
-    example = example[:2] if example.shape[0] >= 2 else example.expand(2, *example.shape[1:]).contiguous()
+    # Contiguous: torch.export records the example's strides as the program's dim order, and a channels-last example
+    # makes a program that misreads the contiguous NCHW tensors the runtime feeds it (logits off by 58 on a test model).
+    example = (example[:2] if example.shape[0] >= 2 else example.expand(2, *example.shape[1:])).contiguous()
     dynamic = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
     details: dict = {"batch": f"dynamic 1..{MAX_BATCH}", "delegate": "XNNPACK"}
     model = model.eval()
