@@ -347,6 +347,14 @@ class _Exporter:
         tolerance = None if quantization == "int8-dynamic" else 1e-3
         return self.finish(variant, "onnx", path, seconds, kind, details, tolerance)
 
+    def search_skipped(self) -> str:
+        """Why no int8 format runs its accuracy-aware search here ("" when it does)."""
+        if not self.accuracy_aware:
+            return "accuracy-aware search off"
+        if self.checker.data.images is None:
+            return "no images to validate on (random inputs)"
+        return ""
+
     def limits(self, variant: str) -> ParityThresholds:
         """The thresholds (for int8: the accuracy budget) ``variant`` is held to on this exporter's parity images."""
         has_labels = self.checker.data.labels is not None
@@ -372,9 +380,9 @@ class _Exporter:
             "ort_session_config": session_config,
         }
         runtime = {"ort_session_config": session_config, "validated_isa": isa}
-        if not self.accuracy_aware or self.checker.data.images is None:
+        why = self.search_skipped()
+        if why:
             quantize_with_ranges(prepared, work, ranges, start, metadata_from=base)
-            why = "accuracy-aware search off" if not self.accuracy_aware else "no images to validate on (random inputs)"
             details.update({"kept_float": start, "search": None, "search_skipped": why})
             return details, runtime
         budget = self.limits(variant)

@@ -149,8 +149,8 @@ def search_float_layers(exporter, variant: str, details: dict):
     from ..parity_check import compare_logits, judge
 
     data = exporter.checker.data
-    if not exporter.accuracy_aware or data.images is None:
-        why = "accuracy-aware search off" if not exporter.accuracy_aware else "no images to validate on (random inputs)"
+    why = exporter.search_skipped()
+    if why:
         details.update({"kept_float": [], "search": None, "search_skipped": why})
         return None
     budget = exporter.limits(variant)

@@ -202,10 +202,8 @@ def int8_variant(exporter, variant: str, model, metadata: ModelMetadata) -> tupl
 def _search_skipped(exporter, budget: ParityThresholds) -> str:
     """Why the accuracy-aware search does not run ("" when it does)."""
     data = exporter.checker.data
-    if not exporter.accuracy_aware:
-        return "accuracy-aware search off"
-    if data.images is None:
-        return "no images to validate on (random inputs)"
+    if why := exporter.search_skipped():
+        return why
     if nncf_int8.search_metric(budget, data.labels is not None) is None:
         return "the budget limits neither accuracy nor top-1 agreement"
     if len(data.images.paths) < 2:

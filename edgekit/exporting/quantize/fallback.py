@@ -110,6 +110,24 @@ class LayerSearch:
     kept_step: int
     stopped: str
 
+    def record(
+        self, budget: ParityThresholds, isa: str, session_config: dict[str, str], calibration: dict, quantized_nodes: int, started: float
+    ) -> Int8Search:
+        """The search as the export result records it (one record for every format's search)."""
+        return Int8Search(
+            budget=budget,
+            isa=isa,
+            session_config=session_config,
+            calibration=calibration,
+            quantized_nodes=quantized_nodes,
+            steps=self.steps,
+            kept_float=self.kept_float,
+            within_budget=self.within_budget,
+            kept_step=self.kept_step,
+            stopped=self.stopped,
+            seconds=round(time.perf_counter() - started, 2),
+        )
+
 
 def search_layers(
     layers: list[str],
@@ -238,19 +256,8 @@ def search_int8(
     )
     if search.kept_step != len(search.steps) - 1:
         quantize_with_ranges(prepared, out, ranges, search.kept_float, metadata_from=metadata_from)
-    return Int8Search(
-        budget=budget,
-        isa=isa,
-        session_config=ranking.session_config,
-        calibration={"method": ranges.method, "images": ranges.images},
-        quantized_nodes=len(quantizable),
-        steps=search.steps,
-        kept_float=search.kept_float,
-        within_budget=search.within_budget,
-        kept_step=search.kept_step,
-        stopped=search.stopped,
-        seconds=round(time.perf_counter() - started, 2),
-    )
+    calibration = {"method": ranges.method, "images": ranges.images}
+    return search.record(budget, isa, ranking.session_config, calibration, len(quantizable), started)
 
 
 def with_margin(metrics: ParityMetrics) -> ParityMetrics:

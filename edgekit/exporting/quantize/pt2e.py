@@ -292,19 +292,9 @@ def search_pt2e(
     search = search_layers(
         int8.layers, [], evaluate, validation.within_budget, rank, max_steps=max_steps, max_seconds=max_seconds, progress=progress
     )
-    return Int8Search(
-        budget=budget,
-        isa=isa,
-        session_config={},  # ExecuTorch programs carry no runtime settings
-        calibration={"method": "histogram (XNNPACKQuantizer)", "images": int8.images, "recalibrated_candidates": int8.recalibrations},
-        quantized_nodes=len(int8.layers),
-        steps=search.steps,
-        kept_float=search.kept_float,
-        within_budget=search.within_budget,
-        kept_step=search.kept_step,
-        stopped=search.stopped,
-        seconds=round(time.perf_counter() - started, 2),
-    )
+    calibration = {"method": "histogram (XNNPACKQuantizer)", "images": int8.images, "recalibrated_candidates": int8.recalibrations}
+    # session_config: ExecuTorch programs carry no runtime settings
+    return search.record(budget, isa, {}, calibration, len(int8.layers), started)
 
 
 def _observers(prepared) -> dict[tuple, tuple[object, list[str]]]:
