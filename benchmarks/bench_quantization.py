@@ -5,10 +5,10 @@
     python benchmarks/bench_quantization.py --zoo --json out.json --md out.md
 
 Strategies (each row is one ONNX file, timed interleaved with fp32 in one `edgekit.bench` run, batch 1, ort-cpu):
-- plain: static QDQ int8, minmax, bias correction, first Conv and last Gemm in float, no search
+- plain: static QDQ int8, minmax, GPTQ rounding and bias correction, first Conv and last Gemm in float, no search
 - u8u8 session: the same file run with ``session.x64quantprecision=1`` (what edgekit records on x86 without VNNI)
 - reference rows: fp16, and int8-dynamic (the classifier's Gemm alone in int8)
-- ablations of the quantization choices: no bias correction, percentile / entropy calibration, every layer int8, per-tensor weights,
+- ablations of the quantization choices: no GPTQ rounding, no bias correction, neither, percentile / entropy calibration, every layer int8, per-tensor weights,
   symmetric activations, 7-bit weights (reduce_range), uint8 weights, depthwise convolutions in float
 - accuracy-aware: ``edgekit export --quantize int8`` (the budget search), and the same from percentile ranges
 - auto: ``edgekit export --quantize auto``
@@ -69,6 +69,8 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
         ("every layer int8", {"exclude_first_last": False}),
         ("per-tensor weights", {"per_channel": False}),
         ("no bias correction", {"bias_correction": False}),
+        ("no GPTQ rounding", {"gptq": False}),
+        ("nearest rounding, no bias correction", {"gptq": False, "bias_correction": False}),
     ):
         out = work / f"{name.replace(' ', '-')}.onnx"
         _, seconds = timed(lambda: quantize_static(base, out, _batches(run, calib), **kwargs))
@@ -139,18 +141,18 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
 
 def _ort_ablation(base: Path, out: Path, batches, work: Path, depthwise_float: bool = False, weight_type: str = "QInt8", **options) -> Path:
     """Static QDQ int8 like edgekit's plain row (minmax, per-channel, uint8 activations, first Conv and last Gemm in
-    float, bias correction), with one ORT quantizer option changed."""
+    float, GPTQ rounding and bias correction), with one ORT quantizer option changed."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
     from edgekit.exporting.quantize import first_and_last_compute_nodes, prepare
-    from edgekit.exporting.quantize.ort import BatchReader, ChannelMeans, correct_biases
+    from edgekit.exporting.quantize.ort import BatchReader, ConvInputs, correct_biases, round_weights_gptq
 
     prepared = prepare(base, work / f"prepared-{out.stem}.onnx")
     model = onnx.load(str(prepared))
-    means = ChannelMeans(model)
-    batches = list(means.observe(batches))
+    inputs = ConvInputs(model)
+    batches = list(inputs.observe(batches))
     excluded = first_and_last_compute_nodes(model)
     if depthwise_float:
         excluded += [n.name for n in model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
@@ -166,7 +168,7 @@ def _ort_ablation(base: Path, out: Path, batches, work: Path, depthwise_float: b
         calibrate_method=CalibrationMethod.MinMax,
         **options,
     )
-    onnx.save(correct_biases(onnx.load(str(out)), model, means.result()), str(out))
+    onnx.save(correct_biases(round_weights_gptq(onnx.load(str(out)), model, inputs.moments()), model, inputs.means()), str(out))
     return out
 
 

@@ -374,7 +374,7 @@ class _Exporter:
             "calibration_images": ranges.images,
             "calibration_data": self.calibration.source,
             "activations": "uint8 asymmetric, per tensor",
-            "weights": "int8 symmetric, per channel",
+            "weights": "int8 symmetric, per channel, GPTQ rounding (each Conv's output error on the calibration images, not each weight's)",
             "bias_correction": "each int8 Conv's bias absorbs its rounded weights' mean shift (calibration images)",
             "isa": isa,
             "ort_session_config": session_config,
