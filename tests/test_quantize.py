@@ -297,6 +297,9 @@ def test_gptq_rounding_moves_a_layers_output_less_than_nearest_rounding():
 
     assert rounded.min() >= -127 and rounded.max() <= 127 and np.array_equal(rounded, np.round(rounded))
     assert output_error(rounded) < 0.8 * output_error(nearest), (output_error(rounded), output_error(nearest))
+    # Inputs that are always zero, or moments that are not positive definite: nearest rounding, never a crash.
+    for degenerate in (np.zeros((groups, columns, columns)), -np.eye(columns)[None].repeat(groups, axis=0)):
+        assert np.array_equal(quantize_ort._gptq(weight, degenerate, scale, zero, -127, 127, 0.01), nearest)
     original = quantize_ort.GPTQ_BLOCK
     try:
         quantize_ort.GPTQ_BLOCK = columns
