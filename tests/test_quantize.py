@@ -362,3 +362,47 @@ def test_gptq_rounding_lowers_each_layers_output_error_on_real_activations(float
 def test_load_batch_is_c_contiguous_nchw(real_batches):
     calibration, held_out = real_batches
     assert held_out.flags["C_CONTIGUOUS"] and held_out.dtype == np.float32 and held_out.shape[1] == 3
+
+
+def _run(path, inputs, level):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: inputs})[0]
+
+
+def test_layers_kept_in_float_really_run_in_float(float_model, real_batches, tmp_path):
+    """ONNX Runtime's WeightBiasQuantization (a basic graph optimization) quantizes, per tensor, the weights of any
+    Conv/Gemm fed by a DequantizeLinear: a layer excluded from quantization would run in per-tensor int8. edgekit
+    feeds such layers their float activation (re-applying a ReLU the quantizer folded into a QuantizeLinear), so
+    ORT's optimized session computes what the unoptimized graph says, and the result stays close to fp32."""
+    from edgekit.exporting.quantize import calibrate, prepare, quantize_with_ranges
+
+    calibration, held_out = real_batches
+    prepared = prepare(float_model, tmp_path / "prepared.onnx")
+    ranges = calibrate(prepared, iter(calibration), "minmax", tmp_path)
+    convs = [n.name for n in onnx.load(str(prepared)).graph.node if n.op_type == "Conv"]
+    kept_float = convs[1::2]  # every other Conv: their inputs come from ReLUs folded into QuantizeLinear ranges
+    out = quantize_with_ranges(prepared, tmp_path / "half.onnx", ranges, kept_float)
+    model = onnx.load(str(out))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in kept_float:
+            assert producers[node.input[0]].op_type != "DequantizeLinear", node.name
+    onnx.checker.check_model(model)
+
+    optimized_path = tmp_path / "optimized.onnx"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(optimized_path)
+    ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    added = [n.name for n in onnx.load(str(optimized_path)).graph.node if n.name.endswith(("_weight_q", "_weight_dq"))]
+    assert not added, f"ORT quantized layers that were kept in float: {added[:3]}"
+
+    reference = _logits(prepared, held_out)
+    unoptimized = _run(out, held_out, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    optimized = _run(out, held_out, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    spread = float(np.std(reference))
+    assert float(np.abs(optimized - unoptimized).mean()) < 0.05 * spread
+    everything = _logits(quantize_with_ranges(prepared, tmp_path / "all.onnx", ranges, []), held_out)
+    assert float(np.abs(optimized - reference).mean()) < float(np.abs(everything - reference).mean()) + 0.02 * spread

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from ...errors import ExportError, ModelError
 from ...parity_check import ParityMetrics, ParityThresholds
 from ...safety import onnx_session
-from .ort import Ranges, load_model, quantize_with_ranges
+from .ort import FloatActivations, Ranges, load_model, quantize_with_ranges, sort_topologically
 
 QUANTIZABLE = ("Conv", "Gemm", "MatMul", "ConvTranspose")
 MAX_STEPS = 24  # layers returned to float before giving up
@@ -84,12 +84,10 @@ class Ranking:
     def scores(self, qdq_path: Path, float_path: Path, candidates: list[str], tick: Callable[[str], None]) -> list[tuple[float, str]]:
         """(error with the node in float, node), lowest error first: the node whose float version helps most."""
         qdq, float_model = load_model(qdq_path), load_model(float_path)
-        floats = {t.name: t for t in float_model.graph.initializer}
-        float_nodes = {n.name: n for n in float_model.graph.node}
         scored = []
         for name in candidates:
             tick(f"ranking {name}")
-            edited = float_node(qdq, name, float_nodes, floats)
+            edited = float_node(qdq, name, float_model)
             if edited is None:
                 continue
             scored.append((self.error(edited.SerializeToString()), name))
@@ -282,14 +280,18 @@ def _better(step: FallbackStep, best: FallbackStep) -> bool:
     return key(step) > key(best)
 
 
-def float_node(qdq, name: str, float_nodes: dict, float_initializers: dict):
+def float_node(qdq, name: str, float_model):
     """A copy of the QDQ model in which node ``name`` reads float inputs: each input that comes through a
-    DequantizeLinear is rewired to the float tensor behind it (the QuantizeLinear's input for activations, the
-    original float initializer for weights and bias). None if the node is not there or not quantized."""
+    DequantizeLinear is rewired to the float tensor behind it (for activations the float activation as the float
+    model computes it, see ``ort.FloatActivations``; for weights and bias the original float initializer). None if
+    the node is not there or not quantized."""
     import onnx
 
     model = onnx.ModelProto()
     model.CopyFrom(qdq)
+    float_nodes = {n.name: n for n in float_model.graph.node}
+    float_initializers = {t.name: t for t in float_model.graph.initializer}
+    activations = FloatActivations(model, float_model)
     nodes = {n.name: n for n in model.graph.node}
     target, original = nodes.get(name), float_nodes.get(name)
     if target is None or original is None or len(original.input) != len(target.input):
@@ -303,7 +305,10 @@ def float_node(qdq, name: str, float_nodes: dict, float_initializers: dict):
             continue
         source = producers.get(dequantize.input[0])
         if source is not None and source.op_type == "QuantizeLinear":
-            target.input[index] = source.input[0]
+            released = activations.behind(tensor)
+            if released is None:
+                continue
+            target.input[index] = released
         elif original.input[index] in float_initializers:
             # The QDQ graph may reuse the float name for the DequantizeLinear output, so the copy gets its own name.
             copy_name = original.input[index] + "_edgekit_float"
@@ -317,6 +322,8 @@ def float_node(qdq, name: str, float_nodes: dict, float_initializers: dict):
         else:
             continue
         changed = True
+    if activations.added:
+        sort_topologically(model.graph)
     return model if changed else None
 
 
