@@ -141,13 +141,13 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
 
 def _ort_ablation(base: Path, out: Path, batches, work: Path, depthwise_float: bool = False, weight_type: str = "QInt8", **options) -> Path:
     """Static QDQ int8 like edgekit's plain row (minmax, per-channel, uint8 activations, first Conv and last Gemm in
-    float, GPTQ rounding and bias correction), with one ORT quantizer option changed."""
+    float and really float, GPTQ rounding and bias correction), with one ORT quantizer option changed."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
     from edgekit.exporting.quantize import first_and_last_compute_nodes, prepare
-    from edgekit.exporting.quantize.ort import BatchReader, ConvInputs, correct_biases, round_weights_gptq
+    from edgekit.exporting.quantize.ort import BatchReader, ConvInputs, correct_biases, release_float_layers, round_weights_gptq
 
     prepared = prepare(base, work / f"prepared-{out.stem}.onnx")
     model = onnx.load(str(prepared))
@@ -168,7 +168,8 @@ def _ort_ablation(base: Path, out: Path, batches, work: Path, depthwise_float: b
         calibrate_method=CalibrationMethod.MinMax,
         **options,
     )
-    onnx.save(correct_biases(round_weights_gptq(onnx.load(str(out)), model, inputs.moments()), model, inputs.means()), str(out))
+    quantized = release_float_layers(onnx.load(str(out)), model)  # as quantize_with_ranges does
+    onnx.save(correct_biases(round_weights_gptq(quantized, model, inputs.moments()), model, inputs.means()), str(out))
     return out
 
 
