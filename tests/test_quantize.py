@@ -42,8 +42,10 @@ def real_batches(trained_run, photo_folders):
     return calibration, load_batch(val, preprocessing)
 
 
-def _logits(path, inputs):
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _logits(path, inputs, level=ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = level
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: inputs})[0]
 
 
@@ -364,13 +366,6 @@ def test_load_batch_is_c_contiguous_nchw(real_batches):
     assert held_out.flags["C_CONTIGUOUS"] and held_out.dtype == np.float32 and held_out.shape[1] == 3
 
 
-def _run(path, inputs, level):
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {session.get_inputs()[0].name: inputs})[0]
-
-
 def test_layers_kept_in_float_really_run_in_float(float_model, real_batches, tmp_path):
     """ONNX Runtime's WeightBiasQuantization (a basic graph optimization) quantizes, per tensor, the weights of any
     Conv/Gemm fed by a DequantizeLinear: a layer excluded from quantization would run in per-tensor int8. edgekit
@@ -400,8 +395,8 @@ def test_layers_kept_in_float_really_run_in_float(float_model, real_batches, tmp
     assert not added, f"ORT quantized layers that were kept in float: {added[:3]}"
 
     reference = _logits(prepared, held_out)
-    unoptimized = _run(out, held_out, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    optimized = _run(out, held_out, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    unoptimized = _logits(out, held_out, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    optimized = _logits(out, held_out, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     spread = float(np.std(reference))
     assert float(np.abs(optimized - unoptimized).mean()) < 0.05 * spread
     everything = _logits(quantize_with_ranges(prepared, tmp_path / "all.onnx", ranges, []), held_out)

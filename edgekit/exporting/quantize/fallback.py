@@ -303,13 +303,10 @@ def float_node(qdq, name: str, float_model):
         dequantize = producers.get(tensor)
         if dequantize is None or dequantize.op_type != "DequantizeLinear":
             continue
-        source = producers.get(dequantize.input[0])
-        if source is not None and source.op_type == "QuantizeLinear":
-            released = activations.behind(tensor)
-            if released is None:
-                continue
+        released = activations.behind(tensor)  # an activation: the float tensor behind its Q/DQ pair
+        if released is not None:
             target.input[index] = released
-        elif original.input[index] in float_initializers:
+        elif original.input[index] in float_initializers:  # a weight or bias: its float initializer
             # The QDQ graph may reuse the float name for the DequantizeLinear output, so the copy gets its own name.
             copy_name = original.input[index] + "_edgekit_float"
             if copy_name not in present:

@@ -303,20 +303,15 @@ def round_weights_gptq(qdq, float_model, moments: dict[str, np.ndarray], damping
     float_nodes = {n.name: n for n in float_model.graph.node if n.op_type == "Conv"}
     float_values = {t.name: t for t in float_model.graph.initializer}
     for node in qdq.graph.node:
-        original, dequantize = float_nodes.get(node.name), producers.get(node.input[1]) if len(node.input) > 1 else None
-        if node.op_type != "Conv" or original is None or node.name not in moments or dequantize is None:
+        original = float_nodes.get(node.name)
+        if node.op_type != "Conv" or original is None or node.name not in moments:
             continue
-        if dequantize.op_type != "DequantizeLinear" or dequantize.input[0] not in initializers or original.input[1] not in float_values:
+        stored = _stored_dequantize(node.input[1], producers, initializers)
+        if stored is None or original.input[1] not in float_values:
             continue
-        quantized = numpy_helper.to_array(initializers[dequantize.input[0]])
+        quantized, scale, zero, name = stored
         weight = numpy_helper.to_array(float_values[original.input[1]]).astype(np.float64)
-        scale = np.broadcast_to(numpy_helper.to_array(initializers[dequantize.input[1]]).astype(np.float64), weight.shape[:1])
-        zero = (
-            numpy_helper.to_array(initializers[dequantize.input[2]]).astype(np.float64)
-            if len(dequantize.input) > 2 and dequantize.input[2] in initializers
-            else np.zeros(1)
-        )
-        zero = np.broadcast_to(zero, weight.shape[:1])
+        scale, zero = np.broadcast_to(scale, weight.shape[:1]), np.broadcast_to(zero, weight.shape[:1])
         hessian = moments[node.name]
         group = hessian.shape[0]
         shape = (group, weight.shape[0] // group, -1)
@@ -330,9 +325,7 @@ def round_weights_gptq(qdq, float_model, moments: dict[str, np.ndarray], damping
             rounded = _gptq(weight.reshape(shape), hessian, scale.reshape(shape[:2]), zero.reshape(shape[:2]), low, high, damping)
             if cache is not None:
                 cache[key] = rounded
-        initializers[dequantize.input[0]].CopyFrom(
-            numpy_helper.from_array(rounded.reshape(quantized.shape).astype(quantized.dtype), dequantize.input[0])
-        )
+        initializers[name].CopyFrom(numpy_helper.from_array(rounded.reshape(quantized.shape).astype(quantized.dtype), name))
     return qdq
 
 
@@ -442,7 +435,7 @@ FLOAT_LAYER_TYPES = ("Conv", "ConvTranspose", "Gemm")  # what ORT's WeightBiasQu
 def release_float_layers(qdq, float_model):
     """``qdq`` with every layer left in float (a float weight initializer) reading float input: where its input
     comes through a DequantizeLinear of a QuantizeLinear, it reads the float activation behind them instead
-    (``float_activation``), and Q/DQ pairs left without a consumer are removed. Returns ``qdq`` (edited in place).
+    (``FloatActivations``), and Q/DQ pairs left without a consumer are removed. Returns ``qdq`` (edited in place).
 
     Why: ONNX Runtime's basic graph optimizations include ``WeightBiasQuantization`` (ORT 1.20+), which quantizes
     the weights of any Conv/ConvTranspose/Gemm whose input comes from a per-tensor DequantizeLinear, to
@@ -525,6 +518,20 @@ def _remove_dead_qdq(model) -> None:
             model.graph.node.remove(node)
 
 
+def _stored_dequantize(tensor: str, producers: dict, initializers: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray, str] | None:
+    """(stored integers, scale, zero point, integers' initializer name) of the DequantizeLinear that makes
+    ``tensor`` from an initializer (a quantized weight or bias); None if ``tensor`` is not made that way."""
+    from onnx import numpy_helper
+
+    node = producers.get(tensor)
+    if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in initializers:
+        return None
+    scale = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
+    has_zero = len(node.input) > 2 and node.input[2] in initializers
+    zero = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64) if has_zero else np.zeros(())
+    return numpy_helper.to_array(initializers[node.input[0]]), scale, zero, node.input[0]
+
+
 def correct_biases(qdq, float_model, input_means: dict[str, np.ndarray]):
     """``qdq`` with every quantized Conv's bias corrected for the mean shift of its rounded weights:
     b' = b - sum over (input channel, kernel) of (W_int8 - W) * E[x]. The bias stays int32 on the same scale
@@ -538,15 +545,13 @@ def correct_biases(qdq, float_model, input_means: dict[str, np.ndarray]):
     float_values = {t.name: t for t in float_model.graph.initializer}
 
     def dequantized(tensor: str) -> tuple[np.ndarray, np.ndarray, str] | None:
-        """(int values, scale, initializer name) of a DequantizeLinear fed by an initializer."""
-        node = producers.get(tensor)
-        if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in initializers:
+        """(float values, scale, initializer name) of a DequantizeLinear fed by an initializer."""
+        stored = _stored_dequantize(tensor, producers, initializers)
+        if stored is None:
             return None
-        values = numpy_helper.to_array(initializers[node.input[0]]).astype(np.float64)
-        zero = numpy_helper.to_array(initializers[node.input[2]]).astype(np.float64) if len(node.input) > 2 else 0.0
-        scale = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float64)
+        values, scale, zero, name = stored
         shape = (-1,) + (1,) * (values.ndim - 1) if np.ndim(scale) else ()
-        return (values - np.reshape(zero, shape)) * np.reshape(scale, shape), scale, node.input[0]
+        return (values.astype(np.float64) - np.reshape(zero, shape)) * np.reshape(scale, shape), scale, name
 
     for node in qdq.graph.node:
         original = float_nodes.get(node.name)
