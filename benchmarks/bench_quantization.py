@@ -5,12 +5,12 @@
     python benchmarks/bench_quantization.py --zoo --json out.json --md out.md
 
 Strategies (each row is one ONNX file, timed interleaved with fp32 in one `edgekit.bench` run, batch 1, ort-cpu):
-- plain: static QDQ int8, minmax, GPTQ rounding and bias correction, first Conv and last Gemm in float, no search
+- plain: static QDQ int8, percentile ranges, GPTQ rounding and bias correction, first Conv and last Gemm in float, no search
 - u8u8 session: the same file run with ``session.x64quantprecision=1`` (what edgekit records on x86 without VNNI)
 - reference rows: fp16, and int8-dynamic (the classifier's Gemm alone in int8)
-- ablations of the quantization choices: no GPTQ rounding, no bias correction, neither, percentile / entropy calibration, every layer int8, per-tensor weights,
+- ablations of the quantization choices: no GPTQ rounding, no bias correction, neither, minmax / entropy calibration, every layer int8, per-tensor weights,
   symmetric activations, 7-bit weights (reduce_range), uint8 weights, depthwise convolutions in float
-- accuracy-aware: ``edgekit export --quantize int8`` (the budget search), and the same from percentile ranges
+- accuracy-aware: ``edgekit export --quantize int8`` (the budget search), and the same from minmax ranges
 - auto: ``edgekit export --quantize auto``
 - nncf-ac: NNCF's ``quantize_with_accuracy_control`` on the fp32 ONNX, run with OpenVINO (where openvino/nncf are installed)
 
@@ -60,11 +60,11 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
         shutil.copyfile(made.variants[0].path, kept)
         files[name] = (kept, {}, seconds)
     plain = work / "plain.onnx"
-    _, seconds = timed(lambda: quantize_static(base, plain, _batches(run, calib), method="minmax"))
+    _, seconds = timed(lambda: quantize_static(base, plain, _batches(run, calib)))  # edgekit's defaults
     files["plain"] = (plain, {}, seconds)
     files["u8u8 session"] = (plain, {"session.x64quantprecision": "1"}, seconds)
     for name, kwargs in (
-        ("percentile", {"method": "percentile"}),
+        ("minmax calibration", {"method": "minmax"}),
         ("entropy", {"method": "entropy"}),
         ("every layer int8", {"exclude_first_last": False}),
         ("per-tensor weights", {"per_channel": False}),
@@ -75,7 +75,7 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
         out = work / f"{name.replace(' ', '-')}.onnx"
         _, seconds = timed(lambda: quantize_static(base, out, _batches(run, calib), **kwargs))
         files[name] = (out, {}, seconds)
-    # Choices edgekit does not offer as options, made with ORT's quantizer directly (minmax, first/last in float).
+    # Choices edgekit does not offer as options, made with ORT's quantizer directly (percentile, first/last in float).
     for name, kwargs in (
         ("symmetric activations", {"extra_options": {"ActivationSymmetric": True}}),
         ("7-bit weights (reduce_range)", {"reduce_range": True}),
@@ -91,12 +91,12 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
     kept = Path(int8.path).with_name("searched.int8.onnx")
     shutil.copyfile(int8.path, kept)
     files["accuracy-aware"] = (kept, {}, seconds)
-    searched_p, seconds = timed(
-        lambda: export(run, quantize="int8", calib_data=calib, parity_data=parity_data, calib_method="percentile", progress=True)
+    searched_m, seconds = timed(
+        lambda: export(run, quantize="int8", calib_data=calib, parity_data=parity_data, calib_method="minmax", progress=True)
     )
-    kept = work / "searched-percentile.int8.onnx"
-    shutil.copyfile(searched_p.variants[0].path, kept)
-    files["accuracy-aware, percentile calibration"] = (kept, {}, seconds)
+    kept = work / "searched-minmax.int8.onnx"
+    shutil.copyfile(searched_m.variants[0].path, kept)
+    files["accuracy-aware, minmax calibration"] = (kept, {}, seconds)
     auto, seconds = timed(lambda: export_auto(run, calib_data=calib, parity_data=parity_data, progress=True))
     files[f"auto ({auto.choice.chosen})"] = (Path(auto.choice.path), {}, seconds)
     nncf_file = _nncf_accuracy_control(run, base, calib, parity_data, work)
@@ -140,36 +140,36 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
 
 
 def _ort_ablation(base: Path, out: Path, batches, work: Path, depthwise_float: bool = False, weight_type: str = "QInt8", **options) -> Path:
-    """Static QDQ int8 like edgekit's plain row (minmax, per-channel, uint8 activations, first Conv and last Gemm in
-    float and really float, GPTQ rounding and bias correction), with one ORT quantizer option changed."""
+    """Static QDQ int8 like edgekit's plain row (percentile ranges, per-channel, uint8 activations, first Conv and
+    last Gemm in float and really float, GPTQ rounding and bias correction), with one ORT quantizer option changed."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
     from edgekit.exporting.quantize import first_and_last_compute_nodes, prepare
-    from edgekit.exporting.quantize.ort import BatchReader, ConvInputs, correct_biases, release_float_layers, round_weights_gptq
+    from edgekit.exporting.quantize.ort import calibrate, correct_biases, release_float_layers, round_weights_gptq
 
     prepared = prepare(base, work / f"prepared-{out.stem}.onnx")
     model = onnx.load(str(prepared))
-    inputs = ConvInputs(model)
-    batches = list(inputs.observe(batches))
+    ranges = calibrate(prepared, batches, "percentile", work)
     excluded = first_and_last_compute_nodes(model)
     if depthwise_float:
         excluded += [n.name for n in model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
     ort_quantize_static(
         str(prepared),
         str(out),
-        BatchReader(model.graph.input[0].name, batches),
+        None,
         quant_format=QuantFormat.QDQ,
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=getattr(QuantType, weight_type),
         nodes_to_exclude=excluded,
-        calibrate_method=CalibrationMethod.MinMax,
+        calibrate_method=CalibrationMethod.Percentile,
+        calibration_cache_path=ranges.path,
         **options,
     )
     quantized = release_float_layers(onnx.load(str(out)), model)  # as quantize_with_ranges does
-    onnx.save(correct_biases(round_weights_gptq(quantized, model, inputs.moments()), model, inputs.means()), str(out))
+    onnx.save(correct_biases(round_weights_gptq(quantized, model, ranges.input_moments), model, ranges.input_means), str(out))
     return out
 
 

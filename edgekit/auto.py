@@ -218,6 +218,7 @@ def export_auto(
         thresholds=thresholds,
         max_parity_images=max_parity_images,
         progress=progress,
+        speed_check=False,  # auto times every candidate itself, longer and contention-aware
         **export_options,
     )
     fp32 = next(v for v in exported.variants if v.variant == "fp32")

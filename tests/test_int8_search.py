@@ -154,6 +154,64 @@ def test_int8_export_records_budget_search_and_runtime_settings(run_copy):
     metadata = read_onnx_metadata(int8.path)
     assert metadata.validated_isa == isa_class()
     assert metadata.ort_session_config == int8_runtime_config(isa_class())
+    speed = int8.details["speed_vs_fp32"]  # timed against fp32 here, in alternating pairs
+    assert speed["pairs"] >= 8 and speed["reference_ms"] > 0 and speed["candidate_ms"] > 0
+
+
+def test_int8_export_warns_when_int8_is_clearly_slower_than_fp32(run_copy, monkeypatch):
+    """The warning follows the paired timing's verdict (injected here: timings are not unit-tested)."""
+    from edgekit.exporting import export
+    from edgekit.exporting import speed_check as paired
+
+    def slower(reference, candidate, **_):
+        return paired.PairedTiming(
+            reference_ms=5.0,
+            candidate_ms=8.0,
+            speedup=0.62,
+            pairs=40,
+            candidate_slower_pairs=38,
+            clearly_slower=True,
+            clearly_faster=False,
+        )
+
+    monkeypatch.setattr(paired, "compare", slower)
+    (int8,) = export(run_copy, quantize="int8", accuracy_aware=False).variants
+    (warning,) = [w for w in int8.details.get("warnings", []) if "fp32" in w]
+    assert "0.62x as fast as fp32" in warning and "38 of 40" in warning and "--quantize auto" in warning
+    (quiet,) = export(run_copy, quantize="int8", accuracy_aware=False, speed_check=False).variants
+    assert "speed_vs_fp32" not in quiet.details and not any("fp32" in w for w in quiet.details.get("warnings", []))
+
+
+def _fake_calls(reference_s: float, candidate_s: float, jitter: list[float]):
+    """Two 'models' that advance a fake clock by fixed times plus a repeating jitter, and the clock."""
+    now, step = [0.0], [0]
+
+    def clock() -> float:
+        return now[0]
+
+    def call(seconds: float):
+        def run():
+            now[0] += seconds + jitter[step[0] % len(jitter)]
+            step[0] += 1
+
+        return run
+
+    return call(reference_s), call(candidate_s), clock
+
+
+def test_paired_timing_says_slower_only_beyond_chance():
+    from edgekit.exporting.speed_check import compare
+
+    reference, candidate, clock = _fake_calls(0.010, 0.012, [0.0, 0.001, -0.001])
+    slow = compare(reference, candidate, pairs=30, clock=clock)
+    assert slow.clearly_slower and not slow.clearly_faster and slow.speedup < 1 and slow.pairs == 30
+    # Equal models whose noise decides every pair: the pairs split about evenly, and no verdict is given.
+    reference, candidate, clock = _fake_calls(0.010, 0.010, list(np.random.default_rng(0).normal(0, 0.002, 101)))
+    even = compare(reference, candidate, pairs=30, clock=clock)
+    assert not even.clearly_slower and not even.clearly_faster
+    # The time bound ends the pairs early (at least 8).
+    reference, candidate, clock = _fake_calls(1.0, 1.0, [0.0])
+    assert 8 <= compare(reference, candidate, pairs=100, max_seconds=5.0, clock=clock).pairs < 100
 
 
 def test_cli_quantize_auto_writes_the_choice(run_copy):

@@ -99,6 +99,7 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
         progress=True,
         fixed_batch=options.fixed_batch,
         ort_format=options.ort_format,
+        speed_check=options.speed_check,
         **shared,
     )
     if as_json:
@@ -168,9 +169,11 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
         if search:
             kept = len(search["kept_float"])
             if search["within_budget"]:
+                speed = variant.details.get("speed_vs_fp32")
                 console.print(
                     f"{variant.variant}: within budget with {kept} of {search['quantized_nodes']} layers in float "
-                    f"({len(search['steps'])} validated step(s), {search['seconds']:.0f} s)",
+                    f"({len(search['steps'])} validated step(s), {search['seconds']:.0f} s)"
+                    + (f"; {speed['speedup']:.2f}x fp32's speed here (batch 1, quick check)" if speed else ""),
                     highlight=False,
                 )
             else:

@@ -153,6 +153,7 @@ def export(
     accuracy_aware: bool = EXPORT_DEFAULTS.accuracy_aware,
     max_fallback_steps: int = MAX_FALLBACK_STEPS,
     max_fallback_seconds: float = MAX_FALLBACK_SECONDS,
+    speed_check: bool = EXPORT_DEFAULTS.speed_check,
 ) -> ExportResult:
     """Export ``run`` (a Run or run directory) to ``formats`` ("onnx", "torch-export", "all") with every
     ``quantize`` choice for ONNX ("none", "fp16", "int8", "int8-dynamic"), and check each variant's parity.
@@ -172,7 +173,8 @@ def export(
     the most sensitive first, until the budget holds (``accuracy_aware=False`` skips the search; the steps and
     seconds are bounded by ``max_fallback_steps``/``max_fallback_seconds``). It is also hardware-aware: the model
     records the ORT session options its CPU class needs (U8U8 kernels on x86 without VNNI) and the ISA class it
-    was validated on, and every edgekit runtime applies them.
+    was validated on, and every edgekit runtime applies them. ``speed_check`` times the ONNX int8 file against fp32
+    here for a few seconds (``details["speed_vs_fp32"]``) and warns when it is clearly slower.
     """
 
     started = time.perf_counter()
@@ -209,7 +211,7 @@ def export(
         if f != "onnx":  # a float-only format (torch-export) makes its one program whatever --quantize asks
             made = FORMAT_QUANTIZATIONS[f]
             steps += [(f, q, False) for q in (quantize if len(made) > 1 else made) if q in made]
-    exporter.fixed_batch, exporter.ort_format = fixed_batch, ort_format
+    exporter.fixed_batch, exporter.ort_format, exporter.speed_check = fixed_batch, ort_format, speed_check
     exporter.accuracy_aware, exporter.max_fallback_steps, exporter.max_fallback_seconds = (
         accuracy_aware,
         max_fallback_steps,
@@ -257,6 +259,7 @@ class _Exporter:
         self.accuracy_aware = True
         self.max_fallback_steps = MAX_FALLBACK_STEPS
         self.max_fallback_seconds = MAX_FALLBACK_SECONDS
+        self.speed_check = True
         self._base: dict[str, tuple[Path, float, int]] = {}  # input kind -> (fp32 onnx, seconds, opset)
 
     # ----------------------------------------------------------------- building blocks
@@ -342,10 +345,33 @@ class _Exporter:
         set_metadata(proto, metadata.to_props())
         path = self.run.exports_dir / variant_file_name(variant)
         save_proto(proto, path)
+        if quantization == "int8" and self.speed_check:
+            self._speed_vs_fp32(base, path, kind, runtime["ort_session_config"], details)
         seconds = time.perf_counter() - started + (base_seconds if quantization == "none" else 0.0)
         # Dynamic quantization scales activations per batch, so one image's logits legitimately depend on its batch.
         tolerance = None if quantization == "int8-dynamic" else 1e-3
         return self.finish(variant, "onnx", path, seconds, kind, details, tolerance)
+
+    def _speed_vs_fp32(self, base: Path, path: Path, kind: str, session_config: dict[str, str], details: dict) -> None:
+        """Time the int8 file against fp32 here (alternating pairs, batch 1, a few seconds) into ``details``, with a
+        warning when int8 is clearly slower: on CPUs without VNNI, and with many layers kept in float, it can be."""
+        from .quantize.fallback import ort_session
+        from .speed_check import compare
+
+        image = self.checker.data.inputs(kind)[:1]
+        fp32, int8 = ort_session(base, {}), ort_session(path, session_config)
+        name = fp32.get_inputs()[0].name
+        self.bar.describe("int8: timing it against fp32 on this CPU")
+        timing = compare(lambda: fp32.run(None, {name: image}), lambda: int8.run(None, {name: image}))
+        details["speed_vs_fp32"] = timing.model_dump()
+        if timing.clearly_slower:
+            search = details.get("search") or {}
+            floats = f" with {len(search['kept_float'])} of {search['quantized_nodes']} layers in float" if search else ""
+            details.setdefault("warnings", []).append(
+                f"ran {timing.speedup:.2f}x as fast as fp32 on this CPU{floats} (batch 1 median, {timing.candidate_ms:.2f} vs "
+                f"{timing.reference_ms:.2f} ms, slower in {timing.candidate_slower_pairs} of {timing.pairs} alternating pairs): "
+                "fp32 (model.onnx) is the faster file here; --quantize auto picks by measurement"
+            )
 
     def search_skipped(self) -> str:
         """Why no int8 format runs its accuracy-aware search here ("" when it does)."""

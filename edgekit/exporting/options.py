@@ -52,11 +52,18 @@ class ExportOptions(BaseModel):
     )
     max_fallback_steps: int = Field(24, ge=0, description="int8: at most this many layers go back to float.")
     max_fallback_seconds: float = Field(900.0, ge=0, description="int8: time bound of the accuracy-aware search.")
+    speed_check: bool = Field(
+        True,
+        json_schema_extra={"flag": "--no-speed-check"},
+        description="ONNX int8: do not time it against fp32 on this CPU (a few seconds) nor warn when it is slower.",
+    )
     opset: int | None = Field(None, description="ONNX opset version [default: the exporter's].")
     calib_data: Path | None = Field(None, description="int8 calibration images (folder) [default: the run's training images].")
     calib_size: int = Field(300, description="How many calibration images (class-stratified).")
     calib_method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="How int8 activation ranges are chosen from the calibration images."
+        "percentile",
+        description="How int8 activation ranges are chosen from the calibration images (percentile: minmax without the "
+        "outermost 0.001% of values; measured at least as good as minmax on every model and seed tried).",
     )
     parity_data: Path | None = Field(None, description="Images for the parity check [default: the run's validation images].")
     max_parity_images: int = Field(256, description="Parity uses at most this many images (class-stratified).")

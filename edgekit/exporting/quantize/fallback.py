@@ -324,8 +324,8 @@ def float_node(qdq, name: str, float_model):
     return model if changed else None
 
 
-def run_onnx(model: bytes | str | Path, inputs: np.ndarray, session_config: dict[str, str], batch: int = 16) -> np.ndarray:
-    """Logits of an ONNX model (a file or serialized bytes) under the given ORT session config."""
+def ort_session(model: bytes | str | Path, session_config: dict[str, str]):
+    """An ORT CPU session for an ONNX model (a file or serialized bytes) under the given session config."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -333,8 +333,13 @@ def run_onnx(model: bytes | str | Path, inputs: np.ndarray, session_config: dict
     for key, value in session_config.items():
         options.add_session_config_entry(key, value)
     try:
-        session = onnx_session(model if isinstance(model, bytes) else Path(model), options)
+        return onnx_session(model if isinstance(model, bytes) else Path(model), options)
     except ModelError as exc:
         raise ExportError(f"a quantized candidate cannot be run: {exc}") from exc
+
+
+def run_onnx(model: bytes | str | Path, inputs: np.ndarray, session_config: dict[str, str], batch: int = 16) -> np.ndarray:
+    """Logits of an ONNX model (a file or serialized bytes) under the given ORT session config."""
+    session = ort_session(model, session_config)
     name = session.get_inputs()[0].name
     return np.concatenate([session.run(None, {name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]).astype(np.float32)
