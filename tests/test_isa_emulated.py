@@ -1,0 +1,57 @@
+"""An int8 file on a CPU without VNNI, emulated with qemu's user-mode x86 emulator (skipped where it is not
+installed: ``apt-get install qemu-user``; CI does not have it). ONNX Runtime picks its int8 kernels from CPUID, and
+``qemu-x86_64 -cpu EPYC-Rome`` reports a Zen 2 (AVX2, no AVX-512, no VNNI), so this runs the real u8s8/U8U8 kernel
+choice of such a CPU on whatever x86 machine the tests have. benchmarks/bench_isa_emulated.py measures the same
+on a 224 px model and real digits."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-x86_64 (qemu-user) is not installed"),
+]
+
+_LOGITS = """
+import sys, numpy as np, onnxruntime as ort
+options = ort.SessionOptions()
+for entry in sys.argv[4:]:
+    key, value = entry.split("=", 1)
+    options.add_session_config_entry(key, value)
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+np.save(sys.argv[3], session.run(None, {session.get_inputs()[0].name: np.load(sys.argv[2])})[0])
+"""
+
+
+def test_int8_with_its_recorded_session_config_computes_on_a_cpu_without_vnni_what_was_validated(run_copy, tmp_path):
+    from edgekit.data import load_batch
+    from edgekit.exporting import export
+    from edgekit.hardware import int8_runtime_config, isa_class
+    from edgekit.metadata import read_onnx_metadata
+    from edgekit.parity_check import images_in
+
+    (int8,) = export(run_copy, quantize="int8", accuracy_aware=False, speed_check=False).variants
+    images = images_in(run_copy.card.val_dir, run_copy.card.class_names, max_images=8)
+    inputs = tmp_path / "inputs.npy"
+    np.save(inputs, load_batch(images.paths, run_copy.card.preprocessing).astype(np.float32))
+
+    def logits(config: dict[str, str], cpu: str | None) -> np.ndarray:
+        command = [sys.executable, "-c", _LOGITS, int8.path, str(inputs), str(tmp_path / "out.npy")] + [
+            f"{k}={v}" for k, v in config.items()
+        ]
+        subprocess.run((["qemu-x86_64", "-cpu", cpu] if cpu else []) + command, check=True, stderr=subprocess.DEVNULL, timeout=600)
+        return np.load(tmp_path / "out.npy")
+
+    native = logits(read_onnx_metadata(int8.path).ort_session_config, None)  # what the export validated, on this CPU
+    zen2 = int8_runtime_config("x86-avx2")
+    assert zen2, "a CPU without VNNI must get a session config against u8s8 saturation"
+    emulated = logits(zen2, "EPYC-Rome")
+    # Both paths sum exact integer products; only float requantization could differ, by a rounding step at most.
+    assert (emulated.argmax(1) == native.argmax(1)).all()
+    assert np.abs(emulated - native).max() <= 0.02 * np.abs(native).max(), f"validated on {isa_class()}, differs emulated"
