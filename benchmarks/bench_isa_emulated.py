@@ -43,12 +43,12 @@ np.save(out, np.concatenate([session.run(None, {name: inputs[i : i + 8]})[0] for
 """
 
 
-def logits(model: Path, inputs: Path, out: Path, config: dict[str, str], cpu: str | None) -> np.ndarray:
-    """Logits of ``model`` (natively, or under ``qemu-x86_64 -cpu CPU``)."""
+def logits(model: Path, inputs: Path, out: Path, config: dict[str, str], cpu: str | None, timeout: float | None = None) -> np.ndarray:
+    """Logits of ``model`` (natively, or under ``qemu-x86_64 -cpu CPU``), written to and read from ``out``."""
     command = [sys.executable, "-c", _LOGITS, str(model), str(inputs), str(out)] + [f"{k}={v}" for k, v in config.items()]
     if cpu is not None:
         command = ["qemu-x86_64", "-cpu", cpu] + command
-    subprocess.run(command, check=True, stderr=subprocess.DEVNULL)
+    subprocess.run(command, check=True, stderr=subprocess.DEVNULL, timeout=timeout)
     return np.load(out)
 
 

@@ -75,7 +75,12 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
         out = work / f"{name.replace(' ', '-')}.onnx"
         _, seconds = timed(lambda: quantize_static(base, out, _batches(run, calib), **kwargs))
         files[name] = (out, {}, seconds)
-    # Choices edgekit does not offer as options, made with ORT's quantizer directly (percentile, first/last in float).
+    # Choices edgekit does not offer as options, made with ORT's quantizer directly (percentile, first/last in float),
+    # all from one calibration.
+    from edgekit.exporting.quantize import calibrate, prepare
+
+    prepared = prepare(base, work / "prepared-ablations.onnx")
+    ranges = calibrate(prepared, _batches(run, calib), "percentile", work)
     for name, kwargs in (
         ("symmetric activations", {"extra_options": {"ActivationSymmetric": True}}),
         ("7-bit weights (reduce_range)", {"reduce_range": True}),
@@ -83,7 +88,7 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
         ("depthwise convs in float", {"depthwise_float": True}),
     ):
         out = work / f"{name.split(' (')[0].replace(' ', '-')}.onnx"
-        _, seconds = timed(lambda: _ort_ablation(base, out, _batches(run, calib), work, **kwargs))
+        _, seconds = timed(lambda: _ort_ablation(prepared, ranges, out, **kwargs))
         files[name] = (out, {}, seconds)
     searched, seconds = timed(lambda: export(run, quantize="int8", calib_data=calib, parity_data=parity_data, progress=True))
     int8 = searched.variants[0]
@@ -139,19 +144,18 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
     return rows
 
 
-def _ort_ablation(base: Path, out: Path, batches, work: Path, depthwise_float: bool = False, weight_type: str = "QInt8", **options) -> Path:
-    """Static QDQ int8 like edgekit's plain row (percentile ranges, per-channel, uint8 activations, first Conv and
-    last Gemm in float and really float, GPTQ rounding and bias correction), with one ORT quantizer option changed."""
+def _ort_ablation(prepared: Path, ranges, out: Path, depthwise_float: bool = False, weight_type: str = "QInt8", **options) -> Path:
+    """Static QDQ int8 like edgekit's plain row (percentile ``ranges`` of ``prepared``, per-channel, uint8
+    activations, first Conv and last Gemm in float and really float, GPTQ rounding and bias correction), with one ORT
+    quantizer option changed."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
-    from edgekit.exporting.quantize import first_and_last_compute_nodes, prepare
-    from edgekit.exporting.quantize.ort import calibrate, correct_biases, release_float_layers, round_weights_gptq
+    from edgekit.exporting.quantize import first_and_last_compute_nodes
+    from edgekit.exporting.quantize.ort import correct_biases, release_float_layers, round_weights_gptq
 
-    prepared = prepare(base, work / f"prepared-{out.stem}.onnx")
     model = onnx.load(str(prepared))
-    ranges = calibrate(prepared, batches, "percentile", work)
     excluded = first_and_last_compute_nodes(model)
     if depthwise_float:
         excluded += [n.name for n in model.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]

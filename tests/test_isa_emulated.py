@@ -7,26 +7,19 @@ on a 224 px model and real digits."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_isa_emulated import logits  # noqa: E402  (the benchmark's runner: one way to run a model emulated)
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("qemu-x86_64") is None, reason="qemu-x86_64 (qemu-user) is not installed"),
 ]
-
-_LOGITS = """
-import sys, numpy as np, onnxruntime as ort
-options = ort.SessionOptions()
-for entry in sys.argv[4:]:
-    key, value = entry.split("=", 1)
-    options.add_session_config_entry(key, value)
-session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
-np.save(sys.argv[3], session.run(None, {session.get_inputs()[0].name: np.load(sys.argv[2])})[0])
-"""
 
 
 def test_int8_with_its_recorded_session_config_computes_on_a_cpu_without_vnni_what_was_validated(run_copy, tmp_path):
@@ -41,17 +34,11 @@ def test_int8_with_its_recorded_session_config_computes_on_a_cpu_without_vnni_wh
     inputs = tmp_path / "inputs.npy"
     np.save(inputs, load_batch(images.paths, run_copy.card.preprocessing).astype(np.float32))
 
-    def logits(config: dict[str, str], cpu: str | None) -> np.ndarray:
-        command = [sys.executable, "-c", _LOGITS, int8.path, str(inputs), str(tmp_path / "out.npy")] + [
-            f"{k}={v}" for k, v in config.items()
-        ]
-        subprocess.run((["qemu-x86_64", "-cpu", cpu] if cpu else []) + command, check=True, stderr=subprocess.DEVNULL, timeout=600)
-        return np.load(tmp_path / "out.npy")
-
-    native = logits(read_onnx_metadata(int8.path).ort_session_config, None)  # what the export validated, on this CPU
+    model, out = Path(int8.path), tmp_path / "out.npy"
+    native = logits(model, inputs, out, read_onnx_metadata(int8.path).ort_session_config, None, 600)  # what export validated
     zen2 = int8_runtime_config("x86-avx2")
     assert zen2, "a CPU without VNNI must get a session config against u8s8 saturation"
-    emulated = logits(zen2, "EPYC-Rome")
+    emulated = logits(model, inputs, out, zen2, "EPYC-Rome", 600)
     # Both paths sum exact integer products; only float requantization could differ, by a rounding step at most.
     assert (emulated.argmax(1) == native.argmax(1)).all()
     assert np.abs(emulated - native).max() <= 0.02 * np.abs(native).max(), f"validated on {isa_class()}, differs emulated"
