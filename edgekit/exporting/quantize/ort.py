@@ -10,7 +10,7 @@ Choices made here, from measurements on this project's machines (README, "Measur
 - activation ranges are the 99.999th percentile of each tensor's absolute values (ORT's percentile calibrator), not
   its min and max: zoo Lite0, 400 held-out crops, two calibration sets: 95.25% vs 94.25% and 95.25% vs 95.0%
   agreement; the search from them 99.0% vs 97.0%; digits 99.4% vs 98.6% (README, "Measured"). The cost is a
-  histogram pass (about 1 s per 10 images at 224 px here);
+  histogram pass (about 2 s per 10 images at 224 px on 2 cores);
 - calibration ranges are computed once (``calibrate``) and reused for every re-quantization with other nodes
   kept in float, which is what makes the accuracy-aware search affordable;
 - dynamic int8 is restricted to MatMul/Gemm: on Conv it becomes ConvInteger, 5-10x SLOWER than fp32;
