@@ -10,8 +10,8 @@ AVX2 without AVX-512 or VNNI (default ``EPYC-Rome``, a Zen 2), so ONNX Runtime p
 there. Emulation is slow (about 7 s per 224 px Lite0 image on 2 cores), and it measures numerics, not speed.
 
 For the run's ``model.int8.onnx`` on ``--images`` labelled images, it prints: the native run (what the export
-validated), and the emulated run without and with the ORT session config edgekit records for CPUs without VNNI
-(``edgekit.hardware.int8_runtime_config``): top-1 agreement with fp32, accuracy, and the largest logit difference
+validated), and the emulated run without and with the ORT session config edgekit's runtime gives such a CPU
+(``edgekit.hardware.ort_session_config_here``): top-1 agreement with fp32, accuracy, and the largest logit difference
 from the native int8 run. The model is right on such a CPU when "with edgekit's session config" matches native.
 """
 
@@ -64,7 +64,8 @@ def main(argv=None) -> int:
         parser.error("qemu-x86_64 is not installed (apt-get install qemu-user)")
 
     from edgekit.data import load_batch
-    from edgekit.hardware import int8_runtime_config, isa_class
+    from edgekit.hardware import isa_class, ort_session_config_here
+    from edgekit.metadata import read_onnx_metadata
     from edgekit.parity_check import images_in
     from edgekit.runs import Run
 
@@ -72,7 +73,11 @@ def main(argv=None) -> int:
     fp32, int8 = run.exports_dir / "model.onnx", run.exports_dir / "model.int8.onnx"
     images = images_in(args.data, run.card.class_names, max_images=args.images)
     labels = np.asarray(images.labels) if images.labels is not None else None
-    native_config, emulated_config = int8_runtime_config(isa_class()), int8_runtime_config(args.isa)
+    # What edgekit's ORT runtime runs the file under, natively and on the emulated CPU (under qemu, /proc/cpuinfo
+    # still shows this machine's flags, so the emulated CPU's config is asked for by its class, --isa).
+    metadata = read_onnx_metadata(int8)
+    native_config = ort_session_config_here(metadata.ort_session_config, metadata.validated_isa)
+    emulated_config = ort_session_config_here(metadata.ort_session_config, metadata.validated_isa, args.isa)
     with tempfile.TemporaryDirectory(prefix="edgekit-isa-") as workdir:
         work = Path(workdir)
         inputs = work / "inputs.npy"

@@ -592,6 +592,22 @@ def test_the_gate_reuses_fresh_parity_reports_made_on_the_same_images(gated, pho
 
 
 @pytest.mark.slow
+def test_int8_validated_on_another_cpu_class_is_measured_again_not_taken_from_its_report(gated, photo_folders, monkeypatch):
+    from edgekit import hardware
+    from edgekit.gating import gate
+
+    base, run_dir, out, _ = gated
+    here = hardware.isa_class()
+    other = {"sse2", "avx", "avx2", "fma"} if here != "x86-avx2" else {"sse2", "avx2", "avx512f", "avx512_vnni", "amx_int8"}
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(other))  # the same files, on a simulated other CPU
+    config = GateConfig.from_yaml(_write_config(base / "other-cpu.yaml", run="run", data=str(photo_folders[1]), variants=PARITY_ONLY))
+    again = gate(config)
+    assert str(run_dir / "exports" / "int8.parity.json") not in again.reports  # int8 re-measured on this "CPU"
+    assert str(run_dir / "exports" / "fp32.parity.json") in again.reports  # fp32 names no ISA: its report stands
+    assert again.passed and again.measure("int8").n_images == 24
+
+
+@pytest.mark.slow
 def test_junit_and_markdown_files_from_the_cli_are_complete(gated):
     _, _, out, _ = gated
     suite = ET.parse(out / "gate.xml").getroot()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edgekit import hardware
@@ -39,11 +41,26 @@ def test_this_machine_has_a_class():
     assert hardware.isa_class() in hardware.ISA_CLASSES
 
 
-def test_numerics_compare_by_saturation_not_by_name():
-    assert hardware.same_int8_numerics("x86-avx512-vnni", "x86-amx")
-    assert hardware.same_int8_numerics("x86-avx2", "x86-avx512")
-    assert not hardware.same_int8_numerics("x86-avx512-vnni", "x86-avx2")
-    assert hardware.same_int8_numerics(None, "x86-avx2")
+@pytest.mark.parametrize(
+    "recorded, validated, here, expected",
+    [
+        ({}, "x86-amx", "x86-avx2", {"session.x64quantprecision": "1"}),  # exported with VNNI, run on an EPYC: U8U8
+        ({"session.x64quantprecision": "1"}, "x86-avx2", "x86-amx", {}),  # exported on an EPYC, run with VNNI: not
+        ({"session.x64quantprecision": "1"}, "x86-avx2", "x86-avx512", {"session.x64quantprecision": "1"}),
+        ({}, "x86-avx512-vnni", "x86-avx-vnni", {}),
+        ({}, "x86-avx2", "arm64-dotprod", {}),
+        ({"session.x64quantprecision": "1"}, None, "x86-amx", {"session.x64quantprecision": "1"}),  # not edgekit's: as is
+    ],
+)
+def test_the_precision_option_follows_the_cpu_that_runs_the_model(recorded, validated, here, expected):
+    assert hardware.ort_session_config_here(recorded, validated, here) == expected
+
+
+def test_a_model_is_validated_here_only_on_its_own_class():
+    assert hardware.validated_here("x86-amx", "x86-amx")
+    assert hardware.validated_here(None, "x86-avx2")
+    assert not hardware.validated_here("x86-avx512-vnni", "x86-amx")
+    assert not hardware.validated_here("x86-avx2", "x86-avx512")
 
 
 def test_runtime_metadata_round_trips():
@@ -71,8 +88,10 @@ def test_runtime_metadata_from_another_hand_is_checked(payload):
     assert "evil.onnx" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_ort_applies_the_recorded_session_config(trained_run, tmp_path):
-    """A model that records U8U8 int8 kernels gets them in edgekit's ORT runtime (on any x86 CPU it runs)."""
+@pytest.mark.parametrize("exported_on", ["x86-avx2", "x86-amx"])
+def test_ort_runs_an_int8_file_with_the_precision_of_the_cpu_it_runs_on(trained_run, tmp_path, monkeypatch, exported_on):
+    """Whichever CPU exported it, edgekit's ORT runtime gives an int8 file U8U8 kernels on a CPU without VNNI and
+    none on one with VNNI (simulated flags), and both compute the same logits wherever this CPU does not saturate."""
     import shutil
 
     import numpy as np
@@ -84,20 +103,34 @@ def test_ort_applies_the_recorded_session_config(trained_run, tmp_path):
 
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run.path, run_dir)
-    export(run_dir, quantize="int8")
+    export(run_dir, quantize="int8", accuracy_aware=False, speed_check=False)
     path = run_dir / "exports" / "model.int8.onnx"
     proto = onnx.load(str(path))
-    set_metadata(proto, {RUNTIME_KEY: '{"ort_session_config": {"session.x64quantprecision": "1"}, "validated_isa": "x86-avx2"}'})
+    recorded = hardware.int8_runtime_config(exported_on)
+    set_metadata(proto, {RUNTIME_KEY: json.dumps({"ort_session_config": recorded, "validated_isa": exported_on})})
     onnx.save(proto, str(path))
-    session = runtimes.load(path, runtime="ort-cpu")
-    assert session.info["session_config"] == {"session.x64quantprecision": "1"}
     crop = trained_run.card.preprocessing.crop
-    logits = session.run(np.zeros((2, 3, crop, crop), np.float32))
-    assert logits.shape == (2, trained_run.card.num_classes) and np.isfinite(logits).all()
+    batch = np.random.default_rng(0).standard_normal((4, 3, crop, crop)).astype(np.float32)
+    here = hardware.isa_class()  # the real CPU, before the flags are simulated
+    logits = {}
+    for cpu, flags in (("epyc", EPYC_ZEN2), ("sapphire rapids", SAPPHIRE_RAPIDS)):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: frozenset(flags))
+        session = runtimes.load(path, runtime="ort-cpu")
+        expected = {"session.x64quantprecision": "1"} if cpu == "epyc" else {}
+        assert session.info["session_config"] == expected, cpu
+        logits[cpu] = session.run(batch)
+        assert logits[cpu].shape == (4, trained_run.card.num_classes) and np.isfinite(logits[cpu]).all()
+    if not hardware.int8_saturates(here):
+        # U8U8 and VNNI/AMX both sum exact integer products: the same model, the same logits
+        np.testing.assert_array_equal(logits["epyc"], logits["sapphire rapids"])
+    explicit = runtimes.load(path, runtime="ort-cpu", session_config={"session.x64quantprecision": "0"})
+    assert explicit.info["session_config"] == {"session.x64quantprecision": "0"}  # an explicit option wins
 
 
 def test_a_model_validated_on_another_int8_class_gets_a_note():
-    assert hardware.isa_mismatch_note("x86-avx2", "x86-avx512-vnni") is not None
+    assert "without U8U8" in hardware.isa_mismatch_note("x86-avx2", "x86-avx512-vnni")
     assert "x86-avx2" in hardware.isa_mismatch_note("x86-avx2", "x86-amx")
-    assert hardware.isa_mismatch_note("x86-amx", "x86-avx512-vnni") is None
+    assert "session.x64quantprecision=1" in hardware.isa_mismatch_note("x86-amx", "x86-avx2")
+    assert "--data" in hardware.isa_mismatch_note("x86-amx", "x86-avx512-vnni")
+    assert hardware.isa_mismatch_note("x86-amx", "x86-amx") is None
     assert hardware.isa_mismatch_note(None, "x86-avx2") is None

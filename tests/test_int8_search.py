@@ -229,6 +229,8 @@ def test_cli_quantize_auto_writes_the_choice(run_copy):
         exports / ("model.onnx" if choice["chosen"] == "fp32" else "model.int8.onnx")
     ).read_bytes()
     assert {c["variant"] for c in choice["candidates"]} == {"fp32", "int8"}
+    # an int8 pick tells the user's app the one session option it needs on x86 without VNNI
+    assert ("add_session_config_entry('session.x64quantprecision', '1')" in result.output) == (choice["chosen"] == "int8")
     # a ResNet's only matrix multiplication is its classifier: int8-dynamic is left out, and the choice says why
     assert "int8-dynamic" in choice["left_out"] and "MatMul/Gemm do" in choice["left_out"]["int8-dynamic"]
     assert "fp16" in choice["left_out"]

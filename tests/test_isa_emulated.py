@@ -22,10 +22,10 @@ pytestmark = [
 ]
 
 
-def test_int8_with_its_recorded_session_config_computes_on_a_cpu_without_vnni_what_was_validated(run_copy, tmp_path):
+def test_int8_under_edgekits_session_config_computes_on_a_cpu_without_vnni_what_was_validated(run_copy, tmp_path):
     from edgekit.data import load_batch
     from edgekit.exporting import export
-    from edgekit.hardware import int8_runtime_config, isa_class
+    from edgekit.hardware import isa_class, ort_session_config_here
     from edgekit.metadata import read_onnx_metadata
     from edgekit.parity_check import images_in
 
@@ -35,8 +35,10 @@ def test_int8_with_its_recorded_session_config_computes_on_a_cpu_without_vnni_wh
     np.save(inputs, load_batch(images.paths, run_copy.card.preprocessing).astype(np.float32))
 
     model, out = Path(int8.path), tmp_path / "out.npy"
-    native = logits(model, inputs, out, read_onnx_metadata(int8.path).ort_session_config, None, 600)  # what export validated
-    zen2 = int8_runtime_config("x86-avx2")
+    metadata = read_onnx_metadata(int8.path)
+    native = logits(model, inputs, out, metadata.ort_session_config, None, 600)  # what export validated
+    # what edgekit's ORT runtime would run this file under on a Zen 2 (qemu cannot show it its own CPU flags)
+    zen2 = ort_session_config_here(metadata.ort_session_config, metadata.validated_isa, "x86-avx2")
     assert zen2, "a CPU without VNNI must get a session config against u8s8 saturation"
     emulated = logits(model, inputs, out, zen2, "EPYC-Rome", 600)
     # Both paths sum exact integer products; only float requantization could differ, by a rounding step at most.

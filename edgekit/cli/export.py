@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from ..exporting.options import ExportOptions
+from ..hardware import ORT_PRECISION_KEY
 from ..parity_check import NEAR_TIE, ParityOptions
 from .options import options_from_model
 from .output import console, errors
@@ -112,27 +113,20 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
 
 
 def show_runtime_settings(result, only: str | None = None) -> None:
-    """One line per int8 file: the ORT session options the user's own app must set, and where it was proven."""
+    """One line per ONNX int8 file: where it was proven and the ORT session option the user's own app must set on
+    x86 without VNNI (edgekit's own tools set it themselves, by the CPU they run on: hardware.ort_session_config_here)."""
     for variant in result.variants:
         if only is not None and variant.variant != only:
             continue
-        config = variant.details.get("ort_session_config")
-        if config is None:
+        if variant.details.get("ort_session_config") is None:
             continue
         isa = variant.details.get("isa", "this CPU")
-        if config:
-            settings = ", ".join(f"add_session_config_entry({k!r}, {v!r})" for k, v in config.items())
-            console.print(
-                f"{variant.variant}: validated on {isa}; your app must set SessionOptions.{settings} "
-                "(int8 saturates on x86 without VNNI otherwise)",
-                highlight=False,
-            )
-        else:
-            console.print(
-                f"{variant.variant}: validated on {isa} (VNNI-class int8, no session option needed); "
-                "on x86 without VNNI set session.x64quantprecision=1 and re-check parity",
-                highlight=False,
-            )
+        console.print(
+            f"{variant.variant}: validated on {isa}. In your app, on x86 without VNNI (AVX2, AVX-512 without VNNI, e.g. "
+            f"AMD EPYC Zen 2/3) call SessionOptions.add_session_config_entry('{ORT_PRECISION_KEY}', '1'): int8 saturates "
+            "there without it; with VNNI leave it unset (same results, slower)",
+            highlight=False,
+        )
 
 
 def show_export(result, budget_failures_are_final: bool = True) -> None:

@@ -17,7 +17,7 @@ from ..benchmarking import bench as run_bench
 from ..benchmarking.targets import artifact_bytes
 from ..errors import EdgekitError
 from ..exporting import export as run_export
-from ..hardware import isa_class, same_int8_numerics
+from ..hardware import isa_class, validated_here
 from ..metadata import read_onnx_metadata
 from ..parity_check import ParityChecker, ParityData, ParityResult, ParityThresholds, images_in, run_parity_images
 from ..runs import Run
@@ -211,7 +211,7 @@ def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max
     if variant == AUTO:
         return None  # export's reports are per variant file; the auto copy is measured here
     if artifact.suffix == ".onnx" and not _validated_here(artifact):
-        return None  # int8 proven on a CPU class with other int8 numerics (VNNI vs not): measure it again here
+        return None  # int8 proven on another CPU class: measure it again here
     path = run.exports_dir / Variant.parse(variant).parity_file_name
     if not path.is_file() or path.stat().st_mtime < max(artifact.stat().st_mtime, run.model_path.stat().st_mtime):
         return None
@@ -234,9 +234,8 @@ def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max
 
 
 def _validated_here(artifact: Path) -> bool:
-    """Whether the ISA class the artifact's int8 was validated on computes int8 like this machine."""
-    validated = read_onnx_metadata(artifact).validated_isa
-    return same_int8_numerics(validated, isa_class())
+    """Whether the artifact's int8 was validated on this machine's ISA class (else the gate re-measures it)."""
+    return validated_here(read_onnx_metadata(artifact).validated_isa, isa_class())
 
 
 class _ParityOnce:

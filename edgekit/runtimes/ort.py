@@ -64,6 +64,7 @@ class OrtRuntime:
     def load(self, artifact: Path, threads: int | None, options: dict) -> Session:
         import onnxruntime as ort
 
+        from ..hardware import ort_session_config_here
         from ..metadata import read_onnx_metadata
         from ..safety import check_onnx_file
 
@@ -92,9 +93,11 @@ class OrtRuntime:
             providers.append("CPUExecutionProvider")  # for the few ops a GPU provider lacks
         proto = check_onnx_file(artifact)  # refuses corrupt files and external data pointing outside the model's folder
         metadata = read_onnx_metadata(artifact)
-        # What the model needs to compute what it was validated to compute (e.g. U8U8 int8 kernels on x86 without
-        # VNNI), recorded by export; an explicit session_config option wins, for experiments.
-        session_config = {**metadata.ort_session_config, **{str(k): str(v) for k, v in (options.get("session_config") or {}).items()}}
+        # What the model needs on this CPU to compute what it was validated to compute (U8U8 int8 kernels on x86
+        # without VNNI, whichever CPU exported it: hardware.ort_session_config_here); an explicit session_config
+        # option wins, for experiments.
+        here = ort_session_config_here(metadata.ort_session_config, metadata.validated_isa)
+        session_config = {**here, **{str(k): str(v) for k, v in (options.get("session_config") or {}).items()}}
         for key, value in session_config.items():
             session_options.add_session_config_entry(key, value)
         try:
