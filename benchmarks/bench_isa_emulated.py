@@ -13,6 +13,8 @@ For the run's ``model.int8.onnx`` on ``--images`` labelled images, it prints: th
 validated), and the emulated run without and with the ORT session config edgekit's runtime gives such a CPU
 (``edgekit.hardware.ort_session_config_here``): top-1 agreement with fp32, accuracy, and the largest logit difference
 from the native int8 run. The model is right on such a CPU when "with edgekit's session config" matches native.
+Last, natively, what that option would cost on this CPU (alternating pairs at batch 1) and whether it changes the
+logits here: why edgekit's runtime sets it only where the CPU has no VNNI.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def main(argv=None) -> int:
             rows.append(
                 (f"emulated {args.cpu} ({args.isa}), {label} {config or ''}", logits(int8, inputs, work / "e.npy", config, args.cpu))
             )
+        cost, cost_diff = _u8u8_cost_here(int8, np.load(inputs)[:1])
     print(f"{int8} on {len(reference)} images of {args.data}")
     print("| int8 run | agreement with fp32 | accuracy (fp32's) | max logit diff from native int8 |\n|---|---|---|---|")
     for label, values in rows:
@@ -97,7 +100,25 @@ def main(argv=None) -> int:
             f"{np.mean(values.argmax(1) == labels):.1%} ({np.mean(reference.argmax(1) == labels):.1%})" if labels is not None else "-"
         )
         print(f"| {label} | {agreement:.1%} | {accuracy} | {np.abs(values - native).max():.3g} |")
+    print(
+        f"\nnatively on {isa_class()}, batch 1, {cost.pairs} alternating pairs: without U8U8 {cost.reference_ms:.2f} ms p50, "
+        f"with session.x64quantprecision=1 {cost.candidate_ms:.2f} ms ({cost.speedup:.2f}x; "
+        f"{'clearly slower' if cost.clearly_slower else 'not clearly slower'}); max logit diff {cost_diff:.3g}"
+    )
     return 0
+
+
+def _u8u8_cost_here(model: Path, batch: np.ndarray) -> tuple:
+    """What U8U8 kernels cost on this CPU, and whether they compute the same: why edgekit's runtime sets the
+    option only on CPUs without VNNI (on those it is what keeps int8 from saturating)."""
+    from edgekit.exporting.quantize.fallback import ort_session
+    from edgekit.exporting.speed_check import compare
+
+    default, u8u8 = ort_session(model, {}), ort_session(model, {"session.x64quantprecision": "1"})
+    name = default.get_inputs()[0].name
+    timing = compare(lambda: default.run(None, {name: batch}), lambda: u8u8.run(None, {name: batch}), pairs=60, max_seconds=30)
+    diff = float(np.abs(default.run(None, {name: batch})[0] - u8u8.run(None, {name: batch})[0]).max())
+    return timing, diff
 
 
 if __name__ == "__main__":

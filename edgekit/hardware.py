@@ -9,8 +9,8 @@ in int32 and ARM's dot-product instructions do too, so those need nothing.
 Every x86 int8 path that does not saturate is exact integer arithmetic (VNNI and AMX accumulate u8*s8 in int32;
 U8U8 widens to 16 bits before multiplying), so an int8 file computes the same logits on any x86 CPU provided the
 precision option follows the CPU that runs it, not the one that exported it: U8U8 where u8s8 saturates, nothing
-where VNNI is there (U8U8 computes the same on a VNNI CPU, only slower: 22.9 vs 13.6 ms, the demo's Lite0 at batch
-1 on x86-amx). Measured: max logit difference 0 between U8U8 and AMX natively, and between an emulated Zen 2 with
+where VNNI is there (U8U8 computes the same on a VNNI CPU, only slower: 15.0 vs 6.2 ms p50, the demo's Lite0 at
+batch 1 on x86-amx). Measured: max logit difference 0 between U8U8 and AMX natively, and between an emulated Zen 2 with
 U8U8 and the native AMX run (benchmarks/bench_isa_emulated.py).
 
 The ISA class is read from /proc/cpuinfo (flags on x86, Features on ARM); every decision takes the flags as an
