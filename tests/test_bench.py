@@ -535,3 +535,25 @@ def test_cli_lists_runtimes_and_requires_targets():
     assert "edgekit[openvino]" in listing.output.replace("\n", "").replace(" ", "") or "openvino" in listing.output
     empty = CliRunner().invoke(cli, ["bench"])
     assert empty.exit_code == 2 and "no TARGETS" in empty.output
+
+
+def test_int8_validated_on_another_cpu_class_is_benched_with_this_cpus_precision_and_a_note(exported_run, tmp_path, val_dir, monkeypatch):
+    """A file exported on a VNNI machine, benched on a (simulated) AMD EPYC: U8U8 kernels, and a note that its
+    accuracy here is only known from the images."""
+    import json
+
+    import onnx
+
+    from edgekit import hardware
+    from edgekit.exporting.onnx import set_metadata
+    from edgekit.metadata import RUNTIME_KEY
+
+    path = tmp_path / "model.int8.onnx"
+    proto = onnx.load(str(exported_run.exports_dir / "model.int8.onnx"))
+    set_metadata(proto, {RUNTIME_KEY: json.dumps({"ort_session_config": {}, "validated_isa": "x86-amx"})})
+    onnx.save(proto, str(path))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"sse2", "avx", "avx2", "fma"}))
+    (m,) = bench([path], runtimes=["ort-cpu"], data=val_dir, threads=1, **FAST).measurements
+    assert m.fair_settings["session_config"] == {"session.x64quantprecision": "1"}
+    assert any("validated on x86-amx" in note and "x86-avx2" in note and "x64quantprecision=1" in note for note in m.notes)
+    assert m.top1 is not None  # with images, its accuracy here is measured
