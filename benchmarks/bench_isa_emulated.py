@@ -113,8 +113,10 @@ def _u8u8_cost_here(model: Path, batch: np.ndarray) -> tuple:
     option only on CPUs without VNNI (on those it is what keeps int8 from saturating)."""
     from edgekit.exporting.quantize.fallback import ort_session
     from edgekit.exporting.speed_check import compare
+    from edgekit.hardware import int8_runtime_config
 
-    default, u8u8 = ort_session(model, {}), ort_session(model, {"session.x64quantprecision": "1"})
+    # the option exactly as edgekit's runtime sets it on a CPU without VNNI
+    default, u8u8 = ort_session(model, {}), ort_session(model, int8_runtime_config("x86-avx2"))
     name = default.get_inputs()[0].name
     timing = compare(lambda: default.run(None, {name: batch}), lambda: u8u8.run(None, {name: batch}), pairs=60, max_seconds=30)
     diff = float(np.abs(default.run(None, {name: batch})[0] - u8u8.run(None, {name: batch})[0]).max())
