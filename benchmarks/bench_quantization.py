@@ -92,7 +92,7 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
         files[name] = (out, {}, seconds)
     searched, seconds = timed(lambda: export(run, quantize="int8", calib_data=calib, parity_data=parity_data, progress=True))
     int8 = searched.variants[0]
-    search = int8.details.get("search") or {}
+    search = int8.int8.search.model_dump() if int8.int8 is not None and int8.int8.search is not None else {}
     kept = Path(int8.path).with_name("searched.int8.onnx")
     shutil.copyfile(int8.path, kept)
     files["accuracy-aware"] = (kept, {}, seconds)

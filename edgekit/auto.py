@@ -18,7 +18,6 @@ Rules, in order:
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Sequence
@@ -27,8 +26,7 @@ from pydantic import BaseModel
 
 from .benchmarking import bench
 from .errors import ConfigError
-from .exporting import ExportResult, export
-from .exporting.options import EXPORT_DEFAULTS
+from .exporting import ExportOptions, ExportResult, check_auto, export, resolve_options
 from .files import atomic_path
 from .parity_check import ParityThresholds
 from .results import Result
@@ -179,51 +177,53 @@ class AutoResult(Result):
 
 def export_auto(
     run,
+    options: ExportOptions | None = None,
     *,
-    batch_size: int = EXPORT_DEFAULTS.batch_size,
-    threads: int | None = None,
-    calib_data: str | os.PathLike | None = EXPORT_DEFAULTS.calib_data,
-    calib_size: int = EXPORT_DEFAULTS.calib_size,
-    calib_method: str = EXPORT_DEFAULTS.calib_method,
-    parity_data: str | os.PathLike | None = EXPORT_DEFAULTS.parity_data,
     thresholds: ParityThresholds | None = None,
-    max_parity_images: int = EXPORT_DEFAULTS.max_parity_images,
     progress: bool = False,
+    threads: int | None = None,
     iterations: int = 30,
     candidates: Sequence[str] | None = None,
-    **export_options,
+    **fields,
 ) -> AutoResult:
-    """Export fp32 and int8 (within its accuracy budget), time them interleaved on this machine at ``batch_size``,
-    and write the fastest one that holds its budget and beats fp32 beyond noise as ``exports/model.auto.onnx``.
+    """Export fp32 and int8 (within its accuracy budget), time them interleaved on this machine at the options'
+    ``batch_size``, and write the fastest one that holds its budget and beats fp32 beyond noise as
+    ``exports/model.auto.onnx``. ``options`` (or keyword ``fields``) are ``ExportOptions``; their ``quantize`` is
+    ignored (auto picks the candidates) and the rules of auto hold (``exporting.check_auto``).
 
     ``candidates`` (the ``--quantize`` names, "none" being fp32) default to :func:`default_candidates`: fp16 is not a
     CPU candidate (ONNX Runtime's CPU provider computes float16 through casts, slower than fp32), and int8-dynamic
     only quantizes MatMul/Gemm, so it is one only where they do most of the work (not in a CNN, where they are the
     classifier alone). What was left out and why is recorded in the choice (``left_out``).
     """
-    if batch_size < 1:
-        raise ConfigError(f"--batch-size {batch_size} must be at least 1")
+    options = resolve_options(options, fields)
+    check_auto(options)
+    if options.batch_size < 1:
+        raise ConfigError(f"--batch-size {options.batch_size} must be at least 1")
     run = run if isinstance(run, Run) else Run.load(run)
     left_out: dict[str, str] = {}
     if candidates is None:
         candidates, left_out = default_candidates(run)
+    # auto times every candidate itself, longer and contention-aware, so export's quick speed check is skipped
     exported = export(
-        run,
-        formats=("onnx",),
-        quantize=tuple(candidates),
-        calib_data=calib_data,
-        calib_size=calib_size,
-        calib_method=calib_method,
-        parity_data=parity_data,
-        thresholds=thresholds,
-        max_parity_images=max_parity_images,
-        progress=progress,
-        speed_check=False,  # auto times every candidate itself, longer and contention-aware
-        **export_options,
+        run, options.model_copy(update={"quantize": tuple(candidates), "speed_check": False}), thresholds=thresholds, progress=progress
     )
-    fp32 = next(v for v in exported.variants if v.variant == "fp32")
-    if not fp32.passed:
-        raise ConfigError(f"the fp32 ONNX export itself failed parity ({'; '.join(fp32.failures)}); auto has nothing to choose from")
+    fp32 = exported.get("fp32")
+    if fp32 is None or not fp32.passed:
+        failures = "; ".join(fp32.failures) if fp32 is not None else "not exported"
+        raise ConfigError(f"the fp32 ONNX export itself failed parity ({failures}); auto has nothing to choose from")
+    choice = choose(_timed_candidates(exported, options.batch_size, threads, iterations, progress), options.batch_size)
+    choice.left_out = left_out
+    exports = run.exports_dir
+    with atomic_path(exports / AUTO_FILE) as tmp:
+        shutil.copyfile(choice.path, tmp)
+    choice.path = str(exports / AUTO_FILE)
+    choice.to_json(exports / CHOICE_FILE)
+    return AutoResult(export=exported, choice=choice)
+
+
+def _timed_candidates(exported: ExportResult, batch_size: int, threads, iterations: int, progress: bool) -> list[Candidate]:
+    """Every exported variant as a candidate, timed interleaved in one bench run."""
     paths = [Path(v.path) for v in exported.variants]
     measured = bench(
         paths, runtimes=("ort-cpu",), batch_sizes=(batch_size,), threads=threads, iterations=iterations, progress=progress, save=False
@@ -246,20 +246,4 @@ def export_auto(
                 contended=bool(getattr(timing, "contended", False)),
             )
         )
-    choice = choose(found, batch_size)
-    choice.left_out = left_out
-    exports = run.exports_dir
-    with atomic_path(exports / AUTO_FILE) as tmp:
-        shutil.copyfile(choice.path, tmp)
-    choice.path = str(exports / AUTO_FILE)
-    choice.to_json(exports / CHOICE_FILE)
-    return AutoResult(export=exported, choice=choice)
-
-
-def read_choice(run_or_exports: str | os.PathLike) -> AutoChoice | None:
-    """The recorded auto choice of a run (or its exports folder), None if auto never ran there."""
-    folder = Path(run_or_exports)
-    for candidate in (folder / CHOICE_FILE, folder / "exports" / CHOICE_FILE):
-        if candidate.is_file():
-            return AutoChoice.from_json(candidate)
-    return None
+    return found

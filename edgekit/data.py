@@ -20,7 +20,7 @@ import torch
 from PIL import Image, ImageFile
 
 from .errors import DataError, first_line
-from .metadata import FLOAT_INPUT, UINT8_INPUT
+from .metadata import InputKind
 from .progress import track
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -229,10 +229,10 @@ class TorchImageDataset(torch.utils.data.Dataset):
         return self.transform(load_image(path)), label
 
 
-def load_batch(paths: Sequence[str | os.PathLike], preprocessing, input_kind: str = FLOAT_INPUT) -> np.ndarray:
+def load_batch(paths: Sequence[str | os.PathLike], preprocessing, input_kind: str = InputKind.FLOAT) -> np.ndarray:
     """Decode image files into the batch a model of ``input_kind`` takes: the full transform into float32
     NCHW, or for "uint8-nhwc" (preprocessing embedded in the graph) only the resize and crop."""
-    if input_kind == UINT8_INPUT:
+    if input_kind == InputKind.UINT8:
         resize_crop = preprocessing.geometry_transform()
         return np.stack([resize_crop(load_image(p)) for p in paths])
     transform = preprocessing.transform()

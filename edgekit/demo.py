@@ -79,22 +79,20 @@ class DemoResult(Result):
     gate: GateResult | None = None
 
 
-EDGE_FORMATS = ("openvino", "executorch")  # each format's runtime has the same name
-
-
 def export_edge_targets(run_dir: Path, progress: bool = False) -> tuple[ExportResult | None, dict[str, str]]:
     """OpenVINO IR and ExecuTorch .pte (fp32 and int8, each with parity) of the run, for the formats whose extra is
     installed here; and, for the others, why not and how to install them."""
     from . import runtimes
     from .exporting import export
+    from .formats import all_formats
 
     formats, missing = [], {}
-    for name in EDGE_FORMATS:
-        ok, reason = runtimes.get_runtime(name).available()
+    for fmt in (f for f in all_formats() if f.extra is not None):  # the edge formats: each needs its extra
+        ok, reason = runtimes.get_runtime(fmt.runtime).available()
         if ok:
-            formats.append(name)
+            formats.append(fmt.name)
         else:
-            missing[name] = reason
+            missing[fmt.name] = reason
     for name, reason in missing.items():
         note(f"{name}: not exported or benched ({reason})", progress)
     if not formats:

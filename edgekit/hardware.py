@@ -20,6 +20,7 @@ argument so tests can simulate any CPU.
 from __future__ import annotations
 
 import platform
+from enum import Enum
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,8 +31,34 @@ from .errors import ModelError
 ORT_PRECISION_KEY = "session.x64quantprecision"
 ALLOWED_ORT_SESSION_CONFIG = {ORT_PRECISION_KEY: ("0", "1")}
 
-ISA_CLASSES = ("x86-amx", "x86-avx512-vnni", "x86-avx-vnni", "x86-avx512", "x86-avx2", "x86", "arm64-dotprod", "arm64", "unknown")
-_SATURATING = ("x86-avx512", "x86-avx2", "x86")  # u8s8 int8 dot products through int16 intermediates
+
+class IsaClass(str, Enum):
+    """The int8-relevant class of a CPU: which dot-product instructions its int8 kernels can use.
+
+    ARM: i8mm (SMMLA, Armv8.6 / Neoverse N2, V1, Cortex-A510+) > dotprod (SDOT, Armv8.2 / Cortex-A55, A76, A78,
+    Neoverse N1) > plain NEON (Cortex-A53, A72: widening multiplies)."""
+
+    X86_AMX = "x86-amx"
+    X86_AVX512_VNNI = "x86-avx512-vnni"
+    X86_AVX_VNNI = "x86-avx-vnni"
+    X86_AVX512 = "x86-avx512"
+    X86_AVX2 = "x86-avx2"
+    X86 = "x86"
+    ARM64_I8MM = "arm64-i8mm"
+    ARM64_DOTPROD = "arm64-dotprod"
+    ARM64 = "arm64"
+    UNKNOWN = "unknown"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_arm(self) -> bool:
+        return self.value.startswith("arm64")
+
+
+ISA_CLASSES = tuple(c.value for c in IsaClass)
+_SATURATING = (IsaClass.X86_AVX512, IsaClass.X86_AVX2, IsaClass.X86)  # u8s8 int8 dot products through int16 intermediates
 
 
 @lru_cache(maxsize=1)
@@ -41,6 +68,12 @@ def cpu_flags() -> frozenset[str]:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return frozenset()
+    return flags_in_cpuinfo(text)
+
+
+def flags_in_cpuinfo(text: str) -> frozenset[str]:
+    """The feature flags of a /proc/cpuinfo text (the first ``flags`` or ``Features`` line), so a target's cpuinfo
+    read over ssh is classified by the same rule as this machine's."""
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
@@ -48,31 +81,40 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def isa_class(flags: frozenset[str] | set[str] | None = None, machine: str | None = None) -> str:
-    """The int8-relevant class of a CPU: x86-amx, x86-avx512-vnni, x86-avx-vnni, x86-avx512, x86-avx2, x86,
-    arm64-dotprod, arm64 or unknown. ``flags``/``machine`` default to this machine's."""
+def isa_class(flags: frozenset[str] | set[str] | None = None, machine: str | None = None) -> IsaClass:
+    """The int8-relevant class of a CPU (see ``IsaClass``). ``flags``/``machine`` default to this machine's.
+
+    ``machine`` (``uname -m``) decides the architecture first: under user-mode emulation /proc/cpuinfo shows the
+    host's CPU, so x86 flags on an aarch64 machine say nothing about the ARM core (its class is then plain arm64)."""
     flags = cpu_flags() if flags is None else frozenset(flags)
     machine = (machine or platform.machine()).lower()
-    if machine in ("aarch64", "arm64") or "asimd" in flags:
-        return "arm64-dotprod" if "asimddp" in flags else "arm64"
+    arm_machine = machine in ("aarch64", "arm64") or machine.startswith("armv8")
+    if arm_machine or (not machine.startswith(("x86", "i686", "amd64")) and "asimd" in flags):
+        if "i8mm" in flags:
+            return IsaClass.ARM64_I8MM
+        return IsaClass.ARM64_DOTPROD if "asimddp" in flags else IsaClass.ARM64
     if machine in ("x86_64", "amd64", "i686", "x86") or "sse2" in flags:
-        if "amx_int8" in flags:
-            return "x86-amx"
-        if "avx512_vnni" in flags:
-            return "x86-avx512-vnni"
-        if "avx_vnni" in flags:
-            return "x86-avx-vnni"
-        if "avx512bw" in flags or "avx512f" in flags:
-            return "x86-avx512"
-        if "avx2" in flags:
-            return "x86-avx2"
-        return "x86"
-    return "unknown"
+        return _x86_class(flags)
+    return IsaClass.UNKNOWN
 
 
-def int8_saturates(isa: str) -> bool:
+def _x86_class(flags: frozenset[str]) -> IsaClass:
+    if "amx_int8" in flags:
+        return IsaClass.X86_AMX
+    if "avx512_vnni" in flags:
+        return IsaClass.X86_AVX512_VNNI
+    if "avx_vnni" in flags:
+        return IsaClass.X86_AVX_VNNI
+    if "avx512bw" in flags or "avx512f" in flags:
+        return IsaClass.X86_AVX512
+    if "avx2" in flags:
+        return IsaClass.X86_AVX2
+    return IsaClass.X86
+
+
+def int8_saturates(isa: "IsaClass | str") -> bool:
     """Whether ORT's default u8s8 int8 kernels can saturate on this ISA class (x86 without VNNI)."""
-    return isa in _SATURATING
+    return isa in {c.value for c in _SATURATING}
 
 
 def int8_runtime_config(isa: str) -> dict[str, str]:

@@ -35,8 +35,6 @@ INPUT_KEY = "edgekit.input"  # one of the two input kinds below
 RUNTIME_KEY = "edgekit.runtime"
 # In a .pt2 archive the same metadata rides in the extra files (no pickling), readable without loading the program.
 PT2_METADATA_FILE = "edgekit.json"
-FLOAT_INPUT = InputKind.FLOAT.value  # a normalized, preprocessed float tensor
-UINT8_INPUT = InputKind.UINT8.value  # resized/cropped pixels; the graph normalizes (embedded preprocessing)
 
 
 @dataclass
@@ -44,7 +42,7 @@ class ModelMetadata:
     labels: list[str] | None
     preprocessing: Preprocessing | None
     source: dict
-    input_kind: str = FLOAT_INPUT
+    input_kind: InputKind = InputKind.FLOAT
     runtime: dict = field(default_factory=dict)  # see RUNTIME_KEY
 
     @property
@@ -56,7 +54,7 @@ class ModelMetadata:
         return self.runtime.get("validated_isa")
 
     def to_props(self) -> dict[str, str]:
-        props = {SOURCE_KEY: json.dumps(self.source), INPUT_KEY: self.input_kind}
+        props = {SOURCE_KEY: json.dumps(self.source), INPUT_KEY: InputKind(self.input_kind).value}
         if self.labels is not None:
             props[LABELS_KEY] = json.dumps(self.labels)
         if self.preprocessing is not None:
@@ -81,13 +79,10 @@ class ModelMetadata:
             raise ModelError(f"{where} has malformed edgekit metadata ({first_line(exc)}); re-export it") from exc
         if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
             raise ModelError(f"{where} has malformed {LABELS_KEY}: expected a JSON list of strings; re-export it")
-        return cls(
-            labels,
-            preprocessing,
-            source if isinstance(source, dict) else {},
-            props.get(INPUT_KEY, FLOAT_INPUT),
-            _checked_runtime(runtime, where),
-        )
+        kind = props.get(INPUT_KEY, InputKind.FLOAT.value)
+        if kind not in {k.value for k in InputKind}:
+            raise ModelError(f"{where} has unknown {INPUT_KEY} {kind[:40]!r}; expected one of {', '.join(k.value for k in InputKind)}")
+        return cls(labels, preprocessing, source if isinstance(source, dict) else {}, InputKind(kind), _checked_runtime(runtime, where))
 
 
 def _checked_runtime(runtime: object, where: str) -> dict:

@@ -5,7 +5,7 @@
 
 The reference is always the run's PyTorch model in float32 on the CPU, fed exactly the pixels the artifact
 gets. Images come from the run's validation split (or ``data``); random inputs are used only when no image
-is at hand, and the result says so (``metrics.data_source == "random"``).
+is at hand, and the result says so (``metrics.data_source.is_random``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from .data import (
     stratified_sample,
 )
 from .errors import DataError, EdgekitError
-from .metadata import FLOAT_INPUT, UINT8_INPUT
+from .metadata import InputKind
 from .preprocessing import Preprocessing, normalize_pixels
-from .results import Result
-from .variants import UINT8_SUFFIX, Variant  # noqa: F401  (UINT8_SUFFIX re-exported for older callers)
+from .results import RANDOM, DataSource, Result
+from .variants import Variant
 
 RANDOM_IMAGES = 32  # how many random inputs stand in when there is no image at all
 CONFIDENT = 0.5  # top-1 probability from which the reference counts as confident about an input
@@ -81,7 +81,7 @@ class ParityMetrics(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_images: int
-    data_source: str  # "images:<dir>" or "random"
+    data_source: DataSource  # a folder of real images, or random inputs
     max_abs_diff: float
     mean_abs_diff: float
     max_rel_diff: float  # per image: max |diff| / (max - min of the reference logits); the worst image
@@ -106,10 +106,12 @@ class ParityMetrics(BaseModel):
 class ParityResult(Result):
     """One artifact compared with the float32 PyTorch model."""
 
+    SCHEMA_VERSION = 2  # 2: data_source is a DataSource (schema 1's "images:<dir>" strings still load)
+
     artifact: str
     variant: str
     reference: str = REFERENCE
-    input_kind: str = FLOAT_INPUT
+    input_kind: InputKind = InputKind.FLOAT
     metrics: ParityMetrics
     thresholds: ParityThresholds
     passed: bool
@@ -163,7 +165,7 @@ class LabelledImages:
 
     paths: list[Path]
     labels: list[int] | None
-    source: str
+    source: DataSource
 
 
 def images_in(
@@ -185,13 +187,13 @@ def images_in(
         labels = None
         if class_names is not None and set(folder.classes) <= set(class_names):
             labels = [class_names.index(folder.classes[label]) for _, label in folder.samples]
-        return LabelledImages([path for path, _ in folder.samples], labels, f"images:{directory}")
+        return LabelledImages([path for path, _ in folder.samples], labels, DataSource.images(directory))
     paths = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
     if not paths:
         raise DataError(f"{directory} has no images ({', '.join(IMAGE_EXTENSIONS[:4])}...) nor class folders")
     if max_images is not None and len(paths) > max_images:
         paths = sorted(random.Random(seed).sample(paths, max_images))
-    return LabelledImages(paths, None, f"images:{directory}")
+    return LabelledImages(paths, None, DataSource.images(directory))
 
 
 def run_parity_images(card, data: str | os.PathLike | None, max_images: int, seed: int = 0) -> LabelledImages | None:
@@ -201,7 +203,7 @@ def run_parity_images(card, data: str | os.PathLike | None, max_images: int, see
     if card.data_dir is None:
         return None
     folder: ImageFolder = stratified_sample(run_images(card, "val"), max_images, seed)
-    return LabelledImages([path for path, _ in folder.samples], [label for _, label in folder.samples], f"images:{folder.root}")
+    return LabelledImages([path for path, _ in folder.samples], [label for _, label in folder.samples], DataSource.images(folder.root))
 
 
 @dataclass
@@ -216,8 +218,8 @@ class ParityData:
     _cache: dict = field(default_factory=dict)
 
     @property
-    def source(self) -> str:
-        return self.images.source if self.images is not None else "random"
+    def source(self) -> DataSource:
+        return self.images.source if self.images is not None else RANDOM
 
     @property
     def labels(self) -> np.ndarray | None:
@@ -235,7 +237,7 @@ class ParityData:
         if self.images is None:
             crop = self.preprocessing.crop
             pixels = np.random.default_rng(self.seed).integers(0, 256, size=(self.n_random, crop, crop, 3), dtype=np.uint8)
-            return pixels if kind == UINT8_INPUT else normalize_pixels(pixels, self.preprocessing)
+            return pixels if kind == InputKind.UINT8 else normalize_pixels(pixels, self.preprocessing)
         return load_batch(self.images.paths, self.preprocessing, kind)
 
     def reference_inputs(self, kind: str) -> np.ndarray:
@@ -244,9 +246,9 @@ class ParityData:
         For a uint8 artifact the reference normalizes the very pixels the artifact got (not a separately
         resized float image), so the comparison measures the export, not two resize implementations.
         """
-        if kind == UINT8_INPUT:
-            return normalize_pixels(self.inputs(UINT8_INPUT), self.preprocessing)
-        return self.inputs(FLOAT_INPUT)
+        if kind == InputKind.UINT8:
+            return normalize_pixels(self.inputs(InputKind.UINT8), self.preprocessing)
+        return self.inputs(InputKind.FLOAT)
 
 
 class ParityChecker:
@@ -294,7 +296,7 @@ class ParityChecker:
 
 
 def compare_logits(
-    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None, data_source: str = "random"
+    reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None, data_source: DataSource = RANDOM
 ) -> ParityMetrics:
     """Parity metrics of ``candidate`` logits against ``reference`` logits (both (N, classes))."""
     reference = np.asarray(reference, dtype=np.float64)

@@ -10,7 +10,9 @@ import numpy as np
 
 from .data import load_batch
 from .errors import EdgekitError
+from .formats import format_of
 from .results import Result
+from .variants import is_model_file
 
 
 class Prediction(Result):
@@ -43,7 +45,7 @@ def predict(
         source = f"{model}:{weights}"
     elif source is None:  # unreachable: exactly one of the two was checked above (this tells the type checker)
         raise EdgekitError("pass a run directory / .onnx file or --model")
-    elif Path(source).suffix in (".onnx", ".xml", ".pte"):  # ONNX, OpenVINO IR, ExecuTorch: labels travel with the file
+    elif is_model_file(source):  # an exported file: labels and preprocessing travel with it
         logits, labels = _onnx_logits(Path(source), images)
     else:
         logits, labels = _run_logits(Path(source), images)
@@ -89,10 +91,10 @@ def _onnx_logits(path: Path, images) -> tuple[np.ndarray, list[str]]:
 
     # The one way to run an artifact: the ONNX file is checked (corrupt files, external data outside its
     # folder) and its metadata validated before ONNX Runtime opens it.
-    session = runtimes.load(path, "auto")  # .onnx: ort-cpu, .xml: openvino, .pte: executorch
+    session = runtimes.load(path, "auto")  # the format's own runtime
     if session.labels is None or session.preprocessing is None:
         raise EdgekitError(
-            f"{path} has no edgekit labels/preprocessing metadata (a .pte keeps them in {path.name}.json); "
+            f"{path} has no edgekit labels/preprocessing metadata (its format keeps them in {format_of(path).metadata}); "
             "export it with `edgekit export`, or predict from its run directory"
         )
     logits = session.run(load_batch(images, session.preprocessing, session.input_kind))

@@ -46,21 +46,21 @@ def test_export_writes_delegated_programs_with_parity(et_run):
         variant = by_name[name]
         assert (run.exports_dir / file_name).is_file() and side_file_path(run.exports_dir / file_name).is_file()
         assert (run.exports_dir / f"{name}.parity.json").is_file()
-        assert variant.details["delegated_nodes"] > 0 and variant.details["delegated_subgraphs"] >= 1
-        assert 0.5 < variant.details["delegated_share"] <= 1.0
-        assert variant.details["batch"] == f"dynamic 1..{MAX_BATCH}"
-        assert "warnings" not in variant.details  # no compute op of a ResNet falls back to portable kernels
+        assert variant.facts["delegated_nodes"] > 0 and variant.facts["delegated_subgraphs"] >= 1
+        assert 0.5 < variant.facts["delegated_share"] <= 1.0
+        assert variant.facts["batch"] == f"dynamic 1..{MAX_BATCH}"
+        assert not variant.warnings  # no compute op of a ResNet falls back to portable kernels
     fp32 = by_name["executorch-fp32"]
     assert fp32.passed, fp32.failures
-    assert fp32.parity.metrics.data_source.startswith("images:")
+    assert fp32.parity.metrics.data_source.kind == "images"
     assert fp32.parity.metrics.top1_agreement >= 0.999 and fp32.parity.metrics.max_rel_diff < 1e-4
     int8 = by_name["executorch-int8"]
-    assert int8.details["calibration_images"] == 30
+    assert int8.int8.calibration_images == 30
     # accuracy-aware like ONNX int8: the search (or why it did not run) is recorded the same way
-    search = int8.details["search"]
-    assert search["steps"][0]["action"] == "quantize" and search["kept_float"] == int8.details["kept_float"]
-    assert search["within_budget"] == search["steps"][search["kept_step"]]["within_budget"] and "\n" not in search["stopped"]
-    assert set(int8.details["kept_float"]) <= set(int8.details["float_layers"])
+    search = int8.int8.search
+    assert search.steps[0].action == "quantize" and search.kept_float == int8.int8.kept_float
+    assert search.within_budget == search.steps[search.kept_step].within_budget and "\n" not in search.stopped
+    assert set(int8.int8.kept_float) <= set(int8.facts["float_layers"])
     assert int8.size_bytes < fp32.size_bytes / 2
 
 

@@ -19,6 +19,7 @@ from edgekit.exporting.executorch import MAX_BATCH, export_program, int8_quantiz
 from edgekit.exporting.quantize.fallback import Validation  # noqa: E402
 from edgekit.exporting.quantize.pt2e import Pt2eInt8, run_eager, search_pt2e  # noqa: E402
 from edgekit.parity_check import ParityThresholds, compare_logits  # noqa: E402
+from edgekit.results import DataSource
 
 BUDGET = 0.99  # top-1 agreement with fp32
 
@@ -45,7 +46,7 @@ def _search(sensitive, budget: float = BUDGET, reachable: bool = True, **bounds)
     _, int8, batches, inputs, reference = sensitive
 
     def evaluate(candidate):
-        return compare_logits(reference, run_eager(candidate, inputs), None, "images")
+        return compare_logits(reference, run_eager(candidate, inputs), None, DataSource.images("val"))
 
     within = (lambda m: m.top1_agreement >= budget) if reachable else (lambda m: False)
     ranking_inputs = np.concatenate(batches)[:16]
@@ -55,10 +56,10 @@ def _search(sensitive, budget: float = BUDGET, reachable: bool = True, **bounds)
 def _pte_logits(tmp_path, buffer: bytes, inputs) -> np.ndarray:
     """The program run the way users run it: saved with its side file, loaded by edgekit's executorch runtime."""
     from edgekit import runtimes
-    from edgekit.metadata import FLOAT_INPUT, ModelMetadata
+    from edgekit.metadata import InputKind, ModelMetadata
 
     path = save_program(
-        buffer, tmp_path / "model.int8.pte", ModelMetadata(["a", "b", "c"], PREPROCESSING, {}, FLOAT_INPUT), MAX_BATCH, True
+        buffer, tmp_path / "model.int8.pte", ModelMetadata(["a", "b", "c"], PREPROCESSING, {}, InputKind.FLOAT), MAX_BATCH, True
     )
     return runtimes.load(path).run(inputs)
 
@@ -148,13 +149,16 @@ def test_fallback_stops_at_its_time_bound(sensitive):
     [(False, object(), "accuracy-aware search off"), (True, None, "no images to validate on (random inputs)")],
 )
 def test_search_is_skipped_and_says_why(accuracy_aware, images, why):
-    from edgekit.exporting import _Exporter
+    from edgekit.exporting import ExportJob, ExportOptions
+    from edgekit.variants import Variant
 
-    exporter = SimpleNamespace(accuracy_aware=accuracy_aware, checker=SimpleNamespace(data=SimpleNamespace(images=images)))
-    exporter.search_skipped = lambda: _Exporter.search_skipped(exporter)  # the one rule every int8 format follows
-    details: dict = {}
-    assert search_float_layers(exporter, "executorch-int8", details) is None
-    assert details == {"kept_float": [], "search": None, "search_skipped": why}
+    checker = SimpleNamespace(data=SimpleNamespace(images=images))
+    job = ExportJob(
+        ExportOptions(accuracy_aware=accuracy_aware), run=None, model=None, spec=None, checker=checker, calibration=None, workdir=None
+    )
+    record: dict = {}
+    assert search_float_layers(job, Variant.parse("executorch-int8"), record) is None  # the one rule every int8 format follows
+    assert record == {"skipped": why}
 
 
 def test_a_channels_last_example_still_makes_a_program_that_reads_nchw(sensitive, tmp_path):

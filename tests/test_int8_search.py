@@ -15,6 +15,7 @@ from edgekit.auto import Candidate, choose
 from edgekit.exporting.quantize import calibrate, prepare
 from edgekit.exporting.quantize.fallback import Ranking, Validation, run_onnx, search_int8
 from edgekit.parity_check import ParityThresholds, compare_logits
+from edgekit.results import DataSource
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def _search(sensitive, budget: float, reachable: bool = True, **bounds):
     ranges = calibrate(prepared, iter(calibration), "minmax", work)
 
     def evaluate(path):
-        return compare_logits(reference, run_onnx(path, inputs, {}), None, "images")
+        return compare_logits(reference, run_onnx(path, inputs, {}), None, DataSource.images("val"))
 
     ranking_inputs = np.concatenate(calibration)[:16]
     ranking = Ranking(ranking_inputs, run_onnx(base, ranking_inputs, {}), {})
@@ -147,15 +148,15 @@ def test_int8_export_records_budget_search_and_runtime_settings(run_copy):
 
     result = export(run_copy, quantize="int8")
     (int8,) = result.variants
-    search = int8.details["search"]
-    assert search["budget"]["max_accuracy_drop"] == 0.01  # the run's val images have labels: the budget is accuracy
-    assert search["steps"][0]["action"] == "quantize"
-    assert int8.passed == search["within_budget"]
+    search = int8.int8.search
+    assert search.budget.max_accuracy_drop == 0.01  # the run's val images have labels: the budget is accuracy
+    assert search.steps[0].action == "quantize"
+    assert int8.passed == search.within_budget
     metadata = read_onnx_metadata(int8.path)
     assert metadata.validated_isa == isa_class()
     assert metadata.ort_session_config == int8_runtime_config(isa_class())
-    speed = int8.details["speed_vs_fp32"]  # timed against fp32 here, in alternating pairs
-    assert speed["pairs"] >= 8 and speed["reference_ms"] > 0 and speed["candidate_ms"] > 0
+    speed = int8.speed_vs_fp32  # timed against fp32 here, in alternating pairs
+    assert speed.pairs >= 8 and speed.reference_ms > 0 and speed.candidate_ms > 0
 
 
 def test_int8_export_warns_when_int8_is_clearly_slower_than_fp32(run_copy, monkeypatch):
@@ -176,10 +177,10 @@ def test_int8_export_warns_when_int8_is_clearly_slower_than_fp32(run_copy, monke
 
     monkeypatch.setattr(paired, "compare", slower)
     (int8,) = export(run_copy, quantize="int8", accuracy_aware=False).variants
-    (warning,) = [w for w in int8.details.get("warnings", []) if "fp32" in w]
+    (warning,) = [w for w in int8.warnings if "fp32" in w]
     assert "0.62x as fast as fp32" in warning and "38 of 40" in warning and "--quantize auto" in warning
     (quiet,) = export(run_copy, quantize="int8", accuracy_aware=False, speed_check=False).variants
-    assert "speed_vs_fp32" not in quiet.details and not any("fp32" in w for w in quiet.details.get("warnings", []))
+    assert quiet.speed_vs_fp32 is None and not any("fp32" in w for w in quiet.warnings)
 
 
 def _fake_calls(reference_s: float, candidate_s: float, jitter: list[float]):

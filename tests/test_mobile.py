@@ -32,13 +32,13 @@ def test_fixed_batch_twins_pass_parity_and_nnapi_takes_every_node(mobile_run):
         variant = by_name[name]
         assert variant.passed, variant.failures
         assert (run.exports_dir / f"{name}.parity.json").is_file()
-        nnapi = variant.details["mobile"]["nnapi"]
-        assert nnapi["supported_nodes"] == nnapi["nodes"] > 0 and nnapi["suitability"] == "YES"
-        assert variant.details["fixed_batch"] == 1
+        nnapi = variant.mobile["nnapi"]
+        assert nnapi.supported_nodes == nnapi.nodes > 0 and nnapi.suitability == "YES"
+        assert variant.as_variant.fixed_batch == 1 and variant.fixed_from == by_name[name[:-3]].file_name
     assert by_name["fp32-b1"].parity.metrics.top1_agreement >= 0.999
     # The dynamic-batch parent: NNAPI takes no node whose input shape is dynamic.
-    parent = by_name["fp32"].details["mobile"]["nnapi"]
-    assert parent["supported_nodes"] < parent["nodes"] and parent["nodes_with_dynamic_input"] > 0
+    parent = by_name["fp32"].mobile["nnapi"]
+    assert parent.supported_nodes < parent.nodes and parent.nodes_with_dynamic_input > 0
 
 
 def test_fixed_file_has_a_fixed_batch_and_keeps_its_metadata(mobile_run):
@@ -58,9 +58,9 @@ def test_fixed_file_has_a_fixed_batch_and_keeps_its_metadata(mobile_run):
 def test_ort_format_files_match_their_onnx(mobile_run):
     run, result = mobile_run
     for variant in result.variants:
-        ort_file = run.exports_dir / variant.details["ort_file"]
-        assert ort_file.suffix == ".ort" and ort_file.stat().st_size > 0
-        assert variant.details["ort_max_abs_diff"] < 1e-4
+        ort_file = run.exports_dir / variant.ort_file.file
+        assert ort_file.suffix == ".ort" and ort_file.stat().st_size == variant.ort_file.bytes > 0
+        assert variant.ort_file.max_abs_diff < 1e-4
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(run.exports_dir / "model.fp32-b1.ort"), providers=["CPUExecutionProvider"])
@@ -102,8 +102,8 @@ def test_fixed_batch_session_runs_any_batch_in_chunks():
     assert inner.calls == [4, 4]
 
 
-def test_check_mobile_options_rejects_a_huge_batch():
-    from edgekit.exporting.mobile import check_mobile_options
+def test_a_huge_fixed_batch_is_refused_before_any_work():
+    from edgekit.exporting import ExportOptions, plan
 
     with pytest.raises(ConfigError, match="between 1 and"):
-        check_mobile_options(("onnx",), 100_000, False)
+        plan(ExportOptions(fixed_batch=100_000))

@@ -39,19 +39,19 @@ def test_export_writes_ir_pairs_with_parity(ov_run):
         assert (run.exports_dir / f"{name}.parity.json").is_file()
     fp32 = by_name["openvino-fp32"]
     assert fp32.passed, fp32.failures
-    assert fp32.parity.metrics.data_source.startswith("images:")
+    assert fp32.parity.metrics.data_source.kind == "images"
     assert fp32.parity.metrics.top1_agreement >= 0.999
     assert fp32.parity.metrics.max_rel_diff < 1e-4  # float32 kept: no fp16 weights, no bf16 inference
     int8 = by_name["openvino-int8"]
-    assert int8.details["calibration_images"] == 30
-    assert int8.details["overflow_fix"] in ("enable", "disable")
+    assert int8.int8.calibration_images == 30
+    assert int8.int8.overflow_fix in (True, False)
     assert int8.size_bytes < fp32.size_bytes / 2  # int8 weights
     # int8 is accuracy-aware, as ONNX int8 is: NNCF's accuracy control ran against the run's accuracy budget, and a
     # model within it one standard error inside the limit passes the parity check too.
-    search = int8.details["search"]
-    assert search["budget"]["max_accuracy_drop"] == 0.01 and search["metric"] == "accuracy"
-    assert search["steps"][0]["action"] == "quantize" and int8.details["kept_float"] == search["kept_float"]
-    assert int8.passed or not search["within_budget"]
+    search = int8.int8.search
+    assert search.budget.max_accuracy_drop == 0.01 and search.metric == "accuracy"
+    assert search.steps[0].action == "quantize" and int8.int8.kept_float == search.kept_float
+    assert int8.passed or not search.within_budget
     # No stray temporary files from the atomic writes.
     assert not [p for p in run.exports_dir.iterdir() if p.name.startswith(".")]
 
@@ -65,10 +65,10 @@ def test_cpu_without_vnni_gets_the_overflow_fix(run_copy, monkeypatch):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"sse4_2", "avx", "avx2", "fma"}))
     assert hardware.isa_class() == "x86-avx2" and hardware.int8_saturates("x86-avx2")
     int8 = export(run_copy, formats="openvino", quantize="int8", calib_size=30).variants[0]
-    assert int8.details["overflow_fix"] == "enable" and int8.details["isa"] == "x86-avx2"
+    assert int8.int8.overflow_fix is True and int8.int8.isa == "x86-avx2"
     # 24 validation photos: one flipped image is 4 points, so the 1-point budget is not what this checks; that the
     # 7-bit model runs and still agrees with fp32 on real photos is.
-    assert int8.parity.metrics.data_source.startswith("images:")
+    assert int8.parity.metrics.data_source.kind == "images"
     assert int8.parity.metrics.top1_agreement >= 0.85
 
 

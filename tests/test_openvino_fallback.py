@@ -79,20 +79,20 @@ def test_accuracy_control_reaches_the_budget_plain_nncf_int8_breaks(tmp_path, ph
     run = _run(tmp_path, photo_folders, sensitive_model)
     plain = _export(run, thresholds=AGREEMENT, accuracy_aware=False)
     assert not plain.passed and plain.parity.metrics.top1_agreement < 0.9  # per-tensor int8 ruins conv3's input
-    assert plain.details["search"] is None and plain.details["search_skipped"] == "accuracy-aware search off"
+    assert plain.int8.search is None and plain.int8.search_skipped == "accuracy-aware search off"
 
     int8 = _export(run, thresholds=AGREEMENT)
-    search = int8.details["search"]
-    assert search["metric"] == "top1 agreement" and search["max_drop"] == pytest.approx(0.01)
-    assert search["steps"][0]["action"] == "quantize" and search["steps"][0]["top1_agreement"] < 0.9
-    assert search["within_budget"] and search["stopped"] == "within budget"
-    assert search["final"]["top1_agreement"] >= 0.99
+    search = int8.int8.search
+    assert search.metric == "top1 agreement" and search.max_drop == pytest.approx(0.01)
+    assert search.steps[0].action == "quantize" and search.steps[0].top1_agreement < 0.9
+    assert search.within_budget and search.stopped == "within budget"
+    assert search.final.top1_agreement >= 0.99
     # conv3, the layer reading the wide tensor, went back to float, and not the whole network
     convolutions = [
         op.get_friendly_name() for op in ov.Core().read_model(int8.path).get_ordered_ops() if op.get_type_name() == "Convolution"
     ]
-    assert search["kept_float"][0] == convolutions[2] and len(search["kept_float"]) <= 2
-    assert int8.details["kept_float"] == search["kept_float"] and search["quantized_nodes"] == 4
+    assert search.kept_float[0] == convolutions[2] and len(search.kept_float) <= 2
+    assert int8.int8.kept_float == search.kept_float and search.quantized_nodes == 4
     assert int8.passed, int8.failures
 
     # The saved IR, run through edgekit's OpenVINO runtime, is still int8 and really agrees with PyTorch fp32.
@@ -115,10 +115,10 @@ def test_accuracy_control_reaches_the_budget_plain_nncf_int8_breaks(tmp_path, ph
 def test_a_bound_stops_the_search_and_the_variant_fails(tmp_path, photo_folders, sensitive_model, bound, flag):
     run = _run(tmp_path, photo_folders, sensitive_model)
     int8 = _export(run, thresholds=AGREEMENT, **bound)
-    search = int8.details["search"]
-    assert not search["within_budget"] and f"raise {flag}" in search["stopped"] and "\n" not in search["stopped"]
-    assert [step["action"] for step in search["steps"]] == ["quantize"]  # stopped before any layer went back to float
-    assert search["kept_float"] == [] and search["final"]["top1_agreement"] < 0.9
+    search = int8.int8.search
+    assert not search.within_budget and f"raise {flag}" in search.stopped and "\n" not in search.stopped
+    assert [step.action for step in search.steps] == ["quantize"]  # stopped before any layer went back to float
+    assert search.kept_float == [] and search.final.top1_agreement < 0.9
     assert not int8.passed and any("top1_agreement" in failure for failure in int8.failures)
 
 
@@ -136,9 +136,9 @@ def test_cli_says_why_the_search_stopped_and_exits_non_zero(tmp_path, photo_fold
 def test_random_inputs_skip_the_search_and_say_why(tmp_path, photo_folders, sensitive_model):
     run = _run(tmp_path, photo_folders, sensitive_model, with_data=False)
     int8 = _export(run, calib_data=photo_folders[0])
-    assert int8.parity.metrics.data_source == "random"
-    assert int8.details["search"] is None and int8.details["kept_float"] == []
-    assert int8.details["search_skipped"] == "no images to validate on (random inputs)"
+    assert int8.parity.metrics.data_source.is_random
+    assert int8.int8.search is None and int8.int8.kept_float == []
+    assert int8.int8.search_skipped == "no images to validate on (random inputs)"
 
 
 def test_search_metric_follows_the_budget():
@@ -181,18 +181,19 @@ def test_out_of_budget_the_file_is_the_better_of_plain_and_nncf(sensitive, tmp_p
     from edgekit.exporting.onnx import export_onnx
     from edgekit.exporting.quantize.nncf import ValidationImages, quantize_within_budget
     from edgekit.parity_check import compare_logits
+    from edgekit.results import DataSource
 
     model, train_images, inputs = sensitive
     export_onnx(model, tmp_path / "model.onnx", torch.randn(2, 3, 32, 32))
     graph = ov.convert_model(str(tmp_path / "model.onnx"))
     with torch.no_grad():
         reference = model(torch.from_numpy(inputs)).numpy()
-    images = ValidationImages(inputs, reference, None, "images:val")
+    images = ValidationImages(inputs, reference, None, DataSource.images("val"))
     measured = []
 
     def measure(candidate):
         compiled = ov.Core().compile_model(candidate, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        metrics = compare_logits(reference, compiled(inputs)[0], None, "images:val")
+        metrics = compare_logits(reference, compiled(inputs)[0], None, DataSource.images("val"))
         measured.append(metrics)
         return metrics if len(measured) > 1 else metrics.model_copy(update={"top1_agreement": 0.0, "mean_abs_diff": 1e9})
 

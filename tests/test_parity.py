@@ -26,18 +26,19 @@ from edgekit.parity_check import (
     thresholds_for,
     variant_kind,
 )
+from edgekit.results import DataSource
 
 # --------------------------------------------------------------------------- metrics
 
 
 def test_identical_logits_are_perfect():
     logits = np.random.default_rng(0).standard_normal((10, 4)).astype(np.float32)
-    metrics = compare_logits(logits, logits.copy(), np.argmax(logits, axis=1), "images:x")
+    metrics = compare_logits(logits, logits.copy(), np.argmax(logits, axis=1), DataSource.images("x"))
     assert metrics.max_abs_diff == 0 and metrics.max_rel_diff == 0
     assert metrics.top1_agreement == 1 and metrics.top5_overlap == 1
     assert metrics.cosine_similarity == pytest.approx(1.0)
     assert metrics.reference_accuracy == 1 and metrics.accuracy_drop == 0
-    assert metrics.n_images == 10 and metrics.data_source == "images:x"
+    assert metrics.n_images == 10 and str(metrics.data_source) == "images:x"
 
 
 def test_metrics_are_computed_per_image():
@@ -132,7 +133,29 @@ def test_result_json_round_trip():
         artifact="m.onnx", variant="fp16", metrics=metrics, thresholds=ParityThresholds(max_rel_diff=0.5), passed=True, failures=[]
     )
     again = ParityResult.from_json(result.to_json())
-    assert again == result and json.loads(result.to_json())["schema_version"] == 1
+    assert again == result and json.loads(result.to_json())["schema_version"] == ParityResult.SCHEMA_VERSION == 2
+
+
+def test_schema_1_parity_reports_still_load_and_old_export_results_are_refused_in_one_line(tmp_path):
+    """Reports of the previous schema wrote the data source as "images:<dir>": they still load, as a DataSource. An
+    ExportResult of schema 1 (an untyped details dict) is refused with the fix, not misread."""
+    from edgekit.exporting import ExportResult
+
+    old = json.loads(_parity_report_of_schema_1())
+    again = ParityResult.from_json(json.dumps(old))
+    assert again.metrics.data_source == DataSource.images("/data/val") and again.schema_version == 1
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps({"schema_version": 1, "run_dir": "r", "variants": [], "passed": True, "parity_data": "random"}))
+    with pytest.raises(EdgekitError, match="schema_version 1, from an older edgekit") as info:
+        ExportResult.from_json(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+
+
+def _parity_report_of_schema_1() -> str:
+    metrics = {"n_images": 3, "data_source": "images:/data/val", "max_abs_diff": 0.1, "mean_abs_diff": 0.01, "max_rel_diff": 0.02}
+    metrics.update({"cosine_similarity": 0.99, "top1_agreement": 1.0, "top5_overlap": 1.0})
+    report = {"schema_version": 1, "artifact": "m.onnx", "variant": "fp16", "metrics": metrics, "thresholds": {}, "passed": True}
+    return json.dumps({**report, "failures": [], "input_kind": "float32-nchw"})
 
 
 def test_variant_from_file_name(tmp_path):
@@ -194,7 +217,7 @@ def test_fp32_onnx_passes_on_the_runs_validation_images(trained_run, fp32_onnx):
     result = parity(trained_run.path, fp32_onnx)
     assert result.passed and result.failures == []
     assert result.variant == "fp32" and result.thresholds.max_rel_diff == 1e-4
-    assert result.metrics.data_source == f"images:{trained_run.card.val_dir}"
+    assert str(result.metrics.data_source) == f"images:{trained_run.card.val_dir}"
     assert result.metrics.n_images == 24  # 8 validation images per class
     assert result.metrics.max_rel_diff < 1e-4 and result.metrics.top1_agreement == 1.0
     assert result.metrics.reference_accuracy is not None and result.metrics.reference_accuracy > 0.5  # a real model
@@ -210,7 +233,7 @@ def test_a_changed_model_fails_parity(trained_run, perturbed_onnx):
 def test_parity_on_other_images_and_fewer_of_them(trained_run, fp32_onnx, tmp_path):
     photos = write_photo_folder(tmp_path / "photos", 4, seed=9, size=40)
     result = parity(trained_run, fp32_onnx, data=photos, max_images=6)
-    assert result.metrics.n_images == 6 and result.metrics.data_source == f"images:{photos}"
+    assert result.metrics.n_images == 6 and str(result.metrics.data_source) == f"images:{photos}"
     assert result.metrics.reference_accuracy is not None
 
 
@@ -251,6 +274,6 @@ def test_zoo_run_without_images_uses_random_inputs_and_says_so(tmp_path):
     run = save_run(run.path, card, model.eval().state_dict())
     path = export_onnx(model, tmp_path / "model.onnx", torch.randn(2, 3, 48, 48))
     result = parity(Run.load(run.path), path, max_images=4)
-    assert result.metrics.data_source == "random" and result.metrics.accuracy_drop is None
+    assert result.metrics.data_source.is_random and result.metrics.accuracy_drop is None
     assert result.metrics.n_images == 32  # random inputs: a fixed small number, whatever max_images says
     assert result.passed

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from edgekit.errors import EdgekitError
-from edgekit.variants import Format, InputKind, Precision, Variant, all_names, format_of
+from edgekit.formats import EXECUTORCH, ONNX
+from edgekit.variants import InputKind, Precision, Variant, all_names, format_of
 
 
 @pytest.mark.parametrize(
@@ -33,7 +34,7 @@ def test_names_round_trip_and_name_their_files(name, file_name):
 
 def test_relations():
     int8 = Variant.parse("int8-uint8in-b1")
-    assert int8.fp32_parent == Variant(Precision.FP32, InputKind.UINT8, Format.ONNX, 1)
+    assert int8.fp32_parent == Variant(Precision.FP32, InputKind.UINT8, ONNX, 1)
     assert int8.is_compressed and not int8.fp32_parent.is_compressed
     assert Variant.parse("int8-dynamic").threshold_kind == "int8"
     assert Variant.parse("fp16").threshold_kind == "fp16"
@@ -51,11 +52,11 @@ def test_unknown_names_are_one_line_errors(bad):
 def test_every_listed_name_parses():
     for name in all_names():
         assert Variant.parse(name).name == name
-    assert "executorch-int8" in all_names() and "int8-uint8in" in all_names(Format.ONNX)
+    assert "executorch-int8" in all_names() and "int8-uint8in" in all_names(ONNX)
 
 
 def test_format_of_names_the_file(tmp_path):
-    assert format_of(tmp_path / "a.pte") is Format.EXECUTORCH
+    assert format_of(tmp_path / "a.pte") is EXECUTORCH
     with pytest.raises(EdgekitError, match="notes.txt"):
         format_of(tmp_path / "notes.txt")
 

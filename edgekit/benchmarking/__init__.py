@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
 from ..errors import DataError, EdgekitError, first_line
+from ..formats import known_suffixes
 from ..hardware import isa_mismatch_note
 from ..progress import Bar
 from . import contention
@@ -112,7 +113,7 @@ def bench(
         raise EdgekitError(f"contention threshold {contention_threshold} must be a share of the CPU in (0, 1], e.g. 0.25")
     target_list = [targets] if isinstance(targets, (str, os.PathLike)) else list(targets)
     if not target_list:
-        raise EdgekitError("nothing to bench; pass a run directory or .onnx/.pt2/.xml/.pte files")
+        raise EdgekitError(f"nothing to bench; pass a run directory or model files ({known_suffixes()})")
     candidates = collect_candidates(target_list)
     options = dict(options or {})
     user_options = dict(options)

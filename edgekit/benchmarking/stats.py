@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
-from ..variants import Format, Precision, Variant
+from ..formats import Precision, all_formats
+from ..variants import Variant
 from . import contention
 from .deployment import app_settings, settings_of
 from .results import ContentionSummary, Deployment, Measurement
@@ -122,10 +123,10 @@ def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: boo
 
 
 def row_order(m: Measurement):
-    # per model and batch size, format by format (ONNX, torch.export, ExecuTorch, OpenVINO): fp32 first, then the
+    # per model and batch size, format by format (the registry's order): fp32 first, then the
     # other variants by name, the auto copy last; each runtime in registry order
     names = registry.registered_names()
-    formats = list(Format)
+    formats = all_formats()
     variant = as_variant(m.variant)
     return (
         m.model,

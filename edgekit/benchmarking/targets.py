@@ -10,11 +10,8 @@ from typing import Sequence
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
 from ..errors import EdgekitError
+from ..formats import all_formats, find_format, known_suffixes
 from ..variants import AUTO, AUTO_CHOICE_FILE, AUTO_FILE, Variant
-
-# What a run directory's exports/ holds that bench runs: ONNX, torch.export, OpenVINO IR (.xml + its .bin, metadata in
-# its rt_info) and ExecuTorch (.pte, metadata in model.pte.json beside it). Each runtime reads its format's side data.
-EXPORT_SUFFIXES = (".onnx", ".pt2", ".xml", ".pte")
 
 
 @dataclass
@@ -95,16 +92,15 @@ def collect_candidates(targets: Sequence[str | os.PathLike]) -> list[Candidate]:
     for target in targets:
         path = Path(target)
         if not path.exists():
-            raise EdgekitError(f"{path} does not exist; pass a run directory or .onnx/.pt2/.xml/.pte files")
+            raise EdgekitError(f"{path} does not exist; pass a run directory or model files ({known_suffixes()})")
         if path.is_dir():
             if not (path / CARD_NAME).is_file():
                 raise EdgekitError(f"{path} is not an edgekit run directory (no {CARD_NAME}); pass the run folder or model files")
             if (path / MODEL_NAME).is_file():
                 add(Candidate(path.name, path / MODEL_NAME, "fp32", "run", path))
             exports = path / "exports"
-            artifacts = [a for suffix in EXPORT_SUFFIXES for a in sorted(exports.glob(f"*{suffix}"))] if exports.is_dir() else []
-            for artifact in artifacts:
-                add(Candidate(path.name, artifact, variant_of(artifact), artifact.suffix, path))
+            for artifact in exported_files(exports):
+                add(Candidate(path.name, artifact, variant_of(artifact), registry.artifact_kind(artifact), path))
             continue
         kind = registry.artifact_kind(path)
         run_dir = _run_of(path)
@@ -197,25 +193,20 @@ def pair_with_runtimes(candidates, names, options) -> tuple[list[tuple[Candidate
     return pairs, skipped
 
 
+def exported_files(exports: Path) -> list[Path]:
+    """The model files of a run's exports/, format by format (each format's companions travel with it)."""
+    if not exports.is_dir():
+        return []
+    return [a for fmt in all_formats() for a in sorted(exports.glob(f"*{fmt.suffix}")) if a.is_file()]
+
+
 def artifact_size(candidate: Candidate) -> int:
-    """Bytes on disk, including an ONNX model's external data files."""
+    """Bytes on disk, including companions (an ONNX model's external data, an IR's .bin, a .pte's side file)."""
     return artifact_bytes(candidate.path)
 
 
 def artifact_bytes(path: Path) -> int:
-    """What a device has to store for ``path``: the file plus, for ONNX, every external data file it names, and for an
-    OpenVINO IR (.xml) its weights (.bin). An ExecuTorch .pte is its own size."""
-    size = path.stat().st_size
-    if path.suffix == ".xml":
-        weights = path.with_suffix(".bin")
-        size += weights.stat().st_size if weights.is_file() else 0
-    if path.suffix == ".onnx":
-        import onnx
-
-        proto = onnx.load(str(path), load_external_data=False)
-        locations: set[str] = set()
-        for tensor in proto.graph.initializer:
-            if tensor.data_location == onnx.TensorProto.EXTERNAL:
-                locations.update(e.value for e in tensor.external_data if e.key == "location")
-        size += sum((path.parent / loc).stat().st_size for loc in locations if (path.parent / loc).is_file())
-    return size
+    """What a device has to store for ``path``: the file and the companions its format names."""
+    fmt = find_format(path)
+    files = fmt.files(path) if fmt is not None else [path]
+    return sum(p.stat().st_size for p in files)

@@ -10,6 +10,7 @@ from rich.table import Table
 from ..exporting.options import ExportOptions
 from ..hardware import ORT_PRECISION_KEY
 from ..parity_check import NEAR_TIE, ParityOptions
+from ..variants import Variant
 from .options import options_from_model
 from .output import console, errors
 
@@ -61,27 +62,10 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
     elif out is not None:
         raise ConfigError("--out applies to --model only; a run is exported into its own exports/ folder")
     thresholds = _overrides(options.max_rel_diff, options.min_agreement, options.max_accuracy_drop)
-    shared = options.model_dump(
-        include={
-            "calib_data",
-            "calib_size",
-            "calib_method",
-            "parity_data",
-            "max_parity_images",
-            "opset",
-            "accuracy_aware",
-            "max_fallback_steps",
-            "max_fallback_seconds",
-        }
-    )
-    if "auto" in options.quantize and options.quantize != ("auto",):
-        raise ConfigError(f"--quantize {','.join(options.quantize)}: auto chooses among the variants itself; pass --quantize auto alone")
-    if options.quantize == ("auto",):
-        if options.formats != ("onnx",) or options.embed_preprocessing or options.fixed_batch or options.ort_format:
-            raise ConfigError("--quantize auto chooses among ONNX variants on this CPU; use it with --format onnx alone")
+    if "auto" in options.quantize:
         from ..auto import export_auto
 
-        chosen = export_auto(run_dir, batch_size=options.batch_size, thresholds=thresholds, progress=True, **shared)
+        chosen = export_auto(run_dir, options, thresholds=thresholds, progress=True)  # auto's rules: ConfigError, exit 2
         if as_json:
             click.echo(chosen.to_json())
             return
@@ -91,18 +75,7 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
             console.print(f"  not a candidate here: {variant} ({why})", highlight=False)
         show_runtime_settings(chosen.export, only=chosen.choice.chosen)
         return  # the answer (fp32 or a variant within budget) holds its budget: exit 0
-    result = export(
-        run_dir,
-        formats=options.formats,
-        quantize=options.quantize,
-        thresholds=thresholds,
-        embed_preprocessing=options.embed_preprocessing,
-        progress=True,
-        fixed_batch=options.fixed_batch,
-        ort_format=options.ort_format,
-        speed_check=options.speed_check,
-        **shared,
-    )
+    result = export(run_dir, options, thresholds=thresholds, progress=True)
     if as_json:
         click.echo(result.to_json())
     else:
@@ -118,9 +91,9 @@ def show_runtime_settings(result, only: str | None = None) -> None:
     for variant in result.variants:
         if only is not None and variant.variant != only:
             continue
-        if variant.details.get("ort_session_config") is None:
+        if variant.int8 is None or variant.format != "onnx":
             continue
-        isa = variant.details.get("isa", "this CPU")
+        isa = variant.int8.isa
         console.print(
             f"{variant.variant}: validated on {isa}. In your app, on x86 without VNNI (AVX2, AVX-512 without VNNI, e.g. "
             f"AMD EPYC Zen 2/3) call SessionOptions.add_session_config_entry('{ORT_PRECISION_KEY}', '1'): int8 saturates "
@@ -156,24 +129,25 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
             "[green]pass[/green]" if variant.passed else "[red]FAIL[/red]",
         )
     console.print(table)
-    if result.parity_data == "random":
+    if result.parity_data.is_random:
         errors.print("[yellow]parity ran on random inputs (no images at hand); pass --parity-data DIR to check on real images[/yellow]")
     for variant in result.variants:
-        search = variant.details.get("search")
-        if search:
-            kept = len(search["kept_float"])
-            if search["within_budget"]:
-                speed = variant.details.get("speed_vs_fp32")
+        search = variant.int8.search if variant.int8 is not None else None
+        if search is not None:
+            kept = len(search.kept_float)
+            if search.within_budget:
+                speed = variant.speed_vs_fp32
                 console.print(
-                    f"{variant.variant}: within budget with {kept} of {search['quantized_nodes']} layers in float "
-                    f"({len(search['steps'])} validated step(s), {search['seconds']:.0f} s)"
-                    + (f"; {speed['speedup']:.2f}x fp32's speed here (batch 1, quick check)" if speed else ""),
+                    f"{variant.variant}: within budget with {kept} of {search.quantized_nodes} layers in float "
+                    f"({len(search.steps)} validated step(s), {search.seconds:.0f} s)"
+                    + (f"; {speed.speedup:.2f}x fp32's speed here (batch 1, quick check)" if speed else ""),
                     highlight=False,
                 )
             else:
-                answer = "fp32 (model.onnx) stays the answer" if budget_failures_are_final else "not a candidate"
+                fp32 = Variant.parse(variant.variant).fp32_parent.file_name
+                answer = f"fp32 ({fp32}) stays the answer" if budget_failures_are_final else "not a candidate"
                 errors.print(
-                    f"[red]{variant.variant}: no int8 within the budget was found[/red] ({search['stopped']}); {answer}", highlight=False
+                    f"[red]{variant.variant}: no int8 within the budget was found[/red] ({search.stopped}); {answer}", highlight=False
                 )
         for failure in variant.failures:
             errors.print(f"[red]{variant.variant} failed[/red] ({Path(variant.path).name}): {failure}", highlight=False)
@@ -189,11 +163,10 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
                 f"(the reference's top two within {NEAR_TIE} probability){confident}",
                 highlight=False,
             )
-        for warning in variant.details.get("warnings", []):
+        for warning in variant.warnings:
             errors.print(f"[yellow]{variant.variant}[/yellow]: {warning}", highlight=False)
-        mobile = variant.details.get("mobile")
-        if mobile:
-            coverage = ", ".join(f"{name} {v['supported_nodes']}/{v['nodes']}" for name, v in mobile.items())
+        if variant.mobile:
+            coverage = ", ".join(f"{name} {v.supported_nodes}/{v.nodes}" for name, v in variant.mobile.items())
             console.print(f"{variant.variant}: ORT mobile checker, nodes each provider takes: {coverage}", highlight=False)
 
 
@@ -230,7 +203,7 @@ def parity_command(ctx, run_dir, artifact, config_path, out, as_json, **flags):
             "value",
             "limit",
             title=f"{artifact} ({result.variant}) vs float32 PyTorch on "
-            f"{metrics.n_images} {'random inputs' if metrics.data_source == 'random' else metrics.data_source}",
+            f"{metrics.n_images} {'random inputs' if metrics.data_source.is_random else metrics.data_source}",
         )
         limits = result.thresholds
         rows = [
@@ -266,9 +239,9 @@ def _size(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
 
 
-def _data_words(source: str, variants) -> str:
+def _data_words(source, variants) -> str:
     count = variants[0].parity.metrics.n_images if variants else 0
-    return f"{count} random inputs" if source == "random" else f"{count} images ({source.removeprefix('images:')})"
+    return f"{count} random inputs" if source.is_random else f"{count} images ({source.path})"
 
 
 COMMANDS = [export_command, parity_command]

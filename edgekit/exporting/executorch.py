@@ -32,14 +32,23 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Collection
+from typing import TYPE_CHECKING, Collection
 
+from ..data import load_batch
 from ..errors import ExportError, first_line
 from ..files import write_bytes, write_json
-from ..metadata import ModelMetadata
+from ..formats import Precision
+from ..hardware import isa_class
+from ..metadata import InputKind, ModelMetadata
+from ..parity_check import compare_logits, judge
 from ..runtimes.executorch import SIDE_FILE_VERSION, read_side_file, side_file_path  # noqa: F401  (re-exported)
-from .quantize.fallback import RANKING_IMAGES, Validation, with_margin
+from ..variants import Variant
+from .quantize import RANKING_IMAGES, Validation, with_margin
 from .quantize.pt2e import Pt2eInt8, keep_in_float, run_eager, search_pt2e
+from .results import Int8Facts, VariantResult
+
+if TYPE_CHECKING:
+    from .job import ExportJob
 
 INSTALL_HINT = "pip install 'edgekit[executorch]'"
 # Where the int8 search validates its candidates (see search_float_layers).
@@ -135,45 +144,37 @@ def int8_quantizer(kept_float: Collection[str] = ()):
     return relu6_aware_quantizer(kept_float).set_global(get_symmetric_quantization_config(is_per_channel=True))
 
 
-def search_float_layers(exporter, variant: str, details: dict):
-    """``choose_float`` for ``export_program``: the accuracy-aware search (``quantize/fallback.py``) on the exporter's
-    parity images, recorded in ``details`` like ONNX Runtime's; None (quantize every layer) where it does not run.
+def search_float_layers(job: "ExportJob", variant: Variant, record: dict):
+    """``choose_float`` for ``export_program``: the accuracy-aware search (``quantize/fallback.py``) on the job's
+    parity images, recorded in ``record["search"]`` (or why it did not run in ``record["skipped"]``); None (quantize
+    every layer) where it does not run.
 
     Candidates are judged in PyTorch eager on the converted pt2e model, whose reference quantize/dequantize ops agree
-    with the lowered XNNPACK program (Lite0 on the demo digits: same top-1 on 256 of 256 images, mean |diff| 3% of
-    the logits' spread); a step costs a conversion and one eager pass, where lowering alone takes 30-70 s. The
-    lowered program is then checked like every variant (``exporter.finish``)."""
-    from ..data import load_batch
-    from ..hardware import isa_class
-    from ..metadata import FLOAT_INPUT
-    from ..parity_check import compare_logits, judge
-
-    data = exporter.checker.data
-    why = exporter.search_skipped()
+    with the lowered XNNPACK program (same top-1 on the demo's digits); a step costs a conversion and one eager pass,
+    where lowering alone takes 30-70 s. The lowered program is then checked like every variant (``job.finish``)."""
+    data = job.checker.data
+    why = job.search_skipped()
     if why:
-        details.update({"kept_float": [], "search": None, "search_skipped": why})
+        record["skipped"] = why
         return None
-    budget = exporter.limits(variant)
-
-    def say(message: str) -> None:
-        exporter.bar.describe(f"exporting {variant}: int8: {message}")
+    budget = job.limits(variant)
 
     def choose(int8: Pt2eInt8) -> list[str]:
         def evaluate(candidate):
-            logits = run_eager(candidate, data.inputs(FLOAT_INPUT))
-            return compare_logits(exporter.checker.reference_logits(FLOAT_INPUT), logits, data.labels, data.source)
+            logits = run_eager(candidate, data.inputs(InputKind.FLOAT))
+            return compare_logits(job.checker.reference_logits(InputKind.FLOAT), logits, data.labels, data.source)
 
         search = search_pt2e(
             int8,
             Validation(evaluate, lambda metrics: not judge(with_margin(metrics), budget)[0]),
-            load_batch(exporter.calibration.paths[:RANKING_IMAGES], exporter.run.card.preprocessing, FLOAT_INPUT),
+            load_batch(job.calibration.paths[:RANKING_IMAGES] if job.calibration else [], job.run.card.preprocessing, InputKind.FLOAT),
             budget,
             isa_class(),
-            max_steps=exporter.max_fallback_steps,
-            max_seconds=exporter.max_fallback_seconds,
-            progress=say,
+            max_steps=job.options.max_fallback_steps,
+            max_seconds=job.options.max_fallback_seconds,
+            progress=lambda message: job.describe(variant, f"int8: {message}"),
         )
-        details.update({"kept_float": search.kept_float, "search": search.model_dump(mode="json"), "search_validated_on": EAGER})
+        record["search"] = search
         return search.kept_float
 
     return choose
@@ -278,33 +279,50 @@ def save_program(buffer: bytes, pte_path: Path, metadata: ModelMetadata, max_bat
 # --------------------------------------------------------------------------- one variant of an export run
 
 
-def export_variant(exporter, quantization: str):
-    """One ExecuTorch variant ("executorch-fp32" or "executorch-int8") of an export run, with its parity check."""
-    from ..metadata import FLOAT_INPUT
-    from ..variants import Format, Precision, Variant
-
+def require() -> None:
     require_executorch()
-    precision = Precision.FP32 if quantization == "none" else Precision(quantization)
-    variant = Variant(precision, format=Format.EXECUTORCH)
+
+
+def export_variant(job: "ExportJob", variant: Variant) -> VariantResult:
+    """One ExecuTorch variant ("executorch-fp32" or "executorch-int8") with its parity: the format's entry point."""
+    require_executorch()
     started = time.perf_counter()
-    batches = exporter.calibration_batches(FLOAT_INPUT) if precision is Precision.INT8 else None
-    search_details: dict = {}
+    int8 = variant.precision is Precision.INT8
+    record: dict = {}
     buffer, details = export_program(
-        exporter.model,
-        exporter.example(FLOAT_INPUT),
-        batches,
-        progress=lambda text: exporter.bar.describe(f"exporting {variant.name}: {text}"),
-        choose_float=search_float_layers(exporter, variant.name, search_details) if precision is Precision.INT8 else None,
+        job.model,
+        job.example(),
+        job.calibration_batches() if int8 else None,
+        progress=lambda text: job.describe(variant, text),
+        choose_float=search_float_layers(job, variant, record) if int8 else None,
     )
-    if precision is Precision.INT8:
-        details.update({"calibration_data": exporter.calibration.source, **search_details})
-    path = exporter.run.exports_dir / variant.file_name
-    metadata = exporter.metadata(variant.name, FLOAT_INPUT, "executorch", _quantization_facts(details))
+    facts = _int8_facts(job, details, record) if int8 else None
+    path = job.path_of(variant)
+    metadata = job.metadata(variant, _quantization_facts(facts))
     save_program(buffer, path, metadata, MAX_BATCH, dynamic=True)
+    warnings, notes = details.pop("warnings", []), details.pop("notes", [])
     details["side_file"] = side_file_path(path).name
-    return exporter.finish(variant.name, "executorch", path, time.perf_counter() - started, FLOAT_INPUT, details, 1e-3)
+    return job.finish(variant, path, time.perf_counter() - started, int8=facts, warnings=warnings, notes=notes, facts=details)
 
 
-def _quantization_facts(details: dict) -> dict:
-    keys = ("calibration_images", "activations", "weights")
-    return {"quantization": {k: details[k] for k in keys}} if all(k in details for k in keys) else {}
+def _int8_facts(job: "ExportJob", details: dict, record: dict) -> Int8Facts:
+    """The typed int8 facts of a pt2e export (``details`` keeps what only the JSON reader needs)."""
+    search = record.get("search")
+    return Int8Facts(
+        quantizer=details.pop("quantizer"),
+        calibration_images=details.pop("calibration_images"),
+        calibration_data=job.calibration.source if job.calibration else None,
+        activations=details.pop("activations"),
+        weights=details.pop("weights"),
+        isa=isa_class(),
+        kept_float=list(search.kept_float) if search is not None else [],
+        search=search,
+        search_skipped=record.get("skipped"),
+        search_validated_on=EAGER if search is not None else None,
+    )
+
+
+def _quantization_facts(int8: Int8Facts | None) -> dict:
+    if int8 is None:
+        return {}
+    return {"quantization": {"calibration_images": int8.calibration_images, "activations": int8.activations, "weights": int8.weights}}

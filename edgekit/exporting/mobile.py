@@ -3,7 +3,7 @@
 ONNX Runtime's NNAPI and CoreML providers take a node only when every input shape is fixed: edgekit's dynamic-batch
 ONNX runs 0 nodes on NNAPI as is, all of them once the batch is fixed. ``--fixed-batch N`` writes
 ``model.<variant>-b<N>.onnx`` beside each ONNX variant (same parity, run in chunks of N), with the verdict of
-``onnxruntime.tools.check_onnx_model_mobile_usability`` (called as a library) in the variant's details.
+``onnxruntime.tools.check_onnx_model_mobile_usability`` (called as a library) in the variant's result (``mobile``).
 ``--ort-format`` converts each ONNX file to the ORT format (``onnxruntime.tools.convert_onnx_models_to_ort``).
 """
 
@@ -13,34 +13,31 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError, ExportError, first_line
 from ..files import atomic_path
+from ..formats import Precision
+from ..metadata import read_onnx_metadata
+from ..parity_check import open_artifact
 from ..progress import quiet
 from ..safety import onnx_session
+from ..variants import Variant
+from .onnx_graph import save_proto, update_metadata
+from .results import OrtFile, ProviderUsability, VariantResult
+
+if TYPE_CHECKING:
+    from .job import ExportJob
 
 MAX_FIXED_BATCH = 1024
 
 
-def check_mobile_options(formats: Sequence[str], fixed_batch: int | None, ort_format: bool) -> None:
-    """Before any work: each optional format's extra is installed (else a one-line error naming it), and a fixed
-    batch and the ORT format apply to ONNX variants (a bad value is a one-line ConfigError)."""
-    if "openvino" in formats:
-        from .openvino import require_openvino
-
-        require_openvino()
-    if "executorch" in formats:
-        from .executorch import require_executorch
-
-        require_executorch()
+def check_fixed_batch(fixed_batch: int | None) -> None:
+    """A fixed batch out of range is a one-line ConfigError, before any work."""
     if fixed_batch is not None and not 1 <= int(fixed_batch) <= MAX_FIXED_BATCH:
         raise ConfigError(f"--fixed-batch {fixed_batch} must be between 1 and {MAX_FIXED_BATCH}")
-    if (fixed_batch is not None or ort_format) and "onnx" not in formats:
-        flag = "--fixed-batch" if fixed_batch is not None else "--ort-format"
-        raise ConfigError(f"{flag} applies to ONNX variants; add --format onnx")
 
 
 class FixedBatchSession:
@@ -76,12 +73,10 @@ def fix_batch(source: Path, target: Path, batch: int) -> Path:
     make_dim_param_fixed(proto.graph, dims[0].dim_param, batch)
     fix_output_shapes(proto)
     onnx.checker.check_model(proto, full_check=True)
-    from .onnx import save_proto
-
     return save_proto(proto, target)
 
 
-def mobile_usability(path: Path) -> dict:
+def mobile_usability(path: Path) -> dict[str, ProviderUsability]:
     """ORT's mobile-usability verdict for an ONNX file: per provider (NNAPI, CoreML MLProgram, CoreML NeuralNetwork)
     the nodes it would take with the shapes as they are, the partitions, and the checker's suitability
     (YES / MAYBE / NO). The model is first optimized at the BASIC level, as the checker itself does."""
@@ -93,22 +88,22 @@ def mobile_usability(path: Path) -> dict:
         "coreml_mlprogram": lambda m, fixed: checker.check_coreml_partitions(m, fixed, "coreml_supported_mlprogram_ops.md"),
         "coreml_neuralnetwork": lambda m, fixed: checker.check_coreml_partitions(m, fixed, "coreml_supported_neuralnetwork_ops.md"),
     }
-    verdict: dict = {}
+    verdict: dict[str, ProviderUsability] = {}
     with tempfile.TemporaryDirectory(prefix="edgekit-mobile-") as work, quiet():
         optimized = Path(work) / path.name
         optimize_model(path, optimized, use_external_initializers=True)
         model = ModelProtoWithShapeInfo(optimized).model_with_shape_info
         for name, check in providers.items():
             info = check(model, True)  # True: a node with a dynamic input shape counts as unsupported, as on device
-            verdict[name] = {
-                "supported_nodes": int(info.num_supported_nodes),
-                "nodes": int(info.num_nodes),
-                "coverage": round(info.num_supported_nodes / info.num_nodes, 4) if info.num_nodes else 0.0,
-                "partitions": int(info.num_partitions),
-                "suitability": info.suitability().name,
-                "unsupported_ops": sorted(str(op) for op in info.unsupported_ops)[:20],
-                "nodes_with_dynamic_input": int(info.nodes_unsupported_due_to_dynamic_input),
-            }
+            verdict[name] = ProviderUsability(
+                supported_nodes=int(info.num_supported_nodes),
+                nodes=int(info.num_nodes),
+                coverage=round(info.num_supported_nodes / info.num_nodes, 4) if info.num_nodes else 0.0,
+                partitions=int(info.num_partitions),
+                suitability=info.suitability().name,
+                unsupported_ops=sorted(str(op) for op in info.unsupported_ops)[:20],
+                nodes_with_dynamic_input=int(info.nodes_unsupported_due_to_dynamic_input),
+            )
     return verdict
 
 
@@ -152,49 +147,41 @@ def ort_agreement(onnx_path: Path, ort_path: Path, inputs: np.ndarray, batch: in
     return float(np.abs(run(onnx_path) - run(ort_path)).max())
 
 
-def mobile_variants(exporter, parent) -> list:
-    """The fixed-batch twin of one exported ONNX variant (with its parity and mobile verdict), and .ort files
-    for the parent and the twin when asked. Returns the new VariantResults (the parent's details are updated)."""
-    from ..metadata import read_onnx_metadata
-    from ..parity_check import open_artifact
-    from ..variants import Variant
-    from .onnx import update_metadata
-
-    results: list = []
-    parent_path = Path(parent.path)
-    parent_variant = Variant.parse(parent.variant)
-    if exporter.ort_format:
-        _add_ort(exporter, parent, parent_path, None)
-    batch = exporter.fixed_batch
-    if batch is None:
-        return results
-    from dataclasses import replace
-
-    variant = replace(parent_variant, fixed_batch=int(batch))
-    exporter.bar.describe(f"exporting {variant.name}: fixing the batch at {batch}, ORT mobile check")
+def fixed_batch_twin(job: "ExportJob", variant: Variant) -> VariantResult:
+    """The fixed-batch twin of an ONNX variant exported earlier in the same job, with its parity and ORT's mobile
+    verdict (and its .ort copy when asked)."""
+    parent = job.done.get(variant.dynamic_parent)
+    if parent is None:
+        raise ExportError(f"{variant.name} is made from {variant.dynamic_parent.name}, which this export has not written")
+    batch = int(variant.fixed_batch or 1)
+    job.describe(variant, f"fixing the batch at {batch}, ORT mobile check")
     started = time.perf_counter()
-    path = exporter.run.exports_dir / variant.file_name
-    fix_batch(parent_path, path, int(batch))
+    path = job.path_of(variant)
+    fix_batch(Path(parent.path), path, batch)
     metadata = read_onnx_metadata(path)
-    metadata.source = {**metadata.source, "variant": variant.name, "fixed_batch": int(batch)}
+    metadata.source = {**metadata.source, "variant": variant.name, "fixed_batch": batch}
     update_metadata(path, metadata)
-    details = {k: v for k, v in parent.details.items() if k not in ("ort_file", "ort_bytes", "ort_max_abs_diff", "mobile")}
-    details.update({"fixed_batch": int(batch), "fixed_from": parent_path.name, "mobile": mobile_usability(path)})
-    parent.details["mobile"] = mobile_usability(parent_path)
-    session = FixedBatchSession(open_artifact(path), int(batch))
-    tolerance = None if parent_variant.precision.value == "int8-dynamic" else 1e-3
-    result = exporter.finish(
-        variant.name, "onnx", path, time.perf_counter() - started, parent.input_kind, details, tolerance, session=session
+    result = job.finish(
+        variant,
+        path,
+        time.perf_counter() - started,
+        consistency_tolerance=None if variant.precision is Precision.INT8_DYNAMIC else 1e-3,
+        session=FixedBatchSession(open_artifact(path), batch),
+        int8=parent.int8,
+        fixed_from=parent.file_name,
+        mobile=mobile_usability(path),
+        facts=dict(parent.facts),
     )
-    if exporter.ort_format:
-        _add_ort(exporter, result, path, int(batch))
-    results.append(result)
-    return results
+    if job.options.ort_format:
+        add_ort_file(job, result, batch)
+    return result
 
 
-def _add_ort(exporter, result, onnx_path: Path, batch: int | None) -> None:
+def add_ort_file(job: "ExportJob", result: VariantResult, batch: int | None) -> None:
+    """Write the .ort copy of a result's ONNX file and record how far its logits are from the .onnx's."""
+    onnx_path = Path(result.path)
     ort_path = convert_to_ort(onnx_path)
-    inputs = exporter.checker.data.inputs(result.input_kind)[:8]
-    result.details["ort_file"] = ort_path.name
-    result.details["ort_bytes"] = ort_path.stat().st_size
-    result.details["ort_max_abs_diff"] = ort_agreement(onnx_path, ort_path, inputs, batch)
+    inputs = job.checker.data.inputs(result.input_kind)[:8]
+    result.ort_file = OrtFile(
+        file=ort_path.name, bytes=ort_path.stat().st_size, max_abs_diff=ort_agreement(onnx_path, ort_path, inputs, batch)
+    )

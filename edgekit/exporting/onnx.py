@@ -1,159 +1,93 @@
-"""PyTorch -> ONNX with the dynamo exporter: one self-contained file, a dynamic batch axis, edgekit metadata."""
+"""The ONNX format's variants: fp32, fp16, static int8 (held to the accuracy budget), int8-dynamic (MatMul/Gemm),
+each also with uint8 input (preprocessing inside) and as a fixed-batch twin, and an optional .ort copy.
+
+Every variant is made from one float32 ONNX export per input kind (``job.base_onnx``) and carries the edgekit
+metadata in its metadata_props. Conversion itself lives in ``onnx_graph.py``, int8 in ``onnx_int8.py``, the mobile
+twins and .ort files in ``mobile.py``.
+"""
 
 from __future__ import annotations
 
-import os
+import time
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..errors import ExportError, first_line
-from ..files import atomic_path
-from ..metadata import ModelMetadata
-from ..progress import quiet
+from ..formats import Precision
+from ..variants import Variant
+from . import quantize as quantizers
+from .mobile import add_ort_file, fixed_batch_twin, mobile_usability
+from .onnx_graph import (  # noqa: F401  (the conversion API, re-exported: edgekit.exporting.onnx.export_onnx)
+    CHECK_BATCH_SIZES,
+    check_batch_sizes,
+    export_onnx,
+    export_proto,
+    save_proto,
+    set_metadata,
+    update_metadata,
+)
+from .onnx_int8 import quantization_facts, quantize_static_int8, speed_vs_fp32
+from .results import Int8Facts, VariantResult
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
-# Batch sizes every exported graph is run at: 1 and 2 (the usual ones) and an odd size, so a graph whose
-# batch was silently specialized to the export example fails here instead of on a device.
-CHECK_BATCH_SIZES = (1, 2, 7)
-# Protobuf refuses to serialize a single message over 2 GiB; past that the weights must live in a side file.
-MAX_SINGLE_FILE_BYTES = 2**31 - 1
-
-
-def export_onnx(model, path: str | os.PathLike, example, metadata: ModelMetadata | None = None, opset: int | None = None) -> Path:
-    """Export ``model`` (eval mode) to one .onnx file at ``path`` with a dynamic batch axis only.
-
-    ``example`` is an input batch; a batch of 1 is repeated to 2 because torch.export specializes a
-    dynamic dimension whose example size is 1. The model is checked with onnx.checker, gets
-    ``metadata`` in its metadata_props, and is written atomically. ``opset`` None: the exporter's default.
-    """
-    proto = export_proto(model, example, opset)
-    if metadata is not None:
-        set_metadata(proto, metadata.to_props())
-    return save_proto(proto, path)
+if TYPE_CHECKING:
+    from .job import ExportJob
 
 
-def export_proto(model, example, opset: int | None = None):
-    """The ONNX ModelProto for ``model`` at ``example``'s shape with the batch axis dynamic, checked."""
+def export_variant(job: "ExportJob", variant: Variant) -> VariantResult:
+    """One ONNX variant with its parity: the format's entry point (see ``exporting/job.py``)."""
     import onnx
-    import torch
 
-    example = _batch_of_at_least_two(example)
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        # The dynamo exporter reports progress on stdout and warns about things users cannot act on;
-        # a library call stays quiet (errors still raise).
-        with quiet():
-            program = torch.onnx.export(
-                model.eval(),
-                (example,),
-                None,
-                dynamo=True,
-                external_data=False,
-                dynamic_shapes=({0: batch},),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                opset_version=opset,
-                verbose=False,
-            )
-    except Exception as exc:  # the exporter raises many types (TorchExportError, ConversionError, ...)
-        first = first_line(exc, 300)
-        raise ExportError(f"torch.onnx.export (dynamo) failed for {type(model).__name__}: {first}") from exc
-    if program is None:  # only when a file name is given, which it is not here
-        raise ExportError(f"torch.onnx.export (dynamo) returned no program for {type(model).__name__}")
-    proto = program.model_proto
-    _check_only_batch_dynamic(proto)
+    if variant.fixed_batch is not None:
+        return fixed_batch_twin(job, variant)
+    base, base_seconds, opset = job.base_onnx(variant.input_kind)
+    started = time.perf_counter()
+    work, int8 = _quantized(job, base, variant)
+    proto = onnx.load(str(work))
     try:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as exc:
-        raise ExportError(f"the exported ONNX graph is invalid: {first_line(exc, 300)}") from exc
-    return proto
-
-
-def _batch_of_at_least_two(example):
-    if example.shape[0] >= 2:
-        return example
-    return example.expand(2, *example.shape[1:]).contiguous()
-
-
-def _check_only_batch_dynamic(proto) -> None:
-    """The input's batch is symbolic and every other input dimension is fixed (a static spatial size
-    keeps ORT's optimizations and the quantizer's shape inference simple)."""
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    if not dims or not dims[0].dim_param:
-        raise ExportError("the exported graph has a fixed batch size; the batch axis should be dynamic (exporter bug?)")
-    if any(d.dim_param or not d.dim_value for d in list(dims)[1:]):
-        raise ExportError(f"the exported graph has dynamic dimensions besides the batch: {[d.dim_param or d.dim_value for d in dims]}")
-
-
-def set_metadata(proto, props: dict[str, str]) -> None:
-    """Set (replace) ``props`` in a ModelProto's metadata_props, keeping any other keys."""
-    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    for key, value in [*kept, *props.items()]:
-        proto.metadata_props.add(key=key, value=value)
-
-
-def save_proto(proto, path: str | os.PathLike) -> Path:
-    """Write a ModelProto as one self-contained file, atomically."""
-    size = proto.ByteSize()
-    if size > MAX_SINGLE_FILE_BYTES:
-        raise ExportError(f"the model is {size / 2**30:.1f} GiB; a single-file ONNX model must stay below 2 GiB")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(proto.SerializeToString())
-    return Path(path)
-
-
-def update_metadata(path: str | os.PathLike, metadata: ModelMetadata) -> Path:
-    """Rewrite the edgekit metadata of an .onnx file in place (atomically)."""
-    import onnx
-
-    proto = onnx.load(str(path))
+        raise ExportError(f"the {variant.name} ONNX graph is invalid: {first_line(exc, 300)}") from exc
+    op_types = quantizers.DYNAMIC_OP_TYPES if variant.precision is Precision.INT8_DYNAMIC else ()
+    metadata = job.metadata(variant, {"opset": opset, **quantization_facts(int8, op_types)})
+    if int8 is not None:  # what the app must set, and the ISA class the accuracy was proven on
+        metadata.runtime = {"ort_session_config": int8.session_config, "validated_isa": int8.isa.value}
     set_metadata(proto, metadata.to_props())
-    return save_proto(proto, path)
+    path = save_proto(proto, job.path_of(variant))
+    seconds = time.perf_counter() - started + (base_seconds if variant.precision is Precision.FP32 else 0.0)
+    speed, warnings = None, list[str]()
+    if int8 is not None and job.options.speed_check:  # after the clock: the export's time is the export's
+        speed, warnings = speed_vs_fp32(job, base, path, variant, int8)
+    result = job.finish(
+        variant,
+        path,
+        seconds,
+        # Dynamic quantization scales activations per batch, so one image's logits legitimately depend on its batch.
+        consistency_tolerance=None if variant.precision is Precision.INT8_DYNAMIC else 1e-3,
+        int8=int8,
+        speed_vs_fp32=speed,
+        warnings=warnings,
+        facts={"opset": opset, "fp32_export_seconds": round(base_seconds, 3), **_op_facts(op_types)},
+    )
+    if job.options.fixed_batch is not None:  # the verdict of the file as it is, beside its fixed-batch twin's
+        result.mobile = mobile_usability(path)
+    if job.options.ort_format:
+        add_ort_file(job, result, None)
+    return result
 
 
-def check_batch_sizes(
-    run_batch,
-    input_shape: tuple[int, ...],
-    dtype,
-    num_classes: int | None = None,
-    consistency_tolerance: float | None = 1e-3,
-    seed: int = 0,
-) -> None:
-    """Run a model at every size in CHECK_BATCH_SIZES and check the output shape, finiteness and (unless
-    ``consistency_tolerance`` is None) that each image's logits do not depend on the batch it sits in.
+def _quantized(job: "ExportJob", base: Path, variant: Variant) -> tuple[Path, Int8Facts | None]:
+    """(the ONNX file of ``variant``'s precision in the work folder, its int8 facts where it is static int8)."""
+    work = job.workdir / f"{variant.name}.onnx"
+    if variant.precision is Precision.FP32:
+        return base, None
+    if variant.precision is Precision.FP16:
+        quantizers.convert_fp16(base, work)
+        return work, None
+    if variant.precision is Precision.INT8_DYNAMIC:
+        quantizers.quantize_dynamic_matmul(base, work)
+        return work, None
+    return work, quantize_static_int8(job, base, work, variant)
 
-    ``run_batch`` maps an input array to logits. The tolerance is relative to the logits' spread;
-    dynamic quantization picks its activation scale per batch, so it needs None here.
-    """
-    rng = np.random.default_rng(seed)
-    largest = max(CHECK_BATCH_SIZES)
-    if np.dtype(dtype) == np.uint8:
-        inputs = rng.integers(0, 256, size=(largest, *input_shape), dtype=np.uint8)
-    else:
-        inputs = rng.standard_normal(size=(largest, *input_shape)).astype(dtype)
-    outputs = {}
-    for size in CHECK_BATCH_SIZES:
-        try:
-            logits = np.asarray(run_batch(inputs[:size]))
-        except Exception as exc:  # runtimes raise their own types; all mean "this batch size does not run"
-            raise ExportError(f"the exported model fails at batch size {size}: {first_line(exc, 300)}") from exc
-        expected_classes = num_classes if num_classes is not None else logits.shape[-1]
-        if logits.shape != (size, expected_classes):
-            raise ExportError(f"the exported model returns shape {logits.shape} at batch size {size}, expected {(size, expected_classes)}")
-        if not np.isfinite(logits).all():
-            raise ExportError(f"the exported model returns NaN or inf at batch size {size}")
-        outputs[size] = logits
-    if consistency_tolerance is None:
-        return
-    reference = outputs[largest]
-    spread = float(reference.max() - reference.min()) or 1.0
-    for size, logits in outputs.items():
-        difference = float(np.abs(logits - reference[:size]).max()) / spread
-        if difference > consistency_tolerance:
-            raise ExportError(
-                f"the exported model's logits for the same image change with the batch size "
-                f"(batch {size} vs {largest}: relative difference {difference:.2e} > {consistency_tolerance:.0e})"
-            )
+
+def _op_facts(op_types: tuple[str, ...]) -> dict:
+    return {"quantized_op_types": list(op_types)} if op_types else {}

@@ -19,19 +19,26 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
 from ..errors import ExportError, first_line
-from ..metadata import ModelMetadata
-from ..parity_check import ParityMetrics, ParityThresholds
+from ..formats import Precision
+from ..hardware import int8_saturates, isa_class
+from ..metadata import InputKind, ModelMetadata
+from ..parity_check import ParityMetrics, ParityThresholds, compare_logits, open_artifact
 from ..progress import quiet
-from ..runtimes.openvino import DIGEST_KEY, RT_SECTION, bin_path, ir_digest, ov_message, read_ir  # noqa: F401  (re-exported)
+from ..runtimes.openvino import DIGEST_KEY, RT_SECTION, bin_path, ir_digest
+from ..variants import Variant
 from .quantize import nncf as nncf_int8
+from .results import Int8Facts, VariantResult
 
-EXTRA = "openvino"
+if TYPE_CHECKING:
+    from .job import ExportJob
+
 INSTALL_HINT = "pip install 'edgekit[openvino]'"
 _DIGEST_PLACEHOLDER = "0" * 64  # replaced in the saved .xml text by the .bin's real digest
 
@@ -55,33 +62,21 @@ def convert_onnx(onnx_path: str | os.PathLike):
         raise ExportError(f"openvino.convert_model failed for {onnx_path}: {first_line(exc, 300)}") from exc
 
 
-def quantize_int8(model, batches: Iterable[np.ndarray], overflow_fix: bool, info: dict | None = None):
-    """NNCF post-training int8 of an ``openvino.Model`` calibrated on ``batches`` (float32 NCHW arrays).
-
-    Images are fed one at a time (NNCF's statistics assume batch 1). ``overflow_fix`` quantizes weights to 7 bits
-    in every layer (``OverflowFix.ENABLE``): the fix for CPUs whose int8 dot product saturates 16-bit
-    intermediates (x86 without VNNI). ``info`` receives what was done.
-    """
-    images = batch_one(batches)
-    quantized = nncf_int8.quantize(model, images, overflow_fix)
-    if info is not None:
-        info.update(quantization_info(len(images), overflow_fix))
-    return quantized
-
-
 def batch_one(batches: Iterable[np.ndarray]) -> list[np.ndarray]:
     return [batch[i : i + 1] for batch in batches for i in range(len(batch))]
 
 
-def quantization_info(images: int, overflow_fix: bool) -> dict:
-    return {
-        "calibration_images": images,
-        "quantizer": f"nncf {nncf_int8.require_nncf().__version__}",
-        "preset": "performance",
-        "overflow_fix": "enable" if overflow_fix else "disable",
-        "activations": "int8 per-tensor",
-        "weights": "int8 per-channel",
-    }
+def int8_facts(images: int, overflow_fix: bool, isa, calibration_data) -> Int8Facts:
+    """How NNCF made an int8 IR (before any search)."""
+    return Int8Facts(
+        quantizer=f"nncf {nncf_int8.require_nncf().__version__} (preset performance)",
+        calibration_images=images,
+        calibration_data=calibration_data,
+        activations="int8 per-tensor",
+        weights="int8 per-channel",
+        overflow_fix=overflow_fix,
+        isa=isa,
+    )
 
 
 def save_ir(model, xml_path: str | os.PathLike, metadata: ModelMetadata) -> Path:
@@ -117,68 +112,56 @@ def save_ir(model, xml_path: str | os.PathLike, metadata: ModelMetadata) -> Path
     return xml_path
 
 
-def read_ir_metadata(xml_path: str | os.PathLike) -> ModelMetadata:
-    return read_ir(xml_path)[1]
+def require() -> None:
+    require_openvino()
 
 
-def export_variant(exporter, quantization: str):
-    """One OpenVINO variant ("openvino-fp32" or "openvino-int8") of an export run, with its parity check.
+def export_variant(job: "ExportJob", variant: Variant) -> VariantResult:
+    """One OpenVINO variant ("openvino-fp32" or "openvino-int8") with its parity: the format's entry point.
 
-    Converted from the exporter's float32 ONNX file; int8 calibrates on the same class-stratified images as
-    ONNX int8, with NNCF's overflow fix where this CPU's int8 dot product saturates (x86 without VNNI), and is
-    accuracy-aware like ONNX int8 (see ``int8_variant``).
+    Converted from the job's float32 ONNX file; int8 calibrates on the same class-stratified images as ONNX int8,
+    with NNCF's overflow fix where this CPU's int8 dot product saturates (x86 without VNNI), and is accuracy-aware
+    like ONNX int8 (see ``int8_variant``).
     """
-    import time
-
-    from ..metadata import FLOAT_INPUT
-    from ..variants import Format, Precision, Variant
-
-    precision = Precision.FP32 if quantization == "none" else Precision(quantization)
-    variant = Variant(precision, format=Format.OPENVINO)
-    base, base_seconds, opset = exporter.base_onnx(FLOAT_INPUT)
+    base, base_seconds, opset = job.base_onnx()
     started = time.perf_counter()
     model = convert_onnx(base)
-    details: dict = {"converted_from": f"ONNX opset {opset}", "ir_weights": "float32 (compress_to_fp16=False)"}
-    metadata = exporter.metadata(variant.name, FLOAT_INPUT, "openvino", {"opset": opset})
-    if precision is Precision.INT8:
-        model, int8_details = int8_variant(exporter, variant.name, model, metadata)
-        details.update(int8_details)
-    path = save_ir(model, exporter.run.exports_dir / variant.file_name, metadata)
-    details["bin_bytes"] = bin_path(path).stat().st_size
-    seconds = time.perf_counter() - started + base_seconds
-    result = exporter.finish(variant.name, "openvino", path, seconds, FLOAT_INPUT, details, 1e-3)
-    # The weights are the bulk of an IR: its size is the .xml plus the .bin.
-    result.size_bytes = path.stat().st_size + details["bin_bytes"]
-    return result
+    metadata = job.metadata(variant, {"opset": opset})
+    int8 = None
+    if variant.precision is Precision.INT8:
+        model, int8 = int8_variant(job, variant, model, metadata)
+    path = save_ir(model, job.path_of(variant), metadata)
+    facts = {
+        "converted_from": f"ONNX opset {opset}",
+        "ir_weights": "float32 (compress_to_fp16=False)",
+        "bin_bytes": bin_path(path).stat().st_size,
+    }
+    return job.finish(variant, path, time.perf_counter() - started + base_seconds, int8=int8, facts=facts)
 
 
-def int8_variant(exporter, variant: str, model, metadata: ModelMetadata) -> tuple[Any, dict]:
-    """(int8 ``openvino.Model``, details) for ``export_variant``: NNCF int8, and where it breaks the accuracy budget
-    and the exporter has real images to validate on, NNCF's accuracy control returns layers to float until the
-    budget holds (``quantize/nncf.py``), within ``exporter.max_fallback_steps`` / ``max_fallback_seconds``."""
-    from ..hardware import int8_saturates, isa_class
-    from ..metadata import FLOAT_INPUT
-    from ..parity_check import compare_logits, open_artifact
-
+def int8_variant(job: "ExportJob", variant: Variant, model, metadata: ModelMetadata) -> tuple[Any, Int8Facts]:
+    """(int8 ``openvino.Model``, its facts) for ``export_variant``: NNCF int8, and where it breaks the accuracy budget
+    and the job has real images to validate on, NNCF's accuracy control returns layers to float until the budget
+    holds (``quantize/nncf.py``), within the job's step and time bounds."""
     isa = isa_class()
     overflow_fix = int8_saturates(isa)
-    metadata.runtime = {"validated_isa": isa}
-    exporter.bar.describe(f"exporting {variant}: NNCF calibration on {len(exporter.calibration.paths)} images")
-    images = batch_one(exporter.calibration_batches(FLOAT_INPUT))
-    details: dict = {**quantization_info(len(images), overflow_fix), "calibration_data": exporter.calibration.source, "isa": isa}
-    budget = exporter.limits(variant)
-    data = exporter.checker.data
-    skipped = _search_skipped(exporter, budget)
+    metadata.runtime = {"validated_isa": isa.value}
+    job.describe(variant, f"NNCF calibration on {len(job.calibration.paths) if job.calibration else 0} images")
+    images = batch_one(job.calibration_batches())
+    facts = int8_facts(len(images), overflow_fix, isa, job.calibration.source if job.calibration else None)
+    budget = job.limits(variant)
+    skipped = _search_skipped(job, budget)
     if skipped:
-        details.update({"kept_float": [], "search": None, "search_skipped": skipped})
-        return nncf_int8.quantize(model, images, overflow_fix), details
+        facts.search_skipped = skipped
+        return nncf_int8.quantize(model, images, overflow_fix), facts
+    data = job.checker.data
     validation = nncf_int8.ValidationImages(
-        data.inputs(FLOAT_INPUT), exporter.checker.reference_logits(FLOAT_INPUT), data.labels, data.source
+        data.inputs(InputKind.FLOAT), job.checker.reference_logits(InputKind.FLOAT), data.labels, data.source
     )
 
     def measure(candidate) -> ParityMetrics:
         # Saved and loaded the way parity and the user's app load it (edgekit's OpenVINO runtime, f32 inference).
-        session = open_artifact(save_ir(candidate, exporter.workdir / f"{variant}.candidate.xml", metadata))
+        session = open_artifact(save_ir(candidate, job.workdir / f"{variant.name}.candidate.xml", metadata))
         inputs = validation.inputs
         logits = np.concatenate([session.run(inputs[i : i + 32]) for i in range(0, len(inputs), 32)])
         return compare_logits(validation.reference, logits, validation.labels, validation.source)
@@ -191,21 +174,21 @@ def int8_variant(exporter, variant: str, model, metadata: ModelMetadata) -> tupl
         measure,
         overflow_fix=overflow_fix,
         isa=isa,
-        max_steps=exporter.max_fallback_steps,
-        max_seconds=exporter.max_fallback_seconds,
-        progress=lambda message: exporter.bar.describe(f"{variant}: {message}"),
+        max_steps=job.options.max_fallback_steps,
+        max_seconds=job.options.max_fallback_seconds,
+        progress=lambda message: job.describe(variant, message),
     )
-    details.update({"kept_float": search.kept_float, "search": search.model_dump(mode="json")})
-    return quantized, details
+    facts.kept_float, facts.search = search.kept_float, search
+    return quantized, facts
 
 
-def _search_skipped(exporter, budget: ParityThresholds) -> str:
+def _search_skipped(job: "ExportJob", budget: ParityThresholds) -> str:
     """Why the accuracy-aware search does not run ("" when it does)."""
-    data = exporter.checker.data
-    if why := exporter.search_skipped():
+    data = job.checker.data
+    if why := job.search_skipped():
         return why
     if nncf_int8.search_metric(budget, data.labels is not None) is None:
         return "the budget limits neither accuracy nor top-1 agreement"
-    if len(data.images.paths) < 2:
+    if data.images is None or len(data.images.paths) < 2:
         return "fewer than 2 images to validate on"
     return ""

@@ -30,7 +30,7 @@ def _threshold(name: str):
 class ExportOptions(BaseModel):
     """Every `edgekit export` option except what to export (RUN_DIR or --model) and how to print it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     formats: Names = Field(
         ("onnx",),

@@ -7,21 +7,24 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ExportError, first_line
 from ..files import write_bytes
-from ..metadata import FLOAT_INPUT, PT2_METADATA_FILE, ModelMetadata
+from ..metadata import PT2_METADATA_FILE, ModelMetadata
 from ..variants import Variant
 
+if TYPE_CHECKING:
+    from .job import ExportJob
+    from .results import VariantResult
 
-def export_variant(exporter, quantization: str):
-    """The run's torch.export program (.pt2, float32), with parity: the exporter's entry point for this format."""
+
+def export_variant(job: "ExportJob", variant: Variant) -> "VariantResult":
+    """The run's torch.export program (.pt2, float32), with parity: the format's entry point (see ``job.py``)."""
     started = time.perf_counter()
-    variant = Variant.parse("torch-export")
-    path = exporter.run.exports_dir / variant.file_name
-    metadata = exporter.metadata(variant.name, FLOAT_INPUT, "torch-export")
-    export_program(exporter.model, path, exporter.example(FLOAT_INPUT), metadata)
-    return exporter.finish(variant.name, "torch-export", path, time.perf_counter() - started, FLOAT_INPUT, {}, 1e-3)
+    path = job.path_of(variant)
+    export_program(job.model, path, job.example(), job.metadata(variant))
+    return job.finish(variant, path, time.perf_counter() - started)
 
 
 def export_program(model, path: str | os.PathLike, example, metadata: ModelMetadata | None = None) -> Path:

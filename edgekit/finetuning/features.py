@@ -228,7 +228,7 @@ class FeatureExtractor:
         sample = next(iter(self._loader(paths[:COSINE_IMAGES])))
         exported = not onnx_path.is_file()
         if exported:
-            from ..exporting.onnx import export_proto, save_proto
+            from ..exporting.onnx_graph import export_proto, save_proto
 
             note(f"exporting the backbone to ONNX once for fast feature extraction: {onnx_path}", self.progress)
             save_proto(export_proto(self.backbone.cpu(), sample), onnx_path)

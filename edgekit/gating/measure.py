@@ -21,7 +21,7 @@ from ..hardware import isa_class, validated_here
 from ..metadata import read_onnx_metadata
 from ..parity_check import ParityChecker, ParityData, ParityResult, ParityThresholds, images_in, run_parity_images
 from ..runs import Run
-from ..variants import AUTO, AUTO_FILE, Format, InputKind, Variant
+from ..variants import AUTO, AUTO_FILE, InputKind, Variant
 from .config import GateConfig
 from .results import VariantMeasure
 
@@ -162,12 +162,12 @@ def _export_request(run: Run, missing: list[str]) -> _ExportRequest:
     """The one export() call that writes every missing variant; an error for a variant the gate cannot export."""
     variants = [Variant.parse(name) for name in missing]
     for variant in variants:
-        if variant.format not in (Format.ONNX, Format.TORCH_EXPORT) or variant.fixed_batch is not None:
+        # The core formats only: an extra's format (minutes for ExecuTorch int8) is exported on purpose, not by a gate.
+        if variant.format.extra is not None or variant.fixed_batch is not None:
             raise EdgekitError(f"variant {variant} cannot be exported by the gate; export it with `edgekit export` first")
-    onnx = [v for v in variants if v.format is Format.ONNX]
-    formats = (("onnx",) if onnx else ()) + (("torch-export",) if len(onnx) < len(variants) else ())
-    quantize = tuple(dict.fromkeys(v.quantize_choice for v in onnx)) or ("none",)
-    embed = any(v.input_kind is InputKind.UINT8 for v in onnx)
+    formats = tuple(dict.fromkeys(v.format.name for v in variants))
+    quantize = tuple(dict.fromkeys(v.quantize_choice for v in variants if len(v.format.precisions) > 1)) or ("none",)
+    embed = any(v.input_kind is InputKind.UINT8 for v in variants)
     command = f"edgekit export {run.path} --format {','.join(formats)} --quantize {','.join(quantize)}"
     command += " --embed-preprocessing" if embed else ""
     return _ExportRequest(formats, quantize, embed, command)
@@ -222,11 +222,11 @@ def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max
     if os.path.realpath(report.artifact) != os.path.realpath(artifact) or report.variant != variant:
         return None
     source = report.metrics.data_source
-    if not source.startswith("images:") or report.metrics.variant_accuracy is None:
+    if source.is_random or report.metrics.variant_accuracy is None:
         return None  # random inputs say nothing about accuracy
     if data is None:
         return (report, path) if report.metrics.n_images <= max_images else None
-    if os.path.realpath(source[len("images:") :]) != os.path.realpath(data):
+    if os.path.realpath(str(source.path)) != os.path.realpath(data):
         return None
     expected = len(images_in(data, run.card.class_names, max_images).paths)  # a listing, no decoding
     # made on another sample size: the gate's numbers would not be comparable

@@ -18,9 +18,11 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import EdgekitError, ModelError
+from ..formats import find_format, known_suffixes
+from ..metadata import InputKind
 from ..preprocessing import Preprocessing
 
-INPUT_KINDS = ("float32-nchw", "uint8-nhwc")
+RUN = "run"  # the artifact kind of a run directory (or the model.pt in one): the torch runtime's
 
 
 class Session:
@@ -39,7 +41,7 @@ class Session:
     def __init__(
         self,
         artifact: Path,
-        input_kind: str = "float32-nchw",
+        input_kind: InputKind | str = InputKind.FLOAT,
         input_shape: tuple[int | None, ...] | None = None,
         fixed_batch: int | None = None,
         labels: list[str] | None = None,
@@ -47,10 +49,10 @@ class Session:
         info: dict[str, Any] | None = None,
         parameters: int | None = None,
     ):
-        if input_kind not in INPUT_KINDS:
-            raise ModelError(f"{artifact}: unknown input kind {input_kind!r}; expected one of {', '.join(INPUT_KINDS)}")
+        if input_kind not in {k.value for k in InputKind}:
+            raise ModelError(f"{artifact}: unknown input kind {input_kind!r}; expected one of {', '.join(k.value for k in InputKind)}")
         self.artifact = Path(artifact)
-        self.input_kind = input_kind
+        self.input_kind = InputKind(input_kind)
         self.input_shape = input_shape
         self.fixed_batch = fixed_batch
         self.labels = labels
@@ -69,7 +71,7 @@ class Session:
         """A random batch the model accepts, for timing (values do not change the work done)."""
         shape = self.resolved_input_shape()
         rng = np.random.default_rng(seed)
-        if self.input_kind == "uint8-nhwc":
+        if self.input_kind is InputKind.UINT8:
             return rng.integers(0, 256, size=(batch_size, *shape), dtype=np.uint8)
         return rng.standard_normal(size=(batch_size, *shape), dtype=np.float32)
 
@@ -78,8 +80,8 @@ class Session:
         crop = self.preprocessing.crop if self.preprocessing is not None else None
         shape = self.input_shape
         if shape is None:
-            shape = (None, None, 3) if self.input_kind == "uint8-nhwc" else (3, None, None)
-        spatial = (0, 1) if self.input_kind == "uint8-nhwc" else (1, 2)
+            shape = (None, None, 3) if self.input_kind is InputKind.UINT8 else (3, None, None)
+        spatial = (0, 1) if self.input_kind is InputKind.UINT8 else (1, 2)
         resolved = []
         for index, dim in enumerate(shape):
             if dim is None and index in spatial and crop is not None:
@@ -126,7 +128,18 @@ _REGISTRY: dict[str, Runtime] = {}
 
 
 def register(runtime: Runtime) -> Runtime:
-    """Add a runtime; a second one under the same name is an error, never a silent overwrite."""
+    """Add a runtime (a plugin's, or a test's); a second one under the same name is an error, never a silent
+    overwrite."""
+    _ensure_loaded()
+    return _add(runtime)
+
+
+def unregister(name: str) -> None:
+    """Remove a runtime a plugin or test registered."""
+    _REGISTRY.pop(name, None)
+
+
+def _add(runtime: Runtime) -> Runtime:
     if runtime.name in _REGISTRY:
         raise ValueError(f"runtime {runtime.name!r} is already registered")
     _REGISTRY[runtime.name] = runtime
@@ -160,24 +173,24 @@ def available_runtimes() -> dict[str, str | None]:
 
 
 def artifact_kind(artifact: str | os.PathLike) -> str:
-    """ ".onnx", ".pt2", ".xml" (OpenVINO IR), ".pte" (ExecuTorch) or "run" (a run directory, or the model.pt inside one)."""
+    """A model file's format suffix (".onnx", ".xml", ... from ``edgekit.formats``), or "run" (a run directory, or the
+    model.pt inside one)."""
     path = Path(artifact)
-    if path.suffix in _AUTO_RUNTIMES:
-        return path.suffix
+    fmt = find_format(path)
+    if fmt is not None:
+        return fmt.suffix
     if path.is_dir() or path.suffix in (".pt", ".pth"):
-        return "run"
-    raise EdgekitError(
-        f"{path} is not a model edgekit can run; pass an .onnx, .pt2, .xml (OpenVINO) or .pte (ExecuTorch) file or a run directory"
-    )
+        return RUN
+    raise EdgekitError(f"{path} is not a model edgekit can run; pass a model file ({known_suffixes()}) or a run directory")
 
 
 def auto_runtime(artifact: str | os.PathLike) -> str:
-    """The natural runtime for an artifact: .onnx -> ort-cpu, .pt2 -> torch-export, .xml -> openvino,
-    .pte -> executorch, run / model.pt -> torch."""
-    return {**_AUTO_RUNTIMES, "run": "torch"}[artifact_kind(artifact)]
-
-
-_AUTO_RUNTIMES = {".onnx": "ort-cpu", ".pt2": "torch-export", ".xml": "openvino", ".pte": "executorch"}
+    """The natural runtime for an artifact: its format's (``Format.runtime``), or torch for a run / its model.pt."""
+    fmt = find_format(artifact)
+    if fmt is not None:
+        return fmt.runtime
+    artifact_kind(artifact)  # a run directory, or a one-line error for any other file
+    return "torch"
 
 
 def load(artifact: str | os.PathLike, runtime: str = "auto", threads: int | None = None, **options) -> Session:
@@ -206,10 +219,14 @@ def load(artifact: str | os.PathLike, runtime: str = "auto", threads: int | None
     return chosen.load(path, threads, dict(options))
 
 
+_BUILT_IN_LOADED: list[bool] = []
+
+
 def _ensure_loaded() -> None:
     # Registration is explicit and ordered here (no import side effects scattered around the package).
-    if _REGISTRY:
+    if _BUILT_IN_LOADED:
         return
+    _BUILT_IN_LOADED.append(True)
     from . import executorch, openvino, ort, torch_eager, torch_export
 
     for runtime in (
@@ -220,11 +237,11 @@ def _ensure_loaded() -> None:
         openvino.OpenVino(),
         executorch.ExecuTorch(),
     ):
-        register(runtime)
+        _add(runtime)
 
 
 __all__ = [
-    "INPUT_KINDS",
+    "RUN",
     "Runtime",
     "Session",
     "artifact_kind",
@@ -234,4 +251,5 @@ __all__ = [
     "load",
     "register",
     "registered_names",
+    "unregister",
 ]

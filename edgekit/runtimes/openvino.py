@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import EdgekitError, ModelError
 from ..files import sha256_file
-from ..metadata import ModelMetadata
+from ..metadata import InputKind, ModelMetadata
 from . import Session
 
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
@@ -81,7 +81,7 @@ class OpenVino:
             raise ModelError(f"{artifact} input has shape {partial_shape}; expected a 4-d image batch")
         dims = [d.get_length() if d.is_static else None for d in partial_shape]
         element = compiled.input(0).get_element_type().get_type_name()
-        input_kind = "uint8-nhwc" if element == "u8" else metadata.input_kind
+        input_kind = InputKind.UINT8 if element == "u8" else metadata.input_kind
         info = {
             "library": f"openvino {ov.__version__}",
             "device": device,

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgekitError, ModelError, first_line
+from ..metadata import InputKind
 from . import Session
 
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -158,10 +159,10 @@ def onnx_parameter_count(proto) -> int:
     return sum(math.prod(t.dims) for t in proto.graph.initializer if t.name not in auxiliary and len(t.dims) > 0)
 
 
-def _input_kind(metadata, onnx_type: str) -> str:
+def _input_kind(metadata, onnx_type: str) -> InputKind:
     # A uint8 graph input can only mean embedded preprocessing; otherwise trust what export recorded
     # (ModelMetadata defaults to float32-nchw when the model has no edgekit metadata).
-    return "uint8-nhwc" if onnx_type == "tensor(uint8)" else metadata.input_kind
+    return InputKind.UINT8 if onnx_type == "tensor(uint8)" else metadata.input_kind
 
 
 def _cuda_device_present() -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgekitError
+from ..metadata import InputKind
 from . import Session
 
 
@@ -89,7 +90,7 @@ class TorchEager:
             run.model_path,
             self.name,
             device,
-            input_kind="float32-nchw",
+            input_kind=InputKind.FLOAT,
             input_shape=(3, crop, crop),
             labels=list(run.card.class_names),
             preprocessing=run.card.preprocessing,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelError
-from ..metadata import FLOAT_INPUT, UINT8_INPUT, read_pt2_metadata
+from ..metadata import InputKind, read_pt2_metadata
 from ..safety import load_exported_program
 from . import Session
 from .torch_eager import TorchSession, check_device, set_torch_threads
@@ -68,10 +68,10 @@ def _input_signature(program, artifact: Path) -> tuple[str, tuple[int | None, ..
             value = node.meta.get("val")
             if value is None:
                 break
-            kind = UINT8_INPUT if value.dtype == torch.uint8 else FLOAT_INPUT
+            kind = InputKind.UINT8 if value.dtype == torch.uint8 else InputKind.FLOAT
             shape = tuple(int(d) if isinstance(d, int) else None for d in value.shape[1:])
             return kind, shape
-    return FLOAT_INPUT, None
+    return InputKind.FLOAT, None
 
 
 def _run_metadata(artifact: Path):

@@ -3,6 +3,21 @@ shared by ONNX Runtime and ExecuTorch (``fallback.py``), pt2e int8 with layers k
 (``pt2e.py``, imported where used: it needs torchao) and the choice among variants for ``--quantize auto``
 (``auto.py``)."""
 
+from .fallback import (
+    MAX_SECONDS,
+    MAX_STEPS,
+    RANKING_IMAGES,
+    FallbackStep,
+    Int8Search,
+    LayerSearch,
+    Ranking,
+    Validation,
+    ort_session,
+    run_onnx,
+    search_int8,
+    search_layers,
+    with_margin,
+)
 from .ort import (
     CALIBRATION_METHODS,
     DYNAMIC_OP_TYPES,
@@ -11,6 +26,7 @@ from .ort import (
     calibrate,
     convert_fp16,
     first_and_last_compute_nodes,
+    load_model,
     prepare,
     quantize_dynamic_matmul,
     quantize_static,
@@ -19,6 +35,20 @@ from .ort import (
 )
 
 __all__ = [
+    "MAX_SECONDS",
+    "MAX_STEPS",
+    "RANKING_IMAGES",
+    "FallbackStep",
+    "Int8Search",
+    "LayerSearch",
+    "Ranking",
+    "Validation",
+    "ort_session",
+    "run_onnx",
+    "search_int8",
+    "search_layers",
+    "with_margin",
+    "load_model",
     "BatchReader",
     "CALIBRATION_METHODS",
     "DYNAMIC_OP_TYPES",

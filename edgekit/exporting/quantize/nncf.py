@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from ...errors import ExportError, first_line
 from ...parity_check import ParityMetrics, ParityThresholds, compare_logits, judge
 from ...progress import quiet
+from ...results import DataSource
 from .fallback import with_margin  # one standard error inside the budget, as the ONNX Runtime search
 
 INSTALL_HINT = "pip install 'edgekit[openvino]'"
@@ -77,7 +78,7 @@ class ValidationImages:
     inputs: np.ndarray
     reference: np.ndarray
     labels: np.ndarray | None
-    source: str
+    source: DataSource
 
 
 def require_nncf():

@@ -673,7 +673,7 @@ def _copy_metadata(source: str | os.PathLike, target: Path) -> None:
     if not props:
         return
     model = onnx.load(str(target))
-    from ..onnx import set_metadata
+    from ..onnx_graph import set_metadata
 
     set_metadata(model, props)
     target.write_bytes(model.SerializeToString())
