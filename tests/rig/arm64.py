@@ -22,6 +22,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import procs
 from .sshd import LoopbackSshd
 
 PACKAGES = ("python3", "python3-venv", "openssh-server", "ca-certificates")
@@ -124,7 +125,7 @@ def ensure_root(log=print) -> Path:
         try:
             debootstrap(building)
             log(f"debootstrap done after {time.monotonic() - started:.0f} s")
-            finish_root(building, build_seconds=time.monotonic() - started, log=log)
+            finish_root(building, debootstrap_seconds=time.monotonic() - started, log=log)
             building.rename(root)
         except BaseException:
             remove_tree(building)
@@ -148,7 +149,7 @@ def debootstrap(target: Path) -> None:
     build_log.unlink()
 
 
-def finish_root(root: Path, build_seconds: float | None = None, log=print) -> None:
+def finish_root(root: Path, debootstrap_seconds: float | None = None, log=print) -> None:
     """Check a debootstrapped root under emulation (arch, sshd, a venv with pip), trim it, and stamp it."""
     unmount_beneath(root)  # debootstrap's own /proc and /sys mounts, should it have left any
     shutil.rmtree(root / "var" / "cache" / "apt" / "archives", ignore_errors=True)
@@ -165,8 +166,8 @@ def finish_root(root: Path, build_seconds: float | None = None, log=print) -> No
         "mirror": debian_mirror(),
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    if build_seconds is not None:
-        stamp["build_seconds"] = round(build_seconds)
+    if debootstrap_seconds is not None:
+        stamp["debootstrap_seconds"] = round(debootstrap_seconds)
     (root / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
 
 
@@ -177,19 +178,11 @@ def run_in_root(root: Path, script: str, timeout: float = 600) -> subprocess.Com
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
 
 
-def _mount_points() -> list[str]:
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        encoded = line.split()[4]  # mountinfo escapes space, tab, newline and backslash as octal
-        points.append(re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), encoded))
-    return points
-
-
 def unmount_beneath(path: Path) -> None:
     """Unmount everything mounted at or below ``path`` in this mount namespace, deepest first (stale mounts
     of a killed build or a manual chroot); each is made private first so no unmount propagates to the host."""
     prefix = str(path.resolve())
-    for point in sorted((p for p in _mount_points() if p == prefix or p.startswith(prefix + "/")), key=len, reverse=True):
+    for point in sorted((p for p, _ in procs.mounts() if p == prefix or p.startswith(prefix + "/")), key=len, reverse=True):
         subprocess.run(["mount", "--make-private", point], capture_output=True)
         if subprocess.run(["umount", point], capture_output=True).returncode != 0:
             subprocess.run(["umount", "--lazy", point], check=True)

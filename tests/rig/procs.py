@@ -1,4 +1,4 @@
-"""Process bookkeeping for the boards, read from /proc (Linux only, like sshd and chroot).
+"""Process and mount bookkeeping for the boards, read from /proc (Linux only, like sshd and chroot).
 
 A board must leave nothing behind, even when the test process is killed: each running board leaves a
 record (listener pid, owner pid, their start times); the next board start reaps boards whose owner is gone.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -90,6 +91,17 @@ def kill_all(find_pids, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"processes {pids} survived SIGKILL for {timeout:.0f} s")
         time.sleep(0.05)
+
+
+def mounts() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount in this process's mount namespace."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        # mountinfo escapes space, tab, newline and backslash in paths as octal
+        point = re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), fields[4])
+        found.append((point, fields[fields.index("-") + 1]))
+    return found
 
 
 def records_dir() -> Path:

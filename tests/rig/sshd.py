@@ -57,6 +57,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding ``path`` (the longest mount point above it)."""
+    best, kind = "", "unknown"
+    for point, fstype in procs.mounts():
+        if (str(path) == point or str(path).startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, kind = point, fstype
+    return kind
+
+
 def _plain_path(path: Path) -> str:
     text = str(path)
     if any(character in text for character in ' \t\n",:='):
@@ -206,6 +215,10 @@ class LoopbackSshd:
         return self.workdir / "server", str(self.workdir / "server")
 
     def _write_keys(self) -> str:
+        if self.root and filesystem_type(self.workdir) == "overlay":
+            raise BoardError(
+                f"{self.workdir} is on overlayfs, which cannot hold the board's upper layer: give the board a folder on a disk or tmpfs (TMPDIR, pytest --basetemp)"
+            )
         (self.workdir / "client").mkdir(parents=True, exist_ok=True)
         on_host, _ = self._server_dir()
         on_host.mkdir(parents=True, exist_ok=True)
