@@ -51,6 +51,31 @@ class FrequencyReading(BaseModel):
     governor: str | None = None
 
 
+class MeasuredOn(BaseModel):
+    """The target a report's figures were measured on, as bench, parity and the gate record it (no credentials)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: str  # "ssh://pi@raspberrypi.local", "local"
+    transport: str
+    host: str | None = None
+    arch: str
+    isa: IsaClass
+    cpu: str | None = None
+    cores: int | None = None
+    os: str | None = None
+    python: str | None = None
+    runtimes: dict[str, str] = Field(default_factory=dict)  # what ran there: module -> version
+    emulated: bool = False
+    emulation: str | None = None
+
+    def heading(self) -> str:
+        """ "measured on ssh://pi@raspberrypi.local (aarch64, arm64-dotprod, 4x Cortex-A76)" and, when emulated, a warning."""
+        cpu = f", {self.cpu}" if self.cpu else ""
+        emulated = "; EMULATED: timings are not evidence of the device's speed" if self.emulated else ""
+        return f"measured on {self.target} ({self.arch}, {self.isa.value}{cpu}){emulated}"
+
+
 class TargetInfo(Result):
     """A target's facts: where it is (never a credential), what CPU and ISA class, what it runs."""
 
@@ -89,6 +114,24 @@ class TargetInfo(Result):
             return None
         major, _, minor = self.libc.split()[1].partition(".")
         return (int(major), int(minor.split(".")[0])) if major.isdigit() and minor.split(".")[0].isdigit() else None
+
+    def measured_on(self, runtimes: dict[str, str] | None = None) -> MeasuredOn:
+        """What a report records of this target; ``runtimes``: the versions that ran (default: every one there)."""
+        present = {module: version for module, version in self.runtimes.items() if version}
+        return MeasuredOn(
+            target=self.target,
+            transport=self.transport,
+            host=self.host,
+            arch=self.arch,
+            isa=self.isa,
+            cpu=self.cpu,
+            cores=self.logical_cores,
+            os=self.os,
+            python=self.python,
+            runtimes=runtimes if runtimes is not None else present,
+            emulated=self.emulated,
+            emulation=self.emulation,
+        )
 
     def summary(self) -> str:
         """One line: "ssh://pi@raspberrypi.local: aarch64 arm64-dotprod, 4x Cortex-A76, 4 cores, 7.8 GiB (emulated)"."""

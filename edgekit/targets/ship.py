@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import tempfile
+import time
 import uuid
 import zipfile
 from pathlib import Path
@@ -36,6 +37,7 @@ APP_PACKAGE = "edgekit_device"  # the package's name inside the runner archive (
 RUNNER_DIR = "runner"
 ARTIFACTS_DIR = "artifacts"
 JOBS_DIR = "jobs"
+STALE_JOB_MINUTES = 60
 JOB_TIMEOUT_S = 4 * 3600  # emulated boards are slow; a hung job is ended by the connection's keep-alive instead
 _MAIN = f"from {APP_PACKAGE}.runner import main\nmain()\n"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the same archive bytes for the same sources: its name is their hash
@@ -100,6 +102,7 @@ def run_job(target: Target, cache: str, runner: str, job: dict, inputs: dict[str
     ``result.json`` and the files named in ``outputs``, which come back into ``into`` (atomically, each). Returns the
     result JSON. The job folder is removed afterwards, also after a failure."""
     folder = f"{cache}/{JOBS_DIR}/{uuid.uuid4().hex}"
+    _remove_stale_jobs(target, cache)
     try:
         with tempfile.TemporaryDirectory(prefix="edgekit-job-") as staging:
             job_file = Path(staging) / "job.json"
@@ -112,10 +115,24 @@ def run_job(target: Target, cache: str, runner: str, job: dict, inputs: dict[str
             target.get(f"{folder}/{name}", into / name, doing=f"copying {name} back")
         return json.loads((into / "result.json").read_text(encoding="utf-8"))
     finally:
+        _remove(target, folder)
+
+
+def _remove(target: Target, folder: str) -> None:
+    """Remove a job folder, trying twice: a connection that just dropped often answers again a moment later."""
+    for attempt in range(2):
         try:
             target.run(["rm", "-rf", folder], timeout=120, doing=f"removing {folder}")
+            return
         except TargetError:
-            pass  # the connection is gone; the error that ended the job says so, and the next job starts afresh
+            time.sleep(1.0 + attempt)
+    # Still unreachable: the error that ended the job says so, and a later job removes the folder (_remove_stale_jobs).
+
+
+def _remove_stale_jobs(target: Target, cache: str) -> None:
+    """Job folders a lost connection left behind, an hour old or more (a job of another bench running now is younger)."""
+    stale = f'[ -d "$1" ] && find "$1" -mindepth 1 -maxdepth 1 -type d -mmin +{STALE_JOB_MINUTES} -exec rm -rf {{}} \\; ; true'
+    target.run(["sh", "-c", stale, "sh", f"{cache}/{JOBS_DIR}"], timeout=120, doing="removing stale job folders")
 
 
 def runner_failure(target: Target, rc: int, stderr: str) -> TargetError:
@@ -124,6 +141,11 @@ def runner_failure(target: Target, rc: int, stderr: str) -> TargetError:
     if rc == RUNNER_FAILED and lines:
         try:
             said = json.loads(lines[-1])
+            if said.get("error") == "missing-runtime":
+                return TargetError(
+                    f"{target.name} has no {said.get('module')} in edgekit's venv; run `edgekit target setup {target.name} "
+                    f"--runtime {said.get('runtime')}` (add --from-host if its pip has no index)"
+                )
             return TargetError(f"{target.name}: {said['message']}")
         except (ValueError, KeyError, TypeError):
             pass
