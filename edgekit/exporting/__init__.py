@@ -55,9 +55,20 @@ from .embed import EmbeddedPreprocessing
 from .mobile import check_mobile_options, mobile_variants
 from .onnx import CHECK_BATCH_SIZES, check_batch_sizes, export_proto, save_proto, set_metadata
 from .options import EXPORT_DEFAULTS
-from .quantize import CALIBRATION_METHODS, calibrate, first_and_last_compute_nodes, prepare, quantize_with_ranges
-from .quantize.fallback import RANKING_IMAGES, Ranking, Validation, run_onnx, search_int8, with_margin
-from .quantize.ort import load_model
+from .quantize import (
+    CALIBRATION_METHODS,
+    RANKING_IMAGES,
+    Ranking,
+    Validation,
+    calibrate,
+    first_and_last_compute_nodes,
+    load_model,
+    prepare,
+    quantize_with_ranges,
+    run_onnx,
+    search_int8,
+    with_margin,
+)
 
 # Every format is a Format in variants.py; ONNX is made here (_onnx), every other one by the module of its name in this
 # package (torch_export.py, openvino.py, executorch.py), through its export_variant(exporter, quantization). So a
@@ -355,7 +366,7 @@ class _Exporter:
     def _speed_vs_fp32(self, base: Path, path: Path, kind: str, session_config: dict[str, str], details: dict) -> None:
         """Time the int8 file against fp32 here (alternating pairs, batch 1, a few seconds) into ``details``, with a
         warning when int8 is clearly slower: on CPUs without VNNI, and with many layers kept in float, it can be."""
-        from .quantize.fallback import ort_session
+        from .quantize import ort_session
         from .speed_check import compare
 
         image = self.checker.data.inputs(kind)[:1]

@@ -38,7 +38,7 @@ from ..errors import ExportError, first_line
 from ..files import write_bytes, write_json
 from ..metadata import ModelMetadata
 from ..runtimes.executorch import SIDE_FILE_VERSION, read_side_file, side_file_path  # noqa: F401  (re-exported)
-from .quantize.fallback import RANKING_IMAGES, Validation, with_margin
+from .quantize import RANKING_IMAGES, Validation, with_margin
 from .quantize.pt2e import Pt2eInt8, keep_in_float, run_eager, search_pt2e
 
 INSTALL_HINT = "pip install 'edgekit[executorch]'"
