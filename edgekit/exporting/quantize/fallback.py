@@ -9,7 +9,8 @@ gets.
 
 This module knows no format and imports no runtime: ONNX Runtime (``ort_search.search_int8``) and ExecuTorch
 (``pt2e.search_pt2e``) each hand ``search_layers`` a way to quantize-and-validate a set of float layers and a way to
-rank them, and both record the same ``Int8Search``.
+rank them, and both record the same ``Int8Search``. The bounds here are the defaults of ``edgekit export``'s
+``--max-fallback-steps`` and ``--max-fallback-seconds`` (``exporting/options.py`` reads them from here).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pydantic import BaseModel
 from ...parity_check import ParityMetrics, ParityThresholds
 
 MAX_STEPS = 24  # layers returned to float before giving up
-MAX_SECONDS = 600.0
+MAX_SECONDS = 900.0  # the search's time bound
 MAX_RERANKS = 3
 RANKING_IMAGES = 32  # calibration images that rank the layers (each ranking runs every candidate on them)
 
