@@ -5,8 +5,9 @@ made them, and only the stored integers (int8 weights, int32 biases) change. The
 model saw over the calibration images (``ConvInputs``), gathered during the calibration pass (``ort.calibrate``).
 
 This module is numerical work on weights and calibration moments only (numpy, and torch for the matrix routines):
-it runs no model and edits no graph structure, so it can be read and tested apart from ONNX Runtime's tooling
-(``ort.py``) and from the graph edits (``qdq.py``) that run before it.
+it runs no model (``ort.calibrate`` runs the probe ``ConvInputs`` builds) and leaves the structure of the graphs it
+rewrites alone, so it can be read and tested apart from ONNX Runtime's tooling (``ort.py``) and from the graph
+edits (``qdq.py``) that run before it.
 """
 
 from __future__ import annotations
