@@ -152,8 +152,7 @@ def _ort_ablation(prepared: Path, ranges, out: Path, depthwise_float: bool = Fal
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
-    from edgekit.exporting.quantize import first_and_last_compute_nodes
-    from edgekit.exporting.quantize.ort import correct_biases, release_float_layers, round_weights_gptq
+    from edgekit.exporting.quantize import correct_biases, first_and_last_compute_nodes, release_float_layers, round_weights_gptq
 
     model = onnx.load(str(prepared))
     excluded = first_and_last_compute_nodes(model)

@@ -16,7 +16,7 @@ from sensitive_model import PREPROCESSING, sensitive_setup
 pytest.importorskip("executorch.runtime")
 
 from edgekit.exporting.executorch import MAX_BATCH, export_program, int8_quantizer, save_program, search_float_layers  # noqa: E402
-from edgekit.exporting.quantize.fallback import Validation  # noqa: E402
+from edgekit.exporting.quantize import Validation  # noqa: E402
 from edgekit.exporting.quantize.pt2e import Pt2eInt8, run_eager, search_pt2e  # noqa: E402
 from edgekit.parity_check import ParityThresholds, compare_logits  # noqa: E402
 from edgekit.results import DataSource

@@ -12,8 +12,7 @@ from sensitive_model import sensitive_setup
 from torch import nn
 
 from edgekit.auto import Candidate, choose
-from edgekit.exporting.quantize import calibrate, prepare
-from edgekit.exporting.quantize.fallback import Ranking, Validation, run_onnx, search_int8
+from edgekit.exporting.quantize import Ranking, Validation, calibrate, prepare, run_onnx, search_int8
 from edgekit.parity_check import ParityThresholds, compare_logits
 from edgekit.results import DataSource
 

@@ -278,7 +278,7 @@ def test_gptq_rounding_moves_a_layers_output_less_than_nearest_rounding():
     """On inputs with correlated channels (what real activations have), GPTQ's rounding lowers the output error
     E[(dW x)^2] on *other* inputs from the same distribution, within the quantizer's integer range, and its lazy
     block update gives exactly what updating every column at once gives."""
-    from edgekit.exporting.quantize import ort as quantize_ort
+    from edgekit.exporting.quantize import rounding
 
     rng = np.random.default_rng(0)
     groups, rows, columns = 2, 6, 300
@@ -290,7 +290,7 @@ def test_gptq_rounding_moves_a_layers_output_less_than_nearest_rounding():
     weight = rng.normal(size=(groups, rows, columns))
     scale, zero = np.abs(weight).max(axis=2) / 127, np.zeros((groups, rows))
     seen = samples(3000)
-    rounded = quantize_ort._gptq(weight, seen @ seen.transpose(0, 2, 1), scale, zero, -127, 127, 0.01)
+    rounded = rounding._gptq(weight, seen @ seen.transpose(0, 2, 1), scale, zero, -127, 127, 0.01)
     nearest = np.clip(np.round(weight / scale[..., None]), -127, 127)
     held_out = samples(3000)
 
@@ -301,13 +301,13 @@ def test_gptq_rounding_moves_a_layers_output_less_than_nearest_rounding():
     assert output_error(rounded) < 0.8 * output_error(nearest), (output_error(rounded), output_error(nearest))
     # Inputs that are always zero, or moments that are not positive definite: nearest rounding, never a crash.
     for degenerate in (np.zeros((groups, columns, columns)), -np.eye(columns)[None].repeat(groups, axis=0)):
-        assert np.array_equal(quantize_ort._gptq(weight, degenerate, scale, zero, -127, 127, 0.01), nearest)
-    original = quantize_ort.GPTQ_BLOCK
+        assert np.array_equal(rounding._gptq(weight, degenerate, scale, zero, -127, 127, 0.01), nearest)
+    original = rounding.GPTQ_BLOCK
     try:
-        quantize_ort.GPTQ_BLOCK = columns
-        assert np.array_equal(quantize_ort._gptq(weight, seen @ seen.transpose(0, 2, 1), scale, zero, -127, 127, 0.01), rounded)
+        rounding.GPTQ_BLOCK = columns
+        assert np.array_equal(rounding._gptq(weight, seen @ seen.transpose(0, 2, 1), scale, zero, -127, 127, 0.01), rounded)
     finally:
-        quantize_ort.GPTQ_BLOCK = original
+        rounding.GPTQ_BLOCK = original
 
 
 def _conv_weights(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

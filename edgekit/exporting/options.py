@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..parity_check import ParityOptions
+from .quantize import MAX_SECONDS, MAX_STEPS
 
 
 def split_csv(value):
@@ -50,8 +51,8 @@ class ExportOptions(BaseModel):
         json_schema_extra={"flag": "--no-fallback"},
         description="int8: do not return sensitive layers to float when the accuracy budget is broken (just report it).",
     )
-    max_fallback_steps: int = Field(24, ge=0, description="int8: at most this many layers go back to float.")
-    max_fallback_seconds: float = Field(900.0, ge=0, description="int8: time bound of the accuracy-aware search.")
+    max_fallback_steps: int = Field(MAX_STEPS, ge=0, description="int8: at most this many layers go back to float.")
+    max_fallback_seconds: float = Field(MAX_SECONDS, ge=0, description="int8: time bound of the accuracy-aware search.")
     speed_check: bool = Field(
         True,
         json_schema_extra={"flag": "--no-speed-check"},
