@@ -16,9 +16,10 @@ import pytest
 import torch
 
 import edgekit.benchmarking as bench_module
-import edgekit.benchmarking.machine as machine_module
+import edgekit.device.memory as memory_module
 from edgekit import runtimes
 from edgekit.benchmarking import BenchResult, Measurement, bench, report
+from edgekit.benchmarking.stats import add_ratios, summarize
 from edgekit.errors import DataError, EdgekitError
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -263,8 +264,11 @@ def test_top1_top5_arithmetic(tmp_path):
     truth = [labels.index(folder.classes[label]) for _, label in folder.samples]
     ranks = [0, 0, 0, 2, 4, 6] * 2  # rank 0: top-1 hit; 2 and 4: top-5 hits; 6: miss
     session = _RankedLogits(labels, truth, ranks)
-    entry = bench_module._Entry(bench_module.Candidate("m", Path("ranked.onnx"), "fp32", ".onnx"), "ort-cpu", session, 0)
-    bench_module._accuracy(entry, folder)
+    from edgekit.benchmarking.accuracy import accuracy
+    from edgekit.benchmarking.sessions import Entry
+
+    entry = Entry(bench_module.Candidate("m", Path("ranked.onnx"), "fp32", ".onnx"), "ort-cpu", session, 0)
+    accuracy(entry, folder)
     assert entry.top1 == pytest.approx(6 / 12)
     assert entry.top5 == pytest.approx(10 / 12)
     assert entry.accuracy_images == 12
@@ -371,7 +375,7 @@ def test_int8_slower_than_fp32_is_flagged_and_explained():
         _measurement("fp32", "ort-cpu", 42.8, model="resnet50"),
         _measurement("int8", "ort-cpu", 15.5, model="resnet50"),
     ]
-    warnings = bench_module.add_ratios(measurements)
+    warnings = add_ratios(measurements)
     by = {(m.model, m.variant, m.runtime): m for m in measurements}
     slow = by[("m", "int8", "ort-cpu")]
     assert slow.slower_than_fp32 is True and slow.ratio_to_fp32 == pytest.approx(3.46 / 2.35)
@@ -386,12 +390,12 @@ def test_int8_slower_than_fp32_is_flagged_and_explained():
     assert "int8 on ort-cpu is NOT faster than its fp32 parent fp32" in warnings[0] and "1.47x" in warnings[0]
     assert "top-1 88.0% vs 90.0%" in warnings[0]
 
-    summary = bench_module.summarize(measurements)
+    summary = summarize(measurements)
     assert summary[0].startswith("m, batch 1: fastest is int8-dynamic on ort-cpu, 1.98 ms p50")
     assert "within noise" not in summary[0]  # 1.98 (1.88-2.08) vs 2.35 (2.23-2.47): clearly apart
     tie = [_measurement("fp32", "ort-cpu", 2.00), _measurement("int8-dynamic", "ort-cpu", 1.98)]
-    bench_module.add_ratios(tie)
-    assert "within noise of each other" in bench_module.summarize(tie)[0]
+    add_ratios(tie)
+    assert "within noise of each other" in summarize(tie)[0]
     assert "resnet50, batch 1: fastest is int8 on ort-cpu" in summary[1]
 
     result = BenchResult(machine={"cpu": "test"}, settings={}, measurements=measurements, summary=summary, warnings=warnings)
@@ -449,9 +453,9 @@ def test_peak_memory_sees_a_short_allocation(monkeypatch, exact):
     import time
 
     if not exact:
-        monkeypatch.setattr(machine_module, "_reset_high_water_mark", lambda: False)
+        monkeypatch.setattr(memory_module, "_reset_high_water_mark", lambda: False)
     size = 40 * 2**20
-    with machine_module.PeakMemory() as memory:
+    with memory_module.PeakMemory() as memory:
         # fresh anonymous pages, touched: malloc could instead reuse memory this process already holds
         block = mmap.mmap(-1, size)
         block.write(b"\x01" * size)
@@ -534,7 +538,7 @@ def test_cli_lists_runtimes_and_requires_targets():
         assert name in listing.output
     assert "edgekit[openvino]" in listing.output.replace("\n", "").replace(" ", "") or "openvino" in listing.output
     empty = CliRunner().invoke(cli, ["bench"])
-    assert empty.exit_code == 2 and "no TARGETS" in empty.output
+    assert empty.exit_code == 2 and "no ARTIFACTS" in empty.output
 
 
 def test_int8_validated_on_another_cpu_class_is_benched_with_this_cpus_precision_and_a_note(exported_run, tmp_path, val_dir, monkeypatch):

@@ -117,7 +117,7 @@ def test_only_the_rows_timed_under_contention_are_flagged(two_models):
             nonlocal quiet_windows
             import traceback
 
-            deploying = any(frame.name == "_time_deployment" for frame in traceback.extract_stack())
+            deploying = any(frame.name == "time_deployment" for frame in traceback.extract_stack())
             quiet_windows += not deploying
             share = 0.7 if deploying else 0.0
             return lambda: contention.Reading(share=share, uncertainty=0.0, seconds=0.3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from ..results import Result
 
@@ -171,8 +171,10 @@ class ContentionSummary(BaseModel):
 class BenchResult(Result):
     """Everything one `edgekit bench` measured, with the machine and settings it was measured under."""
 
+    SCHEMA_VERSION = 2  # 2: "artifacts" (schema 1 called them "targets", which still loads)
+
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    targets: list[str] = Field(default_factory=list)
+    artifacts: list[str] = Field(default_factory=list)
     machine: MachineInfo
     settings: BenchSettings
     measurements: list[Measurement]
@@ -181,6 +183,14 @@ class BenchResult(Result):
     summary: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     _saved: list = PrivateAttr(default_factory=list)  # report files bench() wrote into the run (not part of the JSON)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_1(cls, data):
+        if isinstance(data, dict) and "targets" in data and "artifacts" not in data and data.get("schema_version", 1) == 1:
+            data = {**data, "artifacts": data["targets"]}
+            del data["targets"]
+        return data
 
     @property
     def saved(self) -> list:

@@ -8,15 +8,15 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
+from ..device import contention
 from ..formats import Precision, all_formats
 from ..variants import Variant
-from . import contention
+from .artifacts import as_variant, auto_chosen
 from .deployment import app_settings, settings_of
 from .results import ContentionSummary, Deployment, Measurement
-from .targets import as_variant, auto_chosen
 
-if TYPE_CHECKING:  # only for the annotation: bench/__init__ imports this module
-    from . import _Entry
+if TYPE_CHECKING:
+    from .sessions import Entry
 
 
 # ---- statistics and ratios -------------------------------------------------------------------------------------
@@ -52,7 +52,7 @@ def _figures(seconds: list[float], batch_size: int) -> dict:
     }
 
 
-def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: bool) -> list[Measurement]:
+def measurements_of(entry: Entry, batch_sizes, base_rss: float, end_to_end: bool) -> list[Measurement]:
     rows = []
     session = entry.session
     fair_settings = settings_of(_jsonable(session.info))

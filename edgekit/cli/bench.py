@@ -9,6 +9,7 @@ from rich.markup import escape
 
 from ..benchmarking.options import BenchOptions
 from ..errors import EdgekitError
+from ..formats import known_suffixes
 from .options import options_from_model
 from .output import console
 
@@ -53,7 +54,7 @@ def _print_runtimes() -> None:
 
 
 @click.command("bench")
-@click.argument("targets", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file with the options below as keys; flags win.")
 @options_from_model(BenchOptions, exclude=("provider_options",))
 @click.option(
@@ -66,11 +67,11 @@ def _print_runtimes() -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full result as JSON here.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a markdown report (for a PR comment) here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a latency vs accuracy PNG (needs --data) here.")
-def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot_path, **flags):
-    """Latency, throughput, memory, size and accuracy of every variant of TARGETS on each runtime.
+def bench_command(artifacts, config_path, provider_pairs, json_path, md_path, plot_path, **flags):
+    """Latency, throughput, memory, size and accuracy of every variant of ARTIFACTS on each runtime.
 
-    TARGETS are run directories (model.pt and exports/*) and/or .onnx / .pt2 files. Variants are timed
-    interleaved, so the ratios between them hold on a noisy machine.
+    ARTIFACTS are run directories (model.pt and exports/*) and/or model files (.onnx, .pt2, .xml, .pte, ...).
+    Variants are timed interleaved, so the ratios between them hold on a noisy machine.
 
     \b
     edgekit bench runs/flowers/exports/*.onnx --runtime ort-cpu --threads 2 --data photos/val
@@ -88,8 +89,8 @@ def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot
     if options.runtimes == ("list",):
         _print_runtimes()
         return
-    if not targets:
-        raise EdgekitError("no TARGETS given; pass a run directory or .onnx/.pt2 files (see edgekit bench --help)")
+    if not artifacts:
+        raise EdgekitError(f"no ARTIFACTS given; pass a run directory or model files ({known_suffixes()}; see edgekit bench --help)")
     if plot_path is not None and options.data is None:
         raise EdgekitError("--plot draws latency against accuracy, which needs --data DIR (a labelled image folder)")
     runtime_options: dict = {}
@@ -102,7 +103,7 @@ def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot
     if options.device is not None:
         runtime_options["device"] = options.device
     result = bench(
-        list(targets),
+        list(artifacts),
         runtimes=options.runtimes,
         batch_sizes=options.batch_sizes,
         threads=options.threads,

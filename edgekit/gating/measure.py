@@ -14,7 +14,7 @@ from typing import Any
 from ..auto import export_auto
 from ..benchmarking import DEFAULT_ITERATIONS, DEFAULT_WARMUP, BenchResult, Measurement, machine_info
 from ..benchmarking import bench as run_bench
-from ..benchmarking.targets import artifact_bytes
+from ..benchmarking.artifacts import artifact_bytes
 from ..errors import EdgekitError
 from ..exporting import export as run_export
 from ..hardware import isa_class, validated_here

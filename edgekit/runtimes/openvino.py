@@ -19,7 +19,6 @@ from ..files import sha256_file
 from ..metadata import InputKind, ModelMetadata
 from . import Session
 
-INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 # Where `edgekit export --format openvino` keeps its metadata in an IR: rt_info section "edgekit", one string per
 # ONNX metadata key, plus the SHA-256 of the .bin (see edgekit.exporting.openvino).
 RT_SECTION = "edgekit"
@@ -50,7 +49,7 @@ class OpenVino:
     name = "openvino"
     description = "OpenVINO runtime (optional extra), reads .xml IR and .onnx"
     suffixes = (".xml", ".onnx")
-    options = ("device", "performance_hint", "inference_precision")
+    options = ("device", "performance_hint", "inference_precision", "num_streams")
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -62,16 +61,16 @@ class OpenVino:
     def load(self, artifact: Path, threads: int | None, options: dict) -> Session:
         import openvino as ov
 
+        from ..device.openvino import compile_config, compile_model
+
         device = str(options.get("device", "CPU"))
-        precision = str(options.get("inference_precision", "f32"))
-        if precision not in INFERENCE_PRECISIONS:
-            raise EdgekitError(f"inference precision {precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}")
-        config: dict = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY")), "INFERENCE_PRECISION_HINT": precision}
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            config = compile_config(threads, options)
+        except ValueError as exc:
+            raise EdgekitError(str(exc)) from None
         model, metadata = _read(artifact)
         try:
-            compiled = ov.Core().compile_model(model, device, config)
+            compiled = compile_model(model, threads, options, device)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             raise ModelError(f"{artifact} cannot be compiled by OpenVINO on {device} ({ov_message(exc)})") from exc
         if len(compiled.inputs) != 1:

@@ -10,7 +10,6 @@ from ..errors import EdgekitError, ModelError, first_line
 from ..metadata import InputKind
 from . import Session
 
-GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 _PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8, "tensor(double)": np.float64}
 
@@ -65,6 +64,7 @@ class OrtRuntime:
     def load(self, artifact: Path, threads: int | None, options: dict) -> Session:
         import onnxruntime as ort
 
+        from ..device.ort import GRAPH_OPTIMIZATION_LEVELS, session_options
         from ..hardware import ort_session_config_here
         from ..metadata import read_onnx_metadata
         from ..safety import check_onnx_file
@@ -72,22 +72,6 @@ class OrtRuntime:
         level = options.get("graph_optimization_level", "all")
         if level not in GRAPH_OPTIMIZATION_LEVELS:
             raise EdgekitError(f"graph optimization level {level!r} is not one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}")
-        session_options = ort.SessionOptions()
-        session_options.log_severity_level = 3  # errors only: ORT's provider-assignment warnings are noise in a report
-        session_options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
-        if threads is not None:
-            session_options.intra_op_num_threads = threads
-        if options.get("inter_op_threads") is not None:
-            session_options.inter_op_num_threads = int(options["inter_op_threads"])
-        if options.get("allow_spinning") is not None:
-            # Idle intra-op threads spin for a while after each run; with several sessions interleaved on few
-            # cores that spinning can slow the next session, so it is settable (and recorded).
-            session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options["allow_spinning"] else "0")
         provider_options = {str(k): str(v) for k, v in (options.get("provider_options") or {}).items()}
         providers: list = [(self.provider, provider_options)]
         if self.provider != "CPUExecutionProvider":
@@ -99,10 +83,9 @@ class OrtRuntime:
         # option wins, for experiments.
         here = ort_session_config_here(metadata.ort_session_config, metadata.validated_isa)
         session_config = {**here, **{str(k): str(v) for k, v in (options.get("session_config") or {}).items()}}
-        for key, value in session_config.items():
-            session_options.add_session_config_entry(key, value)
+        settings = {**{k: v for k, v in options.items() if k != "provider_options"}, "session_config": session_config}
         try:
-            session = ort.InferenceSession(str(artifact), sess_options=session_options, providers=providers)
+            session = ort.InferenceSession(str(artifact), sess_options=session_options(threads, settings), providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all without a common base
             first = first_line(exc)
             raise ModelError(f"{artifact} cannot be loaded by onnxruntime ({first}); re-export it") from exc

@@ -1,4 +1,4 @@
-"""What to bench: the artifacts behind the targets a user names, their variant names, and runtime pairing."""
+"""What to bench: the artifacts a user names (run directories and model files), their variant names, and runtime pairing."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def _auto_choice(path: Path) -> str | None:
         return None
 
 
-def collect_candidates(targets: Sequence[str | os.PathLike]) -> list[Candidate]:
+def collect_candidates(artifacts: Sequence[str | os.PathLike]) -> list[Candidate]:
     """Expand run directories into their artifacts; name each artifact's model and variant. Duplicates dropped."""
     from ..runs import CARD_NAME, MODEL_NAME
 
@@ -89,8 +89,8 @@ def collect_candidates(targets: Sequence[str | os.PathLike]) -> list[Candidate]:
             seen.add(key)
             found.append(candidate)
 
-    for target in targets:
-        path = Path(target)
+    for given in artifacts:
+        path = Path(given)
         if not path.exists():
             raise EdgekitError(f"{path} does not exist; pass a run directory or model files ({known_suffixes()})")
         if path.is_dir():
@@ -114,13 +114,13 @@ def collect_candidates(targets: Sequence[str | os.PathLike]) -> list[Candidate]:
     return found
 
 
-def common_run(targets: Sequence[str | os.PathLike]) -> Path | None:
-    """The one run directory all ``targets`` belong to (the run itself or files in it), else None."""
+def common_run(artifacts: Sequence[str | os.PathLike]) -> Path | None:
+    """The one run directory all ``artifacts`` belong to (the run itself or files in it), else None."""
     from ..runs import CARD_NAME
 
     runs = set()
-    for target in targets:
-        path = Path(target)
+    for given in artifacts:
+        path = Path(given)
         run_dir = path if path.is_dir() and (path / CARD_NAME).is_file() else _run_of(path)
         if run_dir is None:
             return None
@@ -180,13 +180,13 @@ def pair_with_runtimes(candidates, names, options) -> tuple[list[tuple[Candidate
         if not matching:
             kinds = ", ".join("a run directory" if s == "run" else s for s in runtime.suffixes)
             hint = "; create one with `edgekit export`" if any(c.kind == "run" for c in candidates) else ""
-            skipped[name] = f"no artifact it can load among the targets (it loads {kinds}){hint}"
+            skipped[name] = f"no artifact it can load among the given ones (it loads {kinds}){hint}"
             continue
         ok, reason = runtime.available()
         if not ok:
             if name in named:
                 skipped[name] = reason
-            else:  # found in the targets, but its runtime's extra is not installed: skip these files, bench the rest
+            else:  # found among the artifacts, but its runtime's extra is not installed: skip these files, bench the rest
                 skipped.update({f"{name}: {c.path}": reason for c in matching})
             continue
         pairs.extend((candidate, name) for candidate in matching)
