@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgekit.benchmarking import bench, stats, targets
+from edgekit.benchmarking import artifacts, bench, stats
 from edgekit.errors import EdgekitError
 from edgekit.variants import AUTO_CHOICE_FILE, AUTO_FILE
 
@@ -115,9 +115,9 @@ def test_the_auto_copy_is_its_own_row(run_copy):
 
     # auto.json says which variant the copy is; without it, the copy's own metadata does
     (exports / AUTO_CHOICE_FILE).write_text(json.dumps({"chosen": "int8"}))
-    assert targets.variant_of(exports / AUTO_FILE) == "auto (int8)"
+    assert artifacts.variant_of(exports / AUTO_FILE) == "auto (int8)"
     (exports / AUTO_CHOICE_FILE).write_text("not json")
-    assert targets.variant_of(exports / AUTO_FILE) == "auto (fp32)"
+    assert artifacts.variant_of(exports / AUTO_FILE) == "auto (fp32)"
 
 
 def test_executorch_program_benches_on_executorch(run_copy):
@@ -142,7 +142,7 @@ def test_executorch_program_benches_on_executorch(run_copy):
 
 def _candidate(name: str, kind: str | None = None):
     path = Path("/nowhere/run/exports") / name
-    return targets.Candidate("run", path, targets.variant_of(path), kind or path.suffix)
+    return artifacts.Candidate("run", path, artifacts.variant_of(path), kind or path.suffix)
 
 
 def test_auto_pairs_each_format_with_its_runtime_and_names_pair_all():
@@ -151,10 +151,10 @@ def test_auto_pairs_each_format_with_its_runtime_and_names_pair_all():
         _candidate("model.xml"),
         _candidate("model.int8.pte"),
         _candidate("model.pt2"),
-        targets.Candidate("run", Path("/nowhere/run/model.pt"), "fp32", "run"),
+        artifacts.Candidate("run", Path("/nowhere/run/model.pt"), "fp32", "run"),
     ]
     assert [c.variant for c in found] == ["fp32", "openvino-fp32", "executorch-int8", "torch-export", "fp32"]
-    pairs, _ = targets.pair_with_runtimes(found, ["auto"], {})
+    pairs, _ = artifacts.pair_with_runtimes(found, ["auto"], {})
     assert {(c.path.name, runtime) for c, runtime in pairs} == {
         ("model.onnx", "ort-cpu"),
         ("model.xml", "openvino"),
@@ -162,16 +162,16 @@ def test_auto_pairs_each_format_with_its_runtime_and_names_pair_all():
         ("model.pt2", "torch-export"),
         ("model.pt", "torch"),
     } - ({("model.int8.pte", "executorch")} if not _available("executorch") else set())
-    named, skipped = targets.pair_with_runtimes(found, ["ort-cpu", "openvino"], {})
+    named, skipped = artifacts.pair_with_runtimes(found, ["ort-cpu", "openvino"], {})
     assert sorted((c.path.name, runtime) for c, runtime in named) == [
         ("model.onnx", "openvino"),
         ("model.onnx", "ort-cpu"),
         ("model.xml", "openvino"),
     ]
-    both, _ = targets.pair_with_runtimes(found, ["auto", "openvino"], {})
+    both, _ = artifacts.pair_with_runtimes(found, ["auto", "openvino"], {})
     assert len(both) == len(set((c.path, r) for c, r in both))  # .xml named twice (auto and openvino): one pair
     with pytest.raises(EdgekitError, match="unknown runtime 'openvin'"):
-        targets.pair_with_runtimes(found, ["openvin"], {})
+        artifacts.pair_with_runtimes(found, ["openvin"], {})
 
 
 def _available(name: str) -> bool:
@@ -185,8 +185,8 @@ def test_ir_size_counts_its_weights(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"w" * 50_000)
     (tmp_path / "model.pte").write_bytes(b"p" * 7_000)
     (tmp_path / "model.pte.json").write_text("{}")
-    assert targets.artifact_bytes(tmp_path / "model.xml") == 51_000
-    assert targets.artifact_bytes(tmp_path / "model.pte") == 7_000
+    assert artifacts.artifact_bytes(tmp_path / "model.xml") == 51_000
+    assert artifacts.artifact_bytes(tmp_path / "model.pte") == 7_002  # its side file travels with it
 
 
 def test_ratios_compare_within_a_format_first():
