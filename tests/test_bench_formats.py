@@ -133,7 +133,7 @@ def test_executorch_program_benches_on_executorch(run_copy):
     assert ("model.onnx", "fp32", "ort-cpu") in rows
     assert len(rows) == len(set(rows)) and result.skipped == {}
     row = next(m for m in result.measurements if m.runtime == "executorch")
-    assert row.size_bytes == pte.stat().st_size
+    assert row.size_bytes == pte.stat().st_size + (run_copy.exports_dir / "model.pte.json").stat().st_size  # the side file travels too
     assert row.fp32_baseline == "executorch-fp32 on executorch"
 
 
