@@ -3,8 +3,6 @@ its natural runtime with `--runtime auto`, in one interleaved table with accurac
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -12,7 +10,6 @@ import pytest
 
 from edgekit.benchmarking import artifacts, bench, stats
 from edgekit.errors import EdgekitError
-from edgekit.variants import AUTO_CHOICE_FILE, AUTO_FILE
 
 FAST = {"warmup": 1, "iterations": 3, "threads": 1, "save": False}
 
@@ -99,25 +96,6 @@ def test_a_pte_without_executorch_is_a_skip_with_the_fix(run_copy, monkeypatch):
     assert not any(runtime == "executorch" for _, _, runtime in _rows(result))
     assert set(result.skipped) == {f"executorch: {pte}"}
     assert "pip install 'edgekit[executorch]'" in result.skipped[f"executorch: {pte}"]
-
-
-def test_the_auto_copy_is_its_own_row(run_copy):
-    from edgekit.exporting import export
-
-    export(run_copy, formats=("onnx",), quantize=("none",))
-    exports = run_copy.exports_dir
-    shutil.copyfile(exports / "model.onnx", exports / AUTO_FILE)
-    (exports / AUTO_CHOICE_FILE).write_text(json.dumps({"chosen": "fp32", "path": str(exports / AUTO_FILE)}))
-    result = bench(run_copy.path, runtimes="auto", **FAST)
-    rows = _rows(result)
-    assert (AUTO_FILE, "auto (fp32)", "ort-cpu") in rows
-    assert [variant for _, variant, runtime in rows if runtime == "ort-cpu"] == ["fp32", "auto (fp32)"]
-
-    # auto.json says which variant the copy is; without it, the copy's own metadata does
-    (exports / AUTO_CHOICE_FILE).write_text(json.dumps({"chosen": "int8"}))
-    assert artifacts.variant_of(exports / AUTO_FILE) == "auto (int8)"
-    (exports / AUTO_CHOICE_FILE).write_text("not json")
-    assert artifacts.variant_of(exports / AUTO_FILE) == "auto (fp32)"
 
 
 def test_executorch_program_benches_on_executorch(run_copy):

@@ -17,6 +17,7 @@ import os
 from typing import Sequence
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
+from ..card import read_card
 from ..device import contention
 from ..device.memory import PeakMemory, current_rss_mb
 from ..errors import EdgekitError
@@ -26,10 +27,10 @@ from .accuracy import accuracy, data_folder, end_to_end_images, label_indices
 from .artifacts import Candidate, collect_candidates, common_run, pair_with_runtimes, variant_of
 from .machine import machine_info, save_to_run, stamp
 from .options import BENCH_DEFAULTS
-from .passes import time_deployment, time_pass
-from .results import BenchResult, BenchSettings, ContentionSummary, Deployment, MachineInfo, Measurement
+from .passes import time_pass
+from .results import BenchResult, BenchSettings, ContentionSummary, MachineInfo, Measurement
 from .sessions import Entry, load_all
-from .stats import add_ratios, contention_line, measurements_of, median_ci, row_order, summarize
+from .stats import add_ratios, contention_line, deploy_line, measurements_of, median_ci, row_order, summarize
 
 DEFAULT_WARMUP = BENCH_DEFAULTS.warmup
 DEFAULT_ITERATIONS = BENCH_DEFAULTS.iterations
@@ -89,10 +90,6 @@ def bench(
             label_indices(entry.session, folder)
         for batch_size in batch_sizes:
             time_pass(entries, batch_size, iterations, e2e_images, bar, monitor)
-        for entry in entries:  # each alone, after the interleaved pass, so no other session's threads compete
-            time_deployment(
-                entry, threads, options, user_options, batch_sizes, warmup, iterations, e2e_images, bar, monitor, len(entries) > 1
-            )
         _accuracy_pass(entries, folder, bar)
     measurements = [m for entry in entries for m in measurements_of(entry, batch_sizes, base_rss, end_to_end and e2e_images is not None)]
     measurements.sort(key=row_order)
@@ -110,9 +107,12 @@ def bench(
         summary=summarize(measurements) + [contention_line(load, len(measurements))],
         warnings=warnings,
     )
-    run_dir = common_run(given) if save else None
-    if run_dir is not None:
-        result._saved = list(save_to_run(result, run_dir))
+    run = common_run(given)
+    card = read_card(run / "exports") if run is not None else None
+    if card is not None:
+        result.summary.insert(len(result.summary) - 1, deploy_line(card))
+    if save and run is not None:
+        result._saved = list(save_to_run(result, run))
     return result
 
 
@@ -166,8 +166,6 @@ def _settings(runtime_names, batch_sizes, threads, warmup, iterations, end_to_en
         "x cores; a chunk at or above the threshold (minus the counters' resolution) is measured again up to "
         f"{contention.MAX_RETRIES_PER_CHUNK} times ({contention.MAX_RETRIES_PER_PASS} per pass), else its rows are contended",
         contention_threshold=threshold,
-        deployment="after the interleaved pass every row is also timed alone (ORT with spinning on, or --allow-spinning's "
-        "choice, and the same threads; the others with the same settings); a row benched alone already is",
     )
 
 
@@ -201,7 +199,6 @@ __all__ = [
     "BenchResult",
     "BenchSettings",
     "Candidate",
-    "Deployment",
     "MachineInfo",
     "Measurement",
     "PeakMemory",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Sequence
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
 from ..errors import EdgekitError
 from ..formats import all_formats, find_format, known_suffixes
-from ..variants import AUTO, AUTO_CHOICE_FILE, AUTO_FILE, Variant
+from ..variants import Variant
 
 
 @dataclass
@@ -20,7 +19,7 @@ class Candidate:
 
     model: str
     path: Path
-    variant: str  # a Variant's name, "fp32" for a run's model.pt, or auto_label(...) for model.auto.onnx
+    variant: str  # a Variant's name, "fp32" for a run's model.pt
     kind: str  # ".onnx", ".pt2", ".xml", ".pte" or "run"
     run_dir: Path | None = None
 
@@ -31,12 +30,10 @@ class Candidate:
 def variant_of(path: Path) -> str:
     """The variant name of an artifact, as ``Variant.of_artifact`` says (its metadata, else its graph, else its file
     name): model.int8.onnx -> int8, model.pt2 -> torch-export, model.xml -> openvino-fp32, model.int8.pte ->
-    executorch-int8. A run's model.pt is the fp32 model. ``model.auto.onnx`` is labelled by :func:`auto_label`."""
+    executorch-int8. A run's model.pt is the fp32 model."""
     path = Path(path)
     if path.is_dir() or path.suffix in (".pt", ".pth"):
         return "fp32"
-    if path.name == AUTO_FILE:
-        return auto_label(_auto_choice(path) or _variant_name(path))
     return _variant_name(path)
 
 
@@ -47,32 +44,11 @@ def _variant_name(path: Path) -> str:
         return path.name
 
 
-def auto_label(chosen: str) -> str:
-    """The row name of ``model.auto.onnx``: "auto (int8)" when `--quantize auto` chose int8."""
-    return f"{AUTO} ({chosen})"
-
-
-def auto_chosen(variant: str) -> str | None:
-    """The variant an :func:`auto_label` names ("auto (int8)" -> "int8"); None for any other name."""
-    prefix = f"{AUTO} ("
-    return variant[len(prefix) : -1] if variant.startswith(prefix) and variant.endswith(")") else None
-
-
 def as_variant(name: str) -> Variant | None:
-    """The Variant a bench row's name stands for (an auto row: the variant auto chose); None for a name none has."""
+    """The Variant a bench row's name stands for; None for a name none has."""
     try:
-        return Variant.parse(auto_chosen(name) or name)
+        return Variant.parse(name)
     except EdgekitError:
-        return None
-
-
-def _auto_choice(path: Path) -> str | None:
-    """Which variant `edgekit export --quantize auto` copied to ``path``, from exports/auto.json beside it."""
-    choice = path.parent / AUTO_CHOICE_FILE
-    try:
-        chosen = json.loads(choice.read_text(encoding="utf-8")).get("chosen")
-        return Variant.parse(str(chosen)).name if chosen else None
-    except (OSError, ValueError, AttributeError, EdgekitError):  # absent, not JSON, or a name from another hand
         return None
 
 

@@ -29,14 +29,19 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def _deployed(m) -> str:
-    d = m.deployment
-    low, high = d.p50_ci_ms if d is not None else m.p50_ci_ms
-    return f"{m.deployed_p50_ms:.2f} ({low:.2f}-{high:.2f})"
-
-
 def _fair(m) -> str:
     return f"{m.p50_ms:.2f} ({m.p50_ci_ms[0]:.2f}-{m.p50_ci_ms[1]:.2f})"
+
+
+def _settings(m) -> str:
+    return (
+        ", ".join(
+            f"{k}={v}"
+            for k, v in m.fair_settings.items()
+            if k in ("intra_op_threads", "threads", "allow_spinning", "inference_precision_hint", "performance_hint")
+        )
+        or "-"
+    )
 
 
 def _others(m) -> str:
@@ -62,9 +67,8 @@ def _rows(result) -> list[list[str]]:
                 m.variant,
                 m.runtime,
                 str(m.batch_size),
-                _deployed(m),
-                m.deployment.app_settings if m.deployment is not None else "-",
                 _fair(m),
+                _settings(m),
                 f"{m.p90_ms:.2f}",
                 f"{m.p99_ms:.2f}",
                 f"{m.images_per_second:.1f}",
@@ -89,9 +93,8 @@ _HEADERS = [
     "variant",
     "runtime",
     "batch",
-    "p50 ms deployed (95% CI)",
-    "deployed as",
-    "p50 ms fair (95% CI)",
+    "p50 ms (95% CI)",
+    "settings",
     "p90 ms",
     "p99 ms",
     "img/s",
@@ -114,8 +117,7 @@ _TERMINAL_HEADERS = [
     "variant",
     "runtime",
     "batch",
-    "p50 ms deployed (CI)",
-    "p50 fair",
+    "p50 ms (CI)",
     "p90/p99 ms",
     "img/s",
     "×fastest",
@@ -132,10 +134,10 @@ _TERMINAL_HEADERS = [
 
 def table(result):
     """A compact rich Table of every measurement; compressed variants slower than fp32 are marked in red, rows timed
-    while other processes used the CPU (contended) in yellow with a flag.
+     while other processes used the CPU (contended) in yellow with a flag.
 
-    Columns with nothing to show (model when there is one, accuracy without --data, GPU on the CPU, the fair p50 when
-    every row ran with its deployment settings) are left out.
+     Columns with nothing to show (model when there is one, accuracy without --data, GPU on the CPU, the fair p50 when
+    ) are left out.
     """
     from rich.markup import escape
     from rich.table import Table
@@ -147,7 +149,6 @@ def table(result):
         True,
         True,
         True,
-        any(m.deployment is not None and m.deployment.alone for m in measurements),
         True,
         True,
         True,
@@ -167,8 +168,7 @@ def table(result):
             m.variant,
             m.runtime,
             str(m.batch_size),
-            _deployed(m),
-            f"{m.p50_ms:.2f}",
+            _fair(m),
             f"{m.p90_ms:.2f}/{m.p99_ms:.2f}",
             f"{m.images_per_second:.1f}",
             f"{m.ratio_to_fastest:.2f}",
@@ -191,8 +191,7 @@ def _caption(result) -> str:
     threads = result.settings.get("threads") or "default"
     return (
         f"{machine.get('cpu')} ({machine.get('usable_cores')} cores usable), threads {threads}, "
-        f"{result.settings.get('iterations')} iterations. deployed: each alone, with the settings an app uses "
-        "(ORT: spinning on); fair: interleaved, spinning off, which the ratios (>1 slower) use; p90/p99 fair. "
+        f"{result.settings.get('iterations')} iterations, every row interleaved (ORT spinning off), ratios >1 slower. "
         f"{CONTENDED_MARK}: other processes used the CPU while timing (contended), not evidence"
     )
 
@@ -210,8 +209,9 @@ def markdown(result) -> str:
     )
     lines.append("")
     lines.append(
-        "*deployed*: each row timed alone with the settings an app would use (ORT: spinning on, the same threads); *fair*: "
-        "interleaved with spinning off, which the ratios use. Load and first inference are cold costs an app pays at "
+        "Rows are timed interleaved (ORT's idle-thread spinning off, so one session's threads do not tax the next), which "
+        "is what the ratios compare; which settings an app should use is `edgekit export --quantize auto`'s measured answer "
+        "(exports/deploy.json). Load and first inference are cold costs an app pays at "
         f"every start. {CONTENDED_MARK} *contended*: other processes used at least "
         f"{(result.settings.get('contention_threshold') or 0.25):.0%} of the CPU while that row was timed, even after "
         "re-measuring: its latencies are not evidence."

@@ -31,17 +31,6 @@ class Entry:
     top5: float | None = None
     accuracy_images: int | None = None
     cold: dict = field(default_factory=dict)  # load_ms, first_inference_ms, first_inference_batch_size, rss deltas
-    deployment: "DeploymentTiming | None" = None
-
-
-@dataclass
-class DeploymentTiming:
-    """A session timed alone under the settings an app would use."""
-
-    info: dict
-    times: dict[int, list[float]] = field(default_factory=dict)
-    chunks: dict[int, list[contention.Chunk]] = field(default_factory=dict)
-    remeasured: dict[int, int] = field(default_factory=dict)
 
 
 def load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar) -> list[Entry]:

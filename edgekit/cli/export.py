@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ..exporting.options import ExportOptions
@@ -68,13 +69,9 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
         chosen = export_auto(run_dir, options, thresholds=thresholds, progress=True)  # auto's rules: ConfigError, exit 2
         if as_json:
             click.echo(chosen.to_json())
-            return
-        show_export(chosen.export, budget_failures_are_final=False)
-        console.print(f"auto: {chosen.choice.reason} -> {chosen.choice.path}", highlight=False)
-        for variant, why in chosen.choice.left_out.items():
-            console.print(f"  not a candidate here: {variant} ({why})", highlight=False)
-        show_runtime_settings(chosen.export, only=chosen.choice.chosen)
-        return  # the answer (fp32 or a variant within budget) holds its budget: exit 0
+        else:
+            show_auto(chosen)
+        return  # the answer holds its budget: exit 0 (no candidate within budget raised, exit 2)
     result = export(run_dir, options, thresholds=thresholds, progress=True)
     if as_json:
         click.echo(result.to_json())
@@ -83,6 +80,33 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
         show_runtime_settings(result)
     if not result.passed:
         ctx.exit(1)
+
+
+def show_auto(result) -> None:
+    """The candidates' export, every candidate's figures, and the deployment card's answer."""
+    show_export(result.export, budget_failures_are_final=False)
+    card = result.card
+    table = Table(
+        "file", "runtime", "setting", "p50 ms (95% CI)", "within budget", "note", title=f"--quantize auto at batch {card.batch_size}"
+    )
+    for c in card.candidates:
+        p50 = f"{c.p50_ms:.2f} ({c.p50_ci_ms[0]:.2f}-{c.p50_ci_ms[1]:.2f})" if c.p50_ms is not None and c.p50_ci_ms else "-"
+        note = c.error or (f"dropped after {c.dropped_after} cycles: clearly slower" if c.dropped_after else c.note)
+        chosen = c.file == card.file and c.runtime == card.runtime and c.setting == card.setting
+        table.add_row(
+            *(escape(v) for v in (c.file, c.runtime, c.setting, p50, "yes" if c.within_budget else "no", note)),
+            style="bold" if chosen else None,
+        )
+    console.print(table)
+    console.print(f"auto: {card.reason}", highlight=False, markup=False)
+    for variant, why in card.left_out.items():
+        console.print(f"  not a candidate here: {variant} ({why})", highlight=False, markup=False)
+    exports = Path(result.export.run_dir) / "exports"
+    console.print(
+        f"deploy: {exports / 'deploy.json'} and DEPLOY.md (the settings and the code that loads it: {card.app_settings})",
+        highlight=False,
+        markup=False,
+    )
 
 
 def show_runtime_settings(result, only: str | None = None) -> None:
@@ -164,7 +188,9 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
                 highlight=False,
             )
         for warning in variant.warnings:
-            errors.print(f"[yellow]{variant.variant}[/yellow]: {warning}", highlight=False)
+            errors.print(f"[yellow]{variant.variant}[/yellow]: {escape(warning)}", highlight=False)
+        for line in variant.notes:
+            console.print(f"{variant.variant}: {line}", highlight=False, markup=False)
         if variant.mobile:
             coverage = ", ".join(f"{name} {v.supported_nodes}/{v.nodes}" for name, v in variant.mobile.items())
             console.print(f"{variant.variant}: ORT mobile checker, nodes each provider takes: {coverage}", highlight=False)

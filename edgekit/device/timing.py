@@ -82,39 +82,44 @@ def alternating_blocks(
     block_rounds: int = BLOCK_ROUNDS,
     pause: float = SPIN_PAUSE_SECONDS,
 ) -> List[Timed]:
-    """Time ``calls`` in alternating blocks, each call alone with a pause around it (see the module docstring)."""
+    """Time ``calls`` in alternating blocks, each call alone with a pause before it (see the module docstring)."""
     timed = [Timed() for _ in calls]
     budget = [monitor.retries_per_pass]
-    for call in calls:
-        call()
-    block = 0
+    cycle = 0
     while any(len(t.times) < iterations for t in timed):
-        order = list(range(len(calls))) if block % 2 == 0 else list(range(len(calls)))[::-1]
+        order = list(range(len(calls))) if cycle % 2 == 0 else list(range(len(calls)))[::-1]
         for index in order:
             rounds = min(block_rounds, iterations - len(timed[index].times))
             if rounds <= 0:
                 continue
-            time.sleep(pause)  # the previous block's idle threads have stopped spinning
-            calls[index]()  # one untimed call: this setting's threads wake up and its caches refill
-
-            def run_block(index=index, rounds=rounds):
-                times: List[List[float]] = [[] for _ in calls]
-                for _ in range(rounds):
-                    start = time.perf_counter()
-                    calls[index]()
-                    times[index].append(time.perf_counter() - start)
-                return times
-
-            measured: Any
-            measured, chunk, retries = monitor.measure(run_block, None, budget)
-            timed[index].times.extend(measured[index])
+            times, chunk, retries = block(calls[index], rounds, monitor, budget, pause)
+            timed[index].times.extend(times)
             timed[index].chunks.append(chunk)
             timed[index].remeasured += retries
             for _ in range(rounds):
                 if on_round is not None:
                     on_round()
-        block += 1
+        cycle += 1
     return timed
+
+
+def block(call: Call, rounds: int, monitor: contention.Monitor, budget: List[int], pause: float = SPIN_PAUSE_SECONDS):
+    """(seconds of ``rounds`` calls of ``call`` in a row, the chunk, its re-measurements), after a pause longer than
+    any idle spinning of the previous block and one untimed call that wakes this call's threads and caches."""
+    time.sleep(pause)
+    call()
+
+    def run_block():
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        return times
+
+    measured: Any
+    measured, chunk, retries = monitor.measure(run_block, None, budget)
+    return measured, chunk, retries
 
 
 def _keep(timed: List[Timed], times: List[List[float]], chunk: contention.Chunk, retries: int) -> None:
@@ -139,6 +144,12 @@ def _median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def sign_test(wins: int, n: int) -> float:
+    """P(at least ``wins`` of ``n`` fair coin flips): how often chance alone loses that many pairs. A pair is two
+    timings taken back to back, so one slower machine moment hits both; the test needs no threshold tuned to a CPU."""
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
 
 
 def first_call(call: Call) -> float:

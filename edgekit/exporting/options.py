@@ -42,10 +42,16 @@ class ExportOptions(BaseModel):
     quantize: Names = Field(
         ("none",),
         description="Variants, comma-separated: none (fp32), fp16, int8 (static, calibrated, held to the accuracy budget), "
-        "int8-dynamic (MatMul/Gemm only), all; or auto: export fp32 and int8, time them here and keep the fastest "
-        "within budget as model.auto.onnx.",
+        "int8-dynamic (MatMul/Gemm only), all; or auto: export fp32 and int8 of every --format, time each file within "
+        "budget on its runtime at every setting worth trying here, and write the fastest as exports/deploy.json (+ DEPLOY.md).",
     )
     batch_size: int = Field(1, ge=1, description="With --quantize auto: the batch size the app runs, for timing.")
+    auto_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="With --quantize auto: about how long to time the candidates (every file within budget x runtime x "
+        "setting); the clearly slower ones are dropped on the way.",
+    )
     accuracy_aware: bool = Field(
         True,
         json_schema_extra={"flag": "--no-fallback"},

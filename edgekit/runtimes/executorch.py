@@ -15,6 +15,7 @@ from ..errors import EdgekitError, ModelError, first_line
 from ..files import sha256_file
 from ..metadata import ModelMetadata
 from . import Session
+from .tuning import AppCode, Example, Machine, Setting
 
 INSTALL_HINT = "pip install 'edgekit[executorch]'"
 # The side file `edgekit export --format executorch` writes beside each .pte (format: edgekit.exporting.executorch).
@@ -96,6 +97,35 @@ class ExecuTorch:
             preprocessing=metadata.preprocessing,
             info=info,
         )
+
+    # ---- tuning (see runtimes/tuning.py) ------------------------------------------------------------------
+
+    def settings_to_try(self, machine: Machine, batch_size: int) -> list[Setting]:
+        """The physical cores only: ExecuTorch's threadpool is process-wide and can be sized once per process (see
+        edgekit.device.executorch), so thread counts cannot be compared side by side in one process."""
+        threads = max(1, machine.physical_cores)
+        return [Setting(threads, {}, f"{threads} thread{'s' if threads > 1 else ''} (the process-wide pool)")]
+
+    def app_code(self, file_name: str, setting: Setting, example: Example, session_config: dict[str, str] | None = None) -> AppCode:
+        python = "\n".join(
+            [
+                "import torch",
+                "from executorch.runtime import Runtime",
+                "",
+                f"program = Runtime.get().load_program({file_name!r})",
+                "method = program.load_method('forward')",
+                f"batch = torch.zeros({example.shape!r}, dtype=torch.{example.dtype})  # {example.comment}",
+                "logits = method.execute([batch])[0]",
+            ]
+        )
+        cpp = "\n".join(
+            [
+                f"::executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool({setting.threads or 0});",
+                f'executorch::extension::Module module("{file_name}");',
+                "auto logits = module.forward(executorch::extension::from_blob(data, {" + ", ".join(map(str, example.shape)) + "}));",
+            ]
+        )
+        return AppCode(python, cpp, f"threadpool {setting.threads or 'default'} threads, XNNPACK delegate")
 
 
 def side_file_path(pte_path: str | os.PathLike) -> Path:

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device.openvino import compile_config
 from ..errors import EdgekitError, ModelError
 from ..files import sha256_file
 from ..metadata import InputKind, ModelMetadata
 from . import Session
+from .tuning import AppCode, Example, Machine, Setting
 
 # Where `edgekit export --format openvino` keeps its metadata in an IR: rt_info section "edgekit", one string per
 # ONNX metadata key, plus the SHA-256 of the .bin (see edgekit.exporting.openvino).
@@ -61,7 +63,7 @@ class OpenVino:
     def load(self, artifact: Path, threads: int | None, options: dict) -> Session:
         import openvino as ov
 
-        from ..device.openvino import compile_config, compile_model
+        from ..device.openvino import compile_model
 
         device = str(options.get("device", "CPU"))
         try:
@@ -98,6 +100,50 @@ class OpenVino:
             preprocessing=metadata.preprocessing,
             info=info,
         )
+
+    # ---- tuning (see runtimes/tuning.py) ------------------------------------------------------------------
+
+    def settings_to_try(self, machine: Machine, batch_size: int) -> list[Setting]:
+        """Threads x precision: f32 (what export validated), and bf16 where the CPU has it (OpenVINO's own default
+        there, validated as a candidate of its own); the THROUGHPUT hint where a batch can be split into streams."""
+        precisions = ["f32", "bf16"] if machine.has_bf16 else ["f32"]
+        hints = ["LATENCY", "THROUGHPUT"] if batch_size > 1 else ["LATENCY"]
+        settings = []
+        for threads in machine.thread_counts:
+            for precision in precisions:
+                for hint in hints:
+                    label = f"{threads} thread{'s' if threads > 1 else ''}, {precision}" + (f", {hint}" if batch_size > 1 else "")
+                    options = {"inference_precision": precision, "performance_hint": hint}
+                    settings.append(Setting(threads, options, label, changes_numerics=precision != "f32"))
+        return settings
+
+    def app_code(self, file_name: str, setting: Setting, example: Example, session_config: dict[str, str] | None = None) -> AppCode:
+        config = compile_config(setting.threads, setting.options)
+        python = "\n".join(
+            [
+                "import numpy as np",
+                "import openvino as ov",
+                "",
+                "core = ov.Core()",
+                "# set the precision explicitly: OpenVINO's default on CPUs with bf16 is bf16, not what was validated",
+                f"compiled = core.compile_model({file_name!r}, 'CPU', {config!r})",
+                "request = compiled.create_infer_request()",
+                f"batch = np.zeros({example.shape!r}, np.{example.dtype})  # {example.comment}",
+                "logits = request.infer({0: batch})[compiled.output(0)]",
+            ]
+        )
+        hint = {"LATENCY": "LATENCY", "THROUGHPUT": "THROUGHPUT"}.get(config["PERFORMANCE_HINT"], "LATENCY")
+        cpp = "\n".join(
+            [
+                "ov::Core core;",
+                f'auto compiled = core.compile_model("{file_name}", "CPU",',
+                f"    ov::hint::performance_mode(ov::hint::PerformanceMode::{hint}),",
+                f"    ov::hint::inference_precision(ov::element::{config['INFERENCE_PRECISION_HINT']}),",
+                f"    ov::inference_num_threads({config.get('INFERENCE_NUM_THREADS', 0)}));",
+                "auto request = compiled.create_infer_request();",
+            ]
+        )
+        return AppCode(python, cpp, ", ".join(f"{k}={v}" for k, v in config.items()))
 
 
 def _read(artifact: Path):

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device.ort import SPINNING_KEY
 from ..errors import EdgekitError, ModelError, first_line
 from ..metadata import InputKind
 from . import Session
+from .tuning import AppCode, Example, Machine, Setting
 
 _PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8, "tensor(double)": np.float64}
@@ -124,6 +126,46 @@ class OrtRuntime:
             info=info,
             parameters=onnx_parameter_count(proto),
         )
+
+    # ---- tuning (see runtimes/tuning.py) ------------------------------------------------------------------
+
+    def settings_to_try(self, machine: Machine, batch_size: int) -> list[Setting]:
+        """Every thread count worth trying, each with idle-thread spinning on (ORT's default) and off."""
+        settings = []
+        for threads in machine.thread_counts:
+            for spinning in (True, False):
+                label = f"{threads} thread{'s' if threads > 1 else ''}, spinning {'on' if spinning else 'off'}"
+                settings.append(Setting(threads, {"allow_spinning": spinning}, label))
+        return settings
+
+    def app_code(self, file_name: str, setting: Setting, example: Example, session_config: dict[str, str] | None = None) -> AppCode:
+        entries = {SPINNING_KEY: "1" if setting.options.get("allow_spinning", True) else "0", **(session_config or {})}
+        threads = setting.threads or 0
+        python = "\n".join(
+            [
+                "import numpy as np",
+                "import onnxruntime as ort",
+                "",
+                "options = ort.SessionOptions()",
+                f"options.intra_op_num_threads = {threads}",
+                *(f"options.add_session_config_entry({key!r}, {value!r})" for key, value in entries.items()),
+                f"session = ort.InferenceSession({file_name!r}, options, providers=[{self.provider!r}])",
+                "name = session.get_inputs()[0].name",
+                f"batch = np.zeros({example.shape!r}, np.{example.dtype})  # {example.comment}",
+                "logits = session.run(None, {name: batch})[0]",
+            ]
+        )
+        cpp = "\n".join(
+            [
+                "Ort::Env env;",
+                "Ort::SessionOptions options;",
+                f"options.SetIntraOpNumThreads({threads});",
+                *(f'options.AddConfigEntry("{key}", "{value}");' for key, value in entries.items()),
+                f'Ort::Session session(env, "{file_name}", options);',
+            ]
+        )
+        line = ", ".join([f"intra_op_num_threads={threads}", *(f"{k}={v}" for k, v in entries.items())])
+        return AppCode(python, cpp, line)
 
 
 def onnx_parameter_count(proto) -> int:
