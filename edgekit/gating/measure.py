@@ -18,6 +18,7 @@ from ..benchmarking.artifacts import artifact_bytes
 from ..card import read_card
 from ..errors import EdgekitError
 from ..exporting import export as run_export
+from ..formats import ONNX, find_format
 from ..hardware import isa_class, validated_here
 from ..metadata import read_onnx_metadata
 from ..parity_check import ParityChecker, ParityData, ParityResult, ParityThresholds, images_in, run_parity_images
@@ -222,7 +223,7 @@ def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max
     model and was measured on the same labelled images; otherwise None."""
     if variant == AUTO:
         return None  # the card's file runs with the card's settings, which may change its numerics: measured here
-    if artifact.suffix == ".onnx" and not _validated_here(artifact):
+    if find_format(artifact) is ONNX and not _validated_here(artifact):
         return None  # int8 proven on another CPU class: measure it again here
     path = run.exports_dir / Variant.parse(variant).parity_file_name
     if not path.is_file() or path.stat().st_mtime < max(artifact.stat().st_mtime, run.model_path.stat().st_mtime):
