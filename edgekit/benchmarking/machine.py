@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 from pathlib import Path
 
+from ..display import megabytes
 from .results import BenchResult, MachineInfo
 
 # ---- machine, saving ---------------------------------------------------------------------------------------
@@ -171,7 +172,7 @@ class PeakMemory:
 def current_rss_mb() -> float:
     import psutil
 
-    return psutil.Process().memory_info().rss / 2**20
+    return megabytes(psutil.Process().memory_info().rss)
 
 
 def _reset_high_water_mark() -> bool:
@@ -188,7 +189,7 @@ def _high_water_mark_mb() -> float | None:
         with open("/proc/self/status", encoding="ascii") as handle:
             for line in handle:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+                    return megabytes(int(line.split()[1]) * 1024)  # the kernel's "kB" are KiB
     except OSError:
         return None
     return None
@@ -202,6 +203,6 @@ def gpu_used_mb() -> float | None:
         if not torch.cuda.is_available():
             return None
         free, total = torch.cuda.mem_get_info()
-        return (total - free) / 2**20
+        return megabytes(total - free)
     except (ImportError, RuntimeError):
         return None

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..display import megabytes
 from ..errors import EdgekitError
 
 WARNING_MARK = "⚠"
@@ -74,7 +75,7 @@ def _rows(result) -> list[list[str]]:
                 _percent(m.top5),
                 _ms(m.load_ms),
                 _ms(m.first_inference_ms),
-                f"{m.size_bytes / 2**20:.2f}",
+                f"{megabytes(m.size_bytes):.2f}",
                 _rss(m),
                 f"+{m.rss_delta_mb:.0f}",
                 _others(m),
@@ -101,7 +102,7 @@ _HEADERS = [
     "top-5",
     "load ms",
     "1st inference ms",
-    "size MiB",
+    "size MB",
     "peak RSS MB load/1st/all",
     "model RSS MB",
     "others' CPU",
@@ -123,7 +124,7 @@ _TERMINAL_HEADERS = [
     "top-1",
     "top-5",
     "load/1st ms",
-    "MiB",
+    "size MB",
     "RSS MB load/1st/all",
     "others' CPU",
     "GPU MB",
@@ -137,7 +138,6 @@ def table(result):
     Columns with nothing to show (model when there is one, accuracy without --data, GPU on the CPU, the fair p50 when
     every row ran with its deployment settings) are left out.
     """
-    from rich.markup import escape
     from rich.table import Table
 
     measurements = result.measurements
@@ -160,7 +160,7 @@ def table(result):
         True,
         any(m.gpu_memory_mb is not None for m in measurements),
     ]
-    out = Table(*[h for h, k in zip(_TERMINAL_HEADERS, keep) if k], title="edgekit bench", caption=escape(_caption(result)))
+    out = Table(*[h for h, k in zip(_TERMINAL_HEADERS, keep) if k], title="edgekit bench", caption=_caption(result))
     for m in measurements:
         cells = [
             m.model,
@@ -176,13 +176,13 @@ def table(result):
             _percent(m.top1),
             _percent(m.top5),
             _cold(m),
-            f"{m.size_bytes / 2**20:.1f}",
+            f"{megabytes(m.size_bytes):.2f}",
             _rss(m),
             f"{CONTENDED_MARK} {m.contention_share:.0%}" if m.contended else f"{m.contention_share:.0%}",
             "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
         ]
         style = "red" if m.slower_than_fp32 else "yellow" if m.contended else None
-        out.add_row(*[escape(c) for c, k in zip(cells, keep) if k], style=style)
+        out.add_row(*[c for c, k in zip(cells, keep) if k], style=style)  # printed literally (edgekit.display)
     return out
 
 

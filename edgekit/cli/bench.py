@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from ..benchmarking.options import BenchOptions
 from ..errors import EdgekitError
 from .options import options_from_model
-from .output import console
+from .output import console, styled
 
 
 def _csv(value: str) -> list[str]:
@@ -46,9 +45,7 @@ def _print_runtimes() -> None:
     for name, reason in available_runtimes().items():
         runtime = get_runtime(name)
         loads = ", ".join("run dir" if s == "run" else s for s in runtime.suffixes)
-        out.add_row(
-            name, loads, "yes" if reason is None else "[yellow]no[/yellow]", escape(runtime.description if reason is None else reason)
-        )
+        out.add_row(name, loads, "yes" if reason is None else styled(("no", "yellow")), runtime.description if reason is None else reason)
     console.print(out)
 
 
@@ -135,11 +132,11 @@ def show_bench(result) -> None:
 
     console.print(report.table(result))
     for line in result.summary:
-        console.print(escape(line), style="bold yellow" if "contended" in line.lower() and "no row contended" not in line else "bold")
+        console.print(line, style="bold yellow" if "contended" in line.lower() and "no row contended" not in line else "bold")
     for warning in result.warnings:
-        console.print(f"[bold red]warning:[/bold red] {escape(warning)}")
+        console.print(styled(("warning:", "bold red"), f" {warning}"))
     for name, reason in result.skipped.items():
-        console.print(f"[yellow]skipped {escape(name)}:[/yellow] {escape(reason)}")
+        console.print(styled((f"skipped {name}:", "yellow"), f" {reason}"))
 
 
 COMMANDS = [bench_command]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .output import console
+from .output import console, styled
 
 
 @click.command("demo")
@@ -36,7 +36,7 @@ def demo_command(out, overwrite, epochs, gate_config, json_path):
 
     result = run_demo(out, overwrite=overwrite, epochs=epochs, gate_config=gate_config, progress=True)
     tuned = result.finetune
-    console.print(f"[bold]fine-tune[/bold]: {result.run_dir}, best val accuracy {tuned.best_val_accuracy:.2%}")
+    console.print(styled(("fine-tune", "bold"), f": {result.run_dir}, best val accuracy {tuned.best_val_accuracy:.2%}"))
     table = Table("held-out image", "prediction", "probability", title="predict")
     for prediction in result.predictions.predictions:
         label, probability = prediction.top[0]
@@ -47,12 +47,12 @@ def demo_command(out, overwrite, epochs, gate_config, json_path):
 
         show_export(result.export, budget_failures_are_final=result.auto is None)
         if result.auto is not None:
-            console.print(f"auto: {result.auto.choice.reason} -> {result.auto.choice.path}", highlight=False)
+            console.print(f"auto: {result.auto.choice.reason} -> {result.auto.choice.path}")
             show_runtime_settings(result.export, only=result.auto.choice.chosen)
     if result.edge_targets is not None:
         show_export(result.edge_targets, budget_failures_are_final=False)
     for name, reason in result.edge_targets_missing.items():
-        console.print(f"{name}: not exported or benched here ({reason})", highlight=False)
+        console.print(f"{name}: not exported or benched here ({reason})")
     if result.bench is not None:
         from .bench import show_bench
 
