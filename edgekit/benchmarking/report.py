@@ -10,6 +10,7 @@ from ..display import megabytes
 from ..errors import EdgekitError
 
 WARNING_MARK = "⚠"
+PLOT_INSTALL_HINT = "pip install 'edgekit[plot]'"
 
 
 def _percent(value: float | None) -> str:
@@ -252,13 +253,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def require_matplotlib():
+    """matplotlib, or a one-line error naming the extra that installs it (``bench --plot`` asks before timing)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise EdgekitError(f"the latency vs accuracy plot needs matplotlib, which is not installed: {PLOT_INSTALL_HINT}") from exc
+    return matplotlib
+
+
 def pareto_plot(result, path: str | os.PathLike, batch_size: int | None = None) -> Path:
     """A PNG scatter of p50 latency vs top-1 accuracy, one point per model/variant/runtime, the Pareto front drawn.
 
     Uses the smallest batch size measured unless ``batch_size`` is given. Needs accuracy (bench with --data).
     """
-    import matplotlib
-
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")  # no display needed; must be set before pyplot is imported
     import matplotlib.pyplot as plt
 

@@ -89,6 +89,8 @@ def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot
         raise EdgekitError("no TARGETS given; pass a run directory or .onnx/.pt2 files (see edgekit bench --help)")
     if plot_path is not None and options.data is None:
         raise EdgekitError("--plot draws latency against accuracy, which needs --data DIR (a labelled image folder)")
+    if plot_path is not None:
+        report.require_matplotlib()  # before minutes of timing, not after
     runtime_options: dict = {}
     if options.graph_opt_level is not None:
         runtime_options["graph_optimization_level"] = options.graph_opt_level
