@@ -154,3 +154,44 @@ def test_the_demo_says_which_pip_install_adds_a_missing_extra(monkeypatch, tmp_p
     output = _whole(shown.output)
     assert "openvino: not exported or benched here (pip install 'edgekit[openvino]')" in output
     assert "executorch: not exported or benched here (pip install 'edgekit[executorch]')" in output
+
+
+def test_a_bench_table_wider_than_any_terminal_is_printed_whole(capsys):
+    """Every column shown (two models, accuracy, GPU memory): far wider than 80 or 160 columns, and still whole."""
+    from edgekit.benchmarking import BenchResult, Measurement
+    from edgekit.cli.bench import show_bench
+
+    rows = [
+        Measurement(
+            model=f"{name}[v2]",
+            artifact=f"runs/{name}[v2]/exports/model.int8.onnx",
+            variant="int8",
+            runtime="ort-cpu",
+            batch_size=1,
+            iterations=20,
+            p50_ms=5.0,
+            p90_ms=5.5,
+            p99_ms=6.0,
+            mean_ms=5.1,
+            p50_ci_ms=(4.9, 5.1),
+            images_per_second=200.0,
+            peak_rss_mb=250.0,
+            rss_delta_mb=20.0,
+            size_bytes=13_670_000,
+            top1=0.947,
+            top5=0.99,
+            accuracy_images=360,
+            ratio_to_fastest=1.0,
+            ratio_to_fp32=0.8,
+            gpu_memory_mb=512.0,
+            contention_share=0.01,
+        )
+        for name in ("efficientnet_lite0-digits", "mobilenet_v3_large-flowers")
+    ]
+    result = BenchResult(machine={"cpu": "Intel Xeon [test]", "usable_cores": 2}, settings={"iterations": 20}, measurements=rows)
+    result.warnings.append("install the extra with pip install 'edgekit[openvino]'")
+    show_bench(result)
+    output = _whole(capsys.readouterr().out)
+    assert max(len(line) for line in output.splitlines()) > 160
+    assert "efficientnet_lite0-digits[v2]" in output and "13.67" in output and "GPU MB" in output
+    assert "warning: install the extra with pip install 'edgekit[openvino]'" in output
