@@ -140,6 +140,8 @@ def test_auto_choice_is_never_slower_nor_out_of_budget(seed):
 # --------------------------------------------------------------------------- through export and the CLI
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_int8_export_records_budget_search_and_runtime_settings(run_copy):
     from edgekit.exporting import export
     from edgekit.hardware import int8_runtime_config, isa_class
@@ -158,6 +160,8 @@ def test_int8_export_records_budget_search_and_runtime_settings(run_copy):
     assert speed["pairs"] >= 8 and speed["reference_ms"] > 0 and speed["candidate_ms"] > 0
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_int8_export_warns_when_int8_is_clearly_slower_than_fp32(run_copy, monkeypatch):
     """The warning follows the paired timing's verdict (injected here: timings are not unit-tested)."""
     from edgekit.exporting import export
@@ -214,6 +218,7 @@ def test_paired_timing_says_slower_only_beyond_chance():
     assert 8 <= compare(reference, candidate, pairs=100, max_seconds=5.0, clock=clock).pairs < 100
 
 
+@pytest.mark.slow
 def test_cli_quantize_auto_writes_the_choice(run_copy):
     from click.testing import CliRunner
 

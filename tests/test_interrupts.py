@@ -198,6 +198,8 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert card == reference_card
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_reference_run_is_reproducible_in_process_free_of_state(reference_run, kill_data, tmp_path):
     """Without this, 'resume equals uninterrupted' could pass or fail by chance."""
     again = tmp_path / "again"
@@ -208,6 +210,7 @@ def test_reference_run_is_reproducible_in_process_free_of_state(reference_run, k
 
 # Writes per run: epoch 0 checkpoint; then per epoch model.pt + card (when improved), metrics.json,
 # checkpoint.pt. Kill points cover: before any epoch, inside epoch 1's writes, a later epoch, mid-write.
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "hook",
@@ -342,6 +345,7 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "hook",
@@ -359,6 +363,7 @@ def test_kill_during_export_leaves_only_complete_files_and_a_rerun_finishes(expo
     assert {"exports/model.onnx", "exports/model.int8.onnx", "exports/model.pt2"} <= set(after)
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 def test_two_exports_of_one_run_at_once_do_not_corrupt_each_other(export_run):
     args = ["--format", "onnx", "--quantize", "none,int8", "--calib-size", "8", "--max-parity-images", "8"]
