@@ -152,6 +152,8 @@ def auto_run(tmp_path_factory, trained_run):
     return run, export_auto(run, auto_seconds=3, max_fallback_steps=4, calib_size=30)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # an export with the int8 search, then the timing: minutes on 2 cores
 def test_auto_writes_a_card_whose_file_holds_its_budget_and_names_where_it_was_measured(auto_run):
     from edgekit.hardware import isa_class
 
@@ -167,6 +169,8 @@ def test_auto_writes_a_card_whose_file_holds_its_budget_and_names_where_it_was_m
     assert "torch-export" not in {c.variant for c in card.candidates}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # an export with the int8 search, then the timing: minutes on 2 cores
 def test_the_cards_python_snippet_really_loads_and_runs_the_chosen_file(auto_run):
     run, result = auto_run
     card = result.card
@@ -177,6 +181,8 @@ def test_the_cards_python_snippet_really_loads_and_runs_the_chosen_file(auto_run
     assert f"intra_op_num_threads = {card.threads}" in card.python  # the measured setting, as the app sets it
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # an export with the int8 search, then the timing: minutes on 2 cores
 def test_bench_of_a_run_with_a_card_says_what_to_deploy(auto_run):
     from edgekit.benchmarking import bench
 
@@ -186,6 +192,8 @@ def test_bench_of_a_run_with_a_card_says_what_to_deploy(auto_run):
     assert result.card.file in line and result.card.setting in line
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # an export with the int8 search, then the timing: minutes on 2 cores
 def test_cli_auto_prints_the_candidates_and_the_card(run_copy):
     from click.testing import CliRunner
 

@@ -58,6 +58,7 @@ def _expected_top1(run, folder_dir) -> float:
     return float((predicted == truth).mean())
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 def test_every_variant_on_every_runtime_that_loads_it(run_result, exported_run):
     seen = {(m.variant, m.runtime, m.batch_size) for m in run_result.measurements}
     expected = {

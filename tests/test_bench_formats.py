@@ -34,6 +34,7 @@ def _rows(result) -> list[tuple[str, str, str]]:
     return [(Path(m.artifact).name, m.variant, m.runtime) for m in result.measurements]
 
 
+@pytest.mark.slow
 def test_auto_runs_each_artifact_on_its_natural_runtime_once(ir_run, val_dir):
     exports = ir_run.exports_dir
     result = bench(ir_run.path, runtimes="auto", data=val_dir, **FAST)
@@ -62,6 +63,7 @@ def test_auto_runs_each_artifact_on_its_natural_runtime_once(ir_run, val_dir):
     assert onnx.fp32_baseline == "fp32 on ort-cpu"
 
 
+@pytest.mark.slow
 def test_named_runtimes_still_run_onnx_on_each(ir_run):
     result = bench(ir_run.path, runtimes="ort-cpu,openvino", **FAST)
     assert sorted(_rows(result)) == sorted(
@@ -74,6 +76,7 @@ def test_named_runtimes_still_run_onnx_on_each(ir_run):
     assert result.skipped == {}
 
 
+@pytest.mark.slow
 def test_a_missing_extra_skips_its_artifacts_with_the_fix(ir_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails, as when the extra is absent
     result = bench(ir_run.path, runtimes="auto", **FAST)
@@ -83,6 +86,7 @@ def test_a_missing_extra_skips_its_artifacts_with_the_fix(ir_run, monkeypatch):
     assert "pip install 'edgekit[openvino]'" in result.skipped[f"openvino: {xml}"]
 
 
+@pytest.mark.slow
 def test_a_pte_without_executorch_is_a_skip_with_the_fix(run_copy, monkeypatch):
     from edgekit.exporting import export
 
@@ -98,6 +102,8 @@ def test_a_pte_without_executorch_is_a_skip_with_the_fix(run_copy, monkeypatch):
     assert "pip install 'edgekit[executorch]'" in result.skipped[f"executorch: {pte}"]
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_executorch_program_benches_on_executorch(run_copy):
     pytest.importorskip("executorch.runtime")
     from edgekit.exporting import export

@@ -89,6 +89,8 @@ def test_fallback_stops_at_its_time_bound(sensitive):
 # --------------------------------------------------------------------------- through export and the CLI
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_int8_export_records_budget_search_and_runtime_settings(run_copy):
     from edgekit.exporting import export
     from edgekit.hardware import int8_runtime_config, isa_class
@@ -107,6 +109,8 @@ def test_int8_export_records_budget_search_and_runtime_settings(run_copy):
     assert speed.pairs >= 8 and speed.reference_ms > 0 and speed.candidate_ms > 0
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_int8_export_warns_when_int8_is_clearly_slower_than_fp32(run_copy, monkeypatch):
     """The warning follows the paired timing's verdict (injected here: timings are not unit-tested)."""
     from edgekit.exporting import export

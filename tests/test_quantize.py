@@ -215,6 +215,7 @@ def _activation_scales(path) -> np.ndarray:
     )
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 def test_calibration_methods_really_differ(float_model, real_batches, tmp_path):
     """ORT's own entropy defaults (128 bins, 128 quantized bins) silently equal minmax; ours must not."""
@@ -323,6 +324,7 @@ def _conv_weights(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return weights
 
 
+@pytest.mark.slow
 def test_gptq_rounding_lowers_each_layers_output_error_on_real_activations(float_model, real_batches, tmp_path):
     """On the trained model and real photos: the layers GPTQ re-rounds move their output (on the calibration
     images' patches) less than nearest rounding does, on the quantizer's own scales; the layers that saw too few
@@ -366,6 +368,7 @@ def test_load_batch_is_c_contiguous_nchw(real_batches):
     assert held_out.flags["C_CONTIGUOUS"] and held_out.dtype == np.float32 and held_out.shape[1] == 3
 
 
+@pytest.mark.slow
 def test_layers_kept_in_float_really_run_in_float(float_model, real_batches, tmp_path):
     """ONNX Runtime's WeightBiasQuantization (a basic graph optimization) quantizes, per tensor, the weights of any
     Conv/Gemm fed by a DequantizeLinear: a layer excluded from quantization would run in per-tensor int8. edgekit

@@ -6,6 +6,7 @@ import datetime as _dt
 import os
 from pathlib import Path
 
+from ..display import megabytes
 from .results import BenchResult, MachineInfo
 
 # ---- machine, saving ---------------------------------------------------------------------------------------
@@ -124,6 +125,6 @@ def gpu_used_mb() -> float | None:
         if not torch.cuda.is_available():
             return None
         free, total = torch.cuda.mem_get_info()
-        return (total - free) / 2**20
+        return megabytes(total - free)
     except (ImportError, RuntimeError):
         return None

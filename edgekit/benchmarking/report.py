@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..display import megabytes
 from ..errors import EdgekitError
 
 WARNING_MARK = "⚠"
+PLOT_INSTALL_HINT = "pip install 'edgekit[plot]'"
 
 
 def _percent(value: float | None) -> str:
@@ -78,7 +80,7 @@ def _rows(result) -> list[list[str]]:
                 _percent(m.top5),
                 _ms(m.load_ms),
                 _ms(m.first_inference_ms),
-                f"{m.size_bytes / 2**20:.2f}",
+                f"{megabytes(m.size_bytes):.2f}",
                 _rss(m),
                 f"+{m.rss_delta_mb:.0f}",
                 _others(m),
@@ -104,7 +106,7 @@ _HEADERS = [
     "top-5",
     "load ms",
     "1st inference ms",
-    "size MiB",
+    "size MB",
     "peak RSS MB load/1st/all",
     "model RSS MB",
     "others' CPU",
@@ -125,7 +127,7 @@ _TERMINAL_HEADERS = [
     "top-1",
     "top-5",
     "load/1st ms",
-    "MiB",
+    "size MB",
     "RSS MB load/1st/all",
     "others' CPU",
     "GPU MB",
@@ -139,7 +141,6 @@ def table(result):
      Columns with nothing to show (model when there is one, accuracy without --data, GPU on the CPU, the fair p50 when
     ) are left out.
     """
-    from rich.markup import escape
     from rich.table import Table
 
     measurements = result.measurements
@@ -161,7 +162,7 @@ def table(result):
         True,
         any(m.gpu_memory_mb is not None for m in measurements),
     ]
-    out = Table(*[h for h, k in zip(_TERMINAL_HEADERS, keep) if k], title="edgekit bench", caption=escape(_caption(result)))
+    out = Table(*[h for h, k in zip(_TERMINAL_HEADERS, keep) if k], title="edgekit bench", caption=_caption(result))
     for m in measurements:
         cells = [
             m.model,
@@ -176,13 +177,13 @@ def table(result):
             _percent(m.top1),
             _percent(m.top5),
             _cold(m),
-            f"{m.size_bytes / 2**20:.1f}",
+            f"{megabytes(m.size_bytes):.2f}",
             _rss(m),
             f"{CONTENDED_MARK} {m.contention_share:.0%}" if m.contended else f"{m.contention_share:.0%}",
             "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
         ]
         style = "red" if m.slower_than_fp32 else "yellow" if m.contended else None
-        out.add_row(*[escape(c) for c, k in zip(cells, keep) if k], style=style)
+        out.add_row(*[c for c, k in zip(cells, keep) if k], style=style)  # printed literally (edgekit.display)
     return out
 
 
@@ -252,13 +253,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def require_matplotlib():
+    """matplotlib, or a one-line error naming the extra that installs it (``bench --plot`` asks before timing)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise EdgekitError(f"the latency vs accuracy plot needs matplotlib, which is not installed: {PLOT_INSTALL_HINT}") from exc
+    return matplotlib
+
+
 def pareto_plot(result, path: str | os.PathLike, batch_size: int | None = None) -> Path:
     """A PNG scatter of p50 latency vs top-1 accuracy, one point per model/variant/runtime, the Pareto front drawn.
 
     Uses the smallest batch size measured unless ``batch_size`` is given. Needs accuracy (bench with --data).
     """
-    import matplotlib
-
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")  # no display needed; must be set before pyplot is imported
     import matplotlib.pyplot as plt
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from ..benchmarking.options import BenchOptions
 from ..errors import EdgekitError
 from ..formats import known_suffixes
 from .options import options_from_model
-from .output import console
+from .output import console, styled
 
 
 def _csv(value: str) -> list[str]:
@@ -47,9 +46,7 @@ def _print_runtimes() -> None:
     for name, reason in available_runtimes().items():
         runtime = get_runtime(name)
         loads = ", ".join("run dir" if s == "run" else s for s in runtime.suffixes)
-        out.add_row(
-            name, loads, "yes" if reason is None else "[yellow]no[/yellow]", escape(runtime.description if reason is None else reason)
-        )
+        out.add_row(name, loads, "yes" if reason is None else styled(("no", "yellow")), runtime.description if reason is None else reason)
     console.print(out)
 
 
@@ -93,6 +90,8 @@ def bench_command(artifacts, config_path, provider_pairs, json_path, md_path, pl
         raise EdgekitError(f"no ARTIFACTS given; pass a run directory or model files ({known_suffixes()}; see edgekit bench --help)")
     if plot_path is not None and options.data is None:
         raise EdgekitError("--plot draws latency against accuracy, which needs --data DIR (a labelled image folder)")
+    if plot_path is not None:
+        report.require_matplotlib()  # before minutes of timing, not after
     runtime_options: dict = {}
     if options.graph_opt_level is not None:
         runtime_options["graph_optimization_level"] = options.graph_opt_level
@@ -136,11 +135,11 @@ def show_bench(result) -> None:
 
     console.print(report.table(result))
     for line in result.summary:
-        console.print(escape(line), style="bold yellow" if "contended" in line.lower() and "no row contended" not in line else "bold")
+        console.print(line, style="bold yellow" if "contended" in line.lower() and "no row contended" not in line else "bold")
     for warning in result.warnings:
-        console.print(f"[bold red]warning:[/bold red] {escape(warning)}")
+        console.print(styled(("warning:", "bold red"), f" {warning}"))
     for name, reason in result.skipped.items():
-        console.print(f"[yellow]skipped {escape(name)}:[/yellow] {escape(reason)}")
+        console.print(styled((f"skipped {name}:", "yellow"), f" {reason}"))
 
 
 COMMANDS = [bench_command]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .output import console
+from .output import console, styled
 
 
 @click.command("demo")
@@ -38,7 +38,7 @@ def demo_command(out, overwrite, epochs, gate_config, json_path):
 
     result = run_demo(out, overwrite=overwrite, epochs=epochs, gate_config=gate_config, progress=True)
     tuned = result.finetune
-    console.print(f"[bold]fine-tune[/bold]: {result.run_dir}, best val accuracy {tuned.best_val_accuracy:.2%}")
+    console.print(styled(("fine-tune", "bold"), f": {result.run_dir}, best val accuracy {tuned.best_val_accuracy:.2%}"))
     table = Table("held-out image", "prediction", "probability", title="predict")
     for prediction in result.predictions.predictions:
         label, probability = prediction.top[0]
@@ -49,7 +49,7 @@ def demo_command(out, overwrite, epochs, gate_config, json_path):
 
         show_auto(result.auto)
     for name, reason in result.edge_targets_missing.items():
-        console.print(f"{name}: not exported or benched here ({reason})", highlight=False)
+        console.print(f"{name}: not exported or benched here ({reason})")
     if result.bench is not None:
         from .bench import show_bench
 

@@ -54,17 +54,18 @@ class PeakMemory:
 
 
 def current_rss_mb() -> float:
-    """This process's resident memory (MiB): /proc/self/status on Linux, else the lifetime peak getrusage reports."""
+    """This process's resident memory (MB, 10^6 bytes, as every size edgekit prints): /proc/self/status on Linux,
+    else the lifetime peak getrusage reports."""
     try:
         with open("/proc/self/status", encoding="ascii") as handle:
             for line in handle:
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                    return int(line.split()[1]) * 1024 / 1e6  # the kernel's "kB" are KiB
     except OSError:
         pass
     import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux; a fallback only
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # KiB on Linux; a fallback only
 
 
 def _reset_high_water_mark() -> bool:
@@ -81,7 +82,7 @@ def _high_water_mark_mb() -> float | None:
         with open("/proc/self/status", encoding="ascii") as handle:
             for line in handle:
                 if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
+                    return int(line.split()[1]) * 1024 / 1e6  # the kernel's "kB" are KiB
     except OSError:
         return None
     return None
