@@ -393,11 +393,15 @@ def test_json_round_trip(run_result, tmp_path):
     again = BenchResult.from_json(path)
     assert again.model_dump() == run_result.model_dump()
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == BenchResult.SCHEMA_VERSION == 2 and "artifacts" in data
     for key in ("cpu", "logical_cores", "cpu_flags", "versions", "gpu"):
         assert key in data["machine"]
     assert "onnxruntime" in data["machine"]["versions"] and "torch" in data["machine"]["versions"]
     assert data["settings"]["iterations"] == 3 and data["settings"]["threads"] == 1
+    old = {**data, "schema_version": 1, "targets": data["artifacts"]}  # a schema-1 report: "targets", per-row deployment
+    del old["artifacts"]
+    old["measurements"] = [{**m, "deployment": {"alone": True}} for m in data["measurements"]]
+    assert BenchResult.from_json(json.dumps(old)).artifacts == data["artifacts"]
     data["measurements"][0]["surprise"] = 1
     with pytest.raises(EdgekitError, match="surprise"):
         BenchResult.from_json(json.dumps(data))
