@@ -19,12 +19,14 @@ import numpy as np
 from .. import runtimes as registry
 from ..device import contention
 from ..errors import EdgekitError
+from ..parity_check import ParityMetrics
 from ..targets import Target, jobs
-from ..targets.info import TargetInfo
+from ..targets.info import MeasuredOn, TargetInfo
 from ..targets.setup import DEVICE_RUNTIMES
 from .artifacts import Candidate, artifact_size
-from .deployment import deployment_options
-from .sessions import DeploymentTiming, Entry
+from .bundle import Row, build_bundle, score
+from .results import MachineInfo, Measurement
+from .sessions import Entry
 
 EMULATED_NOTE = "measured on an emulated target: its timings are not evidence of any device's speed"
 EMULATED_WARNING = "{target} is emulated ({why}): its latencies are not evidence of any device's speed; accuracy and parity are"
@@ -36,22 +38,6 @@ class TargetSession(registry.Session):
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         raise EdgekitError(f"{self.artifact} ran on a target; its figures are in the report")
-
-
-@dataclass
-class Row:
-    """One artifact on one runtime, prepared here for a target."""
-
-    candidate: Candidate
-    runtime: str
-    host: registry.Session  # opened here: the checks, the metadata, the input it takes
-    settings: dict  # the settings it is timed with interleaved (and its logits computed with)
-    deployment: dict | None  # None: not timed alone; {"settings": None}: alone with the same session
-    bundle_key: str | None = None  # its inputs in the bundle
-    truth: np.ndarray | None = None  # each bundled image's class as an index into the model's labels
-    reference_key: str | None = None  # the PyTorch fp32 logits for its inputs
-    notes: list[str] = field(default_factory=list)
-    record_id: str = ""  # its artifact's id in the job
 
 
 def target_pairs(candidates: list[Candidate], runtime_names: list[str]) -> tuple[list[tuple[Candidate, str]], dict[str, str]]:
@@ -73,7 +59,7 @@ def target_pairs(candidates: list[Candidate], runtime_names: list[str]) -> tuple
     return pairs, skipped
 
 
-def prepare_rows(pairs, info: TargetInfo, threads, options: dict, user_options: dict, skipped: dict) -> list[Row]:
+def prepare_rows(pairs, info: TargetInfo, threads, options: dict, skipped: dict) -> list[Row]:
     """Open each artifact here (the checks, the metadata) and decide its settings for the target's CPU."""
     jobs.require_runtimes(info, [name for _, name in pairs])
     rows = []
@@ -86,11 +72,7 @@ def prepare_rows(pairs, info: TargetInfo, threads, options: dict, user_options: 
             skipped[f"{name}: {candidate.path}"] = str(exc)
             continue
         settings = jobs.settings_for_target(name, host, fair, info)
-        wanted = deployment_options(runtime, fair, user_options)
-        deployment = None
-        if not info.emulated and (wanted is not None or len(pairs) > 1):  # as local bench: alone when rows took turns
-            deployment = {"settings": jobs.settings_for_target(name, host, wanted, info) if wanted is not None else None}
-        rows.append(Row(candidate, name, host, settings, deployment, notes=[EMULATED_NOTE] if info.emulated else []))
+        rows.append(Row(candidate, name, host, settings, notes=[EMULATED_NOTE] if info.emulated else []))
     return rows
 
 
@@ -111,10 +93,6 @@ def entries_of(rows: list[Row], result: dict) -> tuple[list[tuple[Entry, Row]], 
             cold=dict(record.get("cold") or {}),
         )
         entry.times, entry.chunks, entry.remeasured = _timings(record)
-        if record.get("deployment"):
-            timing = DeploymentTiming(info=dict(_target_session(row, record["deployment"].get("info") or {}).info))
-            timing.times, timing.chunks, timing.remeasured = _timings(record["deployment"])
-            entry.deployment = timing
         row.record_id = record["id"]
         pairs.append((entry, row))
     return pairs, skipped
@@ -142,74 +120,6 @@ def _target_session(row: Row, device_info: dict) -> TargetSession:
     )
 
 
-# ---- the bundle: inputs, labels, references --------------------------------------------------------------------
-
-
-def build_bundle(rows: list[Row], folder) -> dict[str, np.ndarray]:
-    """The bundle's arrays: ``folder``'s images preprocessed once per (preprocessing, input kind), each row's labels
-    (class indices into its model's labels) and, where the row belongs to a run, the run's PyTorch fp32 logits for
-    the very pixels the row gets (``ParityChecker``, as `edgekit parity` computes them). Sets each row's keys."""
-    from ..parity_check import LabelledImages, ParityChecker, ParityData
-    from ..results import DataSource
-    from .accuracy import label_indices
-
-    images = LabelledImages([p for p, _ in folder.samples], None, DataSource.images(folder.root))
-    arrays: dict[str, np.ndarray] = {}
-    data_sets: dict[str, ParityData] = {}
-    checkers: dict[tuple, ParityChecker] = {}
-    for row in rows:
-        session = row.host
-        if session.preprocessing is None:
-            row.notes.append("no preprocessing recorded: no accuracy or parity on the target")
-            continue
-        recipe = session.preprocessing.model_dump_json()
-        data = data_sets.setdefault(recipe, ParityData(session.preprocessing, images))
-        row.bundle_key = "inputs_" + _short_hash(recipe + session.input_kind.value)
-        if row.bundle_key not in arrays:
-            arrays[row.bundle_key] = data.inputs(session.input_kind)
-        class_to_label = label_indices(session, folder)
-        if class_to_label is not None:
-            row.truth = np.array([class_to_label[label] for _, label in folder.samples])
-            arrays["labels_" + _short_hash(",".join(session.labels or []))] = row.truth
-        if row.candidate.run_dir is not None:
-            key = (str(row.candidate.run_dir), recipe)
-            if key not in checkers:
-                from ..runs import Run
-
-                checkers[key] = ParityChecker(Run.load(row.candidate.run_dir).build_model(), data)
-            row.reference_key = "reference_" + _short_hash(f"{key}{session.input_kind.value}")
-            if row.reference_key not in arrays:
-                arrays[row.reference_key] = checkers[key].reference_logits(session.input_kind)
-    return arrays
-
-
-def _short_hash(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def score(pairs: list[tuple[Entry, Row]], arrays: dict[str, np.ndarray], logits: dict[str, np.ndarray], source) -> dict[int, object]:
-    """Top-1/top-5 from the bundled labels into each Entry, and parity against the bundled references from the
-    target's logits (``compare_logits``, as `edgekit parity`): {id(entry): ParityMetrics}."""
-    from ..parity_check import compare_logits
-
-    parity: dict[int, object] = {}
-    for entry, row in pairs:
-        found = logits.get(f"logits_{row.record_id}")
-        if found is None:
-            continue
-        if row.truth is not None and len(row.truth) == len(found):
-            k = min(5, found.shape[1])
-            ranked = np.argsort(-found, axis=1)[:, :k]
-            entry.top1 = float((ranked[:, 0] == row.truth).mean())
-            entry.top5 = float((ranked == row.truth[:, None]).any(axis=1).mean())
-            entry.accuracy_images = len(row.truth)
-        if row.reference_key is not None:
-            parity[id(entry)] = compare_logits(arrays[row.reference_key], found, row.truth, source)
-    return parity
-
-
 # ---- the whole measurement ---------------------------------------------------------------------------------------
 
 
@@ -219,7 +129,7 @@ class TargetRun:
 
     info: TargetInfo
     pairs: list[tuple[Entry, Row]]
-    parity: dict[int, object]  # id(entry) -> ParityMetrics against the run's PyTorch fp32 model
+    parity: dict[int, ParityMetrics]  # id(entry) -> ParityMetrics against the run's PyTorch fp32 model
     base_rss_mb: float
     chunks: list[contention.Chunk]
     remeasured: int
@@ -242,13 +152,13 @@ def measure(target: Target, candidates, runtime_names, counts, folder, user_opti
     if not pairs:
         raise EdgekitError(f"nothing can run on {target.name} ({'; '.join(f'{k}: {v}' for k, v in skipped.items()) or 'no artifact'})")
     options = _interleaving_defaults(user_options, pairs)
-    rows = prepare_rows(pairs, info, threads, options, user_options, skipped)
+    rows = prepare_rows(pairs, info, threads, options, skipped)
     if not rows:
         raise EdgekitError(f"nothing can run on {target.name} ({'; '.join(f'{k}: {v}' for k, v in skipped.items()) or 'no artifact'})")
     bar.step(f"preprocessing {len(folder) if folder is not None else 0} images and computing the PyTorch references")
     arrays = build_bundle(rows, folder) if folder is not None else {}
     entries = [
-        jobs.artifact_entry(i, row.host, row.runtime, threads, row.settings, row.deployment, row.bundle_key if arrays else None)
+        jobs.artifact_entry(i, row.host, row.runtime, threads, row.settings, row.bundle_key if arrays else None)
         for i, row in enumerate(rows)
     ]
     job = jobs.new_job(entries, batch_sizes, warmup, iterations, timing=True, threshold=threshold, bundle=bool(arrays))
@@ -275,10 +185,8 @@ def measure(target: Target, candidates, runtime_names, counts, folder, user_opti
     )
 
 
-def machine_of(info: TargetInfo, versions: dict[str, str]):
+def machine_of(info: TargetInfo, versions: dict[str, str]) -> MachineInfo:
     """The target as bench's MachineInfo, so every caption and comparison of machines reads the target's."""
-    from .results import MachineInfo
-
     return MachineInfo(
         cpu=info.cpu,
         architecture=info.arch,
@@ -291,3 +199,43 @@ def machine_of(info: TargetInfo, versions: dict[str, str]):
         python=info.python,
         versions=dict(versions),
     )
+
+
+@dataclass
+class Measured:
+    """bench's rows, measured here or on a target, with what the report says about where."""
+
+    measurements: list[Measurement]
+    monitor: contention.Monitor
+    machine: MachineInfo
+    options: dict  # the runtime options the rows were timed (interleaved) with
+    target: MeasuredOn | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def measure_for_bench(target, target_options, candidates, runtime_names, counts, folder, user_options, threshold, progress) -> Measured:
+    """``measure`` on ``target`` (a Target, or a --target text opened and closed here), as bench's rows: each with its
+    parity against the run's PyTorch model, the target as the report's machine, and an emulated target said so."""
+    from ..progress import Bar
+    from ..targets import parse_target
+    from .stats import measurements_of
+
+    opened = parse_target(target, target_options)
+    try:
+        with Bar(progress) as bar:
+            run = measure(opened, candidates, runtime_names, counts, folder, user_options, threshold, bar)
+    finally:
+        if opened is not target:
+            opened.close()
+    rows = [
+        row.model_copy(update={"parity": run.parity.get(id(entry))})
+        for entry, _ in run.pairs
+        for row in measurements_of(entry, counts[0], run.base_rss_mb, False)
+    ]
+    monitor = contention.Monitor(threshold=threshold)  # holds the device's chunks, for the report's contention summary
+    monitor.chunks, monitor.remeasured = run.chunks, run.remeasured
+    where = run.info.measured_on(run.versions)
+    warnings = [EMULATED_WARNING.format(target=where.target, why=where.emulation)] if where.emulated else []
+    return Measured(rows, monitor, machine_of(run.info, run.versions), run.options, where, run.skipped, [where.heading()], warnings)

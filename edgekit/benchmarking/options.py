@@ -12,7 +12,7 @@ from ..exporting.options import Names, split_csv
 
 
 class BenchOptions(BaseModel):
-    """Every `edgekit bench` option except TARGETS and where to write reports (--json, --md, --plot)."""
+    """Every `edgekit bench` option except ARTIFACTS and where to write reports (--json, --md, --plot)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -40,6 +40,11 @@ class BenchOptions(BaseModel):
     )
     device: str | None = Field(None, description="Device for the torch runtimes: cpu or cuda[:N] [default: cpu].")
     save: bool = Field(True, description="For a run directory, also write bench/<stamp>.json and .md into it.")
+    target: str | None = Field(
+        None,
+        description="Where to measure: local, ssh://[user@]host[:port][/cache/dir] or an ssh_config Host alias (give it a "
+        "venv first with `edgekit target setup`) [default: local].",
+    )
 
 
 BENCH_DEFAULTS = BenchOptions()

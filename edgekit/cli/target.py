@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
-from .output import console
+from .output import console, styled
 
 TARGET_HELP = "local, ssh://[user@]host[:port][/cache/dir], or an ssh_config Host alias."
 
@@ -95,12 +94,10 @@ def show_info(info) -> None:
     ]
     for key, value in rows:
         if value:
-            table.add_row(f"[bold]{key}[/bold]", escape(str(value)))
+            table.add_row(styled((key, "bold")), str(value))  # printed literally (edgekit.display)
     console.print(table)
     if info.emulated:
-        console.print(
-            f"[bold yellow]emulated:[/bold yellow] {escape(info.emulation or '')}; timings there are not evidence of a device's speed"
-        )
+        console.print(styled(("emulated:", "bold yellow"), f" {info.emulation}; timings there are not evidence of a device's speed"))
 
 
 def _cores(info) -> str | None:
@@ -145,11 +142,9 @@ def setup_command(target, runtimes, from_host, ssh_config, accept_new_host_key, 
         click.echo(result.to_json())
         return
     how = {"host-wheels": "wheels downloaded on this machine", "device-pip": "the device's pip", "none": "nothing installed"}[result.source]
-    console.print(
-        f"[bold]{escape(result.target)}[/bold]: Python {escape(result.python)}, venv {escape(result.venv)} ({how}, {result.seconds:.0f} s)"
-    )
+    console.print(styled((result.target, "bold"), f": Python {result.python}, venv {result.venv} ({how}, {result.seconds:.0f} s)"))
     for note in result.notes:
-        console.print(escape(note))
+        console.print(note)
 
 
 COMMANDS = [target_group]

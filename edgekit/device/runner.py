@@ -9,7 +9,6 @@ session config such as ORT's int8 precision option), and:
 - measures each one's cold figures alone (load time, first inference, peak RSS through loading and the first run,
   ``memory.PeakMemory``) and warms it up at every batch size;
 - times them all interleaved at each batch size (``timing.interleaved``) under the contention monitor;
-- times each one alone under its deployment settings where the job gives them;
 - runs the job's bundle of preprocessed inputs (``bundle.npz``, loaded with ``allow_pickle=False``) through each,
   for logits the host compares with its PyTorch references (the comparison itself happens on the host, so parity
   has one implementation).
@@ -25,7 +24,7 @@ Job (``job_version`` 1)::
     {"job_version": 1, "batch_sizes": [1, 8], "warmup": 3, "iterations": 20, "timing": true,
      "contention_threshold": 0.25, "bundle": "bundle.npz" or null,
      "artifacts": [{"id": "a0", "path": ".../model.int8.onnx", "files": {"model.int8.onnx": "<sha256>"},
-                    "runtime": "ort-cpu", "threads": 2, "settings": {...}, "deployment": {...} or null,
+                    "runtime": "ort-cpu", "threads": 2, "settings": {...},
                     "input": {"kind": "float32-nchw", "shape": [3, 224, 224]}, "fixed_batch": null,
                     "bundle_input": "float32-nchw" or null}]}
 """
@@ -263,35 +262,6 @@ def _call(opened: Opened, batch) -> Callable[[], object]:
     return lambda: opened.run(batch)
 
 
-def time_alone(loaded: List, job: Dict[str, Any], monitor) -> None:
-    """Each artifact the job asks for alone, under its deployment settings (a new session where they differ)."""
-    from . import timing
-
-    for artifact, opened, record in loaded:
-        deployment = artifact.get("deployment")
-        if not deployment:
-            continue
-        session = opened
-        if deployment.get("settings") is not None:
-            try:
-                session = open_artifact(artifact, deployment["settings"])
-            except Exception as exc:  # the fair figures stand; say why the deployment ones are missing
-                record["notes"].append(
-                    f"deployment settings {deployment['settings']} not measured ({type(exc).__name__}: {_first_line(exc)})"
-                )
-                continue
-        alone: Dict[str, Any] = {"info": session.info, "times": {}, "chunks": {}, "remeasured": {}}
-        for batch_size in job["batch_sizes"]:
-            if takes(artifact, batch_size):
-                batch = example_batch(artifact, batch_size)
-                for _ in range(max(1, int(job["warmup"]))):
-                    session.run(batch)
-                (timed,) = timing.interleaved([_call(session, batch)], int(job["iterations"]), monitor)
-                key = str(batch_size)
-                alone["times"][key], alone["chunks"][key], alone["remeasured"][key] = timed.times, _chunks(timed.chunks), timed.remeasured
-        record["deployment"] = alone
-
-
 def bundle_logits(loaded: List, bundle: Dict[str, Any]) -> Dict[str, Any]:
     """Each artifact's logits for its bundled inputs, in batches it takes."""
     import numpy as np
@@ -342,7 +312,6 @@ def run_job(job: Dict[str, Any], folder: str) -> Dict[str, Any]:
             loaded.append((artifact, opened, record))
     if job.get("timing", True):
         time_interleaved(loaded, job, monitor)
-        time_alone(loaded, job, monitor)
     logits = bundle_logits(loaded, bundle)
     write_atomically(os.path.join(folder, "logits.npz"), lambda path: _save_npz(path, logits))
     return {

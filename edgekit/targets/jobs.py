@@ -48,9 +48,7 @@ def settings_for_target(runtime: str, host_session, options: dict, info: TargetI
     return settings
 
 
-def artifact_entry(
-    index: int, host_session, runtime: str, threads: int | None, settings: dict, deployment: dict | None, bundle_input: str | None
-) -> dict[str, Any]:
+def artifact_entry(index: int, host_session, runtime: str, threads: int | None, settings: dict, bundle_input: str | None) -> dict[str, Any]:
     """One artifact of a job (its device path is filled in once it is there: ``send``)."""
     return {
         "id": f"a{index}",
@@ -59,7 +57,6 @@ def artifact_entry(
         "runtime": runtime,
         "threads": threads,
         "settings": settings,
-        "deployment": deployment,
         "input": {"kind": host_session.input_kind.value, "shape": list(host_session.resolved_input_shape())},
         "fixed_batch": host_session.fixed_batch,
         "bundle_input": bundle_input,
@@ -128,7 +125,7 @@ def logits_on_target(
     settings the device used (its ``info``)."""
     require_runtimes(info, [runtime])
     settings = settings_for_target(runtime, host_session, {}, info)
-    job = new_job([artifact_entry(0, host_session, runtime, threads, settings, None, "inputs")], timing=False, bundle=True)
+    job = new_job([artifact_entry(0, host_session, runtime, threads, settings, "inputs")], timing=False, bundle=True)
     result, logits = execute(target, info, job, [host_session], {"inputs": inputs})
     record = result["artifacts"][0]
     if record.get("error"):
