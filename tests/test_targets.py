@@ -147,9 +147,14 @@ def test_target_forms(text, transport, host, user, port, cache_dir):
     assert (address.transport, address.host, address.user, address.port, address.cache_dir) == (transport, host, user, port, cache_dir)
 
 
-def test_names_carry_no_path_and_no_password():
+def test_names_carry_no_path_and_no_password_and_urls_keep_a_cache_folder():
     assert parse_address("ssh://pi@raspberrypi.local:2222/opt/x").name == "ssh://pi@raspberrypi.local:2222"
     assert parse_address("ssh://raspberrypi.local").display_host == "raspberrypi.local"
+    # what a message tells the user to type again names the same cache folder
+    assert parse_address("ssh://pi@raspberrypi.local:2222/opt/x").url == "ssh://pi@raspberrypi.local:2222/opt/x"
+    assert parse_address("ssh://pi/~/edgekit-cache").url == "ssh://pi/~/edgekit-cache"
+    assert parse_address("pi").url == "ssh://pi" and parse_address("local").url == "local"
+    assert parse_address(parse_address("ssh://pi/~/c").url).cache_dir == "~/c"
 
 
 @pytest.mark.parametrize("text", ["ssh://pi:hunter2@raspberrypi.local", "ssh://pi:@raspberrypi.local", "pi:hunter2@raspberrypi.local"])

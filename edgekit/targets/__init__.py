@@ -76,6 +76,13 @@ class TargetAddress:
         return f"{self.transport}://{user}{self.host}{port}"
 
     @property
+    def url(self) -> str:
+        """The target as a command to type again must name it: ``name`` plus a cache folder other than the default."""
+        if self.transport == LOCAL or self.cache_dir == DEFAULT_CACHE_DIR:
+            return self.name
+        return f"{self.name}/{self.cache_dir}" if self.cache_dir.startswith("~/") else f"{self.name}{self.cache_dir}"
+
+    @property
     def display_host(self) -> str:
         """host[:port], what a report calls the device (never a user's credentials)."""
         return f"{self.host}:{self.port}" if self.port else self.host

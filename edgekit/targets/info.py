@@ -82,6 +82,7 @@ class TargetInfo(Result):
     target: str  # as typed, without secrets: "ssh://pi@raspberrypi.local", "local"
     transport: str
     host: str | None = None  # host[:port]; None for local
+    url: str | None = None  # ``target`` with its cache folder when that is not the default: what a command names
     arch: str  # uname -m
     isa: IsaClass
     cpu: str | None = None
@@ -162,6 +163,7 @@ def info_from_facts(target: Target, facts: dict) -> TargetInfo:
             target=target.name,
             transport=target.address.transport,
             host=target.address.display_host or None,
+            url=target.address.url,
             arch=machine,
             isa=isa_class(flags, machine),
             # Under user-mode emulation cpuinfo describes the emulator's host, not the CPU the code runs on.

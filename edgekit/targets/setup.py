@@ -191,7 +191,7 @@ def missing_runtime(info: TargetInfo, runtime: str) -> str | None:
     pin = f"{device.distribution}=={version}" if version else device.distribution
     where = f"edgekit's venv ({info.cache_dir}/{VENV})" if info.venv else f"a venv of edgekit (no {info.cache_dir}/{VENV})"
     return (
-        f"{info.target} has no {device.distribution} in {where}; run `edgekit target setup {info.target} --runtime {runtime}` "
+        f"{info.target} has no {device.distribution} in {where}; run `edgekit target setup {info.url or info.target} --runtime {runtime}` "
         f"(add --from-host if its pip has no index), or there: {info.cache_dir}/{VENV}/bin/pip install {pin}"
     )
 
@@ -258,7 +258,7 @@ def _pip_install(target: Target, command: list[str], specs: list[str], from_host
         reason = "its certificate check failed" if "CERTIFICATE_VERIFY_FAILED" in output or "SSLError" in output else "no network"
         raise TargetError(
             f"the pip of {target.name} cannot reach a package index ({reason}); re-run with --from-host: "
-            f"edgekit target setup {target.name} --from-host"
+            f"edgekit target setup {target.address.url} --from-host"
         )
     if "No space left" in output:
         raise TargetError(

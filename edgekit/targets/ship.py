@@ -143,7 +143,7 @@ def runner_failure(target: Target, rc: int, stderr: str) -> TargetError:
             said = json.loads(lines[-1])
             if said.get("error") == "missing-runtime":
                 return TargetError(
-                    f"{target.name} has no {said.get('module')} in edgekit's venv; run `edgekit target setup {target.name} "
+                    f"{target.name} has no {said.get('module')} in edgekit's venv; run `edgekit target setup {target.address.url} "
                     f"--runtime {said.get('runtime')}` (add --from-host if its pip has no index)"
                 )
             return TargetError(f"{target.name}: {said['message']}")
