@@ -346,6 +346,7 @@ def test_a_connection_killed_mid_command_is_one_line_and_writes_nothing(ssh_boar
     assert not (tmp_path / "host").exists() or list((tmp_path / "host").iterdir()) == []  # not even a temporary file
 
 
+@pytest.mark.slow
 @pytest.mark.board
 def test_setup_on_the_x86_board_with_its_own_pip(ssh_board, tmp_path):
     url = f"{ssh_board.url}{tmp_path}/cache"
@@ -363,6 +364,8 @@ def _files_under(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # emulated arm64: every model run takes seconds
 @pytest.mark.board
 def test_setup_on_the_arm64_board_from_host_wheels(arm64_board):
     cache = "/root/edgekit-setup-test"

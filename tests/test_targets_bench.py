@@ -61,6 +61,7 @@ def _runner_job(tmp_path: Path, artifact: Path, inputs: np.ndarray) -> tuple[Pat
     return runner, folder
 
 
+@pytest.mark.slow
 def test_the_runner_times_rows_and_returns_the_bundles_logits(exported, tmp_path):
     artifact = exported.exports_dir / "model.int8.onnx"
     inputs = np.random.default_rng(0).standard_normal((5, 3, 48, 48)).astype(np.float32)
@@ -79,6 +80,7 @@ def test_the_runner_times_rows_and_returns_the_bundles_logits(exported, tmp_path
     assert sorted(p.name for p in folder.iterdir()) == ["bundle.npz", "job.json", "logits.npz", "result.json"]  # no temporary left
 
 
+@pytest.mark.slow
 def test_the_runner_refuses_a_file_that_changed(exported, tmp_path):
     artifact = tmp_path / "model.onnx"
     artifact.write_bytes((exported.exports_dir / "model.onnx").read_bytes())
@@ -120,6 +122,7 @@ def test_int8_settings_follow_the_targets_isa_not_this_machines():
     assert on("x86-avx2") == {"session.x64quantprecision": "1"}  # U8U8 on an x86 target without VNNI
 
 
+@pytest.mark.slow
 def test_a_password_in_the_bench_target_is_one_line(exported):
     result = CliRunner().invoke(cli, ["bench", str(exported.path), "--target", "ssh://me:hunter2@board", "--no-save"])
     assert result.exit_code == 2 and "carries a password" in result.output and "hunter2" not in result.output
@@ -141,6 +144,7 @@ def _cli(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
+@pytest.mark.slow
 @pytest.mark.board
 def test_bench_on_the_x86_board_reports_like_local_bench_and_names_the_target(exported, val_dir, x86_target, ssh_board, tmp_path):
     url, _ = x86_target
@@ -170,6 +174,7 @@ def test_bench_on_the_x86_board_reports_like_local_bench_and_names_the_target(ex
     assert set(local.measurements[0].model_dump()) == set(data["measurements"][0])
 
 
+@pytest.mark.slow
 @pytest.mark.board
 def test_a_missing_runtime_names_the_setup_command_and_setup_fixes_it(exported, ssh_board, tmp_path):
     url, config = f"{ssh_board.url}{tmp_path}/cache", str(ssh_board.config_path)
@@ -182,6 +187,7 @@ def test_a_missing_runtime_names_the_setup_command_and_setup_fixes_it(exported, 
     assert fixed.exit_code == 0, fixed.output
 
 
+@pytest.mark.slow
 @pytest.mark.board
 def test_a_connection_killed_mid_bench_leaves_no_report(exported, x86_target, ssh_board, tmp_path):
     url, _ = x86_target
@@ -214,6 +220,8 @@ def arm64_target(arm64_board):
     return arm64_board.url, options
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # emulated arm64: every model run takes seconds
 @pytest.mark.board
 def test_bench_on_the_emulated_arm64_board(exported, val_dir, arm64_target):
     url, options = arm64_target
@@ -245,6 +253,8 @@ def test_bench_on_the_emulated_arm64_board(exported, val_dir, arm64_target):
     print(f"arm64 bench of fp32 + int8 on 6 images: {seconds:.0f} s; int8 vs torch max abs diff {rows['int8'].parity.max_abs_diff:.3g}")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)  # emulated arm64: every model run takes seconds
 @pytest.mark.board
 def test_parity_on_the_emulated_arm64_board(exported, val_dir, arm64_target):
     url, options = arm64_target
