@@ -5,6 +5,7 @@ or a missing runtime end in."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -211,6 +212,33 @@ def test_a_connection_killed_mid_bench_leaves_no_report(exported, x86_target, ss
     assert not report.exists() and not (tmp_path / "out").exists()
     assert (set(saved.iterdir()) if saved.is_dir() else set()) == before  # nor in the run's bench/ folder
     assert list(cache.glob("jobs/*")) == []  # the job folder went with a new connection
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 MB tmpfs (the x86 board is this machine, so the device's disk is a local mount)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200m", "tmpfs", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.board
+def test_a_full_disk_on_the_device_is_one_line_and_leaves_no_report(exported, ssh_board, small_disk, tmp_path):
+    url, config = f"{ssh_board.url}{small_disk}/cache", str(ssh_board.config_path)
+    assert _cli("target", "setup", url, "--ssh-config", config, "--runtime", "ort-cpu", "--from-host").exit_code == 0
+    free = shutil.disk_usage(small_disk).free
+    subprocess.run(["fallocate", "-l", str(free - 2_000_000), str(small_disk / "filler")], check=True)  # 2 MB left
+    report = tmp_path / "bench.json"
+    result = _cli(
+        "bench", str(exported.exports_dir / "model.onnx"), "--target", url, "--ssh-config", config, "--json", str(report), "--no-save"
+    )
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert result.output.startswith(f"error: the disk of {ssh_board.url} is full while copying model.onnx") and "df -h" in result.output
+    assert not report.exists() and not list((small_disk / "cache" / "artifacts").rglob("*.onnx"))  # no half file there either
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ Nothing is written on the device outside its cache folder (pip runs with ``--no-
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import subprocess
 import sys
@@ -209,8 +210,8 @@ def _install(target: Target, info: TargetInfo, wanted: list[tuple[str, str]], fr
             wheels = download_wheels(info, [*specs, "pip"], Path(folder))
             bar.step(f"copying {len(wheels)} wheels ({sum(w.stat().st_size for w in wheels) / 2**20:.0f} MB) to {target.name}")
             remote_wheels = f"{info.cache_dir}/{WHEELS}"
-            target.put(wheels, remote_wheels, doing=f"copying wheels to {remote_wheels}")
             try:
+                target.put(wheels, remote_wheels, doing=f"copying wheels to {remote_wheels}")
                 bar.step(f"creating the venv {venv}")
                 _make_venv(target, info, venv, with_pip=False)
                 bar.step(f"installing {', '.join(specs)} on {target.name}")
@@ -219,7 +220,8 @@ def _install(target: Target, info: TargetInfo, wanted: list[tuple[str, str]], fr
                 command = [f"{venv}/bin/python", f"{remote_wheels}/{pip.name}/pip", "install", "--no-index", "--find-links", remote_wheels]
                 _pip_install(target, command, [*specs, "pip"], from_host=True)
             finally:
-                target.run(["rm", "-rf", remote_wheels], timeout=120, doing=f"removing {remote_wheels}")
+                with contextlib.suppress(TargetError):  # a lost connection is the error that matters; the rest is cache
+                    target.run(["rm", "-rf", remote_wheels], timeout=120, doing=f"removing {remote_wheels}")
     else:
         bar.step(f"creating the venv {venv}")
         _make_venv(target, info, venv, with_pip=True)

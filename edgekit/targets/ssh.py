@@ -173,7 +173,18 @@ class SshTarget:
         if process.returncode == SSH_FAILED:
             raise ssh_failure(self._address, stderr, doing)
         if process.returncode != 0:
+            if self._short_of_space(remote_dir, sum(p.stat().st_size for p in local_files)):
+                stderr += "\nNo space left on device"  # GNU tar says only "Wrote only N of M bytes"
             raise remote_failure(self.name, doing, stderr, remote_dir)
+
+    def _short_of_space(self, remote_dir: str, needed: int) -> bool:
+        """Whether the filesystem of ``remote_dir`` has less room than ``needed`` bytes (POSIX df, in KiB)."""
+        probe = 'd="$1"; while [ ! -d "$d" ]; do d=$(dirname "$d"); done; df -Pk "$d" | tail -1'
+        try:
+            fields = self.run(["sh", "-c", probe, "sh", remote_dir], timeout=60, doing="reading the free space").stdout.split()
+            return int(fields[3]) * 1024 < needed
+        except (TargetError, IndexError, ValueError):
+            return False
 
     def get(self, remote_path: str, local_path: Path, *, doing: str = "") -> Path:
         doing = doing or f"copying {remote_path} back"
