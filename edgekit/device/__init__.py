@@ -13,3 +13,11 @@ bench uses the very same modules locally, so a row is timed by one protocol wher
 
 Python >= 3.9 (what a Raspberry Pi OS or Debian board has).
 """
+
+import os as _os
+
+# ONNX Runtime (1.32+, Linux/macOS) collects usage telemetry unless told not to before it initializes: at import it
+# writes a device id and an event database under ~/.cache/Microsoft and queues events for upload. edgekit promises no
+# telemetry, so the opt-out is set before anything imports onnxruntime, here and in the runner on a device (a user's
+# explicit setting is kept).
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

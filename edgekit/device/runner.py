@@ -140,7 +140,8 @@ def _open_ort(path: str, threads: Optional[int], settings: Dict[str, Any]) -> Op
 
     from . import ort
 
-    # onnxruntime's telemetry is an opt-out; edgekit sends nothing anywhere (its files stay in the cache: ship.py).
+    # onnxruntime's telemetry is an opt-out (ORT_DISABLE_TELEMETRY, set by this package's __init__ before the import);
+    # older releases only have the runtime switch
     getattr(onnxruntime, "disable_telemetry_events", lambda: None)()
     session = ort.open_session(path, threads, settings)
     name, output = session.get_inputs()[0].name, session.get_outputs()[0].name
