@@ -35,12 +35,16 @@ class OrtSession(Session):
         (logits,) = self._session.run([self._output_name], {self._input_name: np.ascontiguousarray(batch)})
         return np.asarray(logits, dtype=np.float32)
 
+    def end_profiling(self) -> Path:
+        """Stop ORT's profiler (loaded with the ``profile_dir`` option) and return its JSON trace."""
+        return Path(self._session.end_profiling())
+
 
 class OrtRuntime:
     """ONNX Runtime with one execution provider (CPU or CUDA)."""
 
     suffixes = (".onnx",)
-    options = ("graph_optimization_level", "inter_op_threads", "allow_spinning", "provider_options", "session_config")
+    options = ("graph_optimization_level", "inter_op_threads", "allow_spinning", "provider_options", "session_config", "profile_dir")
 
     def __init__(self, name: str):
         self.name = name
@@ -88,6 +92,12 @@ class OrtRuntime:
             # Idle intra-op threads spin for a while after each run; with several sessions interleaved on few
             # cores that spinning can slow the next session, so it is settable (and recorded).
             session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options["allow_spinning"] else "0")
+        if options.get("profile_dir") is not None:
+            # ORT's own per-node trace, and the graph it really runs (after fusions and layout changes), side by side.
+            profile_dir = Path(options["profile_dir"])
+            session_options.enable_profiling = True
+            session_options.profile_file_prefix = str(profile_dir / "ort-profile")
+            session_options.optimized_model_filepath = str(profile_dir / "optimized.onnx")
         provider_options = {str(k): str(v) for k, v in (options.get("provider_options") or {}).items()}
         providers: list = [(self.provider, provider_options)]
         if self.provider != "CPUExecutionProvider":
