@@ -105,7 +105,8 @@ def inspect_model(
         if numerics:
             result.numerics = _numerics(fmt, model, artifact, images, graphs or [], threshold, search_ranking, result.notes)
         if profile:
-            result.profile = _profile(chosen, artifact, images, threads, warmup, runs, share_threshold)
+            known = {layer.node: layer.layer for layer in result.numerics.layers} if result.numerics is not None else {}
+            result.profile = _profile(chosen, artifact, images, threads, warmup, runs, share_threshold, known)
     result.seconds = round(time.perf_counter() - started, 2)
     return result
 
@@ -140,19 +141,20 @@ def _numerics(fmt, model, artifact, images, graphs, threshold, search_ranking, n
     return executorch_numerics(model, artifact, images, threshold, notes)
 
 
-def _profile(runtime, artifact, images, threads, warmup, runs, share_threshold) -> Profile:
+def _profile(runtime, artifact, images, threads, warmup, runs, share_threshold, known: dict[str, str]) -> Profile:
+    """The runtime's profile; ``known`` names layers (node -> PyTorch module) where the numerics found them."""
     sample = images.artifact[:1]
     if runtime == "ort-cpu":
-        from .profile_ort import measure_ort
+        from .profile_ort import measure_ort as measure
 
-        measured, names = measure_ort(artifact, sample, threads, warmup, runs)
-        return profiling.summarize(runtime, "onnxruntime enable_profiling", measured, 1, warmup, share_threshold, names)
-    if runtime == "openvino":
-        from .profile_openvino import measure_openvino
+        source = "onnxruntime enable_profiling"
+    elif runtime == "openvino":
+        from .profile_openvino import measure_openvino as measure
 
-        measured, names = measure_openvino(artifact, sample, threads, warmup, runs)
-        return profiling.summarize(runtime, "openvino PERF_COUNT (get_profiling_info)", measured, 1, warmup, share_threshold, names)
-    from .profile_executorch import measure_executorch
+        source = "openvino PERF_COUNT (get_profiling_info)"
+    else:
+        from .profile_executorch import measure_executorch as measure
 
-    measured, names = measure_executorch(artifact, sample, threads, warmup, runs)
-    return profiling.summarize(runtime, "executorch ETDump (devtools Inspector)", measured, 1, warmup, share_threshold, names)
+        source = "executorch ETDump (devtools Inspector)"
+    measured, names = measure(artifact, sample, threads, warmup, runs)
+    return profiling.summarize(runtime, source, measured, 1, warmup, share_threshold, {**names, **known})

@@ -80,7 +80,9 @@ def first_below(layers: list[LayerNumerics], threshold_db: float) -> str | None:
 
 def worst(layers: list[LayerNumerics], own: bool = False, count: int = WORST) -> list[str]:
     """Up to ``count`` layers, lowest SQNR first (accumulated, or own where measured)."""
-    scored = [
-        (layer.own.sqnr_db if own else layer.accumulated.sqnr_db, layer.index, layer.layer) for layer in layers if not own or layer.own
-    ]
+    scored = []
+    for layer in layers:
+        stats = layer.own if own else layer.accumulated
+        if stats is not None:
+            scored.append((stats.sqnr_db, layer.index, layer.layer))
     return [name for _, _, name in sorted(scored)[:count]]

@@ -60,23 +60,24 @@ def onnx_numerics(
     artifact_model = onnx.load(str(artifact))
     float_model = _closest_float_graph(artifact_model, float_candidates)
     artifact_graph, float_graph = Graph(artifact_model), Graph(float_model)
-    layers, notes = [], []
-    for layer in float_layers(float_model):
-        reader = exposed(artifact_graph, layer.tensor)
+    layers: list[Layer] = []
+    notes: list[str] = []
+    for found in float_layers(float_model):
+        reader = exposed(artifact_graph, found.tensor)
         if reader is None:
-            notes.append(f"{layer.node}: the artifact has no tensor {layer.tensor!r} (the layer was rewritten); not compared")
+            notes.append(f"{found.node}: the artifact has no tensor {found.tensor!r} (the layer was rewritten); not compared")
             continue
-        layers.append(Layer(layer, layer_precision(artifact_graph, layer.node, layer.tensor), reader))
+        layers.append(Layer(found, layer_precision(artifact_graph, found.node, found.tensor), reader))
     if not layers:
         raise ModelError(f"{artifact} shares no Conv/Gemm/MatMul tensor with its float32 graph; was it made from another model?")
-    _match(model, layers, float_model, float_graph, inputs[:MATCH_IMAGES], reference_inputs[:MATCH_IMAGES])
+    match_layers(model, layers, float_model, float_graph, inputs[:MATCH_IMAGES], reference_inputs[:MATCH_IMAGES])
     own_model, own_readers = own_error_model(
         float_model, artifact_model, [layer.float_layer for layer in layers if layer.precision == "int8"]
     )
     for layer in layers:
         layer.own = own_readers.get(layer.float_layer.node)
     logits = _accumulate(model, artifact_model, float_model, own_model, layers, inputs, reference_inputs, session_config, notes)
-    return _verdict(layers, logits, len(inputs), source, threshold, notes)
+    return verdict(layers, logits, len(inputs), source, threshold, notes)
 
 
 def _closest_float_graph(artifact_model, candidates: list[Path]):
@@ -95,7 +96,7 @@ def _closest_float_graph(artifact_model, candidates: list[Path]):
     return best
 
 
-def _session(model_bytes: bytes, session_config: dict[str, str] | None = None):
+def ort_session(model_bytes: bytes, session_config: dict[str, str] | None = None):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -105,10 +106,10 @@ def _session(model_bytes: bytes, session_config: dict[str, str] | None = None):
     return onnx_session(model_bytes, options)
 
 
-def _match(model, layers: list[Layer], float_model, float_graph: Graph, inputs: np.ndarray, reference_inputs: np.ndarray) -> None:
+def match_layers(model, layers: list[Layer], float_model, float_graph: Graph, inputs: np.ndarray, reference_inputs: np.ndarray) -> None:
     """Tie every layer to its PyTorch reference on a few images (see ``matching``)."""
     names = sorted({name for layer in layers for name in (layer.float_layer.tensor, layer.float_layer.pre_activation)})
-    session = _session(with_outputs(float_model, names))
+    session = ort_session(with_outputs(float_model, names))
     graph_tensors = dict(zip(names, session.run(names, {session.get_inputs()[0].name: inputs})))
     with ModuleOutputs(model) as hooks:
         _, captured = hooks.run(reference_inputs)
@@ -121,8 +122,8 @@ def _match(model, layers: list[Layer], float_model, float_graph: Graph, inputs: 
 def _accumulate(model, artifact_model, float_model, own_model, layers, inputs, reference_inputs, session_config, notes) -> ErrorAccumulator:
     """Run every image through PyTorch, the exposed artifact and the own-error model; returns the logits' sums."""
     artifact_names = [layer.artifact.name for layer in layers]
-    artifact_session = _session(with_outputs(artifact_model, artifact_names), session_config)
-    plain_session = _session(artifact_model.SerializeToString(), session_config)
+    artifact_session = ort_session(with_outputs(artifact_model, artifact_names), session_config)
+    plain_session = ort_session(artifact_model.SerializeToString(), session_config)
     fallback = [layer.float_layer.tensor for layer in layers if layer.reference is not None and layer.reference.key is None]
     own_names = [layer.own.name for layer in layers if layer.own is not None]
     aux_session = None
@@ -130,7 +131,7 @@ def _accumulate(model, artifact_model, float_model, own_model, layers, inputs, r
         import onnx
 
         base = onnx.load_from_string(own_model) if own_model is not None else float_model
-        aux_session = _session(with_outputs(base, fallback), session_config)
+        aux_session = ort_session(with_outputs(base, fallback), session_config)
     input_name = artifact_session.get_inputs()[0].name
     output_name = artifact_session.get_outputs()[0].name
     wanted = {layer.reference.key[0] for layer in layers if layer.reference is not None and layer.reference.key is not None}
@@ -167,7 +168,7 @@ def _add_batch(layer: Layer, captured, values, aux) -> None:
         layer.own_sums.add(reference, layer.own.value(aux[layer.own.name]))
 
 
-def _verdict(
+def verdict(
     layers: list[Layer], logits: ErrorAccumulator, images: int, source: DataSource, threshold: tuple[float, str], notes
 ) -> Numerics:
     results = []

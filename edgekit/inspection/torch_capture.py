@@ -47,7 +47,8 @@ class ModuleOutputs:
             if isinstance(output, torch.Tensor) and output.is_floating_point():
                 call = self.calls.get(path, 0)
                 self.calls[path] = call + 1
-                self._outputs[(path, call)] = output.detach().float().cpu().numpy()
+                # A copy: the model may change the tensor in place after the hook (ResNet's ``out += identity``).
+                self._outputs[(path, call)] = output.detach().float().cpu().numpy().copy()
 
         return hook
 

@@ -38,10 +38,17 @@ _programs_loaded = False  # after the first program, the pool is never resized
 class ExecuTorchSession(Session):
     runtime = "executorch"
 
-    def __init__(self, method, artifact: Path, max_batch: int | None, **kwargs):
+    def __init__(self, method, artifact: Path, max_batch: int | None, program=None, **kwargs):
         super().__init__(artifact, **kwargs)
         self._method = method
         self._max_batch = max_batch
+        self._program = program
+
+    def write_etdump(self, path: Path) -> Path:
+        """Write the ETDump of every run so far (loaded with the ``etdump`` option) to ``path``."""
+        debug = path.with_suffix(".debug")
+        self._program.write_etdump_result_to_file(str(path), str(debug))
+        return path
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         import torch
@@ -63,7 +70,7 @@ class ExecuTorch:
     name = "executorch"
     description = "ExecuTorch runtime with the XNNPACK delegate (optional extra), reads .pte"
     suffixes = (".pte",)
-    options = ()
+    options = ("etdump",)
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -85,7 +92,9 @@ class ExecuTorch:
         global _programs_loaded
         try:
             _programs_loaded = True
-            program = Runtime.get().load_program(artifact, verification=Verification.InternalConsistency)
+            # etdump: ExecuTorch's event tracer, per-op times of the XNNPACK delegate (devtools' Inspector reads them)
+            trace = bool(options.get("etdump"))
+            program = Runtime.get().load_program(artifact, verification=Verification.InternalConsistency, enable_etdump=trace)
             method = program.load_method("forward")
         except Exception as exc:  # the pybindings raise RuntimeError with an error code
             raise ModelError(f"{artifact} cannot be loaded by ExecuTorch ({first_line(exc, 300)}); re-export it") from exc
@@ -113,6 +122,7 @@ class ExecuTorch:
             method,
             artifact,
             max_batch if dynamic else None,
+            program=program,
             input_kind=metadata.input_kind,
             input_shape=tuple(sizes[1:]),
             fixed_batch=None if dynamic else max_batch,

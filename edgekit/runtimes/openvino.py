@@ -43,6 +43,11 @@ class OpenVinoSession(Session):
         result = self._request.infer({0: np.ascontiguousarray(batch)})
         return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
 
+    def profiling_info(self) -> list:
+        """The per-node counters of the last run (loaded with ``perf_count=True``), and the executable graph they
+        name: (request.get_profiling_info(), compiled.get_runtime_model())."""
+        return [self._request.get_profiling_info(), self._compiled.get_runtime_model()]
+
 
 class OpenVino:
     """OpenVINO on its CPU plugin by default: an IR (.xml + .bin), or an .onnx read directly."""
@@ -50,7 +55,7 @@ class OpenVino:
     name = "openvino"
     description = "OpenVINO runtime (optional extra), reads .xml IR and .onnx"
     suffixes = (".xml", ".onnx")
-    options = ("device", "performance_hint", "inference_precision")
+    options = ("device", "performance_hint", "inference_precision", "perf_count")
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -69,6 +74,8 @@ class OpenVino:
         config: dict = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY")), "INFERENCE_PRECISION_HINT": precision}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if options.get("perf_count"):
+            config["PERF_COUNT"] = True  # per-node counters with the kernel that ran (benchmark_app -pc)
         model, metadata = _read(artifact)
         try:
             compiled = ov.Core().compile_model(model, device, config)
