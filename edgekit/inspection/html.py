@@ -15,6 +15,7 @@ from .report import LAYER_COLUMNS, NODE_COLUMNS, OP_COLUMNS, InspectReport, laye
 
 CHART_SIZE = (9.0, 4.2)  # inches at CHART_DPI: 1080 x 504 pixels
 CHART_DPI = 120
+SQNR_CAP_DB = 100.0  # float32 layers sit at 100-140 dB; drawn at the cap so the int8 ones keep the axis
 OTHER_AFTER = 8  # op types per bar beyond which the rest is drawn as "other"
 
 
@@ -41,26 +42,27 @@ def sqnr_chart(report: InspectReport) -> str | None:
     if not with_numerics:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = plt.subplots(figsize=CHART_SIZE)
+    clipped = False
     for result in with_numerics:
         numerics = result.numerics
         assert numerics is not None
         depth = [layer.index for layer in numerics.layers]
-        axes.plot(
-            depth, [layer.accumulated.sqnr_db for layer in numerics.layers], "-o", markersize=3, label=f"{result.variant} accumulated"
-        )
-        own = [(layer.index, layer.own.sqnr_db) for layer in numerics.layers if layer.own is not None]
+        values = [min(layer.accumulated.sqnr_db, SQNR_CAP_DB) for layer in numerics.layers]
+        clipped = clipped or any(layer.accumulated.sqnr_db > SQNR_CAP_DB for layer in numerics.layers)
+        (line,) = axes.plot(depth, values, "-o", markersize=3, label=f"{result.variant} accumulated")
+        own = [(layer.index, min(layer.own.sqnr_db, SQNR_CAP_DB)) for layer in numerics.layers if layer.own is not None]
         if own:
-            axes.plot(*zip(*own), ":x", markersize=4, label=f"{result.variant} own")
-        axes.axhline(numerics.threshold_db, color="tab:red", linewidth=0.8, linestyle="--")
-    from matplotlib.ticker import MaxNLocator
-
+            axes.plot(*zip(*own), ":x", markersize=4, color=line.get_color(), label=f"{result.variant} own")
+        axes.axhline(numerics.threshold_db, color=line.get_color(), linewidth=0.8, linestyle="--")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    top = max(layer.accumulated.sqnr_db for r in with_numerics for layer in r.numerics.layers)  # type: ignore[union-attr]
-    axes.set_ylim(top=min(top + 5, 100))  # float layers sit at 100+ dB; the int8 ones are what needs reading
+    axes.set_ylim(top=SQNR_CAP_DB + 5)
     axes.set_xlabel("layer (depth order)")
     axes.set_ylabel("SQNR vs float32 PyTorch, dB")
-    axes.set_title("SQNR along the network's depth (dashed: the divergence threshold)", fontsize=10)
+    capped = f"; above {SQNR_CAP_DB:.0f} dB drawn at {SQNR_CAP_DB:.0f}" if clipped else ""
+    axes.set_title(f"SQNR along the network's depth (dashed: each variant's divergence threshold{capped})", fontsize=10)
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()

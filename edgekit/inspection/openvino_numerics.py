@@ -42,13 +42,18 @@ def _tensor_outputs(ov_model) -> dict[str, object]:
     return ports
 
 
+def onnx_node_name(friendly_name: str) -> str:
+    """The ONNX node an IR op came from: the converter names the parts of a split op ``node_Conv_3/WithoutBiases``."""
+    return friendly_name.split("/")[0]
+
+
 def ir_layer_precisions(ov_model) -> dict[str, str]:
-    """Friendly name -> what the IR asks of each layer: int8 where a FakeQuantize feeds its data input."""
+    """ONNX node name -> what the IR asks of each layer: int8 where a FakeQuantize feeds its data input."""
     precisions = {}
     for op in ov_model.get_ordered_ops():
         if op.get_type_name() in LAYER_TYPES:
             source = op.input(0).get_source_output().get_node()
-            precisions[op.get_friendly_name()] = "int8" if source.get_type_name() == "FakeQuantize" else "fp32"
+            precisions[onnx_node_name(op.get_friendly_name())] = "int8" if source.get_type_name() == "FakeQuantize" else "fp32"
     return precisions
 
 
@@ -78,11 +83,17 @@ def openvino_numerics(
     if not layers:
         raise ModelError(f"{artifact} shares no layer tensor with its float32 ONNX graph; was it converted from another export?")
     match_layers(model, layers, float_model, Graph(float_model), inputs[:MATCH_IMAGES], reference_inputs[:MATCH_IMAGES])
-    ov_model.add_outputs(chosen)
+    logits_name = next(iter(ov_model.outputs[0].get_names()), None)
+    names = [f"edgekit_inspect_{index}" for index in range(len(chosen))]
+    for port, name in zip(chosen, names):
+        port.get_tensor().add_names({name})  # FakeQuantize outputs have no name; added outputs are found by these
+    ov_model.add_outputs(names)
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
     compiled = ov.Core().compile_model(ov_model, "CPU", config)
     request = compiled.create_infer_request()
-    extra = compiled.outputs[len(compiled.outputs) - len(chosen) :]  # the added outputs, in the order added
+    by_name = {name: output for output in compiled.outputs for name in output.get_names()}
+    extra = [by_name[name] for name in names]
+    logits_port = by_name.get(logits_name, compiled.output(0)) if logits_name else compiled.output(0)
     fixed = compiled.input(0).get_partial_shape()[0]
     step = fixed.get_length() if fixed.is_static else BATCH
     logits = ErrorAccumulator()
@@ -93,7 +104,7 @@ def openvino_numerics(
         for start in range(0, len(inputs), step):
             reference_logits, captured = hooks.run(reference_inputs[start : start + step])
             result = request.infer({0: np.ascontiguousarray(inputs[start : start + step])})
-            logits.add(reference_logits, np.asarray(result[compiled.output(0)]))
+            logits.add(reference_logits, np.asarray(result[logits_port]))
             for layer, port in zip(layers, extra):
                 reference = layer.reference.value(captured, None) if layer.reference is not None else None
                 if reference is not None and layer.accumulated_sums is not None:

@@ -79,13 +79,16 @@ def measure_openvino(artifact: Path, sample: np.ndarray, threads: int | None, wa
 def _executable_graph(runtime_model, layers: set[str]) -> dict[str, tuple[str | None, list[str]]]:
     """Executable node name -> (the IR layer it computes: the first of its original layers that is one of
     ``layers``, and the names of the nodes feeding it)."""
+    from .openvino_numerics import onnx_node_name
+
     graph = {}
     for op in runtime_model.get_ordered_ops():
         info = op.get_rt_info()
         original = str(info["originalLayersNames"].astype(str)) if "originalLayersNames" in info else ""
-        names = [n for n in original.split(",") if n]
+        names = [onnx_node_name(n) for n in original.split(",") if n]
         producers = [i.get_source_output().get_node().get_friendly_name() for i in op.inputs()]
-        layer = next((n for n in names if n in layers), op.get_friendly_name() if op.get_friendly_name() in layers else None)
+        own = onnx_node_name(op.get_friendly_name())
+        layer = next((n for n in names if n in layers), own if own in layers else None)
         graph[op.get_friendly_name()] = (layer, producers)
     return graph
 

@@ -93,7 +93,7 @@ def rich_tables(result: InspectResult) -> list:
 
     tables = []
     numerics = result.numerics
-    if numerics is not None:
+    if numerics is not None and numerics.layers:
         table = Table(
             *TERMINAL_LAYER_COLUMNS, title=escape(f"{result.artifact} ({result.variant}) vs float32 PyTorch on {numerics.images} images")
         )
@@ -128,7 +128,7 @@ def markdown(report: InspectReport) -> str:
     for result in report.results:
         lines += [f"## {result.variant}: `{result.artifact}` on {result.runtime}", ""]
         lines += [f"- {line}" for line in verdict_lines(result)] + [""]
-        if result.numerics is not None:
+        if result.numerics is not None and result.numerics.layers:
             numerics = result.numerics
             lines += [
                 f"Layers vs float32 PyTorch on {numerics.images} images ({numerics.data_source}); threshold: {numerics.threshold_reason}.",
