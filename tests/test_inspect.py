@@ -250,3 +250,33 @@ def test_openvino_int8_numerics_and_profile(exported_run, copy_trained_run):
     assert convolutions and sum(node.ran_as == "int8" for node in convolutions) >= len(convolutions) - 2
     assert all(node.kernel for node in convolutions)  # the exec type, e.g. jit_avx512_I8 / brgconv_..._I8
     assert any(node.layer == "layer1.0.conv1" for node in convolutions)  # friendly names map back to the modules
+
+
+def test_bench_warning_for_a_slow_int8_ends_with_the_inspect_command(tmp_path):
+    from edgekit.benchmarking.results import Measurement
+    from edgekit.benchmarking.stats import add_ratios
+
+    def measured(variant: str, p50: float) -> Measurement:
+        artifact = tmp_path / "runs" / "flowers" / "exports" / ("model.onnx" if variant == "fp32" else f"model.{variant}.onnx")
+        return Measurement(model="flowers", artifact=str(artifact), variant=variant, runtime="ort-cpu", batch_size=1, iterations=10,
+                           p50_ms=p50, p90_ms=p50, p99_ms=p50, mean_ms=p50, p50_ci_ms=(p50 * 0.95, p50 * 1.05),
+                           images_per_second=1000 / p50, peak_rss_mb=1, rss_delta_mb=1, size_bytes=1, ratio_to_fastest=1)  # fmt: skip
+
+    (warning,) = add_ratios([measured("fp32", 2.0), measured("int8", 3.0)])
+    assert warning.endswith(f"edgekit inspect {tmp_path / 'runs' / 'flowers'} int8 --data DIR")
+
+
+def test_export_message_for_an_int8_past_its_budget_ends_with_the_inspect_command(capsys):
+    from types import SimpleNamespace
+
+    from edgekit.cli.export import show_export
+
+    metrics = SimpleNamespace(n_images=24, max_abs_diff=1.0, max_rel_diff=0.1, top1_agreement=0.9, accuracy_drop=0.05, disagreements=0)
+    search = SimpleNamespace(within_budget=False, stopped="stopped after 24 layers back in float", kept_float=[], quantized_nodes=20)
+    variant = SimpleNamespace(variant="int8", path="runs/flowers/exports/model.int8.onnx", size_bytes=2**20, passed=False,
+                              parity=SimpleNamespace(metrics=metrics), int8=SimpleNamespace(search=search), failures=[],
+                              warnings=[], mobile=None)  # fmt: skip
+    result = SimpleNamespace(run_dir="runs/flowers", parity_data=DataSource.images("photos/val"), variants=[variant])
+    show_export(result)
+    line = next(line for line in capsys.readouterr().err.splitlines() if "no int8 within the budget" in line)
+    assert line.rstrip().endswith("edgekit inspect runs/flowers int8 --data photos/val")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from ..exporting.options import ExportOptions
@@ -146,8 +147,12 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
             else:
                 fp32 = Variant.parse(variant.variant).fp32_parent.file_name
                 answer = f"fp32 ({fp32}) stays the answer" if budget_failures_are_final else "not a candidate"
+                data = result.parity_data.path if not result.parity_data.is_random else "DIR"
+                where = f"edgekit inspect {result.run_dir} {variant.variant} --data {data}"
                 errors.print(
-                    f"[red]{variant.variant}: no int8 within the budget was found[/red] ({search.stopped}); {answer}", highlight=False
+                    f"[red]{variant.variant}: no int8 within the budget was found[/red] ({search.stopped}); {answer}; "
+                    f"to see which layers lose it: {escape(where)}",
+                    highlight=False,
                 )
         for failure in variant.failures:
             errors.print(f"[red]{variant.variant} failed[/red] ({Path(variant.path).name}): {failure}", highlight=False)
