@@ -33,7 +33,8 @@ def inspect_command(run_dir, artifacts, config_path, json_path, md_path, html_pa
     \b
     edgekit inspect runs/flowers int8 --data photos/val
     edgekit inspect runs/flowers int8 fp32 --html inspect.html --md inspect.md --json inspect.json
-    edgekit inspect runs/flowers openvino-int8 --runtime openvino --threshold 25
+    edgekit inspect runs/flowers openvino-int8 executorch-int8 --threshold 25
+    edgekit inspect runs/flowers int8 --runtime openvino            # the ONNX file profiled on OpenVINO
     edgekit inspect runs/flowers runs/flowers/exports/model.int8.onnx --no-numerics --runs 200
     """
     from .. import config, files

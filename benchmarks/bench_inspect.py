@@ -1,0 +1,193 @@
+"""Does `edgekit inspect` point at the layers the accuracy search puts back in float, and does its profile agree with
+bench's timing of the same file?
+
+    python benchmarks/bench_inspect.py                         # zoo Lite0 (ImageNet weights) on real photo crops
+    python benchmarks/bench_inspect.py --run runs/demo/run     # a fine-tuned run (its own calibration and val images)
+    python benchmarks/bench_inspect.py --openvino --executorch # also the OpenVINO and ExecuTorch int8 files
+
+1. The accuracy search (`edgekit export --quantize int8`, defaults) records the layers it returned to float, in order.
+2. `edgekit inspect` on the *plain* int8 of the same model and calibration (no search, only the first Conv and the
+   last Gemm in float) gives each layer's own SQNR (its input taken from float) and the search's own ranking score.
+3. The overlap between inspect's three worst layers by own error and the first three layers the search returned to
+   float is the figure; so is the first search pick's rank in inspect's order.
+4. The same process runs `edgekit.bench` on each int8 file, then `inspect`'s profile, and reports profile total /
+   bench p50 (bench's interleaved p50 and its deployment p50, the setting the profile runs with).
+
+Results: benchmarks/results/inspect-<isa>-<date>.json and .md (CPU, ISA class, versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _search_order(result) -> tuple[list[str], list[str], dict]:
+    """(layers the search returned to float, in order; the ones float from the start; the search's summary)."""
+    int8 = next(v for v in result.variants if v.variant == "int8").int8
+    search = int8.search
+    order = [step.action.removeprefix("keep ").removesuffix(" in float") for step in search.steps[1:]]
+    summary = {
+        "within_budget": search.within_budget,
+        "kept_float": len(search.kept_float),
+        "steps": len(search.steps),
+        "seconds": search.seconds,
+    }
+    return order, list(search.steps[0].kept_float), summary
+
+
+def _overlap(run, plain, order: list[str], data: Path) -> dict:
+    from edgekit.inspection import inspect
+
+    result = inspect(run, plain, data, profile=False, search_ranking=True, max_images=32)
+    layers = [layer for layer in result.numerics.layers if layer.own is not None]
+    by_own = [layer.node for layer in sorted(layers, key=lambda layer: layer.own.sqnr_db)]
+    by_search = [layer.node for layer in sorted(layers, key=lambda layer: layer.search_error if layer.search_error is not None else 1e9)]
+    names = {layer.node: layer.layer for layer in result.numerics.layers}
+    first = order[:3]
+    return {
+        "search_first_three": [names.get(n, n) for n in first],
+        "inspect_top_three_own": [names.get(n, n) for n in by_own[:3]],
+        "inspect_top_three_search_score": [names.get(n, n) for n in by_search[:3]],
+        "overlap_own": len(set(first) & set(by_own[:3])),
+        "overlap_search_score": len(set(first) & set(by_search[:3])),
+        "first_pick_rank_by_own": by_own.index(order[0]) + 1 if order and order[0] in by_own else None,
+        "first_diverging": result.numerics.first_diverging,
+        "worst": result.numerics.worst,
+        "inspect_seconds": result.seconds,
+    }
+
+
+def _profile_vs_bench(run, artifact: Path, runtime: str) -> dict:
+    """bench, then inspect's profile, on the same file in this process."""
+    from edgekit import bench
+    from edgekit.inspection import inspect
+
+    timed = bench([artifact], runtimes=[runtime], iterations=60, warmup=10, save=False)
+    row = timed.measurements[0]
+    profile = inspect(run, artifact, numerics=False, runtime=runtime, runs=100, max_images=4).profile
+    deployed = row.deployment.p50_ms if row.deployment is not None else None
+    return {
+        "artifact": artifact.name,
+        "runtime": runtime,
+        "bench_p50_ms": row.p50_ms,
+        "bench_deployment_p50_ms": deployed,
+        "bench_contended": row.contended,
+        "profile_total_ms": profile.total_ms,
+        "profile_ops_ms": profile.ops_ms,
+        "profile_unprofiled_p50_ms": profile.unprofiled_p50_ms,
+        "total_over_bench_p50": profile.total_ms / row.p50_ms,
+        "total_over_deployment_p50": profile.total_ms / deployed if deployed else None,
+        "flags": [flag.message for flag in profile.flags],
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="a fine-tuned run (default: zoo efficientnet_lite0 on photo crops)")
+    parser.add_argument("--openvino", action="store_true", help="also time OpenVINO int8 (NNCF, plain)")
+    parser.add_argument("--executorch", action="store_true", help="also time ExecuTorch int8 (pt2e, plain)")
+    args = parser.parse_args(argv)
+    from bench_export import write_crops
+
+    from edgekit.exporting import export
+    from edgekit.exporting.quantize import quantize_static
+    from edgekit.hardware import isa_class
+    from edgekit.runs import Run, run_from_zoo
+    from edgekit.version import __version__
+
+    started = time.perf_counter()
+    report: dict = {"cpu": _cpu(), "isa": isa_class(), "edgekit": __version__, "date": datetime.date.today().isoformat()}
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-inspect-") as workdir:
+        work = Path(workdir)
+        if args.run is None:
+            calib, search = write_crops(work / "calib", 100, 2), write_crops(work / "search", 200, 1)
+            run = run_from_zoo("efficientnet_lite0", "DEFAULT", work / "lite0")
+            report["model"] = "zoo efficientnet_lite0, ImageNet weights; 100 calibration crops, 200 search crops (real photos)"
+        else:
+            run = Run.load(args.run)
+            calib, search = Path(run.card.data_dir), Path(run.card.val_dir or run.card.data_dir)
+            report["model"] = f"{args.run} ({run.card.model})"
+        exported = export(
+            run, formats="onnx", quantize="none,int8", calib_data=calib, calib_size=100, parity_data=search, speed_check=False
+        )
+        order, start, report["search"] = _search_order(exported)
+        report["search"]["start_float"] = start
+        plain = work / "plain.int8.onnx"
+        batches = _batches(run, calib)
+        quantize_static(run.exports_dir / "model.onnx", plain, batches)
+        report["overlap"] = _overlap(run, plain, order, search)
+        files = [(run.exports_dir / "model.int8.onnx", "ort-cpu"), (plain, "ort-cpu")]
+        if args.openvino:
+            export(run, formats="openvino", quantize="int8", calib_data=calib, calib_size=100, parity_data=search, accuracy_aware=False)
+            files.append((run.exports_dir / "model.int8.xml", "openvino"))
+        if args.executorch:
+            export(run, formats="executorch", quantize="int8", calib_data=calib, calib_size=100, parity_data=search, accuracy_aware=False)
+            files.append((run.exports_dir / "model.int8.pte", "executorch"))
+        report["profile_vs_bench"] = [_profile_vs_bench(run, path, runtime) for path, runtime in files]
+    report["seconds"] = round(time.perf_counter() - started)
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"inspect-{report['isa']}-{report['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(_markdown(report))
+    print(_markdown(report))
+    return 0
+
+
+def _batches(run, folder: Path):
+    from edgekit.data import load_batch
+    from edgekit.parity_check import images_in
+
+    paths = images_in(folder, max_images=100).paths
+    return [load_batch(paths[i : i + 16], run.card.preprocessing) for i in range(0, len(paths), 16)]
+
+
+def _markdown(report: dict) -> str:
+    overlap = report["overlap"]
+    lines = [
+        f"# edgekit inspect vs the accuracy search and bench ({report['date']})",
+        "",
+        f"- machine: {report['cpu']}, ISA class `{report['isa']}`; edgekit {report['edgekit']}; {report['seconds']} s in all",
+        f"- model: {report['model']}",
+        f"- search: {report['search']}",
+        f"- the search's first three layers returned to float: {', '.join(overlap['search_first_three'])}",
+        f"- inspect's three worst by own error (plain int8): {', '.join(overlap['inspect_top_three_own'])} "
+        f"(overlap {overlap['overlap_own']} of 3; the search's first pick is #{overlap['first_pick_rank_by_own']} by own error)",
+        f"- inspect's three worst by the search's own score: {', '.join(overlap['inspect_top_three_search_score'])} "
+        f"(overlap {overlap['overlap_search_score']} of 3)",
+        f"- first diverging layer (plain int8): {overlap['first_diverging']}; worst accumulated: {', '.join(overlap['worst'])}",
+        "",
+        "| file | runtime | bench p50 ms | bench deployment p50 ms | profile total ms | ops ms | total / bench p50 | total / deployment p50 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["profile_vs_bench"]:
+        deployed = row["bench_deployment_p50_ms"]
+        ratio = row["total_over_deployment_p50"]
+        lines.append(
+            f"| {row['artifact']} | {row['runtime']} | {row['bench_p50_ms']:.3f} | {deployed:.3f} | {row['profile_total_ms']:.3f} | "
+            f"{row['profile_ops_ms']:.3f} | {row['total_over_bench_p50']:.2f} | {ratio:.2f} |"
+            if deployed
+            else f"| {row['artifact']} | {row['runtime']} | {row['bench_p50_ms']:.3f} | - | {row['profile_total_ms']:.3f} | "
+            f"{row['profile_ops_ms']:.3f} | {row['total_over_bench_p50']:.2f} | - |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
