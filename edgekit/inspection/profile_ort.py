@@ -49,8 +49,10 @@ def measure_ort(artifact: Path, sample: np.ndarray, threads: int | None, warmup:
     from .. import runtimes
 
     with tempfile.TemporaryDirectory(prefix="edgekit-inspect-ort-") as workdir:
-        profiled = runtimes.load(artifact, "ort-cpu", threads, profile_dir=workdir)
-        plain = runtimes.load(artifact, "ort-cpu", threads)
+        # Spinning off in both, as bench's interleaved timing has it: the two sessions take turns, and one's idle
+        # threads spinning on 2 cores made the other's runs 10x slower (30.7 vs 2.2 ms on a ResNet-18 at 48 px).
+        profiled = runtimes.load(artifact, "ort-cpu", threads, profile_dir=workdir, allow_spinning=False)
+        plain = runtimes.load(artifact, "ort-cpu", threads, allow_spinning=False)
         unprofiled = alternate(lambda: profiled.run(sample), lambda: plain.run(sample), warmup, runs)
         trace = json.loads(profiled.end_profiling().read_text(encoding="utf-8"))  # type: ignore[attr-defined]
         optimized = onnx.load(str(Path(workdir) / "optimized.onnx"))  # written by ORT itself from the checked file
