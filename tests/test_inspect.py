@@ -280,3 +280,21 @@ def test_export_message_for_an_int8_past_its_budget_ends_with_the_inspect_comman
     show_export(result)
     line = next(line for line in capsys.readouterr().err.splitlines() if "no int8 within the budget" in line)
     assert line.rstrip().endswith("edgekit inspect runs/flowers int8 --data photos/val")
+
+
+def test_executorch_profile_from_etdump_and_logits(copy_trained_run):
+    pytest.importorskip("executorch.devtools")
+    from edgekit import runtimes
+    from edgekit.exporting import export
+
+    if runtimes.available_runtimes().get("executorch") is not None:
+        pytest.skip(f"executorch runtime unavailable: {runtimes.available_runtimes()['executorch']}")
+    run = copy_trained_run("inspect-executorch")
+    export(run, formats="executorch", quantize="none")
+    result = inspect(run, "executorch-fp32", **FAST)
+    assert result.numerics.layers == [] and result.numerics.logits.sqnr_db > 60  # per-layer: not available, said so
+    assert "ETRecord" in result.numerics.notes[0]
+    profile = result.profile
+    assert profile.source.startswith("executorch") and profile.total_ms > 0
+    convolutions = [node for node in profile.nodes if node.op_type == "Convolution"]
+    assert len(convolutions) == 20 and all(node.ran_as == "fp32" and "F32" in node.kernel for node in convolutions)
