@@ -106,7 +106,8 @@ def inspect_model(
             result.numerics = _numerics(fmt, model, artifact, images, graphs or [], threshold, search_ranking, result.notes)
         if profile:
             known = {layer.node: layer.layer for layer in result.numerics.layers} if result.numerics is not None else {}
-            result.profile = _profile(chosen, artifact, images, threads, warmup, runs, share_threshold, known)
+            batch = variant.fixed_batch or 1
+            result.profile = _profile(chosen, artifact, images.artifact[:batch], threads, warmup, runs, share_threshold, known)
     result.seconds = round(time.perf_counter() - started, 2)
     return result
 
@@ -141,9 +142,9 @@ def _numerics(fmt, model, artifact, images, graphs, threshold, search_ranking, n
     return executorch_numerics(model, artifact, images, threshold, notes)
 
 
-def _profile(runtime, artifact, images, threads, warmup, runs, share_threshold, known: dict[str, str]) -> Profile:
-    """The runtime's profile; ``known`` names layers (node -> PyTorch module) where the numerics found them."""
-    sample = images.artifact[:1]
+def _profile(runtime, artifact, sample, threads, warmup, runs, share_threshold, known: dict[str, str]) -> Profile:
+    """The runtime's profile on ``sample`` (one batch); ``known`` names layers (node -> PyTorch module) where the
+    numerics found them."""
     if runtime == "ort-cpu":
         from .profile_ort import measure_ort as measure
 
@@ -157,4 +158,4 @@ def _profile(runtime, artifact, images, threads, warmup, runs, share_threshold, 
 
         source = "executorch ETDump (devtools Inspector)"
     measured, names = measure(artifact, sample, threads, warmup, runs)
-    return profiling.summarize(runtime, source, measured, 1, warmup, share_threshold, {**names, **known})
+    return profiling.summarize(runtime, source, measured, len(sample), warmup, share_threshold, {**names, **known})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import EdgekitError, ModelError
 from ..results import DataSource
 from ..safety import check_onnx_file, onnx_session
 from .matching import Reference, match_layer
@@ -140,8 +140,14 @@ def _accumulate(model, artifact_model, float_model, own_model, layers, inputs, r
         layer.accumulated_sums, layer.own_sums = ErrorAccumulator(), ErrorAccumulator() if layer.own is not None else None
     changed = 0.0
     with ModuleOutputs(model, wanted) as hooks:
-        for start in range(0, len(inputs), BATCH):
-            batch, reference_batch = inputs[start : start + BATCH], reference_inputs[start : start + BATCH]
+        fixed = _fixed_batch(artifact_model)  # a fixed-batch twin (-b4) takes whole batches of its size only
+        if fixed is not None and fixed > len(inputs):
+            raise EdgekitError(
+                f"the artifact takes batches of exactly {fixed} images and only {len(inputs)} are at hand; pass more with --data"
+            )
+        step = fixed or BATCH
+        for start in range(0, len(inputs) - len(inputs) % fixed if fixed else len(inputs), step):
+            batch, reference_batch = inputs[start : start + step], reference_inputs[start : start + step]
             reference_logits, captured = hooks.run(reference_batch)
             values = dict(zip([output_name, *artifact_names], artifact_session.run([output_name, *artifact_names], {input_name: batch})))
             plain = plain_session.run([output_name], {input_name: batch})[0]
@@ -156,6 +162,11 @@ def _accumulate(model, artifact_model, float_model, own_model, layers, inputs, r
             "differently); the per-layer figures are of the exposed graph, the logits' of the file"
         )
     return logits
+
+
+def _fixed_batch(model) -> int | None:
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    return int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0 else None
 
 
 def _add_batch(layer: Layer, captured, values, aux) -> None:
