@@ -43,10 +43,12 @@ def inspect(
     flags (``profile`` module). ``search_ranking`` adds, for ONNX int8, the accuracy search's own score per layer."""
     from ..runs import Run
 
+    if not numerics and not profile:
+        raise EdgekitError("--no-numerics and --no-profile together leave nothing to inspect; drop one of them")
     run = run if isinstance(run, Run) else Run.load(run)
     path = resolve_artifact(run, artifact)
     variant = Variant.of_artifact(path)
-    images = run_images(run, data, variant.input_kind, max_images) if numerics or profile else None
+    images = run_images(run, data, variant.input_kind, max_images)
     return inspect_model(
         run.build_model(),
         path,
