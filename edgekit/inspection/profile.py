@@ -142,9 +142,9 @@ def _precision_flags(nodes: list[RanNode], ops_ms: float, layer_names: dict[str,
                 )
             )
         elif quantized_graph and node.meant.startswith("fp") and node.ran_as.startswith(("fp", "bf")):
-            around = neighbours(node, nodes)
-            if not around:
-                continue  # float at an end of the graph (the first Conv, the classifier): nothing converts around it
+            around, ends = neighbours(node, nodes)
+            if not any(other.ran_as == "int8" for other in ends):
+                continue  # no int8 kernel next to it (a float head, or a float net with an int8 classifier)
             cost = sum(n.ms for n in around)
             listed = ", ".join(f"{n.op_type} {n.ms:.3f} ms" for n in around) or "none"
             flags.append(
@@ -161,24 +161,27 @@ def _precision_flags(nodes: list[RanNode], ops_ms: float, layer_names: dict[str,
     return flags
 
 
-def neighbours(node: RanNode, nodes: list[RanNode]) -> list[RanNode]:
-    """The data-movement nodes that feed ``node`` or read its output, following chains of them (a DequantizeLinear
-    behind a ReorderInput behind a Transpose...)."""
+def neighbours(node: RanNode, nodes: list[RanNode]) -> tuple[list[RanNode], list[RanNode]]:
+    """(the data-movement nodes that feed ``node`` or read its output, following chains of them: a DequantizeLinear
+    behind a ReorderInput behind a Transpose...; the compute nodes at the far ends of those chains)."""
     producers = {out: n for n in nodes for out in n.outputs}
     consumers: dict[str, list[RanNode]] = {}
     for candidate in nodes:
         for name in candidate.inputs:
             consumers.setdefault(name, []).append(candidate)
-    found: list[RanNode] = []
+    moving: list[RanNode] = []
+    ends: list[RanNode] = []
     frontier = [("in", name) for name in node.inputs] + [("out", name) for name in node.outputs]
     while frontier:
         direction, name = frontier.pop()
         linked = [producers[name]] if direction == "in" and name in producers else consumers.get(name, []) if direction == "out" else []
         for other in linked:
-            if other.ran_as == DATA_MOVEMENT and other not in found:
-                found.append(other)
+            if other.ran_as == DATA_MOVEMENT and other not in moving:
+                moving.append(other)
                 frontier += [(direction, n) for n in (other.inputs if direction == "in" else other.outputs)]
-    return found
+            elif other.ran_as != DATA_MOVEMENT and other is not node and other not in ends:
+                ends.append(other)
+    return moving, ends
 
 
 def _data_movement_flags(nodes: list[RanNode], by_type: dict[str, list[RanNode]], ops_ms: float, share_threshold: float) -> list[Flag]:
