@@ -103,7 +103,8 @@ def inspect_model(
     with tempfile.TemporaryDirectory(prefix="edgekit-inspect-") as workdir:
         graphs = float_onnx
         if fmt in ("onnx", "openvino") and numerics and graphs is None:
-            graphs = float_graphs(run, model, artifact, variant.input_kind, variant.precision.value, Path(workdir))
+            size = int(images.reference.shape[-1])
+            graphs = float_graphs(run, model, artifact, variant.input_kind, variant.precision.value, Path(workdir), size)
         if numerics:
             result.numerics = _numerics(fmt, model, artifact, images, graphs or [], threshold, search_ranking, result.notes)
         if profile:

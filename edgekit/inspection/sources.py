@@ -66,10 +66,10 @@ def run_images(run, data: str | os.PathLike | None, kind: InputKind, max_images:
     return Images(parity_data.inputs(kind), parity_data.reference_inputs(kind), parity_data.source)
 
 
-def float_graphs(run, model, artifact: Path, kind: InputKind, precision: str, workdir: Path) -> list[Path]:
+def float_graphs(run, model, artifact: Path, kind: InputKind, precision: str, workdir: Path, size: int) -> list[Path]:
     """The float32 ONNX graphs the artifact's layers may be named in: the run's fp32 export of the same input kind
-    (exported afresh into ``workdir`` when the run has none), and for int8 also ORT's quantization pre-processing of
-    it (the graph the quantizer read, whose node names the QDQ file keeps)."""
+    (exported afresh into ``workdir`` at ``size`` px when there is no run or it has none), and for int8 also ORT's
+    quantization pre-processing of it (the graph the quantizer read, whose node names the QDQ file keeps)."""
     from ..exporting.onnx import export_onnx
     from ..exporting.quantize import prepare
 
@@ -82,9 +82,7 @@ def float_graphs(run, model, artifact: Path, kind: InputKind, precision: str, wo
             )
         import torch
 
-        crop = run.card.preprocessing.crop if run is not None else None
-        example = torch.zeros(2, 3, crop or 224, crop or 224)
-        base = export_onnx(model, workdir / "fp32.onnx", example)
+        base = export_onnx(model, workdir / "fp32.onnx", torch.zeros(2, 3, size, size))
     graphs = [base]
     if precision.startswith("int8"):
         graphs.append(prepare(base, workdir / "prepared.onnx"))
