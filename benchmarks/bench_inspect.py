@@ -74,14 +74,14 @@ def _overlap(run, plain, order: list[str], data: Path) -> dict:
     }
 
 
-def _profile_vs_bench(run, artifact: Path, runtime: str) -> dict:
+def _profile_vs_bench(run, artifact: Path, runtime: str, data: Path) -> dict:
     """bench, then inspect's profile, on the same file in this process."""
     from edgekit import bench
     from edgekit.inspection import inspect
 
     timed = bench([artifact], runtimes=[runtime], iterations=60, warmup=10, save=False)
     row = timed.measurements[0]
-    profile = inspect(run, artifact, numerics=False, runtime=runtime, runs=100, max_images=4).profile
+    profile = inspect(run, artifact, data, numerics=False, runtime=runtime, runs=100, max_images=4).profile
     deployed = row.deployment.p50_ms if row.deployment is not None else None
     return {
         "artifact": artifact.name,
@@ -103,44 +103,38 @@ def main(argv=None) -> int:
     parser.add_argument("--run", type=Path, help="a fine-tuned run (default: zoo efficientnet_lite0 on photo crops)")
     parser.add_argument("--openvino", action="store_true", help="also time OpenVINO int8 (NNCF, plain)")
     parser.add_argument("--executorch", action="store_true", help="also time ExecuTorch int8 (pt2e, plain)")
+    parser.add_argument("--work", type=Path, help="keep the exports here and reuse them on a second run (default: a temporary folder)")
     args = parser.parse_args(argv)
-    from bench_export import write_crops
-
-    from edgekit.exporting import export
-    from edgekit.exporting.quantize import quantize_static
     from edgekit.hardware import isa_class
-    from edgekit.runs import Run, run_from_zoo
     from edgekit.version import __version__
 
     started = time.perf_counter()
     report: dict = {"cpu": _cpu(), "isa": isa_class(), "edgekit": __version__, "date": datetime.date.today().isoformat()}
     with tempfile.TemporaryDirectory(prefix="edgekit-bench-inspect-") as workdir:
-        work = Path(workdir)
-        if args.run is None:
-            calib, search = write_crops(work / "calib", 100, 2), write_crops(work / "search", 200, 1)
-            run = run_from_zoo("efficientnet_lite0", "DEFAULT", work / "lite0")
-            report["model"] = "zoo efficientnet_lite0, ImageNet weights; 100 calibration crops, 200 search crops (real photos)"
-        else:
-            run = Run.load(args.run)
-            calib, search = Path(run.card.data_dir), Path(run.card.val_dir or run.card.data_dir)
-            report["model"] = f"{args.run} ({run.card.model})"
-        exported = export(
-            run, formats="onnx", quantize="none,int8", calib_data=calib, calib_size=100, parity_data=search, speed_check=False
-        )
-        order, start, report["search"] = _search_order(exported)
-        report["search"]["start_float"] = start
+        work = args.work or Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        run, calib, search = _subject(args.run, work, report)
+        order = _searched(run, calib, search, work, report)
         plain = work / "plain.int8.onnx"
-        batches = _batches(run, calib)
-        quantize_static(run.exports_dir / "model.onnx", plain, batches)
+        if not plain.is_file():
+            from edgekit.exporting.quantize import quantize_static
+
+            quantize_static(run.exports_dir / "model.onnx", plain, _batches(run, calib))
         report["overlap"] = _overlap(run, plain, order, search)
+        print(json.dumps(report["overlap"], indent=2), flush=True)
         files = [(run.exports_dir / "model.int8.onnx", "ort-cpu"), (plain, "ort-cpu")]
-        if args.openvino:
-            export(run, formats="openvino", quantize="int8", calib_data=calib, calib_size=100, parity_data=search, accuracy_aware=False)
-            files.append((run.exports_dir / "model.int8.xml", "openvino"))
-        if args.executorch:
-            export(run, formats="executorch", quantize="int8", calib_data=calib, calib_size=100, parity_data=search, accuracy_aware=False)
-            files.append((run.exports_dir / "model.int8.pte", "executorch"))
-        report["profile_vs_bench"] = [_profile_vs_bench(run, path, runtime) for path, runtime in files]
+        for wanted, fmt, suffix, runtime in (
+            (args.openvino, "openvino", "xml", "openvino"),
+            (args.executorch, "executorch", "pte", "executorch"),
+        ):
+            if wanted:
+                path = run.exports_dir / f"model.int8.{suffix}"
+                if not path.is_file():
+                    from edgekit.exporting import export
+
+                    export(run, formats=fmt, quantize="int8", calib_data=calib, calib_size=100, parity_data=search, accuracy_aware=False)
+                files.append((path, runtime))
+        report["profile_vs_bench"] = [_profile_vs_bench(run, path, runtime, search) for path, runtime in files]
     report["seconds"] = round(time.perf_counter() - started)
     RESULTS.mkdir(exist_ok=True)
     stem = RESULTS / f"inspect-{report['isa']}-{report['date']}"
@@ -148,6 +142,44 @@ def main(argv=None) -> int:
     stem.with_suffix(".md").write_text(_markdown(report))
     print(_markdown(report))
     return 0
+
+
+def _subject(run_dir: Path | None, work: Path, report: dict):
+    """(the run, its calibration folder, the folder the search validates on and inspect compares on)."""
+    from bench_export import write_crops
+
+    from edgekit.runs import Run, run_from_zoo
+
+    if run_dir is not None:
+        run = Run.load(run_dir)
+        report["model"] = f"{run_dir} ({run.card.model})"
+        return run, Path(run.card.data_dir), Path(run.card.val_dir or run.card.data_dir)
+    calib = work / "calib" if (work / "calib").is_dir() else write_crops(work / "calib", 100, 2)
+    search = work / "search" if (work / "search").is_dir() else write_crops(work / "search", 200, 1)
+    run = (
+        Run.load(work / "lite0")
+        if (work / "lite0" / "edgekit.json").is_file()
+        else run_from_zoo("efficientnet_lite0", "DEFAULT", work / "lite0")
+    )
+    report["model"] = "zoo efficientnet_lite0, ImageNet weights; 100 calibration crops, 200 search crops (real photos)"
+    return run, calib, search
+
+
+def _searched(run, calib: Path, search: Path, work: Path, report: dict) -> list[str]:
+    """The layers the accuracy search returned to float, in order (exported once, then read from search.json)."""
+    from edgekit.exporting import export
+
+    saved = work / "search.json"
+    if not saved.is_file() or not (run.exports_dir / "model.int8.onnx").is_file():
+        exported = export(
+            run, formats="onnx", quantize="none,int8", calib_data=calib, calib_size=100, parity_data=search, speed_check=False
+        )
+        order, start, summary = _search_order(exported)
+        saved.write_text(json.dumps({"order": order, "start": start, "summary": summary}))
+    recorded = json.loads(saved.read_text())
+    report["search"] = {**recorded["summary"], "start_float": recorded["start"], "order": recorded["order"]}
+    print(json.dumps(report["search"]), flush=True)
+    return recorded["order"]
 
 
 def _batches(run, folder: Path):

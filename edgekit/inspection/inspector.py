@@ -11,7 +11,7 @@ from ..errors import EdgekitError
 from ..formats import format_of
 from ..variants import Variant
 from . import profile as profiling
-from .metrics import default_threshold
+from .metrics import default_threshold, first_below
 from .results import InspectResult, Numerics, Profile
 from .sources import MAX_IMAGES, Images, float_graphs, resolve_artifact, run_images
 
@@ -107,12 +107,27 @@ def inspect_model(
             graphs = float_graphs(run, model, artifact, variant.input_kind, variant.precision.value, Path(workdir), size)
         if numerics:
             result.numerics = _numerics(fmt, model, artifact, images, graphs or [], threshold, search_ranking, result.notes)
+            if threshold_db is None:
+                _judge_by_the_graph(result)
         if profile:
             known = {layer.node: layer.layer for layer in result.numerics.layers} if result.numerics is not None else {}
             batch = variant.fixed_batch or 1
             result.profile = _profile(chosen, artifact, images.artifact[:batch], threads, warmup, runs, share_threshold, known)
     result.seconds = round(time.perf_counter() - started, 2)
     return result
+
+
+def _judge_by_the_graph(result: InspectResult) -> None:
+    """Apply int8's threshold when the graph quantizes layers that its recorded variant calls float (a file quantized
+    by hand from an edgekit export keeps its parent's metadata, "fp32"), and say so."""
+    numerics = result.numerics
+    assert numerics is not None
+    quantized = sum(1 for layer in numerics.layers if layer.precision.startswith("int8"))
+    if not quantized or Variant.parse(result.variant).precision.value.startswith("int8"):
+        return
+    numerics.threshold_db, numerics.threshold_reason = default_threshold("int8")
+    numerics.first_diverging = first_below(numerics.layers, numerics.threshold_db)
+    result.notes.append(f"the file's metadata says {result.variant} but its graph quantizes {quantized} layers: judged as int8")
 
 
 def _runtime(fmt: str, runtime: str, artifact: Path) -> str:
