@@ -299,3 +299,18 @@ def test_executorch_profile_from_etdump_and_logits(copy_trained_run):
     assert profile.source.startswith("executorch") and profile.total_ms > 0
     convolutions = [node for node in profile.nodes if node.op_type == "Convolution"]
     assert len(convolutions) == 20 and all(node.ran_as == "fp32" and "F32" in node.kernel for node in convolutions)
+
+
+def test_pt2e_eager_fallback_names_the_sensitive_layer_too(sensitive, photo_folders):
+    """ExecuTorch int8's per-layer figures come from the pt2e eager fallback (the .pte's delegate is one call)."""
+    pytest.importorskip("torchao")
+    from edgekit.inspection.executorch_pt2e import pt2e_layers
+    from edgekit.inspection.metrics import first_below
+
+    model, _, _, _, val_images = sensitive
+    _, train_images, _ = sensitive_setup(photo_folders)
+    layers, notes = pt2e_layers(model, val_images, [train_images[i : i + 8] for i in range(0, 32, 8)])
+    assert [layer.layer for layer in layers] == ["conv1", "conv2", "conv3", "head"]
+    assert first_below(layers, 20.0) == "conv3"
+    assert "then clamped" in layers[2].reference  # conv3's functional relu, applied to the module's output
+    assert "pt2e eager fallback" in notes[0] and "not the .pte" in notes[0]

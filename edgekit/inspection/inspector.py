@@ -13,7 +13,7 @@ from ..variants import Variant
 from . import profile as profiling
 from .metrics import default_threshold, first_below
 from .results import InspectResult, Numerics, Profile
-from .sources import MAX_IMAGES, Images, float_graphs, resolve_artifact, run_images
+from .sources import MAX_IMAGES, Images, calibration_batches, float_graphs, resolve_artifact, run_images
 
 RUNTIMES = {"onnx": ("ort-cpu", "openvino"), "openvino": ("openvino",), "executorch": ("executorch",)}
 
@@ -106,7 +106,7 @@ def inspect_model(
             size = int(images.reference.shape[-1])
             graphs = float_graphs(run, model, artifact, variant.input_kind, variant.precision.value, Path(workdir), size)
         if numerics:
-            result.numerics = _numerics(fmt, model, artifact, images, graphs or [], threshold, search_ranking, result.notes)
+            result.numerics = _numerics(fmt, model, run, artifact, images, graphs or [], threshold, search_ranking, result.notes)
             if threshold_db is None:
                 _judge_by_the_graph(result)
         if profile:
@@ -141,7 +141,7 @@ def _runtime(fmt: str, runtime: str, artifact: Path) -> str:
     return runtime
 
 
-def _numerics(fmt, model, artifact, images, graphs, threshold, search_ranking, notes) -> Numerics | None:
+def _numerics(fmt, model, run, artifact, images, graphs, threshold, search_ranking, notes) -> Numerics | None:
     if fmt == "onnx":
         from .onnx_numerics import onnx_numerics
         from .ranking import add_search_errors, session_config_of
@@ -156,8 +156,13 @@ def _numerics(fmt, model, artifact, images, graphs, threshold, search_ranking, n
 
         return openvino_numerics(model, artifact, graphs, images.artifact, images.reference, images.source, threshold)
     from .executorch_numerics import executorch_numerics
+    from .executorch_pt2e import CALIBRATION_IMAGES
 
-    return executorch_numerics(model, artifact, images, threshold, notes)
+    calibration = None
+    if Variant.of_artifact(artifact).precision.value == "int8":
+        calibration, where = calibration_batches(run, images, CALIBRATION_IMAGES)
+        notes.append(f"the pt2e eager fallback calibrated on {where}")
+    return executorch_numerics(model, artifact, images, threshold, calibration)
 
 
 def _profile(runtime, artifact, sample, threads, warmup, runs, share_threshold, known: dict[str, str]) -> Profile:

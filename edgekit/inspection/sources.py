@@ -87,3 +87,19 @@ def float_graphs(run, model, artifact: Path, kind: InputKind, precision: str, wo
     if precision.startswith("int8"):
         graphs.append(prepare(base, workdir / "prepared.onnx"))
     return graphs
+
+
+def calibration_batches(run, images: Images, count: int, batch: int = 8) -> tuple[list[np.ndarray], str]:
+    """(float NCHW batches to calibrate a re-quantization on, where they came from): ``count`` class-stratified
+    training images of the run, else the inspected images themselves."""
+    from ..data import load_batch, stratified_sample
+    from ..data import run_images as training_images
+
+    if run is not None and run.card.data_dir is not None:
+        folder = stratified_sample(training_images(run.card, "train"), count, 0)
+        paths = [path for path, _ in folder.samples]
+        return [
+            load_batch(paths[i : i + batch], run.card.preprocessing) for i in range(0, len(paths), batch)
+        ], f"{len(paths)} training images"
+    inputs = images.reference[:count]
+    return [inputs[i : i + batch] for i in range(0, len(inputs), batch)], f"{len(inputs)} of the inspected images"
