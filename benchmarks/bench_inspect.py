@@ -58,14 +58,19 @@ def _overlap(run, plain, order: list[str], data: Path) -> dict:
     result = inspect(run, plain, data, profile=False, search_ranking=True, max_images=32)
     layers = [layer for layer in result.numerics.layers if layer.own is not None]
     by_own = [layer.node for layer in sorted(layers, key=lambda layer: layer.own.sqnr_db)]
+    by_channel = [layer.node for layer in sorted(layers, key=lambda layer: layer.own.channel_sqnr_db)]
     by_search = [layer.node for layer in sorted(layers, key=lambda layer: layer.search_error if layer.search_error is not None else 1e9)]
     names = {layer.node: layer.layer for layer in result.numerics.layers}
     first = order[:3]
     return {
         "search_first_three": [names.get(n, n) for n in first],
         "inspect_top_three_own": [names.get(n, n) for n in by_own[:3]],
+        "inspect_top_three_own_channel": [names.get(n, n) for n in by_channel[:3]],
         "inspect_top_three_search_score": [names.get(n, n) for n in by_search[:3]],
         "overlap_own": len(set(first) & set(by_own[:3])),
+        "overlap_own_channel": len(set(first) & set(by_channel[:3])),
+        "first_pick_rank_by_own_channel": by_channel.index(order[0]) + 1 if order and order[0] in by_channel else None,
+        "first_pick_rank_by_search_score": by_search.index(order[0]) + 1 if order and order[0] in by_search else None,
         "overlap_search_score": len(set(first) & set(by_search[:3])),
         "first_pick_rank_by_own": by_own.index(order[0]) + 1 if order and order[0] in by_own else None,
         "first_diverging": result.numerics.first_diverging,
@@ -201,6 +206,8 @@ def _markdown(report: dict) -> str:
         f"- the search's first three layers returned to float: {', '.join(overlap['search_first_three'])}",
         f"- inspect's three worst by own error (plain int8): {', '.join(overlap['inspect_top_three_own'])} "
         f"(overlap {overlap['overlap_own']} of 3; the search's first pick is #{overlap['first_pick_rank_by_own']} by own error)",
+        f"- inspect's three worst by own error, every channel weighing the same: {', '.join(overlap['inspect_top_three_own_channel'])} "
+        f"(overlap {overlap['overlap_own_channel']} of 3; the search's first pick is #{overlap['first_pick_rank_by_own_channel']})",
         f"- inspect's three worst by the search's own score: {', '.join(overlap['inspect_top_three_search_score'])} "
         f"(overlap {overlap['overlap_search_score']} of 3)",
         f"- first diverging layer (plain int8): {overlap['first_diverging']}; worst accumulated: {', '.join(overlap['worst'])}",

@@ -40,12 +40,15 @@ class ErrorAccumulator:
         self.noise = 0.0
         self.cosines: list[float] = []
         self.max_abs = 0.0
+        self.channel_signal: np.ndarray | None = None  # per channel (axis 1), for channel_sqnr_db
+        self.channel_noise: np.ndarray | None = None
 
     def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        if np.shape(reference) != np.shape(candidate):
+            raise ValueError(f"shapes differ: reference {np.shape(reference)}, candidate {np.shape(candidate)}")
+        self._add_channels(np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64))
         reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
         candidate = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
-        if reference.shape != candidate.shape:
-            raise ValueError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
         difference = reference - candidate
         self.signal += float(np.sum(reference * reference))
         self.noise += float(np.sum(difference * difference))
@@ -56,11 +59,32 @@ class ErrorAccumulator:
         cosine = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(both_zero, 1.0, 0.0))
         self.cosines.extend(float(c) for c in cosine)
 
+    def _add_channels(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        if reference.ndim < 2:
+            return
+        axes = tuple(i for i in range(reference.ndim) if i != 1)
+        signal, noise = np.sum(reference * reference, axis=axes), np.sum((reference - candidate) ** 2, axis=axes)
+        self.channel_signal = signal if self.channel_signal is None else self.channel_signal + signal
+        self.channel_noise = noise if self.channel_noise is None else self.channel_noise + noise
+
+    def channel_sqnr(self) -> float | None:
+        """-10 log10 of the mean over channels of each channel's noise-to-signal ratio: every channel weighs the same,
+        so one channel crushed by a per-tensor range that a loud channel set shows here, while the plain SQNR (energy
+        weighted) hides it. Channels that are all zero in the reference are left out."""
+        if self.channel_signal is None or self.channel_noise is None:
+            return None
+        live = self.channel_signal > 0
+        if not live.any():
+            return None
+        ratio = float(np.mean(self.channel_noise[live] / self.channel_signal[live]))
+        return sqnr_db(1.0, ratio)
+
     def stats(self) -> ErrorStats:
         return ErrorStats(
             sqnr_db=sqnr_db(self.signal, self.noise),
             cosine=float(np.mean(self.cosines)) if self.cosines else 1.0,
             max_abs_diff=self.max_abs,
+            channel_sqnr_db=self.channel_sqnr(),
         )
 
 
@@ -78,11 +102,13 @@ def first_below(layers: list[LayerNumerics], threshold_db: float) -> str | None:
     return next((layer.layer for layer in sorted(layers, key=lambda item: item.index) if layer.accumulated.sqnr_db < threshold_db), None)
 
 
-def worst(layers: list[LayerNumerics], own: bool = False, count: int = WORST) -> list[str]:
-    """Up to ``count`` layers, lowest SQNR first (accumulated, or own where measured)."""
+def worst(layers: list[LayerNumerics], own: bool = False, count: int = WORST, per_channel: bool = False) -> list[str]:
+    """Up to ``count`` layers, lowest SQNR first (accumulated, or own where measured; ``per_channel``: by
+    ``channel_sqnr_db``)."""
     scored = []
     for layer in layers:
         stats = layer.own if own else layer.accumulated
-        if stats is not None:
-            scored.append((stats.sqnr_db, layer.index, layer.layer))
+        value = (stats.channel_sqnr_db if per_channel else stats.sqnr_db) if stats is not None else None
+        if value is not None:
+            scored.append((value, layer.index, layer.layer))
     return [name for _, _, name in sorted(scored)[:count]]

@@ -212,6 +212,7 @@ def verdict(
         first_diverging=first_below(results, threshold[0]),
         worst=worst(results),
         worst_own=worst(results, own=True),
+        worst_own_channel=worst(results, own=True, per_channel=True),
         logits=logits.stats(),
         notes=notes,
     )

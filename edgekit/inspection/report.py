@@ -45,6 +45,15 @@ def verdict_lines(result: InspectResult) -> list[str]:
         if numerics.worst_own:
             own = [(name, layers[name].own) for name in numerics.worst_own]
             lines.append("worst layers on their own: " + ", ".join(f"{name} {_db(stats.sqnr_db)} dB" for name, stats in own if stats))
+        if numerics.worst_own_channel:
+            own = [(name, layers[name].own) for name in numerics.worst_own_channel]
+            lines.append(
+                "worst on their own, every channel weighing the same: "
+                + ", ".join(f"{name} {_db(stats.channel_sqnr_db)} dB" for name, stats in own if stats and stats.channel_sqnr_db is not None)
+            )
+        ranked = sorted((layer.search_error, layer.index, layer.layer) for layer in numerics.layers if layer.search_error is not None)
+        if ranked:
+            lines.append("the accuracy search would return to float first: " + ", ".join(name for _, _, name in ranked[:5]))
         lines.append(f"logits vs PyTorch: {_db(numerics.logits.sqnr_db)} dB, cosine {numerics.logits.cosine:.4f}")
     profile = result.profile
     if profile is not None:
@@ -65,6 +74,7 @@ def layer_row(layer: LayerNumerics, numerics: Numerics, how: bool = True) -> lis
         layer.precision,
         _db(layer.accumulated.sqnr_db),
         _db(own.sqnr_db) if own else "-",
+        _db(own.channel_sqnr_db) if own and own.channel_sqnr_db is not None else "-",
         f"{layer.accumulated.cosine:.4f}",
         f"{layer.accumulated.max_abs_diff:.3g}",
         f"{layer.search_error:.4f}" if layer.search_error is not None else "-",
@@ -72,7 +82,19 @@ def layer_row(layer: LayerNumerics, numerics: Numerics, how: bool = True) -> lis
     ]
 
 
-LAYER_COLUMNS = ["#", "layer", "op", "precision", "SQNR dB", "own dB", "cosine", "max abs diff", "search error", "reference (how matched)"]
+LAYER_COLUMNS = [
+    "#",
+    "layer",
+    "op",
+    "precision",
+    "SQNR dB",
+    "own dB",
+    "own ch. dB",
+    "cosine",
+    "max abs diff",
+    "search error",
+    "reference (how matched)",
+]
 TERMINAL_LAYER_COLUMNS = LAYER_COLUMNS[:-1] + ["reference"]  # how each was matched: in --md, --json and --html
 OP_COLUMNS = ["op type", "ms", "share", "nodes"]
 NODE_COLUMNS = ["node", "op", "ran as", "layer", "ms", "share"]

@@ -15,12 +15,15 @@ class _Model(BaseModel):
 class ErrorStats(_Model):
     """How far one tensor is from its float32 reference, over every image inspected.
 
-    ``sqnr_db`` is 10 log10(sum ref^2 / sum (ref - x)^2) over all elements (inf when they are equal); ``cosine`` is
-    the mean over images of the cosine similarity of the flattened tensors; ``max_abs_diff`` the largest difference."""
+    ``sqnr_db`` is 10 log10(sum ref^2 / sum (ref - x)^2) over all elements (capped at 200 dB when they are equal);
+    ``cosine`` is the mean over images of the cosine similarity of the flattened tensors; ``max_abs_diff`` the largest
+    difference; ``channel_sqnr_db`` the SQNR with every channel weighing the same (see
+    ``metrics.ErrorAccumulator.channel_sqnr``)."""
 
     sqnr_db: float
     cosine: float
     max_abs_diff: float
+    channel_sqnr_db: float | None = None
 
 
 class LayerNumerics(_Model):
@@ -57,6 +60,7 @@ class Numerics(_Model):
     first_diverging: str | None  # the first layer (in depth order) below the threshold; None if none is
     worst: list[str]  # up to five layers, lowest accumulated SQNR first
     worst_own: list[str] = []  # up to five layers, lowest own SQNR first (quantized artifacts)
+    worst_own_channel: list[str] = []  # the same by own channel_sqnr_db: a range that crushes a few channels shows here
     logits: ErrorStats  # the model's output
     notes: list[str] = []  # what could not be compared and why, one line each
 
