@@ -111,7 +111,7 @@ def main(argv=None) -> int:
 def _u8u8_cost_here(model: Path, batch: np.ndarray) -> tuple:
     """What U8U8 kernels cost on this CPU, and whether they compute the same: why edgekit's runtime sets the
     option only on CPUs without VNNI (on those it is what keeps int8 from saturating)."""
-    from edgekit.exporting.quantize.fallback import ort_session
+    from edgekit.exporting.quantize import ort_session
     from edgekit.exporting.speed_check import compare
     from edgekit.hardware import int8_runtime_config
 

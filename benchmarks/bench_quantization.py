@@ -103,7 +103,7 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
     shutil.copyfile(searched_m.variants[0].path, kept)
     files["accuracy-aware, minmax calibration"] = (kept, {}, seconds)
     auto, seconds = timed(lambda: export_auto(run, calib_data=calib, parity_data=parity_data, progress=True))
-    files[f"auto ({auto.choice.chosen})"] = (Path(auto.choice.path), {}, seconds)
+    files[f"auto ({auto.card.variant}, {auto.card.setting})"] = (auto.card.path_in(run.exports_dir), {}, seconds)
     nncf_file = _nncf_accuracy_control(run, base, calib, parity_data, work)
     if nncf_file is not None:
         files["nncf-ac (openvino)"] = nncf_file
@@ -138,7 +138,7 @@ def _strategies(run, work: Path, calib, parity_data, eval_data, budget_note: str
             "within_budget": search.get("within_budget"),
             "stopped": search.get("stopped"),
             "budget": budget_note,
-            "auto_reason": auto.choice.reason,
+            "auto_reason": auto.card.reason,
         }
     )
     return rows
@@ -152,8 +152,7 @@ def _ort_ablation(prepared: Path, ranges, out: Path, depthwise_float: bool = Fal
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
-    from edgekit.exporting.quantize import first_and_last_compute_nodes
-    from edgekit.exporting.quantize.ort import correct_biases, release_float_layers, round_weights_gptq
+    from edgekit.exporting.quantize import correct_biases, first_and_last_compute_nodes, release_float_layers, round_weights_gptq
 
     model = onnx.load(str(prepared))
     excluded = first_and_last_compute_nodes(model)

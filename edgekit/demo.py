@@ -73,21 +73,19 @@ class DemoResult(Result):
     predictions: PredictResult
     export: ExportResult | None = None
     auto: AutoResult | None = None
-    edge_targets: ExportResult | None = None  # OpenVINO IR / ExecuTorch .pte, where their extras are installed
-    edge_targets_missing: dict[str, str] = {}  # format -> why it was left out, with the install line
+    edge_targets_missing: dict[str, str] = {}  # edge format -> why it was not exported here, with the install line
     bench: BenchResult | None = None
     gate: GateResult | None = None
 
 
-def export_edge_targets(run_dir: Path, progress: bool = False) -> tuple[ExportResult | None, dict[str, str]]:
-    """OpenVINO IR and ExecuTorch .pte (fp32 and int8, each with parity) of the run, for the formats whose extra is
-    installed here; and, for the others, why not and how to install them."""
+def edge_formats(progress: bool = False) -> tuple[list[str], dict[str, str]]:
+    """The edge formats (those that need an extra) whose runtime runs here, and, for the others, why not and the
+    pip command that adds them."""
     from . import runtimes
-    from .exporting import export
     from .formats import all_formats
 
     formats, missing = [], {}
-    for fmt in (f for f in all_formats() if f.extra is not None):  # the edge formats: each needs its extra
+    for fmt in (f for f in all_formats() if f.extra is not None):
         ok, reason = runtimes.get_runtime(fmt.runtime).available()
         if ok:
             formats.append(fmt.name)
@@ -95,9 +93,7 @@ def export_edge_targets(run_dir: Path, progress: bool = False) -> tuple[ExportRe
             missing[fmt.name] = reason
     for name, reason in missing.items():
         note(f"{name}: not exported or benched ({reason})", progress)
-    if not formats:
-        return None, missing
-    return export(run_dir, formats=",".join(formats), quantize="none,int8", progress=progress), missing
+    return formats, missing
 
 
 def run_demo(
@@ -109,10 +105,11 @@ def run_demo(
     progress: bool = False,
 ) -> DemoResult:
     """The built-in default, end to end, at the weights' native 224 px: digits -> efficientnet_lite0 (ImageNet
-    weights) with its head solved on cached features -> predictions on held-out images -> `--quantize auto`
-    (fp32 and accuracy-aware int8, each with parity, timed here; the faster one within budget becomes
-    model.auto.onnx) -> OpenVINO IR and ExecuTorch .pte where their extras are installed -> bench (torch, ONNX
-    Runtime and those runtimes, each file on its own) with accuracy on the held-out test split -> the gate.
+    weights) with its head solved on cached features -> predictions on held-out images -> `--quantize auto` over
+    ONNX and every edge format whose extra is installed (fp32 and accuracy-aware int8 of each, with parity; every
+    file within budget timed on its runtime at each setting worth trying; the fastest written as
+    exports/deploy.json and DEPLOY.md) -> bench (torch and each file on its own runtime) with accuracy on the
+    held-out test split -> the gate.
     """
     from .auto import export_auto
     from .benchmarking import bench
@@ -141,10 +138,11 @@ def run_demo(
     predictions = predict(run_dir, held_out, top_k=3)
     result = DemoResult(data_dir=str(out / "data"), run_dir=str(run_dir), finetune=tuned, predictions=predictions)
     if "export" in steps:
-        result.auto = export_auto(run_dir, batch_size=1, progress=progress)
+        formats, result.edge_targets_missing = edge_formats(progress)
+        # one export of every format installed here; auto times each file within budget at each setting worth trying
+        result.auto = export_auto(run_dir, formats=",".join(("onnx", *formats)), batch_size=1, progress=progress)
         result.export = result.auto.export
-        note(f"auto: {result.auto.choice.reason}", progress)
-        result.edge_targets, result.edge_targets_missing = export_edge_targets(run_dir, progress)
+        note(f"auto: {result.auto.card.reason} (exports/deploy.json, DEPLOY.md)", progress)
     if "bench" in steps:
         # "auto": every exported file on its natural runtime (ONNX on ORT, IR on OpenVINO, .pte on ExecuTorch), one table.
         result.bench = bench([run_dir], runtimes=("torch", "auto"), batch_sizes=(1, 8), data=folders["test"], progress=progress)

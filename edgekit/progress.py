@@ -9,23 +9,26 @@ import logging
 import warnings
 from typing import TYPE_CHECKING, Iterable, Iterator, TypeVar
 
-from rich.console import Console
+from .display import console
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
+    from rich.text import Text
 
 T = TypeVar("T")
 
-stderr = Console(stderr=True)
+stderr = console(stderr=True)  # literal text: a description or note with brackets prints whole
 
 
 def track(items: Iterable[T], description: str, enabled: bool = True, total: int | None = None) -> Iterable[T]:
     """Iterate ``items`` with a transient progress bar when ``enabled`` and stderr is a terminal."""
     if not enabled or not stderr.is_terminal:
         return items
+    from rich.markup import escape
     from rich.progress import track as rich_track
 
-    return rich_track(items, description=description, total=total, transient=True, console=stderr)
+    # rich's track formats its description column as markup whatever the console says; escaped, it prints whole.
+    return rich_track(items, description=escape(description), total=total, transient=True, console=stderr)
 
 
 @contextlib.contextmanager
@@ -45,10 +48,10 @@ def quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
-def note(message: str, enabled: bool = True) -> None:
-    """A one-line status message on stderr (e.g. per-epoch metrics)."""
+def note(message: str | Text, enabled: bool = True) -> None:
+    """A one-line status message on stderr (e.g. per-epoch metrics), printed as it is (``display.styled`` for colour)."""
     if enabled:
-        stderr.print(message, soft_wrap=True, highlight=False)
+        stderr.print(message)
 
 
 class Bar:
@@ -71,7 +74,7 @@ class Bar:
 
             self._progress = Progress(
                 SpinnerColumn(),
-                TextColumn("{task.description}"),
+                TextColumn("{task.description}", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),

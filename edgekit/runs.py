@@ -1,4 +1,4 @@
-"""The run directory: one folder that every command reads and extends (README, "The run directory").
+"""The run directory: one folder that every command reads and extends (docs/design.md, "The run directory").
 
 runs/<name>/edgekit.json   the run card (this module)
 runs/<name>/model.pt       state_dict only

@@ -26,11 +26,9 @@ from .metadata import InputKind, onnx_metadata
 from .safety import check_onnx_file
 
 UINT8_SUFFIX = "-uint8in"
-# Not a variant but a choice among them: `edgekit export --quantize auto` copies the variant it chose to AUTO_FILE
-# and records which one, and why, in AUTO_CHOICE_FILE (both in the run's exports/). The gate accepts "auto" as a name.
+# Not a variant but a choice among them: `edgekit export --quantize auto` writes what it chose into the run's
+# exports/deploy.json (edgekit.card). The gate accepts "auto" as a variant name: the card's file.
 AUTO = "auto"
-AUTO_FILE = "model.auto.onnx"
-AUTO_CHOICE_FILE = "auto.json"
 _BATCH = re.compile(r"-b([1-9][0-9]{0,3})$")
 
 
@@ -217,4 +215,4 @@ def _onnx_variant_from_graph(proto) -> Variant:
     return Variant(precision, kind, ONNX, batch)
 
 
-__all__ = ["AUTO", "AUTO_CHOICE_FILE", "AUTO_FILE", "Format", "InputKind", "Precision", "UINT8_SUFFIX", "Variant", "all_names", "format_of"]
+__all__ = ["AUTO", "Format", "InputKind", "Precision", "UINT8_SUFFIX", "Variant", "all_names", "format_of"]

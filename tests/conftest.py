@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
+pytest_plugins = ["rig.fixtures"]  # ssh_board and arm64_board (tests/rig) for tests marked `board`
+
 # Under pytest-xdist each worker gets one thread: two workers with two OpenMP threads each on two cores
 # spin-wait on each other and run many times slower than one thread each.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))

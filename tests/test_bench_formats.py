@@ -3,16 +3,13 @@ its natural runtime with `--runtime auto`, in one interleaved table with accurac
 
 from __future__ import annotations
 
-import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
-from edgekit.benchmarking import bench, stats, targets
+from edgekit.benchmarking import artifacts, bench, stats
 from edgekit.errors import EdgekitError
-from edgekit.variants import AUTO_CHOICE_FILE, AUTO_FILE
 
 FAST = {"warmup": 1, "iterations": 3, "threads": 1, "save": False}
 
@@ -37,6 +34,7 @@ def _rows(result) -> list[tuple[str, str, str]]:
     return [(Path(m.artifact).name, m.variant, m.runtime) for m in result.measurements]
 
 
+@pytest.mark.slow
 def test_auto_runs_each_artifact_on_its_natural_runtime_once(ir_run, val_dir):
     exports = ir_run.exports_dir
     result = bench(ir_run.path, runtimes="auto", data=val_dir, **FAST)
@@ -65,6 +63,7 @@ def test_auto_runs_each_artifact_on_its_natural_runtime_once(ir_run, val_dir):
     assert onnx.fp32_baseline == "fp32 on ort-cpu"
 
 
+@pytest.mark.slow
 def test_named_runtimes_still_run_onnx_on_each(ir_run):
     result = bench(ir_run.path, runtimes="ort-cpu,openvino", **FAST)
     assert sorted(_rows(result)) == sorted(
@@ -77,6 +76,7 @@ def test_named_runtimes_still_run_onnx_on_each(ir_run):
     assert result.skipped == {}
 
 
+@pytest.mark.slow
 def test_a_missing_extra_skips_its_artifacts_with_the_fix(ir_run, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # `import openvino` now fails, as when the extra is absent
     result = bench(ir_run.path, runtimes="auto", **FAST)
@@ -86,6 +86,7 @@ def test_a_missing_extra_skips_its_artifacts_with_the_fix(ir_run, monkeypatch):
     assert "pip install 'edgekit[openvino]'" in result.skipped[f"openvino: {xml}"]
 
 
+@pytest.mark.slow
 def test_a_pte_without_executorch_is_a_skip_with_the_fix(run_copy, monkeypatch):
     from edgekit.exporting import export
 
@@ -101,25 +102,8 @@ def test_a_pte_without_executorch_is_a_skip_with_the_fix(run_copy, monkeypatch):
     assert "pip install 'edgekit[executorch]'" in result.skipped[f"executorch: {pte}"]
 
 
-def test_the_auto_copy_is_its_own_row(run_copy):
-    from edgekit.exporting import export
-
-    export(run_copy, formats=("onnx",), quantize=("none",))
-    exports = run_copy.exports_dir
-    shutil.copyfile(exports / "model.onnx", exports / AUTO_FILE)
-    (exports / AUTO_CHOICE_FILE).write_text(json.dumps({"chosen": "fp32", "path": str(exports / AUTO_FILE)}))
-    result = bench(run_copy.path, runtimes="auto", **FAST)
-    rows = _rows(result)
-    assert (AUTO_FILE, "auto (fp32)", "ort-cpu") in rows
-    assert [variant for _, variant, runtime in rows if runtime == "ort-cpu"] == ["fp32", "auto (fp32)"]
-
-    # auto.json says which variant the copy is; without it, the copy's own metadata does
-    (exports / AUTO_CHOICE_FILE).write_text(json.dumps({"chosen": "int8"}))
-    assert targets.variant_of(exports / AUTO_FILE) == "auto (int8)"
-    (exports / AUTO_CHOICE_FILE).write_text("not json")
-    assert targets.variant_of(exports / AUTO_FILE) == "auto (fp32)"
-
-
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_executorch_program_benches_on_executorch(run_copy):
     pytest.importorskip("executorch.runtime")
     from edgekit.exporting import export
@@ -133,7 +117,7 @@ def test_executorch_program_benches_on_executorch(run_copy):
     assert ("model.onnx", "fp32", "ort-cpu") in rows
     assert len(rows) == len(set(rows)) and result.skipped == {}
     row = next(m for m in result.measurements if m.runtime == "executorch")
-    assert row.size_bytes == pte.stat().st_size
+    assert row.size_bytes == pte.stat().st_size + (run_copy.exports_dir / "model.pte.json").stat().st_size  # the side file travels too
     assert row.fp32_baseline == "executorch-fp32 on executorch"
 
 
@@ -142,7 +126,7 @@ def test_executorch_program_benches_on_executorch(run_copy):
 
 def _candidate(name: str, kind: str | None = None):
     path = Path("/nowhere/run/exports") / name
-    return targets.Candidate("run", path, targets.variant_of(path), kind or path.suffix)
+    return artifacts.Candidate("run", path, artifacts.variant_of(path), kind or path.suffix)
 
 
 def test_auto_pairs_each_format_with_its_runtime_and_names_pair_all():
@@ -151,10 +135,10 @@ def test_auto_pairs_each_format_with_its_runtime_and_names_pair_all():
         _candidate("model.xml"),
         _candidate("model.int8.pte"),
         _candidate("model.pt2"),
-        targets.Candidate("run", Path("/nowhere/run/model.pt"), "fp32", "run"),
+        artifacts.Candidate("run", Path("/nowhere/run/model.pt"), "fp32", "run"),
     ]
     assert [c.variant for c in found] == ["fp32", "openvino-fp32", "executorch-int8", "torch-export", "fp32"]
-    pairs, _ = targets.pair_with_runtimes(found, ["auto"], {})
+    pairs, _ = artifacts.pair_with_runtimes(found, ["auto"], {})
     assert {(c.path.name, runtime) for c, runtime in pairs} == {
         ("model.onnx", "ort-cpu"),
         ("model.xml", "openvino"),
@@ -162,16 +146,16 @@ def test_auto_pairs_each_format_with_its_runtime_and_names_pair_all():
         ("model.pt2", "torch-export"),
         ("model.pt", "torch"),
     } - ({("model.int8.pte", "executorch")} if not _available("executorch") else set())
-    named, skipped = targets.pair_with_runtimes(found, ["ort-cpu", "openvino"], {})
+    named, skipped = artifacts.pair_with_runtimes(found, ["ort-cpu", "openvino"], {})
     assert sorted((c.path.name, runtime) for c, runtime in named) == [
         ("model.onnx", "openvino"),
         ("model.onnx", "ort-cpu"),
         ("model.xml", "openvino"),
     ]
-    both, _ = targets.pair_with_runtimes(found, ["auto", "openvino"], {})
+    both, _ = artifacts.pair_with_runtimes(found, ["auto", "openvino"], {})
     assert len(both) == len(set((c.path, r) for c, r in both))  # .xml named twice (auto and openvino): one pair
     with pytest.raises(EdgekitError, match="unknown runtime 'openvin'"):
-        targets.pair_with_runtimes(found, ["openvin"], {})
+        artifacts.pair_with_runtimes(found, ["openvin"], {})
 
 
 def _available(name: str) -> bool:
@@ -185,8 +169,8 @@ def test_ir_size_counts_its_weights(tmp_path):
     (tmp_path / "model.bin").write_bytes(b"w" * 50_000)
     (tmp_path / "model.pte").write_bytes(b"p" * 7_000)
     (tmp_path / "model.pte.json").write_text("{}")
-    assert targets.artifact_bytes(tmp_path / "model.xml") == 51_000
-    assert targets.artifact_bytes(tmp_path / "model.pte") == 7_000
+    assert artifacts.artifact_bytes(tmp_path / "model.xml") == 51_000
+    assert artifacts.artifact_bytes(tmp_path / "model.pte") == 7_002  # its side file travels with it
 
 
 def test_ratios_compare_within_a_format_first():

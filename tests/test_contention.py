@@ -71,10 +71,9 @@ def test_a_busy_machine_flags_every_row_everywhere(two_models, tmp_path):
     result = bench(two_models, contention_probe=ScriptedProbe(0.6), **FAST)
     assert result.measurements and all(m.contended for m in result.measurements)
     assert all(m.contention_share == pytest.approx(0.6) for m in result.measurements)
-    assert all(m.deployment.contended for m in result.measurements)  # the ORT deployment pass too
     assert result.contention.contended_rows == len(result.measurements)
-    # measured again, but bounded: per chunk, and per pass (one interleaved pass + one deployment pass per ORT file)
-    assert 2 <= result.contention.remeasured_chunks <= 3 * contention.MAX_RETRIES_PER_PASS
+    # measured again, but bounded: per chunk, and per pass
+    assert 2 <= result.contention.remeasured_chunks <= contention.MAX_RETRIES_PER_PASS
     assert all(m.remeasured_chunks <= 2 * contention.MAX_RETRIES_PER_PASS for m in result.measurements)
     assert "BUSY" in result.summary[-1] and f"{len(result.measurements)} of {len(result.measurements)} rows" in result.summary[-1]
     assert all("CONTENDED" in line for line in result.summary[:-1])
@@ -109,26 +108,29 @@ def test_a_burst_is_measured_again_and_then_not_flagged(two_models):
 
 
 def test_only_the_rows_timed_under_contention_are_flagged(two_models):
-    # quiet through the interleaved pass, busy from the deployment passes on: the deployment figures are flagged
-    quiet_windows = 0
+    # quiet through the first batch size's pass, busy from the second on: only the second's rows are flagged
+    state = {"busy": False}
 
-    class AfterInterleaving:
+    class SecondPassBusy:
         def __call__(self):
-            nonlocal quiet_windows
-            import traceback
-
-            deploying = any(frame.name == "_time_deployment" for frame in traceback.extract_stack())
-            quiet_windows += not deploying
-            share = 0.7 if deploying else 0.0
+            share = 0.7 if state["busy"] else 0.0
             return lambda: contention.Reading(share=share, uncertainty=0.0, seconds=0.3)
 
-    result = bench(two_models, contention_probe=AfterInterleaving(), **FAST)
-    assert quiet_windows > 0
-    for m in result.measurements:
-        assert m.deployment.alone and m.deployment.contended, m.label
-        assert m.contended  # the row's figures include the deployment ones
-        assert 0 < m.contention_share < 0.7  # time-weighted over the quiet fair chunks and the busy deployment ones
+    import edgekit.benchmarking as bench_module
 
+    original = bench_module.time_pass
+
+    def time_pass(entries, batch_size, *args):
+        state["busy"] = batch_size == 2
+        return original(entries, batch_size, *args)
+
+    bench_module.time_pass = time_pass
+    try:
+        result = bench(two_models, contention_probe=SecondPassBusy(), **{**FAST, "batch_sizes": (1, 2)})
+    finally:
+        bench_module.time_pass = original
+    assert {m.batch_size for m in result.measurements if m.contended} == {2}
+    assert all(m.contention_share == pytest.approx(0.0) for m in result.measurements if m.batch_size == 1)
 
 def test_threshold_and_uncertainty():
     assert contention.Reading(0.30, 0.01).contended(0.25)

@@ -137,6 +137,7 @@ def _rank_states(dump: Path) -> list[dict]:
     return [json.loads((dump / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_train_one_model(tiny_data, tmp_path):
     dump = tmp_path / "dump"
     dump.mkdir()
@@ -168,6 +169,7 @@ def test_two_gloo_ranks_train_one_model(tiny_data, tmp_path):
     assert output.count("run written to") == 2  # every rank reports the same reduced result
 
 
+@pytest.mark.slow
 def test_a_killed_rank_leaves_complete_files_and_the_run_resumes(tiny_data, tmp_path):
     dump = tmp_path / "dump"
     dump.mkdir()
@@ -192,6 +194,7 @@ def test_a_killed_rank_leaves_complete_files_and_the_run_resumes(tiny_data, tmp_
     assert _complete_files(out) == ["edgekit.json", "metrics.json", "model.pt"]
 
 
+@pytest.mark.slow
 def test_head_solve_under_torchrun_runs_once_on_rank_0(tiny_data, tmp_path):
     out = tmp_path / "run"
     code, output = finish(torchrun(tmp_path, "--data", tiny_data, "--out", out, "--strategy", "head", "--l2", "0.01"))

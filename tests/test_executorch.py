@@ -38,6 +38,8 @@ def _copy_program(run, tmp_path, name="model.pte", with_side_file=True):
     return tmp_path / "model.pte"
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_export_writes_delegated_programs_with_parity(et_run):
     run, result = et_run
     by_name = {v.variant: v for v in result.variants}
@@ -64,6 +66,7 @@ def test_export_writes_delegated_programs_with_parity(et_run):
     assert int8.size_bytes < fp32.size_bytes / 2
 
 
+@pytest.mark.slow
 def test_program_loads_with_labels_and_runs_batches_beyond_its_plan(et_run):
     run, _ = et_run
     session = runtimes.load(run.exports_dir / "model.pte", threads=THREADS)
@@ -78,6 +81,7 @@ def test_program_loads_with_labels_and_runs_batches_beyond_its_plan(et_run):
     assert np.allclose(session.run(batch[-3:]), logits[-3:], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_predict_and_bench_on_pte(et_run, photo_folders):
     run, _ = et_run
     image = next(photo_folders[1].rglob("*.jpg"))
@@ -105,6 +109,7 @@ def test_missing_extra_is_one_line_exit_2(run_copy, monkeypatch):
     assert "pip install 'edgekit[executorch]'" in runtimes.get_runtime("executorch").available()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "garbage", "empty"])
 def test_damaged_program_is_refused_in_one_line(et_run, photo_folders, tmp_path, damage):
     run, _ = et_run
@@ -128,6 +133,7 @@ def test_damaged_program_is_refused_in_one_line(et_run, photo_folders, tmp_path,
     assert len(result.output.strip().splitlines()) == 1, result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_damaged_program_without_side_file_is_refused_by_the_runtime(et_run, tmp_path, damage):
     """No side file, so no digest: ExecuTorch's own verification (InternalConsistency) must refuse it, not crash."""
@@ -146,6 +152,7 @@ def _tamper(pte, change):
     side.write_text(json.dumps(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -168,6 +175,7 @@ def test_side_file_from_another_hand_is_checked_like_onnx_metadata(et_run, tmp_p
         runtimes.load(pte, threads=THREADS)
 
 
+@pytest.mark.slow
 def test_side_file_that_is_not_json_or_too_big(et_run, tmp_path):
     run, _ = et_run
     pte = _copy_program(run, tmp_path)
@@ -179,6 +187,7 @@ def test_side_file_that_is_not_json_or_too_big(et_run, tmp_path):
         read_side_file(pte)
 
 
+@pytest.mark.slow
 def test_bare_program_runs_without_labels(et_run, tmp_path):
     run, _ = et_run
     pte = _copy_program(run, tmp_path, with_side_file=False)
@@ -187,6 +196,7 @@ def test_bare_program_runs_without_labels(et_run, tmp_path):
     assert session.run(session.example_batch(2)).shape == (2, run.card.num_classes)
 
 
+@pytest.mark.slow
 def test_relu6_after_conv_is_observed_on_its_own_clamped_range():
     """The stock XNNPACKQuantizer observes the conv's output (the wide pre-activation range) and lets the ReLU6
     share it; the edgekit quantizer leaves the conv output unobserved and observes the ReLU6's own output."""
@@ -222,6 +232,7 @@ def test_relu6_after_conv_is_observed_on_its_own_clamped_range():
     assert fixed_min >= 0  # the clamped range only
 
 
+@pytest.mark.slow
 def test_threads_set_before_the_first_program_and_never_resized_after(et_run, tmp_path):
     """In a fresh process --threads sizes the pool before any program loads; asking for another count after
     programs ran is a one-line error (resizing then aborted a process here), not a crash."""

@@ -16,7 +16,7 @@ from sensitive_model import PREPROCESSING, sensitive_setup
 pytest.importorskip("executorch.runtime")
 
 from edgekit.exporting.executorch import MAX_BATCH, export_program, int8_quantizer, save_program, search_float_layers  # noqa: E402
-from edgekit.exporting.quantize.fallback import Validation  # noqa: E402
+from edgekit.exporting.quantize import Validation  # noqa: E402
 from edgekit.exporting.quantize.pt2e import Pt2eInt8, run_eager, search_pt2e  # noqa: E402
 from edgekit.parity_check import ParityThresholds, compare_logits  # noqa: E402
 from edgekit.results import DataSource
@@ -64,6 +64,7 @@ def _pte_logits(tmp_path, buffer: bytes, inputs) -> np.ndarray:
     return runtimes.load(path).run(inputs)
 
 
+@pytest.mark.slow
 def test_layers_kept_in_float_reuse_the_one_calibration_exactly(sensitive):
     """A candidate's observers are copies of the full model's calibrated ones: the same logits as calibrating it anew."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -78,6 +79,7 @@ def test_layers_kept_in_float_reuse_the_one_calibration_exactly(sensitive):
     assert int8.recalibrations == 0
 
 
+@pytest.mark.slow
 def test_a_float_layer_behind_an_add_leaves_the_conv_before_the_add_quantized():
     """keep_in_float takes a producing conv into float only through its fused activation, never through an add."""
 
@@ -99,6 +101,7 @@ def test_a_float_layer_behind_an_add_leaves_the_conv_before_the_add_quantized():
     run_eager(int8.converted(["conv_b"]), batches[0])  # converts and runs
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 def test_fallback_keeps_the_sensitive_conv_in_float_and_the_program_holds_the_budget(sensitive, tmp_path):
     model, int8, batches, inputs, reference = sensitive
@@ -122,6 +125,7 @@ def test_fallback_keeps_the_sensitive_conv_in_float_and_the_program_holds_the_bu
     assert details["delegated_subgraphs"] >= 1 and set(details["nodes_outside_delegate"]) <= {"aten_mean_dim"}
 
 
+@pytest.mark.slow
 def test_fallback_stops_at_its_step_bound_with_a_clear_message(sensitive):
     result = _search(sensitive, 1.0, reachable=False, max_steps=1)
     assert not result.within_budget
@@ -129,6 +133,7 @@ def test_fallback_stops_at_its_step_bound_with_a_clear_message(sensitive):
     assert len(result.steps) <= 2
 
 
+@pytest.mark.slow
 def test_out_of_budget_search_leaves_its_best_validated_program(sensitive):
     _, int8, _, inputs, reference = sensitive
     result = _search(sensitive, 1.0, reachable=False, max_steps=3)
@@ -139,6 +144,7 @@ def test_out_of_budget_search_leaves_its_best_validated_program(sensitive):
     assert _agreement(run_eager(int8.converted(result.kept_float), inputs), reference) == pytest.approx(kept.top1_agreement)
 
 
+@pytest.mark.slow
 def test_fallback_stops_at_its_time_bound(sensitive):
     result = _search(sensitive, 1.0, reachable=False, max_seconds=0.0)
     assert not result.within_budget and "time bound" in result.stopped and "\n" not in result.stopped and len(result.steps) == 1
@@ -161,6 +167,7 @@ def test_search_is_skipped_and_says_why(accuracy_aware, images, why):
     assert record == {"skipped": why}
 
 
+@pytest.mark.slow
 def test_a_channels_last_example_still_makes_a_program_that_reads_nchw(sensitive, tmp_path):
     """torch.export records the example's strides as the program's dim order: export_program must export from a
     contiguous example, or the program misreads the contiguous NCHW batches the runtime feeds it."""

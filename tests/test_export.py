@@ -42,6 +42,7 @@ def exported(trained_run, tmp_path_factory):
     return Run.load(run_dir), result, variants, cwd
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 def test_every_variant_is_written_and_passes(exported):
     run, result, variants, cwd = exported

@@ -118,6 +118,7 @@ def test_cli_says_when_the_cache_was_used(folders, tmp_path):
     assert "all 84 from the cache" in second.output
 
 
+@pytest.mark.slow
 def test_ort_features_match_torch_on_real_weights_and_photos(photo_folders, tmp_path, cache_dir):
     """Lite0's real ImageNet weights through ONNX Runtime: the cosine to torch eager is measured at export,
     recorded in metrics.json, and the exported backbone is reused by the next run."""

@@ -131,6 +131,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy,cached", [("full", True), ("head", False)], ids=["full", "head-epoch-loop"])
 def test_resume_after_an_interruption_gives_the_uninterrupted_result(photo_folders, tmp_path, monkeypatch, strategy, cached):
     module = edgekit.finetuning

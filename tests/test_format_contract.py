@@ -117,7 +117,7 @@ def test_a_second_format_with_the_same_name_or_suffix_is_refused(toy_format):
 
 
 def test_suffix_tables_are_derived_from_the_registry(toy_format, tmp_path):
-    from edgekit.benchmarking.targets import exported_files
+    from edgekit.benchmarking.artifacts import exported_files
     from edgekit.variants import Variant, all_names
 
     assert runtimes.auto_runtime(tmp_path / "model.toy") == "toy"

@@ -564,6 +564,7 @@ def gated(tmp_path_factory, trained_run, photo_folders):
     return base, run_dir, out, result
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 def test_a_passing_gate_exports_what_is_missing_and_exits_0(gated):
     base, run_dir, out, result = gated

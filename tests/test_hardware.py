@@ -88,6 +88,8 @@ def test_runtime_metadata_from_another_hand_is_checked(payload):
     assert "evil.onnx" in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 @pytest.mark.parametrize("exported_on", ["x86-avx2", "x86-amx"])
 def test_ort_runs_an_int8_file_with_the_precision_of_the_cpu_it_runs_on(trained_run, tmp_path, monkeypatch, exported_on):
     """Whichever CPU exported it, edgekit's ORT runtime gives an int8 file U8U8 kernels on a CPU without VNNI and

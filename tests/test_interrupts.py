@@ -1,8 +1,9 @@
 """Interrupted and concurrent work: kill -9 at any write, resume to the same result, concurrent
 exports, and a full disk.
 
-Killed processes run in a subprocess (tests/_kill_driver.py-like code below, passed with -c) so the
-kill is a real SIGKILL: no finally blocks, no atexit, no cleanup of any kind.
+Killed processes run in a subprocess (the driver below, passed with -c) so the kill is a real SIGKILL from
+outside: no finally blocks, no atexit, no cleanup of any kind. The kill point is a handshake, never a timing:
+the child stops at the chosen write, says so in a marker file and waits; the parent sees the marker, then kills.
 """
 
 from __future__ import annotations
@@ -25,41 +26,53 @@ from edgekit.errors import EdgekitError
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Runs `edgekit <args>` with optional hooks, chosen by environment variables:
-#   EDGEKIT_TEST_KILL_AT_REPLACE=N  SIGKILL itself just before the N-th os.replace (temp file complete, not renamed)
-#   EDGEKIT_TEST_KILL_IN_WRITE=N    at the N-th fsync, cut the temp file in half, then SIGKILL (a kill mid-write)
-#   EDGEKIT_TEST_EPOCH_PAUSE=S      sleep S seconds after each fine-tune epoch (room for an outside kill)
+# Runs `edgekit <args>`; with EDGEKIT_TEST_MARKER set, it stops at the point one of these names, writes the marker
+# file (atomically, so the parent never reads half of it) and waits to be killed:
+#   EDGEKIT_TEST_STOP_AT_REPLACE=N   just before the N-th os.replace (temp file complete, not yet renamed)
+#   EDGEKIT_TEST_STOP_IN_WRITE=N     at the N-th fsync, after cutting the temp file in half (a kill mid-write)
+#   EDGEKIT_TEST_STOP_AFTER_EPOCH=N  once fine-tune epoch N has written its metrics and checkpoint
+# The wait ends by the parent's SIGKILL; SIGALRM ends a child whose parent never comes.
 DRIVER = r"""
-import os, signal, sys, time
+import os, signal, sys
 import torch
 torch.set_num_threads(1)
-kill_at_replace = int(os.environ.get("EDGEKIT_TEST_KILL_AT_REPLACE", "0"))
-kill_in_write = int(os.environ.get("EDGEKIT_TEST_KILL_IN_WRITE", "0"))
-pause = float(os.environ.get("EDGEKIT_TEST_EPOCH_PAUSE", "0"))
+marker = os.environ.get("EDGEKIT_TEST_MARKER")
+stop_at_replace = int(os.environ.get("EDGEKIT_TEST_STOP_AT_REPLACE", "0"))
+stop_in_write = int(os.environ.get("EDGEKIT_TEST_STOP_IN_WRITE", "0"))
+stop_after_epoch = int(os.environ.get("EDGEKIT_TEST_STOP_AFTER_EPOCH", "0"))
 calls = {"replace": 0, "fsync": 0}
-if kill_at_replace:
+def wait_for_the_kill(point):
+    with open(marker + ".tmp", "w") as handle:
+        handle.write(point)
+    os.rename(marker + ".tmp", marker)
+    signal.alarm(300)
+    while True:
+        signal.pause()
+if stop_at_replace:
     real_replace = os.replace
     def replace(src, dst, *args, **kwargs):
         calls["replace"] += 1
-        if calls["replace"] == kill_at_replace:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if calls["replace"] == stop_at_replace:
+            wait_for_the_kill(f"before renaming {dst}")
         return real_replace(src, dst, *args, **kwargs)
     os.replace = replace
-if kill_in_write:
+if stop_in_write:
     real_fsync = os.fsync
     def fsync(fd):
         calls["fsync"] += 1
-        if calls["fsync"] == kill_in_write:
-            os.truncate(os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_size // 2)
-            os.kill(os.getpid(), signal.SIGKILL)
+        if calls["fsync"] == stop_in_write:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            os.truncate(path, os.fstat(fd).st_size // 2)
+            wait_for_the_kill(f"half-way through writing {path}")
         return real_fsync(fd)
     os.fsync = fsync
-if pause:
+if stop_after_epoch:
     import edgekit.finetuning as finetune_module
     real_report = finetune_module._Trainer._report
-    def report(self, *args, **kwargs):
-        real_report(self, *args, **kwargs)
-        time.sleep(pause)
+    def report(self, metrics, *args, **kwargs):
+        real_report(self, metrics, *args, **kwargs)
+        if metrics.epoch == stop_after_epoch:
+            wait_for_the_kill(f"after epoch {metrics.epoch}")
     finetune_module._Trainer._report = report
 from edgekit.cli import cli
 cli.main(args=sys.argv[1:], prog_name="edgekit")
@@ -68,15 +81,8 @@ cli.main(args=sys.argv[1:], prog_name="edgekit")
 
 def edgekit_process(*args, env_extra=None, **popen) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(env_extra or {})}
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, *map(str, args)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **popen,
-    )
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen([sys.executable, "-c", DRIVER, *map(str, args)], cwd=REPO, env=env, text=True, **popen)
 
 
 def run_edgekit(*args, env_extra=None, timeout=180) -> subprocess.CompletedProcess:
@@ -88,6 +94,27 @@ def run_edgekit(*args, env_extra=None, timeout=180) -> subprocess.CompletedProce
         process.communicate()
         raise
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def kill_at(stop: dict[str, str], marker: Path, *args, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run `edgekit <args>` until it reaches ``stop`` (see DRIVER), SIGKILL it from here, and return what it left.
+
+    The child's stdout and stderr go to files, so a chatty child never blocks on a full pipe while we wait."""
+    logs = marker.with_suffix(".out"), marker.with_suffix(".err")
+    with open(logs[0], "w") as out, open(logs[1], "w") as err:
+        process = edgekit_process(*args, env_extra={**stop, "EDGEKIT_TEST_MARKER": str(marker)}, stdout=out, stderr=err)
+        try:
+            deadline = time.monotonic() + timeout
+            while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling for the marker: the child is not running on meanwhile, it waits
+            reached = marker.exists()
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait()
+    stderr = logs[1].read_text()
+    assert reached, f"the run never reached {stop} (exit {process.returncode}): {stderr[-1500:]}"
+    return subprocess.CompletedProcess(process.args, process.returncode, logs[0].read_text(), stderr)
 
 
 def assert_final_files_complete(directory: Path) -> list[str]:
@@ -171,6 +198,8 @@ def assert_same_run(run: Path, reference: Path) -> None:
     assert card == reference_card
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_reference_run_is_reproducible_in_process_free_of_state(reference_run, kill_data, tmp_path):
     """Without this, 'resume equals uninterrupted' could pass or fail by chance."""
     again = tmp_path / "again"
@@ -181,15 +210,16 @@ def test_reference_run_is_reproducible_in_process_free_of_state(reference_run, k
 
 # Writes per run: epoch 0 checkpoint; then per epoch model.pt + card (when improved), metrics.json,
 # checkpoint.pt. Kill points cover: before any epoch, inside epoch 1's writes, a later epoch, mid-write.
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "hook",
-    [{"EDGEKIT_TEST_KILL_AT_REPLACE": "1"}, {"EDGEKIT_TEST_KILL_AT_REPLACE": "3"}, {"EDGEKIT_TEST_KILL_IN_WRITE": "5"}],
+    [{"EDGEKIT_TEST_STOP_AT_REPLACE": "1"}, {"EDGEKIT_TEST_STOP_AT_REPLACE": "3"}, {"EDGEKIT_TEST_STOP_IN_WRITE": "5"}],
     ids=["first-write", "between-card-and-checkpoint", "mid-write-checkpoint"],
 )
 def test_kill_anywhere_then_resume_gives_the_uninterrupted_result(reference_run, kill_data, tmp_path, hook):
     out = tmp_path / "run"
-    killed = run_edgekit("finetune", "--data", kill_data, "--out", out, *FINETUNE, env_extra=hook)
+    killed = kill_at(hook, tmp_path / "stopped", "finetune", "--data", kill_data, "--out", out, *FINETUNE)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     left = assert_final_files_complete(out)
     # Either resumable (a checkpoint, even when killed in the first epoch) or nothing at all yet, so
@@ -202,24 +232,12 @@ def test_kill_anywhere_then_resume_gives_the_uninterrupted_result(reference_run,
 
 @pytest.mark.slow
 def test_outside_kill_after_first_checkpoint_then_resume(reference_run, kill_data, tmp_path):
-    """A SIGKILL from outside, at whatever moment after the first epoch's checkpoint appears."""
+    """A SIGKILL from outside once the first epoch's checkpoint and metrics are written."""
     out = tmp_path / "run"
-    process = edgekit_process("finetune", "--data", kill_data, "--out", out, *FINETUNE, env_extra={"EDGEKIT_TEST_EPOCH_PAUSE": "0.5"})
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            if (out / "checkpoint.pt").exists() and (out / "metrics.json").exists():
-                break
-            time.sleep(0.02)
-        if process.poll() is not None:
-            pytest.fail(f"the run ended (exit {process.returncode}) before it could be killed: {process.communicate()[1][-1500:]}")
-        process.send_signal(signal.SIGKILL)
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-    assert process.returncode == -signal.SIGKILL
-    assert_final_files_complete(out)
+    killed = kill_at({"EDGEKIT_TEST_STOP_AFTER_EPOCH": "1"}, tmp_path / "stopped", "finetune", "--data", kill_data, "--out", out, *FINETUNE)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (tmp_path / "stopped").read_text() == "after epoch 1"
+    assert {"checkpoint.pt", "metrics.json"} <= set(assert_final_files_complete(out))
     resumed = run_edgekit("finetune", "--data", kill_data, "--out", out, *FINETUNE, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert_same_run(out, reference_run)
@@ -327,14 +345,15 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "hook",
-    [{"EDGEKIT_TEST_KILL_IN_WRITE": "3"}, {"EDGEKIT_TEST_KILL_AT_REPLACE": "4"}],
+    [{"EDGEKIT_TEST_STOP_IN_WRITE": "3"}, {"EDGEKIT_TEST_STOP_AT_REPLACE": "4"}],
     ids=["mid-write-int8-quantization", "before-int8-report"],
 )
 def test_kill_during_export_leaves_only_complete_files_and_a_rerun_finishes(export_run, hook):
-    killed = run_edgekit("export", export_run, *EXPORT, env_extra=hook)
+    killed = kill_at(hook, export_run.parent / "stopped", "export", export_run, *EXPORT)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     before = assert_final_files_complete(export_run)
     assert any(name.startswith("exports/") for name in before)  # it was killed part-way, not before starting
@@ -344,6 +363,7 @@ def test_kill_during_export_leaves_only_complete_files_and_a_rerun_finishes(expo
     assert {"exports/model.onnx", "exports/model.int8.onnx", "exports/model.pt2"} <= set(after)
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 def test_two_exports_of_one_run_at_once_do_not_corrupt_each_other(export_run):
     args = ["--format", "onnx", "--quantize", "none,int8", "--calib-size", "8", "--max-parity-images", "8"]
@@ -363,7 +383,7 @@ def test_kill_during_bench_leaves_only_complete_reports(trained_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.path, run, ignore=shutil.ignore_patterns("exports", "bench"))
-    killed = run_edgekit("bench", run, "--iterations", "3", "--warmup", "1", env_extra={"EDGEKIT_TEST_KILL_IN_WRITE": "1"})
+    killed = kill_at({"EDGEKIT_TEST_STOP_IN_WRITE": "1"}, tmp_path / "stopped", "bench", run, "--iterations", "3", "--warmup", "1")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     names = assert_final_files_complete(run)
     assert not [name for name in names if name.startswith("bench/")]  # killed in its first write: no report under a final name

@@ -24,6 +24,8 @@ def mobile_run(trained_run, tmp_path_factory):
     return run, export(run, formats="onnx", quantize="none,int8", calib_size=30, fixed_batch=1, ort_format=True)
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_fixed_batch_twins_pass_parity_and_nnapi_takes_every_node(mobile_run):
     run, result = mobile_run
     by_name = {v.variant: v for v in result.variants}
@@ -41,6 +43,7 @@ def test_fixed_batch_twins_pass_parity_and_nnapi_takes_every_node(mobile_run):
     assert parent.supported_nodes < parent.nodes and parent.nodes_with_dynamic_input > 0
 
 
+@pytest.mark.slow
 def test_fixed_file_has_a_fixed_batch_and_keeps_its_metadata(mobile_run):
     run, _ = mobile_run
     session = runtimes.load(run.exports_dir / "model.fp32-b1.onnx", threads=1)
@@ -55,6 +58,7 @@ def test_fixed_file_has_a_fixed_batch_and_keeps_its_metadata(mobile_run):
         session.run(session.example_batch(2))  # a fixed-shape model really refuses another batch
 
 
+@pytest.mark.slow
 def test_ort_format_files_match_their_onnx(mobile_run):
     run, result = mobile_run
     for variant in result.variants:

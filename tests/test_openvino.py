@@ -30,6 +30,8 @@ def _copy_ir(run, tmp_path, name="model"):
     return tmp_path / "model.xml"
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_export_writes_ir_pairs_with_parity(ov_run):
     run, result = ov_run
     by_name = {v.variant: v for v in result.variants}
@@ -56,6 +58,8 @@ def test_export_writes_ir_pairs_with_parity(ov_run):
     assert not [p for p in run.exports_dir.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_cpu_without_vnni_gets_the_overflow_fix(run_copy, monkeypatch):
     """On a CPU whose int8 dot product saturates (simulated: AVX2 without VNNI), the IR int8 is quantized with NNCF's
     OverflowFix (7-bit weights), the model records the ISA class, and it still agrees with fp32 on this CPU."""
@@ -72,6 +76,7 @@ def test_cpu_without_vnni_gets_the_overflow_fix(run_copy, monkeypatch):
     assert int8.parity.metrics.top1_agreement >= 0.85
 
 
+@pytest.mark.slow
 def test_ir_loads_with_labels_and_preprocessing(ov_run):
     run, _ = ov_run
     session = runtimes.load(run.exports_dir / "model.xml", threads=1)
@@ -83,6 +88,7 @@ def test_ir_loads_with_labels_and_preprocessing(ov_run):
     assert logits.shape == (3, run.card.num_classes)
 
 
+@pytest.mark.slow
 def test_predict_and_bench_on_ir(ov_run, photo_folders):
     run, _ = ov_run
     image = next(photo_folders[1].rglob("*.jpg"))
@@ -107,6 +113,7 @@ def test_missing_extra_is_one_line_exit_2(run_copy, monkeypatch):
     assert "edgekit[openvino]" in result.output and len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated-bin", "other-bin", "garbage-xml", "truncated-xml", "missing-bin"])
 def test_damaged_ir_is_refused_in_one_line(ov_run, photo_folders, tmp_path, damage):
     run, _ = ov_run
@@ -133,6 +140,7 @@ def test_damaged_ir_is_refused_in_one_line(ov_run, photo_folders, tmp_path, dama
     assert len(result.output.strip().splitlines()) == 1, result.output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "field, bad",
     [
@@ -153,6 +161,7 @@ def test_tampered_rt_info_is_checked_like_onnx_metadata(ov_run, tmp_path, field,
         runtimes.load(xml)
 
 
+@pytest.mark.slow
 def test_inference_precision_option_is_checked(ov_run):
     run, _ = ov_run
     with pytest.raises(EdgekitError, match="inference precision"):

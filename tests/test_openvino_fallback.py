@@ -133,6 +133,7 @@ def test_cli_says_why_the_search_stopped_and_exits_non_zero(tmp_path, photo_fold
     assert "no int8 within the budget was found" in result.output and "raise --max-fallback-seconds" in result.output
 
 
+@pytest.mark.slow
 def test_random_inputs_skip_the_search_and_say_why(tmp_path, photo_folders, sensitive_model):
     run = _run(tmp_path, photo_folders, sensitive_model, with_data=False)
     int8 = _export(run, calib_data=photo_folders[0])
@@ -151,6 +152,7 @@ def test_search_metric_follows_the_budget():
     assert search_metric(ParityThresholds(max_accuracy_drop=0.01), has_labels=False) is None
 
 
+@pytest.mark.slow
 def test_plain_int8_keeps_no_layer_in_float(tmp_path):
     """A FakeQuantize in front of a reshape (as before a classifier) still makes the layer after it int8."""
     import openvino as ov

@@ -215,6 +215,7 @@ def _activation_scales(path) -> np.ndarray:
     )
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.slow
 def test_calibration_methods_really_differ(float_model, real_batches, tmp_path):
     """ORT's own entropy defaults (128 bins, 128 quantized bins) silently equal minmax; ours must not."""
@@ -278,7 +279,7 @@ def test_gptq_rounding_moves_a_layers_output_less_than_nearest_rounding():
     """On inputs with correlated channels (what real activations have), GPTQ's rounding lowers the output error
     E[(dW x)^2] on *other* inputs from the same distribution, within the quantizer's integer range, and its lazy
     block update gives exactly what updating every column at once gives."""
-    from edgekit.exporting.quantize import ort as quantize_ort
+    from edgekit.exporting.quantize import rounding
 
     rng = np.random.default_rng(0)
     groups, rows, columns = 2, 6, 300
@@ -290,7 +291,7 @@ def test_gptq_rounding_moves_a_layers_output_less_than_nearest_rounding():
     weight = rng.normal(size=(groups, rows, columns))
     scale, zero = np.abs(weight).max(axis=2) / 127, np.zeros((groups, rows))
     seen = samples(3000)
-    rounded = quantize_ort._gptq(weight, seen @ seen.transpose(0, 2, 1), scale, zero, -127, 127, 0.01)
+    rounded = rounding._gptq(weight, seen @ seen.transpose(0, 2, 1), scale, zero, -127, 127, 0.01)
     nearest = np.clip(np.round(weight / scale[..., None]), -127, 127)
     held_out = samples(3000)
 
@@ -301,13 +302,13 @@ def test_gptq_rounding_moves_a_layers_output_less_than_nearest_rounding():
     assert output_error(rounded) < 0.8 * output_error(nearest), (output_error(rounded), output_error(nearest))
     # Inputs that are always zero, or moments that are not positive definite: nearest rounding, never a crash.
     for degenerate in (np.zeros((groups, columns, columns)), -np.eye(columns)[None].repeat(groups, axis=0)):
-        assert np.array_equal(quantize_ort._gptq(weight, degenerate, scale, zero, -127, 127, 0.01), nearest)
-    original = quantize_ort.GPTQ_BLOCK
+        assert np.array_equal(rounding._gptq(weight, degenerate, scale, zero, -127, 127, 0.01), nearest)
+    original = rounding.GPTQ_BLOCK
     try:
-        quantize_ort.GPTQ_BLOCK = columns
-        assert np.array_equal(quantize_ort._gptq(weight, seen @ seen.transpose(0, 2, 1), scale, zero, -127, 127, 0.01), rounded)
+        rounding.GPTQ_BLOCK = columns
+        assert np.array_equal(rounding._gptq(weight, seen @ seen.transpose(0, 2, 1), scale, zero, -127, 127, 0.01), rounded)
     finally:
-        quantize_ort.GPTQ_BLOCK = original
+        rounding.GPTQ_BLOCK = original
 
 
 def _conv_weights(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -323,6 +324,7 @@ def _conv_weights(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return weights
 
 
+@pytest.mark.slow
 def test_gptq_rounding_lowers_each_layers_output_error_on_real_activations(float_model, real_batches, tmp_path):
     """On the trained model and real photos: the layers GPTQ re-rounds move their output (on the calibration
     images' patches) less than nearest rounding does, on the quantizer's own scales; the layers that saw too few
@@ -366,6 +368,7 @@ def test_load_batch_is_c_contiguous_nchw(real_batches):
     assert held_out.flags["C_CONTIGUOUS"] and held_out.dtype == np.float32 and held_out.shape[1] == 3
 
 
+@pytest.mark.slow
 def test_layers_kept_in_float_really_run_in_float(float_model, real_batches, tmp_path):
     """ONNX Runtime's WeightBiasQuantization (a basic graph optimization) quantizes, per tensor, the weights of any
     Conv/Gemm fed by a DequantizeLinear: a layer excluded from quantization would run in per-tensor int8. edgekit

@@ -86,6 +86,7 @@ def _reference(run, floats):
         return run.build_model()(torch.from_numpy(floats)).numpy()
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
 @pytest.mark.parametrize("variant,runtime", [("run", "torch"), ("pt2", "torch-export"), ("fp32", "ort-cpu"), ("bare", "ort-cpu")])
 def test_each_runtime_matches_eager_torch(exported, images, variant, runtime):
     run, paths = exported

@@ -61,6 +61,8 @@ def test_format_of_names_the_file(tmp_path):
         format_of(tmp_path / "notes.txt")
 
 
+@pytest.mark.timeout(900)  # long by nature (minutes on 2 busy cores); the default is 300 s
+@pytest.mark.slow
 def test_of_artifact_reads_metadata_then_graph(trained_run, tmp_path):
     """An exported int8 file says so in its metadata; renamed and stripped of metadata, its graph still says so."""
     import shutil

@@ -12,7 +12,7 @@ from ..exporting.options import Names, split_csv
 
 
 class BenchOptions(BaseModel):
-    """Every `edgekit bench` option except TARGETS and where to write reports (--json, --md, --plot)."""
+    """Every `edgekit bench` option except ARTIFACTS and where to write reports (--json, --md, --plot)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -6,9 +6,11 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..display import megabytes
 from ..errors import EdgekitError
 
 WARNING_MARK = "⚠"
+PLOT_INSTALL_HINT = "pip install 'edgekit[plot]'"
 
 
 def _percent(value: float | None) -> str:
@@ -29,14 +31,19 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
-def _deployed(m) -> str:
-    d = m.deployment
-    low, high = d.p50_ci_ms if d is not None else m.p50_ci_ms
-    return f"{m.deployed_p50_ms:.2f} ({low:.2f}-{high:.2f})"
-
-
 def _fair(m) -> str:
     return f"{m.p50_ms:.2f} ({m.p50_ci_ms[0]:.2f}-{m.p50_ci_ms[1]:.2f})"
+
+
+def _settings(m) -> str:
+    return (
+        ", ".join(
+            f"{k}={v}"
+            for k, v in m.fair_settings.items()
+            if k in ("intra_op_threads", "threads", "allow_spinning", "inference_precision_hint", "performance_hint")
+        )
+        or "-"
+    )
 
 
 def _others(m) -> str:
@@ -62,9 +69,8 @@ def _rows(result) -> list[list[str]]:
                 m.variant,
                 m.runtime,
                 str(m.batch_size),
-                _deployed(m),
-                m.deployment.app_settings if m.deployment is not None else "-",
                 _fair(m),
+                _settings(m),
                 f"{m.p90_ms:.2f}",
                 f"{m.p99_ms:.2f}",
                 f"{m.images_per_second:.1f}",
@@ -74,7 +80,7 @@ def _rows(result) -> list[list[str]]:
                 _percent(m.top5),
                 _ms(m.load_ms),
                 _ms(m.first_inference_ms),
-                f"{m.size_bytes / 2**20:.2f}",
+                f"{megabytes(m.size_bytes):.2f}",
                 _rss(m),
                 f"+{m.rss_delta_mb:.0f}",
                 _others(m),
@@ -89,9 +95,8 @@ _HEADERS = [
     "variant",
     "runtime",
     "batch",
-    "p50 ms deployed (95% CI)",
-    "deployed as",
-    "p50 ms fair (95% CI)",
+    "p50 ms (95% CI)",
+    "settings",
     "p90 ms",
     "p99 ms",
     "img/s",
@@ -101,7 +106,7 @@ _HEADERS = [
     "top-5",
     "load ms",
     "1st inference ms",
-    "size MiB",
+    "size MB",
     "peak RSS MB load/1st/all",
     "model RSS MB",
     "others' CPU",
@@ -114,8 +119,7 @@ _TERMINAL_HEADERS = [
     "variant",
     "runtime",
     "batch",
-    "p50 ms deployed (CI)",
-    "p50 fair",
+    "p50 ms (CI)",
     "p90/p99 ms",
     "img/s",
     "×fastest",
@@ -123,7 +127,7 @@ _TERMINAL_HEADERS = [
     "top-1",
     "top-5",
     "load/1st ms",
-    "MiB",
+    "size MB",
     "RSS MB load/1st/all",
     "others' CPU",
     "GPU MB",
@@ -132,12 +136,11 @@ _TERMINAL_HEADERS = [
 
 def table(result):
     """A compact rich Table of every measurement; compressed variants slower than fp32 are marked in red, rows timed
-    while other processes used the CPU (contended) in yellow with a flag.
+     while other processes used the CPU (contended) in yellow with a flag.
 
-    Columns with nothing to show (model when there is one, accuracy without --data, GPU on the CPU, the fair p50 when
-    every row ran with its deployment settings) are left out.
+     Columns with nothing to show (model when there is one, accuracy without --data, GPU on the CPU, the fair p50 when
+    ) are left out.
     """
-    from rich.markup import escape
     from rich.table import Table
 
     measurements = result.measurements
@@ -147,7 +150,6 @@ def table(result):
         True,
         True,
         True,
-        any(m.deployment is not None and m.deployment.alone for m in measurements),
         True,
         True,
         True,
@@ -160,15 +162,14 @@ def table(result):
         True,
         any(m.gpu_memory_mb is not None for m in measurements),
     ]
-    out = Table(*[h for h, k in zip(_TERMINAL_HEADERS, keep) if k], title="edgekit bench", caption=escape(_caption(result)))
+    out = Table(*[h for h, k in zip(_TERMINAL_HEADERS, keep) if k], title="edgekit bench", caption=_caption(result))
     for m in measurements:
         cells = [
             m.model,
             m.variant,
             m.runtime,
             str(m.batch_size),
-            _deployed(m),
-            f"{m.p50_ms:.2f}",
+            _fair(m),
             f"{m.p90_ms:.2f}/{m.p99_ms:.2f}",
             f"{m.images_per_second:.1f}",
             f"{m.ratio_to_fastest:.2f}",
@@ -176,13 +177,13 @@ def table(result):
             _percent(m.top1),
             _percent(m.top5),
             _cold(m),
-            f"{m.size_bytes / 2**20:.1f}",
+            f"{megabytes(m.size_bytes):.2f}",
             _rss(m),
             f"{CONTENDED_MARK} {m.contention_share:.0%}" if m.contended else f"{m.contention_share:.0%}",
             "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
         ]
         style = "red" if m.slower_than_fp32 else "yellow" if m.contended else None
-        out.add_row(*[escape(c) for c, k in zip(cells, keep) if k], style=style)
+        out.add_row(*[c for c, k in zip(cells, keep) if k], style=style)  # printed literally (edgekit.display)
     return out
 
 
@@ -191,8 +192,7 @@ def _caption(result) -> str:
     threads = result.settings.get("threads") or "default"
     return (
         f"{machine.get('cpu')} ({machine.get('usable_cores')} cores usable), threads {threads}, "
-        f"{result.settings.get('iterations')} iterations. deployed: each alone, with the settings an app uses "
-        "(ORT: spinning on); fair: interleaved, spinning off, which the ratios (>1 slower) use; p90/p99 fair. "
+        f"{result.settings.get('iterations')} iterations, every row interleaved (ORT spinning off), ratios >1 slower. "
         f"{CONTENDED_MARK}: other processes used the CPU while timing (contended), not evidence"
     )
 
@@ -210,8 +210,9 @@ def markdown(result) -> str:
     )
     lines.append("")
     lines.append(
-        "*deployed*: each row timed alone with the settings an app would use (ORT: spinning on, the same threads); *fair*: "
-        "interleaved with spinning off, which the ratios use. Load and first inference are cold costs an app pays at "
+        "Rows are timed interleaved (ORT's idle-thread spinning off, so one session's threads do not tax the next), which "
+        "is what the ratios compare; which settings an app should use is `edgekit export --quantize auto`'s measured answer "
+        "(exports/deploy.json). Load and first inference are cold costs an app pays at "
         f"every start. {CONTENDED_MARK} *contended*: other processes used at least "
         f"{(result.settings.get('contention_threshold') or 0.25):.0%} of the CPU while that row was timed, even after "
         "re-measuring: its latencies are not evidence."
@@ -252,13 +253,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
+def require_matplotlib():
+    """matplotlib, or a one-line error naming the extra that installs it (``bench --plot`` asks before timing)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise EdgekitError(f"the latency vs accuracy plot needs matplotlib, which is not installed: {PLOT_INSTALL_HINT}") from exc
+    return matplotlib
+
+
 def pareto_plot(result, path: str | os.PathLike, batch_size: int | None = None) -> Path:
     """A PNG scatter of p50 latency vs top-1 accuracy, one point per model/variant/runtime, the Pareto front drawn.
 
     Uses the smallest batch size measured unless ``batch_size`` is given. Needs accuracy (bench with --data).
     """
-    import matplotlib
-
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")  # no display needed; must be set before pyplot is imported
     import matplotlib.pyplot as plt
 

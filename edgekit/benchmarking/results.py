@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from ..results import Result
 
@@ -69,7 +69,6 @@ class BenchSettings(_ReadsLikeADict):
     ratios: str = ""
     contention: str = ""
     contention_threshold: float | None = None
-    deployment: str = ""
 
 
 # every Mapping check (pydantic's dict fields among them) accepts these, so a report's machine can go where a dict went
@@ -77,30 +76,10 @@ Mapping.register(MachineInfo)
 Mapping.register(BenchSettings)
 
 
-class Deployment(BaseModel):
-    """A row measured under the settings an app would use (ORT: spinning on, the user's threads), not the fair ones."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    settings: dict  # what the runtime used (threads, spinning, session config entries...)
-    app_settings: str  # the same, as the app must set it: "intra_op_num_threads=2, allow_spinning=1"
-    alone: bool  # timed by itself (True), or the row was benched alone with these settings anyway (False)
-    iterations: int
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    p50_ci_ms: tuple[float, float]
-    images_per_second: float
-    contended: bool = False
-    contention_share: float = 0.0
-
-
 class Measurement(BaseModel):
     """One variant on one runtime at one batch size. Ratios are this p50 over a reference p50 (>1 = slower).
 
-    p50_ms .. p99_ms are the interleaved (fair) figures the ratios use; ``deployment`` holds the figures under the
-    settings an app would run with. ``contended``: other processes used at least the threshold share of the CPU
+    p50_ms .. p99_ms are interleaved (fair) figures. ``contended``: other processes used at least the threshold share of the CPU
     while this row was timed (after re-measuring), so its latencies are not evidence.
     """
 
@@ -131,7 +110,7 @@ class Measurement(BaseModel):
     fp32_baseline: str | None = None  # "fp32 on ort-cpu": which measurement ratio_to_fp32 divides by
     slower_than_fp32: bool | None = None  # a compressed variant that is not faster than its fp32 parent
     end_to_end: bool = False
-    contended: bool = False  # fair or deployment timing taken while other processes used the CPU
+    contended: bool = False  # timed while other processes used the CPU
     contention_share: float = 0.0  # other processes' share of the machine's CPU while this row was timed, 0..1
     remeasured_chunks: int = 0  # contended chunks of this row's timing that were thrown away and measured again
     load_ms: float | None = None  # cold: creating the session / loading the program
@@ -140,18 +119,12 @@ class Measurement(BaseModel):
     peak_rss_after_load_mb: float | None = None  # process peak RSS through loading (RSS before any model + the rise)
     peak_rss_after_first_inference_mb: float | None = None  # ... through loading and the first inference
     fair_settings: dict = Field(default_factory=dict)  # the settings of the interleaved timing (p50_ms...)
-    deployment: Deployment | None = None
     runtime_info: dict = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
     @property
     def label(self) -> str:
         return f"{self.variant} on {self.runtime}"
-
-    @property
-    def deployed_p50_ms(self) -> float:
-        """The p50 an app would see: the deployment figure where one was measured, else the fair one."""
-        return self.deployment.p50_ms if self.deployment is not None else self.p50_ms
 
 
 class ContentionSummary(BaseModel):
@@ -171,8 +144,10 @@ class ContentionSummary(BaseModel):
 class BenchResult(Result):
     """Everything one `edgekit bench` measured, with the machine and settings it was measured under."""
 
+    SCHEMA_VERSION = 2  # 2: "artifacts" (schema 1 called them "targets"), no per-row "deployment": both still load
+
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    targets: list[str] = Field(default_factory=list)
+    artifacts: list[str] = Field(default_factory=list)
     machine: MachineInfo
     settings: BenchSettings
     measurements: list[Measurement]
@@ -181,6 +156,22 @@ class BenchResult(Result):
     summary: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     _saved: list = PrivateAttr(default_factory=list)  # report files bench() wrote into the run (not part of the JSON)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schema_1(cls, data):
+        if not isinstance(data, dict) or data.get("schema_version", 1) != 1:
+            return data
+        data = dict(data)
+        if "targets" in data and "artifacts" not in data:
+            data["artifacts"] = data.pop("targets")
+        # schema 1 also timed every row alone under "deployment" settings; those figures could not rank runtimes
+        data["measurements"] = [
+            {k: v for k, v in m.items() if k != "deployment"} if isinstance(m, dict) else m for m in data.get("measurements", [])
+        ]
+        if isinstance(data.get("settings"), dict):
+            data["settings"] = {k: v for k, v in data["settings"].items() if k != "deployment"}
+        return data
 
     @property
     def saved(self) -> list:

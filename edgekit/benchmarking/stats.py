@@ -8,15 +8,14 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
+from ..device import contention
 from ..formats import Precision, all_formats
 from ..variants import Variant
-from . import contention
-from .deployment import app_settings, settings_of
-from .results import ContentionSummary, Deployment, Measurement
-from .targets import as_variant, auto_chosen
+from .artifacts import as_variant
+from .results import ContentionSummary, Measurement
 
-if TYPE_CHECKING:  # only for the annotation: bench/__init__ imports this module
-    from . import _Entry
+if TYPE_CHECKING:
+    from .sessions import Entry
 
 
 # ---- statistics and ratios -------------------------------------------------------------------------------------
@@ -52,7 +51,7 @@ def _figures(seconds: list[float], batch_size: int) -> dict:
     }
 
 
-def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: bool) -> list[Measurement]:
+def measurements_of(entry: Entry, batch_sizes, base_rss: float, end_to_end: bool) -> list[Measurement]:
     rows = []
     session = entry.session
     fair_settings = settings_of(_jsonable(session.info))
@@ -64,29 +63,6 @@ def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: boo
         figures = _figures(seconds, batch_size)
         chunks = list(entry.chunks.get(batch_size, []))
         remeasured = entry.remeasured.get(batch_size, 0)
-        timed = entry.deployment
-        if timed is not None and timed.times.get(batch_size):
-            own = timed.chunks.get(batch_size, [])
-            info = _jsonable(timed.info)
-            deployment = Deployment(
-                settings=settings_of(info),
-                app_settings=app_settings(entry.runtime, info),
-                alone=True,
-                contended=any(c.contended for c in own),
-                contention_share=contention.share_of(own),
-                **_figures(timed.times[batch_size], batch_size),
-            )
-            chunks += own
-            remeasured += timed.remeasured.get(batch_size, 0)
-        else:  # the fair settings are the deployment settings: the interleaved figures are the deployment figures
-            deployment = Deployment(
-                settings=fair_settings,
-                app_settings=app_settings(entry.runtime, fair_settings),
-                alone=False,
-                contended=any(c.contended for c in entry.chunks.get(batch_size, [])),
-                contention_share=contention.share_of(entry.chunks.get(batch_size, [])),
-                **figures,
-            )
         rows.append(
             Measurement(
                 model=entry.candidate.model,
@@ -114,7 +90,6 @@ def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: boo
                 peak_rss_after_load_mb=base_rss + cold["load_rss_delta_mb"] if "load_rss_delta_mb" in cold else None,
                 peak_rss_after_first_inference_mb=(base_rss + cold["first_rss_delta_mb"] if "first_rss_delta_mb" in cold else None),
                 fair_settings=fair_settings,
-                deployment=deployment,
                 runtime_info=_jsonable(session.info),
                 notes=list(dict.fromkeys(entry.notes)),
             )
@@ -124,7 +99,7 @@ def measurements_of(entry: _Entry, batch_sizes, base_rss: float, end_to_end: boo
 
 def row_order(m: Measurement):
     # per model and batch size, format by format (the registry's order): fp32 first, then the
-    # other variants by name, the auto copy last; each runtime in registry order
+    # other variants by name; each runtime in registry order
     names = registry.registered_names()
     formats = all_formats()
     variant = as_variant(m.variant)
@@ -133,7 +108,6 @@ def row_order(m: Measurement):
         m.batch_size,
         formats.index(variant.format) if variant is not None else len(formats),
         not is_fp32(m.variant),
-        auto_chosen(m.variant) is not None,
         m.variant,
         names.index(m.runtime) if m.runtime in names else len(names),
     )
@@ -219,7 +193,7 @@ def _fp32_parent(m: Measurement, group: list[Measurement]) -> Measurement | None
     for candidates in (
         [b for b in group if b.variant == wanted[0]],
         [b for b in group if b.variant == "fp32"],
-        [b for b in group if is_fp32(b.variant) and auto_chosen(b.variant) is None],
+        [b for b in group if is_fp32(b.variant)],
     ):
         if candidates:
             return min(candidates, key=lambda b: b.p50_ms)
@@ -227,37 +201,28 @@ def _fp32_parent(m: Measurement, group: list[Measurement]) -> Measurement | None
 
 
 def summarize(measurements: list[Measurement]) -> list[str]:
-    """Per model and batch size: the fastest variant/runtime as deployed (with the settings the app must use) and
-    its accuracy, against fp32. Contended rows are named: their latencies are not evidence."""
+    """Per model and batch size: the fastest variant/runtime in this run's interleaved timing and its accuracy,
+    against fp32. Contended rows are named: their latencies are not evidence. Which settings an app should use is
+    not bench's to say: ``--quantize auto`` compares settings fairly and writes the answer (see ``deploy_line``)."""
     lines = []
     keys = list(dict.fromkeys((m.model, m.batch_size) for m in measurements))
     for model, batch_size in keys:
         group = [m for m in measurements if m.model == model and m.batch_size == batch_size]
-        fastest = min(group, key=lambda m: m.deployed_p50_ms)
+        fastest = min(group, key=lambda m: m.p50_ms)
         line = (
-            f"{model}, batch {batch_size}: fastest is {fastest.label}, {fastest.deployed_p50_ms:.2f} ms p50 "
-            f"({batch_size * 1000 / _deployed_mean(fastest):.0f} img/s)"
+            f"{model}, batch {batch_size}: fastest is {fastest.label}, {fastest.p50_ms:.2f} ms p50 ({fastest.images_per_second:.0f} img/s)"
         )
         if fastest.top1 is not None:
             line += f" at top-1 {fastest.top1:.1%}"
-        if fastest.deployment is not None:
-            line += f"; run it with {fastest.deployment.app_settings}"
-        fp32 = [m for m in group if is_fp32(m.variant) and auto_chosen(m.variant) is None]
+        fp32 = [m for m in group if is_fp32(m.variant)]
         if fp32 and not is_fp32(fastest.variant):
-            best_fp32 = min(fp32, key=lambda m: m.deployed_p50_ms)
-            line += f"; fastest fp32 is {best_fp32.label}, {best_fp32.deployed_p50_ms:.2f} ms"
+            best_fp32 = min(fp32, key=lambda m: m.p50_ms)
+            line += f"; fastest fp32 is {best_fp32.label}, {best_fp32.p50_ms:.2f} ms"
             if best_fp32.top1 is not None:
                 line += f" at top-1 {best_fp32.top1:.1%}"
-            if _ci(fastest)[1] >= _ci(best_fp32)[0]:
+            if fastest.p50_ci_ms[1] >= best_fp32.p50_ci_ms[0]:
                 line += " (the two are within noise of each other: their medians' confidence intervals overlap)"
-        scored = [m for m in group if m.top1 is not None]
-        if scored and fp32 and fp32[0].top1 is not None:
-            # the usual shipping choice: the fastest variant that keeps accuracy within a point of fp32
-            reference = max(m.top1 for m in fp32 if m.top1 is not None)
-            close = [m for m in scored if m.top1 is not None and m.top1 >= reference - 0.01]
-            pick = min(close, key=lambda m: m.deployed_p50_ms)
-            if pick is not fastest:
-                line += f"; fastest within 1 point of fp32 accuracy: {pick.label}, {pick.deployed_p50_ms:.2f} ms at top-1 {pick.top1:.1%}"
+        line += _within_a_point(group, fp32, fastest)
         contended = [m.label for m in group if m.contended]
         if contended:
             line += f"; CONTENDED (other processes busy while timing, not evidence): {', '.join(contended)}"
@@ -265,13 +230,26 @@ def summarize(measurements: list[Measurement]) -> list[str]:
     return lines
 
 
-def _deployed_mean(m: Measurement) -> float:
-    return m.deployment.mean_ms if m.deployment is not None else m.mean_ms
+def _within_a_point(group: list[Measurement], fp32: list[Measurement], fastest: Measurement) -> str:
+    """The usual shipping choice: the fastest variant that keeps accuracy within a point of fp32 ("" if it is the fastest)."""
+    scored = [m for m in group if m.top1 is not None]
+    if not scored or not fp32 or fp32[0].top1 is None:
+        return ""
+    reference = max(m.top1 for m in fp32 if m.top1 is not None)
+    close = [m for m in scored if m.top1 is not None and m.top1 >= reference - 0.01]
+    pick = min(close, key=lambda m: m.p50_ms)
+    return (
+        "" if pick is fastest else f"; fastest within 1 point of fp32 accuracy: {pick.label}, {pick.p50_ms:.2f} ms at top-1 {pick.top1:.1%}"
+    )
 
 
-def _ci(m: Measurement) -> tuple[float, float]:
-    low, high = m.deployment.p50_ci_ms if m.deployment is not None else m.p50_ci_ms
-    return float(low), float(high)
+def deploy_line(card) -> str:
+    """bench's line for a run whose exports carry a deployment card: what to deploy, as auto measured it."""
+    where = card.measured_on
+    return (
+        f"deploy (exports/deploy.json): {card.file} on {card.runtime}, {card.setting} ({card.app_settings}): "
+        f"{card.p50_ms:.2f} ms p50 at batch {card.batch_size}, measured by --quantize auto on {where.target} ({where.isa})"
+    )
 
 
 def contention_line(load: ContentionSummary, rows: int) -> str:
@@ -284,6 +262,14 @@ def contention_line(load: ContentionSummary, rows: int) -> str:
         f"machine: BUSY while timing ({shares}{retried}); {load.contended_rows} of {rows} rows contended "
         f"(threshold {load.threshold:.0%}): their latencies are not evidence, re-run on a quiet machine"
     )
+
+
+_NOT_SETTINGS = ("library", "providers", "input_type", "mode")  # facts about the session, not choices an app makes
+
+
+def settings_of(info: dict) -> dict:
+    """The choices a session was made with (threads, spinning, hints, session config), from its ``info``."""
+    return {key: value for key, value in info.items() if key not in _NOT_SETTINGS}
 
 
 def _jsonable(value):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from ..errors import EdgekitError
+from ..version import __version__
 
 
 class _Group(click.Group):
@@ -26,7 +27,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="edgekit")
+@click.version_option(__version__, prog_name="edgekit")  # from edgekit/version.py: right without installed metadata too
 def cli():
     """edgekit: fine-tune, export, benchmark and gate image classifiers for edge devices.
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from ..benchmarking.options import BenchOptions
 from ..errors import EdgekitError
+from ..formats import known_suffixes
 from .options import options_from_model
-from .output import console
+from .output import console, styled
 
 
 def _csv(value: str) -> list[str]:
@@ -46,14 +46,12 @@ def _print_runtimes() -> None:
     for name, reason in available_runtimes().items():
         runtime = get_runtime(name)
         loads = ", ".join("run dir" if s == "run" else s for s in runtime.suffixes)
-        out.add_row(
-            name, loads, "yes" if reason is None else "[yellow]no[/yellow]", escape(runtime.description if reason is None else reason)
-        )
+        out.add_row(name, loads, "yes" if reason is None else styled(("no", "yellow")), runtime.description if reason is None else reason)
     console.print(out)
 
 
 @click.command("bench")
-@click.argument("targets", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("artifacts", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file with the options below as keys; flags win.")
 @options_from_model(BenchOptions, exclude=("provider_options",))
 @click.option(
@@ -66,11 +64,11 @@ def _print_runtimes() -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full result as JSON here.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a markdown report (for a PR comment) here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a latency vs accuracy PNG (needs --data) here.")
-def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot_path, **flags):
-    """Latency, throughput, memory, size and accuracy of every variant of TARGETS on each runtime.
+def bench_command(artifacts, config_path, provider_pairs, json_path, md_path, plot_path, **flags):
+    """Latency, throughput, memory, size and accuracy of every variant of ARTIFACTS on each runtime.
 
-    TARGETS are run directories (model.pt and exports/*) and/or .onnx / .pt2 files. Variants are timed
-    interleaved, so the ratios between them hold on a noisy machine.
+    ARTIFACTS are run directories (model.pt and exports/*) and/or model files (.onnx, .pt2, .xml, .pte, ...).
+    Variants are timed interleaved, so the ratios between them hold on a noisy machine.
 
     \b
     edgekit bench runs/flowers/exports/*.onnx --runtime ort-cpu --threads 2 --data photos/val
@@ -88,10 +86,12 @@ def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot
     if options.runtimes == ("list",):
         _print_runtimes()
         return
-    if not targets:
-        raise EdgekitError("no TARGETS given; pass a run directory or .onnx/.pt2 files (see edgekit bench --help)")
+    if not artifacts:
+        raise EdgekitError(f"no ARTIFACTS given; pass a run directory or model files ({known_suffixes()}; see edgekit bench --help)")
     if plot_path is not None and options.data is None:
         raise EdgekitError("--plot draws latency against accuracy, which needs --data DIR (a labelled image folder)")
+    if plot_path is not None:
+        report.require_matplotlib()  # before minutes of timing, not after
     runtime_options: dict = {}
     if options.graph_opt_level is not None:
         runtime_options["graph_optimization_level"] = options.graph_opt_level
@@ -102,7 +102,7 @@ def bench_command(targets, config_path, provider_pairs, json_path, md_path, plot
     if options.device is not None:
         runtime_options["device"] = options.device
     result = bench(
-        list(targets),
+        list(artifacts),
         runtimes=options.runtimes,
         batch_sizes=options.batch_sizes,
         threads=options.threads,
@@ -135,11 +135,11 @@ def show_bench(result) -> None:
 
     console.print(report.table(result))
     for line in result.summary:
-        console.print(escape(line), style="bold yellow" if "contended" in line.lower() and "no row contended" not in line else "bold")
+        console.print(line, style="bold yellow" if "contended" in line.lower() and "no row contended" not in line else "bold")
     for warning in result.warnings:
-        console.print(f"[bold red]warning:[/bold red] {escape(warning)}")
+        console.print(styled(("warning:", "bold red"), f" {warning}"))
     for name, reason in result.skipped.items():
-        console.print(f"[yellow]skipped {escape(name)}:[/yellow] {escape(reason)}")
+        console.print(styled((f"skipped {name}:", "yellow"), f" {reason}"))
 
 
 COMMANDS = [bench_command]

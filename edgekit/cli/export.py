@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 from rich.table import Table
 
+from ..display import format_size
 from ..exporting.options import ExportOptions
 from ..hardware import ORT_PRECISION_KEY
 from ..parity_check import NEAR_TIE, ParityOptions
 from ..variants import Variant
 from .options import options_from_model
-from .output import console, errors
-
-# Off a terminal (CI logs, pipes) rich would squeeze tables into 80 columns; give them room instead.
+from .output import console, errors, styled
 
 
 def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
@@ -69,13 +67,9 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
         chosen = export_auto(run_dir, options, thresholds=thresholds, progress=True)  # auto's rules: ConfigError, exit 2
         if as_json:
             click.echo(chosen.to_json())
-            return
-        show_export(chosen.export, budget_failures_are_final=False)
-        console.print(f"auto: {chosen.choice.reason} -> {chosen.choice.path}", highlight=False)
-        for variant, why in chosen.choice.left_out.items():
-            console.print(f"  not a candidate here: {variant} ({why})", highlight=False)
-        show_runtime_settings(chosen.export, only=chosen.choice.chosen)
-        return  # the answer (fp32 or a variant within budget) holds its budget: exit 0
+        else:
+            show_auto(chosen)
+        return  # the answer holds its budget: exit 0 (no candidate within budget raised, exit 2)
     result = export(run_dir, options, thresholds=thresholds, progress=True)
     if as_json:
         click.echo(result.to_json())
@@ -84,6 +78,30 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
         show_runtime_settings(result)
     if not result.passed:
         ctx.exit(1)
+
+
+def show_auto(result) -> None:
+    """The candidates' export, every candidate's figures, and the deployment card's answer."""
+    show_export(result.export, budget_failures_are_final=False)
+    card = result.card
+    table = Table(
+        "file", "runtime", "setting", "p50 ms (95% CI)", "within budget", "note", title=f"--quantize auto at batch {card.batch_size}"
+    )
+    for c in card.candidates:
+        p50 = f"{c.p50_ms:.2f} ({c.p50_ci_ms[0]:.2f}-{c.p50_ci_ms[1]:.2f})" if c.p50_ms is not None and c.p50_ci_ms else "-"
+        note = c.error or (f"dropped after {c.dropped_after} cycles: clearly slower" if c.dropped_after else c.note)
+        chosen = c.file == card.file and c.runtime == card.runtime and c.setting == card.setting
+        table.add_row(
+            *(c.file, c.runtime, c.setting, p50, "yes" if c.within_budget else "no", note),
+            style="bold" if chosen else None,
+        )
+    console.print(table)
+    console.print(f"auto: {card.reason}")
+    for variant, why in card.left_out.items():
+        console.print(f"  not a candidate here: {variant} ({why})")
+    exports = Path(result.export.run_dir) / "exports"
+    console.print(f"deploy: {exports / 'deploy.json'} and DEPLOY.md (the settings and the code that loads it: {card.app_settings})")
+    show_runtime_settings(result.export, only=card.variant)
 
 
 def show_runtime_settings(result, only: str | None = None) -> None:
@@ -122,16 +140,16 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
         table.add_row(
             variant.variant,
             Path(variant.path).name,
-            _size(variant.size_bytes),
+            format_size(variant.size_bytes),
             f"{metrics.max_abs_diff:.2e}",
             f"{metrics.max_rel_diff:.2e}",
             f"{metrics.top1_agreement:.1%}",
             "n/a" if metrics.accuracy_drop is None else f"{metrics.accuracy_drop:+.1%}",
-            "[green]pass[/green]" if variant.passed else "[red]FAIL[/red]",
+            styled(("pass", "green")) if variant.passed else styled(("FAIL", "red")),
         )
     console.print(table)
     if result.parity_data.is_random:
-        errors.print("[yellow]parity ran on random inputs (no images at hand); pass --parity-data DIR to check on real images[/yellow]")
+        errors.print("parity ran on random inputs (no images at hand); pass --parity-data DIR to check on real images", style="yellow")
     for variant in result.variants:
         search = variant.int8.search if variant.int8 is not None else None
         if search is not None:
@@ -150,12 +168,13 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
                 data = result.parity_data.path if not result.parity_data.is_random else "DIR"
                 where = f"edgekit inspect {result.run_dir} {variant.variant} --data {data}"
                 errors.print(
-                    f"[red]{variant.variant}: no int8 within the budget was found[/red] ({search.stopped}); {answer}; "
-                    f"to see which layers lose it: {escape(where)}",
-                    highlight=False,
+                    styled(
+                        (f"{variant.variant}: no int8 within the budget was found", "red"),
+                        f" ({search.stopped}); {answer}; to see which layers lose it: {where}",
+                    )
                 )
         for failure in variant.failures:
-            errors.print(f"[red]{variant.variant} failed[/red] ({Path(variant.path).name}): {failure}", highlight=False)
+            errors.print(styled((f"{variant.variant} failed", "red"), f" ({Path(variant.path).name}): {failure}"))
         metrics = variant.parity.metrics
         if variant.failures and metrics.disagreements:
             confident = (
@@ -169,7 +188,9 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
                 highlight=False,
             )
         for warning in variant.warnings:
-            errors.print(f"[yellow]{variant.variant}[/yellow]: {warning}", highlight=False)
+            errors.print(styled((variant.variant, "yellow"), f": {warning}"))
+        for line in variant.notes:
+            console.print(f"{variant.variant}: {line}")
         if variant.mobile:
             coverage = ", ".join(f"{name} {v.supported_nodes}/{v.nodes}" for name, v in variant.mobile.items())
             console.print(f"{variant.variant}: ORT mobile checker, nodes each provider takes: {coverage}", highlight=False)
@@ -227,21 +248,17 @@ def parity_command(ctx, run_dir, artifact, config_path, out, as_json, **flags):
         for row in rows:
             table.add_row(*row)
         console.print(table)
-        console.print("[green]parity passed[/green]" if result.passed else "[red]parity FAILED[/red]")
+        console.print("parity passed" if result.passed else "parity FAILED", style="green" if result.passed else "red")
     for failure in result.failures:
-        errors.print(f"[red]failed[/red]: {failure}", highlight=False)
+        errors.print(styled(("failed", "red"), f": {failure}"))
     for skipped in result.not_checked:
-        errors.print(f"[yellow]not checked[/yellow]: {skipped}", highlight=False)
+        errors.print(styled(("not checked", "yellow"), f": {skipped}"))
     if not result.passed:
         ctx.exit(1)
 
 
 def _limit(op: str, value: float | None, spec: str) -> str:
     return "" if value is None else f"{op} {value:{spec}}"
-
-
-def _size(size: int) -> str:
-    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.0f} KiB"
 
 
 def _data_words(source, variants) -> str:

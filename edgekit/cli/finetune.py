@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..finetuning import FinetuneConfig
 from .options import options_from_model
-from .output import console
+from .output import console, styled
 
 
 @click.command("models")
@@ -75,8 +75,12 @@ def finetune_command(config_path, **flags):
         how = f"with the head solved by L-BFGS (l2 {solve.l2:.3g}, {solve.iterations} iterations)"
     scale = f" x{result.world_size} ranks" if result.world_size > 1 else ""
     console.print(
-        f"run written to [bold]{result.run_dir}[/bold]: best val accuracy {result.best_val_accuracy:.2%} "
-        f"{how} on {result.device}{scale} ({result.train_images} train / {result.val_images} val images, {result.seconds:.1f} s)"
+        styled(
+            "run written to ",
+            (result.run_dir, "bold"),
+            f": best val accuracy {result.best_val_accuracy:.2%} {how} on {result.device}{scale} "
+            f"({result.train_images} train / {result.val_images} val images, {result.seconds:.1f} s)",
+        )
     )
     if result.features is not None:
         features = result.features
@@ -86,7 +90,7 @@ def finetune_command(config_path, **flags):
             stored = f"; stored in the cache ({features.cache_dir})" if features.cache_dir else "; not cached (--no-cache)"
             console.print(f"features: {features.extracted} of {features.images} extracted with {features.runtime}{stored}")
     if result.skipped_images:
-        console.print(f"[yellow]skipped {len(result.skipped_images)} unreadable image(s)[/yellow], e.g. {result.skipped_images[0]}")
+        console.print(styled((f"skipped {len(result.skipped_images)} unreadable image(s)", "yellow"), f", e.g. {result.skipped_images[0]}"))
 
 
 @click.command("predict")

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..gating import GateResult, gate, load_config
 from ..gating.report import check_row, format_comparison, metric_label, verdict_line, write_reports
-from .output import console
+from .output import console, styled
 
 _STATE_STYLE = {"pass": "green", "fail": "bold red", "not_measured": "yellow", "skipped": "yellow"}
 _VERDICT_STYLE = {"regression": "bold red", "improvement": "green"}
@@ -69,19 +69,19 @@ def show_gate(result: GateResult, anchor: str = "fp32") -> None:
     table = Table("check", "measured", "threshold", "result", title="edgekit gate")
     for check in result.checks:
         name, measured, threshold, state = check_row(check)
-        table.add_row(name, measured, threshold, f"[{_STATE_STYLE[check.status]}]{state}[/]")
+        table.add_row(name, measured, threshold, styled((state, _STATE_STYLE[check.status])))
     console.print(table)
     if result.comparisons:
         moves = Table("metric", "baseline", "now", "change", "noise", "verdict", title=f"vs baseline {result.baseline}")
         for c in result.comparisons:
             style = _VERDICT_STYLE.get(c.verdict, "yellow" if c.contended else "")
-            verdict = f"[{style}]{c.verdict}[/]" if style else c.verdict
+            verdict = styled((c.verdict, style))
             moves.add_row(f"{c.variant} {metric_label(c.metric, anchor)}", *format_comparison(c), verdict)
         console.print(moves)
     for check in result.not_measured:
         click.echo(f"NOT MEASURED {check.message}", err=True)
     if result.passed:
-        console.print(f"[{'yellow' if result.not_measured else 'green'}]gate {verdict_line(result)}[/]")
+        console.print(f"gate {verdict_line(result)}", style="yellow" if result.not_measured else "green")
         return
     for message in result.failures:
         click.echo(f"FAIL {message}", err=True)

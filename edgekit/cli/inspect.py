@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.markup import escape
 
 from ..inspection.options import InspectOptions
 from .options import options_from_model
@@ -73,7 +72,7 @@ def inspect_command(run_dir, artifacts, config_path, json_path, md_path, html_pa
 
         written.append(write_html(report, html_path))
     for path in written:
-        console.print(f"wrote {escape(str(path))}")
+        console.print(f"wrote {path}")
 
 
 def show_inspection(result) -> None:
@@ -84,7 +83,7 @@ def show_inspection(result) -> None:
         console.print(table)
     for line in verdict_lines(result):
         style = "bold red" if line.startswith(("first diverging", "flag")) else "bold"
-        console.print(escape(line), style=style, highlight=False)
+        console.print(line, style=style)
 
 
 COMMANDS = [inspect_command]

@@ -1,14 +1,14 @@
 """The consoles every command prints through: tables and results on stdout, problems on stderr.
 
-Off a terminal (CI logs, pipes) rich would squeeze tables into 80 columns; they get 160 instead, and
-long lines are never wrapped, so paths stay whole and greppable.
-"""
+Both print strings literally (brackets in paths and install hints survive) and, off a terminal, keep every
+table at its natural width; see edgekit.display for why. Colour goes through ``style=`` or ``styled``."""
 
 from __future__ import annotations
 
-import sys
+from ..display import console as _console
+from ..display import styled
 
-from rich.console import Console
+console = _console()
+errors = _console(stderr=True)
 
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-errors = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+__all__ = ["console", "errors", "styled"]

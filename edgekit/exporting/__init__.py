@@ -60,6 +60,7 @@ def export(
     results: list[VariantResult] = []
     with Bar(progress) as bar, tempfile.TemporaryDirectory(prefix="edgekit-export-") as workdir:
         job = _job(run, options, thresholds, Path(workdir), bar, needs_calibration=any(v.is_compressed for v in variants))
+        run.exports_dir.mkdir(parents=True, exist_ok=True)  # a format's exporter writes into it, whichever comes first
         bar.begin(len(variants), "exporting")
         for variant in variants:
             bar.step(f"exporting {variant.name}")

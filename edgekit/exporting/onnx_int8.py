@@ -17,6 +17,7 @@ from ..hardware import int8_runtime_config, isa_class
 from ..metadata import InputKind
 from ..parity_check import compare_logits, judge
 from ..variants import Variant
+from . import speed_check
 from .quantize import (
     RANKING_IMAGES,
     Ranking,
@@ -32,7 +33,6 @@ from .quantize import (
     with_margin,
 )
 from .results import Int8Facts
-from . import speed_check
 from .speed_check import PairedTiming
 
 if TYPE_CHECKING:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..parity_check import ParityOptions
+from .quantize import MAX_SECONDS, MAX_STEPS
 
 
 def split_csv(value):
@@ -41,17 +42,23 @@ class ExportOptions(BaseModel):
     quantize: Names = Field(
         ("none",),
         description="Variants, comma-separated: none (fp32), fp16, int8 (static, calibrated, held to the accuracy budget), "
-        "int8-dynamic (MatMul/Gemm only), all; or auto: export fp32 and int8, time them here and keep the fastest "
-        "within budget as model.auto.onnx.",
+        "int8-dynamic (MatMul/Gemm only), all; or auto: export fp32 and int8 of every --format, time each file within "
+        "budget on its runtime at every setting worth trying here, and write the fastest as exports/deploy.json (+ DEPLOY.md).",
     )
     batch_size: int = Field(1, ge=1, description="With --quantize auto: the batch size the app runs, for timing.")
+    auto_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="With --quantize auto: about how long to time the candidates (every file within budget x runtime x "
+        "setting); the clearly slower ones are dropped on the way.",
+    )
     accuracy_aware: bool = Field(
         True,
         json_schema_extra={"flag": "--no-fallback"},
         description="int8: do not return sensitive layers to float when the accuracy budget is broken (just report it).",
     )
-    max_fallback_steps: int = Field(24, ge=0, description="int8: at most this many layers go back to float.")
-    max_fallback_seconds: float = Field(900.0, ge=0, description="int8: time bound of the accuracy-aware search.")
+    max_fallback_steps: int = Field(MAX_STEPS, ge=0, description="int8: at most this many layers go back to float.")
+    max_fallback_seconds: float = Field(MAX_SECONDS, ge=0, description="int8: time bound of the accuracy-aware search.")
     speed_check: bool = Field(
         True,
         json_schema_extra={"flag": "--no-speed-check"},

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Iterable, Sequence
 
 from ..errors import ConfigError
-from ..formats import Format, Precision, all_formats, core_formats, format_names, get_format
+from ..formats import Format, Precision, all_formats, core_formats, format_names
 from ..metadata import InputKind
 from ..variants import AUTO, Variant
 from .job import require
@@ -83,10 +83,22 @@ def _check_twins(options: ExportOptions, formats: list[Format]) -> None:
 
 
 def check_auto(options: ExportOptions) -> None:
-    """The rules of ``--quantize auto``: it chooses among ONNX variants of float input with a dynamic batch, which it
-    times on this CPU (a uint8-input twin or a fixed batch would be another model for the app)."""
+    """The rules of ``--quantize auto``: it chooses among float-input, dynamic-batch files of the chosen formats, on
+    their runtimes (a uint8-input twin or a fixed batch would be another model for the app), so those twins are not
+    asked for with it."""
     if options.quantize not in (("auto",), ("none",)) and AUTO in options.quantize:
         raise ConfigError(f"--quantize {','.join(options.quantize)}: auto chooses among the variants itself; pass --quantize auto alone")
-    formats = [get_format(f) for f in parse_choices(options.formats, format_names(), "format", all_means=core_formats())]
-    if formats != [get_format("onnx")] or options.embed_preprocessing or options.fixed_batch or options.ort_format:
-        raise ConfigError("--quantize auto chooses among ONNX variants on this CPU; use it with --format onnx alone")
+    asked = [
+        f
+        for f, on in (
+            ("--embed-preprocessing", options.embed_preprocessing),
+            ("--fixed-batch", options.fixed_batch),
+            ("--ort-format", options.ort_format),
+        )
+        if on
+    ]
+    if asked:
+        raise ConfigError(
+            f"--quantize auto chooses among the files an app loads as they are; drop {asked[0]} (export those twins separately)"
+        )
+    chosen_formats(options)  # an unknown format: one ConfigError before any work

@@ -9,12 +9,13 @@ one machine: "slower" only when the second model lost clearly more pairs than a 
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable
 
 import numpy as np
 from pydantic import BaseModel
+
+from ..device.timing import sign_test
 
 WARMUP = 3
 PAIRS = 40
@@ -69,11 +70,6 @@ def compare(
         speedup=round(float(np.median(ratios)), 3),
         pairs=len(ratios),
         candidate_slower_pairs=slower,
-        clearly_slower=_sign_test(slower, len(ratios)) < SIGNIFICANCE,
-        clearly_faster=_sign_test(faster, len(ratios)) < SIGNIFICANCE,
+        clearly_slower=sign_test(slower, len(ratios)) < SIGNIFICANCE,
+        clearly_faster=sign_test(faster, len(ratios)) < SIGNIFICANCE,
     )
-
-
-def _sign_test(wins: int, n: int) -> float:
-    """P(at least ``wins`` of ``n`` fair coin flips): how often chance alone loses that many pairs."""
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..results import Result
 
 # Default epochs per strategy when --epochs is not given; early stopping (--patience) usually ends sooner.
-# Measured on digits (README "Measured"): partial and full reach their best val accuracy within 6-12 epochs.
+# Measured on digits (docs/results.md): partial and full reach their best val accuracy within 6-12 epochs.
 DEFAULT_EPOCHS = {"head": 30, "partial": 20, "full": 20}
 
 

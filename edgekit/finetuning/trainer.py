@@ -15,6 +15,7 @@ from torch import nn
 
 from .. import files
 from ..data import ImageFolder, TorchImageDataset
+from ..display import styled
 from ..errors import ConfigError, EdgekitError, first_line
 from ..models import get_spec
 from ..models.build import get_submodule, set_submodule
@@ -321,10 +322,12 @@ class _Trainer:
                 enabled=self.progress,
             )
             return
-        mark = " [green]best[/green]" if improved else ""
         note(
-            f"epoch {metrics.epoch}/{self.epochs}  train loss {metrics.train_loss:.4f} acc {metrics.train_accuracy:.3f}  "
-            f"val loss {metrics.val_loss:.4f} acc {metrics.val_accuracy:.3f}  {metrics.images_per_second:.0f} img/s{mark}",
+            styled(
+                f"epoch {metrics.epoch}/{self.epochs}  train loss {metrics.train_loss:.4f} acc {metrics.train_accuracy:.3f}  "
+                f"val loss {metrics.val_loss:.4f} acc {metrics.val_accuracy:.3f}  {metrics.images_per_second:.0f} img/s",
+                (" best" if improved else "", "green"),
+            ),
             enabled=self.progress,
         )
 

@@ -14,14 +14,16 @@ from typing import Any
 from ..auto import export_auto
 from ..benchmarking import DEFAULT_ITERATIONS, DEFAULT_WARMUP, BenchResult, Measurement, machine_info
 from ..benchmarking import bench as run_bench
-from ..benchmarking.targets import artifact_bytes
+from ..benchmarking.artifacts import artifact_bytes
+from ..card import read_card
 from ..errors import EdgekitError
 from ..exporting import export as run_export
+from ..formats import ONNX, find_format
 from ..hardware import isa_class, validated_here
 from ..metadata import read_onnx_metadata
 from ..parity_check import ParityChecker, ParityData, ParityResult, ParityThresholds, images_in, run_parity_images
 from ..runs import Run
-from ..variants import AUTO, AUTO_FILE, InputKind, Variant
+from ..variants import AUTO, InputKind, Variant
 from .config import GateConfig
 from .results import VariantMeasure
 
@@ -88,9 +90,20 @@ def _require_labels(config: GateConfig, run: Run, data: Path | None, measures: d
 # --- artifacts ------------------------------------------------------------------------------------
 
 
-def artifact_path(exports_dir: Path, variant: str) -> Path:
-    """Where `edgekit export` writes a variant (and `--quantize auto` its choice)."""
-    return exports_dir / (AUTO_FILE if variant == AUTO else Variant.parse(variant).file_name)
+def artifact_path(exports_dir: Path, variant: str) -> Path | None:
+    """Where `edgekit export` writes a variant; for "auto", the file the deployment card names (None without one)."""
+    if variant == AUTO:
+        card = read_card(exports_dir)
+        return card.path_in(exports_dir) if card is not None else None
+    return exports_dir / Variant.parse(variant).file_name
+
+
+def deployed_setting(config: GateConfig, run: Run | None, variant: str) -> tuple[str, dict] | None:
+    """(runtime, options) the card says the "auto" variant runs with; None for any other variant (the gate's runtime)."""
+    if variant != AUTO or run is None or AUTO in config.artifacts:
+        return None
+    card = read_card(run.exports_dir)
+    return (card.runtime, dict(card.options)) if card is not None else None
 
 
 def _find(config: GateConfig, run: Run | None, variant: str) -> Path | None:
@@ -102,7 +115,7 @@ def _find(config: GateConfig, run: Run | None, variant: str) -> Path | None:
     if run is None:
         return None
     path = artifact_path(run.exports_dir, variant)
-    return path if path.is_file() else None
+    return path if path is not None and path.is_file() else None
 
 
 def locate_artifacts(
@@ -124,7 +137,7 @@ def locate_artifacts(
                 "or set export_missing: true"
             )
         # auto picks by speed on this machine, so it is timed like the gate's own latency checks
-        chosen = export_auto(run, batch_size=config.batch_size, threads=config.threads, progress=progress)
+        chosen = export_auto(run, batch_size=config.batch_size, progress=progress)
         written += [v.path for v in chosen.export.variants]
         missing = [name for name in missing if name != AUTO and _find(config, run, name) is None]
     if missing:
@@ -187,7 +200,7 @@ def measure_parity(config: GateConfig, run: Run, artifacts: dict[str, Path], dat
             report, path = fresh
             reports.append(str(path))
         else:
-            report = checker.check(artifacts[name], name)
+            report = checker.check(artifacts[name], name, deployed_setting(config, run, name))
         values[name] = _parity_values(report)
     return Found(values, tuple(reports))
 
@@ -209,8 +222,8 @@ def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max
     """The parity report export wrote for this artifact, if it is newer than both the artifact and the
     model and was measured on the same labelled images; otherwise None."""
     if variant == AUTO:
-        return None  # export's reports are per variant file; the auto copy is measured here
-    if artifact.suffix == ".onnx" and not _validated_here(artifact):
+        return None  # the card's file runs with the card's settings, which may change its numerics: measured here
+    if find_format(artifact) is ONNX and not _validated_here(artifact):
         return None  # int8 proven on another CPU class: measure it again here
     path = run.exports_dir / Variant.parse(variant).parity_file_name
     if not path.is_file() or path.stat().st_mtime < max(artifact.stat().st_mtime, run.model_path.stat().st_mtime):
@@ -245,12 +258,18 @@ class _ParityOnce:
         self.run, self.data, self.max_images = run, data, max_images
         self._checker: ParityChecker | None = None
 
-    def check(self, artifact: Path, variant: str) -> ParityResult:
+    def check(self, artifact: Path, variant: str, setting: tuple[str, dict] | None = None) -> ParityResult:
+        """Parity of ``artifact`` on its format's runtime, or on ``setting`` (runtime, options) where one is given."""
         if self._checker is None:
             images = run_parity_images(self.run.card, self.data, self.max_images)
             self._checker = ParityChecker(self.run.build_model(), ParityData(self.run.card.preprocessing, images))
+        session = None
+        if setting is not None:
+            from .. import runtimes
+
+            session = runtimes.load(artifact, setting[0], **setting[1])
         # No thresholds: the gate judges the metrics itself against its own config.
-        return self._checker.check(artifact, variant, ParityThresholds())
+        return self._checker.check(artifact, variant, ParityThresholds(), session=session)
 
 
 # --- bench ----------------------------------------------------------------------------------------
@@ -260,14 +279,20 @@ def measure_latency(config: GateConfig, run: Run | None, artifacts: dict[str, Pa
     """One bench run with every variant interleaved (latency ratios are only ever taken inside it), or a fresh
     `edgekit bench` report that timed them all; with ``data``, also bench's top-1 accuracy. A row bench timed
     under CPU contention keeps its flag and share, so its latency checks become "not measured"."""
-    fresh = _fresh_bench(run, artifacts, config) if config.reuse_reports and run is not None and data is None else None
+    deployed = {name: s for name in artifacts if (s := deployed_setting(config, run, name)) is not None}
+    runtime_of = {os.path.realpath(path): deployed[name][0] if name in deployed else config.runtime for name, path in artifacts.items()}
+    # The card's runtime and the options that change what runs (its precision hint); spinning stays at the
+    # interleaving default, since every row here takes turns with the others
+    options = {k: v for _, opts in deployed.values() for k, v in opts.items() if k != "allow_spinning"}
+    fresh = _fresh_bench(run, artifacts, config) if config.reuse_reports and run is not None and data is None and not deployed else None
     if fresh is not None:
         result, path = fresh
         reports: tuple[str, ...] = (str(path),)
     else:
         result = run_bench(
             list(artifacts.values()),
-            runtimes=(config.runtime,),
+            runtimes=tuple(dict.fromkeys([config.runtime, *(s[0] for s in deployed.values())])),
+            options=options,
             batch_sizes=(config.batch_size,),
             threads=config.threads,
             data=data,
@@ -278,7 +303,7 @@ def measure_latency(config: GateConfig, run: Run | None, artifacts: dict[str, Pa
             save=False,
         )  # the gate writes only exports and the reports its caller asks for
         reports = ()
-    rows = _rows_by_artifact(result, config)
+    rows = _rows_by_artifact(result, config, runtime_of)
     if not rows and result.skipped:
         why = "; ".join(f"{name}: {reason}" for name, reason in result.skipped.items())
         raise EdgekitError(f"runtime {config.runtime} measured nothing ({why}); choose another runtime: in the gate config")
@@ -304,9 +329,13 @@ def _bench_values(row: Measurement) -> dict[str, Any]:
     return values
 
 
-def _rows_by_artifact(result: BenchResult, config: GateConfig) -> dict[str, Measurement]:
+def _rows_by_artifact(result: BenchResult, config: GateConfig, runtime_of: dict[str, str] | None = None) -> dict[str, Measurement]:
+    """Each artifact's row on the runtime it is gated on (the card's for "auto", the config's for the others)."""
+    runtime_of = runtime_of or {}
     return {
-        os.path.realpath(m.artifact): m for m in result.measurements if m.runtime == config.runtime and m.batch_size == config.batch_size
+        os.path.realpath(m.artifact): m
+        for m in result.measurements
+        if m.runtime == runtime_of.get(os.path.realpath(m.artifact), config.runtime) and m.batch_size == config.batch_size
     }
 
 

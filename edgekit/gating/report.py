@@ -1,8 +1,8 @@
 """How the gate's numbers read, and its reports for CI systems.
 
 Every metric is formatted here and nowhere else (check messages, the terminal table, JUnit, markdown): accuracies
-in percent, logit differences to 3 significant digits, sizes in MB, speed-ups and latency ratios as x-ratios,
-baseline moves in percent (relative) or points (absolute). JUnit XML has one test case per check; the markdown
+in percent, logit differences to 3 significant digits, sizes in MB (10^6 bytes, the unit of every edgekit table:
+edgekit.display), speed-ups and latency ratios as x-ratios, baseline moves in percent (relative) or points (absolute). JUnit XML has one test case per check; the markdown
 summary is for a pull-request comment. Both files are written atomically."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from .. import files
+from ..display import MB, format_size
 from .results import Check, Comparison, GateResult
 
 SUITE_NAME = "edgekit gate"
-MB = 1_000_000
 
 _PERCENT = {"accuracy", "accuracy_drop", "agreement"}
 _RELATIVE_MOVES = {"relative_latency", "size_bytes"}  # baseline moves judged relatively; the rest in points
@@ -37,9 +37,9 @@ def format_metric(metric: str, value: float | None) -> str:
     if metric in _PERCENT:
         return f"{value:.2%}"
     if metric == "size_mb":
-        return f"{value:.2f} MB"
+        return format_size(value * MB)
     if metric == "size_bytes":
-        return f"{value / MB:.2f} MB"
+        return format_size(value)
     if metric == "relative_latency":
         return f"{value:.3f}x"
     if metric.startswith("speedup_vs_"):

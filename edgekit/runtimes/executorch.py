@@ -1,27 +1,21 @@
 """ExecuTorch (optional: `pip install 'edgekit[executorch]'`): a .pte program run by ``executorch.runtime``,
-with the XNNPACK delegate on the CPU.
-
-Threads: ExecuTorch has one process-wide threadpool that the XNNPACK delegate and the optimized kernels share.
-Its size can only be changed through ``_unsafe_reset_threadpool``, which is meant to be called before a program
-is loaded. Resetting it after programs ran left it single-threaded in one session here (1, then 2) and aborted the
-process in another (a pthread priority assertion). So the pool is resized only before the process has loaded any
-program, at most once; a later session asking for another count gets a one-line error instead of a crash or a
-silently wrong measurement.
-"""
+with the XNNPACK delegate on the CPU. Loading and threads: ``edgekit.device.executorch`` (one process-wide pool,
+sized once)."""
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
 
+from ..device.executorch import PoolResized, execute, load_method, load_program, version
 from ..errors import EdgekitError, ModelError, first_line
 from ..files import sha256_file
 from ..metadata import ModelMetadata
 from . import Session
+from .tuning import AppCode, Example, Machine, Setting
 
 INSTALL_HINT = "pip install 'edgekit[executorch]'"
 # The side file `edgekit export --format executorch` writes beside each .pte (format: edgekit.exporting.executorch).
@@ -30,9 +24,6 @@ SIDE_FILE_VERSION = 1
 MAX_SIDE_FILE_BYTES = 1_000_000
 _SIDE_KEYS = {"edgekit_side_file", "program", "metadata"}
 _PROGRAM_KEYS = {"sha256", "bytes", "max_batch", "dynamic_batch"}
-_POOL_LOCK = threading.Lock()
-_pool_threads: int | None = None  # the size this process set, once
-_programs_loaded = False  # after the first program, the pool is never resized
 
 
 class ExecuTorchSession(Session):
@@ -46,21 +37,11 @@ class ExecuTorchSession(Session):
 
     def write_etdump(self, path: Path) -> Path:
         """Write the ETDump of every run so far (loaded with the ``etdump`` option) to ``path``."""
-        debug = path.with_suffix(".debug")
-        self._program.write_etdump_result_to_file(str(path), str(debug))
+        self._program.write_etdump_result_to_file(str(path), str(path.with_suffix(".debug")))
         return path
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        import torch
-
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
-        step = self._max_batch or len(batch)
-        outputs = []
-        # A program's batch is bounded by what its memory plan holds; larger batches run in chunks of that size.
-        for start in range(0, len(batch), step):
-            (logits, *_) = self._method.execute([torch.from_numpy(batch[start : start + step])])
-            outputs.append(logits.numpy().astype(np.float32, copy=True))
-        return np.concatenate(outputs)
+        return execute(self._method, batch, self._max_batch)
 
 
 class ExecuTorch:
@@ -84,18 +65,16 @@ class ExecuTorch:
         return True, ""
 
     def load(self, artifact: Path, threads: int | None, options: dict) -> Session:
-        import executorch
-        from executorch.runtime import Runtime, Verification
-
         metadata, program_facts = read_side_file(artifact)  # digest-checked against the .pte, validated like ONNX metadata
-        used_threads = _set_pool_threads(threads)
-        global _programs_loaded
+        program = None
         try:
-            _programs_loaded = True
-            # etdump: ExecuTorch's event tracer, per-op times of the XNNPACK delegate (devtools' Inspector reads them)
-            trace = bool(options.get("etdump"))
-            program = Runtime.get().load_program(artifact, verification=Verification.InternalConsistency, enable_etdump=trace)
-            method = program.load_method("forward")
+            if options.get("etdump"):  # ExecuTorch's event tracer: per-op times of the XNNPACK delegate (devtools' Inspector)
+                program, used_threads = load_program(str(artifact), threads, etdump=True)
+                method = program.load_method("forward")
+            else:
+                method, used_threads = load_method(str(artifact), threads)
+        except PoolResized as exc:
+            raise EdgekitError(str(exc)) from None
         except Exception as exc:  # the pybindings raise RuntimeError with an error code
             raise ModelError(f"{artifact} cannot be loaded by ExecuTorch ({first_line(exc, 300)}); re-export it") from exc
         if method is None:
@@ -111,7 +90,7 @@ class ExecuTorch:
         # program whose batch is really fixed say so at run time.
         dynamic = bool(program_facts.get("dynamic_batch", True))
         info = {
-            "library": f"executorch {getattr(executorch, '__version__', _version())}",
+            "library": f"executorch {version()}",
             "threads": used_threads,
             "delegate": "XnnpackBackend",
             "batch": f"dynamic 1..{max_batch}" if dynamic else f"fixed {max_batch}",
@@ -131,34 +110,34 @@ class ExecuTorch:
             info=info,
         )
 
+    # ---- tuning (see runtimes/tuning.py) ------------------------------------------------------------------
 
-def _set_pool_threads(threads: int | None) -> int | str:
-    """Size ExecuTorch's process-wide threadpool once (see the module docstring); the count in use."""
-    global _pool_threads
-    from executorch.extension.pybindings import portable_lib
+    def settings_to_try(self, machine: Machine, batch_size: int) -> list[Setting]:
+        """The physical cores only: ExecuTorch's threadpool is process-wide and can be sized once per process (see
+        edgekit.device.executorch), so thread counts cannot be compared side by side in one process."""
+        threads = max(1, machine.physical_cores)
+        return [Setting(threads, {}, f"{threads} thread{'s' if threads > 1 else ''} (the process-wide pool)")]
 
-    with _POOL_LOCK:
-        current = int(portable_lib._threadpool_get_thread_count())
-        if threads is None or threads == current:
-            return current if threads is not None or _pool_threads is not None else f"default ({current})"
-        if _pool_threads is not None or _programs_loaded:
-            raise EdgekitError(
-                f"ExecuTorch's threadpool has {current} threads and this process already ran ExecuTorch programs; resizing "
-                f"it now can crash the process, so ask for --threads {current} here or run the {threads}-thread "
-                "sessions in a fresh process"
-            )
-        portable_lib._unsafe_reset_threadpool(int(threads))
-        _pool_threads = int(portable_lib._threadpool_get_thread_count())
-        return _pool_threads
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("executorch")
-    except PackageNotFoundError:
-        return "unknown"
+    def app_code(self, file_name: str, setting: Setting, example: Example, session_config: dict[str, str] | None = None) -> AppCode:
+        python = "\n".join(
+            [
+                "import torch",
+                "from executorch.runtime import Runtime",
+                "",
+                f"program = Runtime.get().load_program({file_name!r})",
+                "method = program.load_method('forward')",
+                f"batch = torch.zeros({example.shape!r}, dtype=torch.{example.dtype})  # {example.comment}",
+                "logits = method.execute([batch])[0]",
+            ]
+        )
+        cpp = "\n".join(
+            [
+                f"::executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool({setting.threads or 0});",
+                f'executorch::extension::Module module("{file_name}");',
+                "auto logits = module.forward(executorch::extension::from_blob(data, {" + ", ".join(map(str, example.shape)) + "}));",
+            ]
+        )
+        return AppCode(python, cpp, f"threadpool {setting.threads or 'default'} threads, XNNPACK delegate")
 
 
 def side_file_path(pte_path: str | os.PathLike) -> Path:

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device.openvino import compile_config
 from ..errors import EdgekitError, ModelError
 from ..files import sha256_file
 from ..metadata import InputKind, ModelMetadata
 from . import Session
+from .tuning import AppCode, Example, Machine, Setting
 
-INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 # Where `edgekit export --format openvino` keeps its metadata in an IR: rt_info section "edgekit", one string per
 # ONNX metadata key, plus the SHA-256 of the .bin (see edgekit.exporting.openvino).
 RT_SECTION = "edgekit"
@@ -55,7 +56,7 @@ class OpenVino:
     name = "openvino"
     description = "OpenVINO runtime (optional extra), reads .xml IR and .onnx"
     suffixes = (".xml", ".onnx")
-    options = ("device", "performance_hint", "inference_precision", "perf_count")
+    options = ("device", "performance_hint", "inference_precision", "num_streams", "perf_count")
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -67,18 +68,19 @@ class OpenVino:
     def load(self, artifact: Path, threads: int | None, options: dict) -> Session:
         import openvino as ov
 
+        from ..device.openvino import compile_model
+
         device = str(options.get("device", "CPU"))
-        precision = str(options.get("inference_precision", "f32"))
-        if precision not in INFERENCE_PRECISIONS:
-            raise EdgekitError(f"inference precision {precision!r} is not one of {', '.join(INFERENCE_PRECISIONS)}")
-        config: dict = {"PERFORMANCE_HINT": str(options.get("performance_hint", "LATENCY")), "INFERENCE_PRECISION_HINT": precision}
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        if options.get("perf_count"):
-            config["PERF_COUNT"] = True  # per-node counters with the kernel that ran (benchmark_app -pc)
+        try:
+            config = compile_config(threads, options)
+        except ValueError as exc:
+            raise EdgekitError(str(exc)) from None
         model, metadata = _read(artifact)
         try:
-            compiled = ov.Core().compile_model(model, device, config)
+            if options.get("perf_count"):  # per-node counters with the kernel that ran (benchmark_app -pc), same config
+                compiled = ov.Core().compile_model(model, device, {**config, "PERF_COUNT": True})
+            else:
+                compiled = compile_model(model, threads, options, device)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             raise ModelError(f"{artifact} cannot be compiled by OpenVINO on {device} ({ov_message(exc)})") from exc
         if len(compiled.inputs) != 1:
@@ -106,6 +108,50 @@ class OpenVino:
             preprocessing=metadata.preprocessing,
             info=info,
         )
+
+    # ---- tuning (see runtimes/tuning.py) ------------------------------------------------------------------
+
+    def settings_to_try(self, machine: Machine, batch_size: int) -> list[Setting]:
+        """Threads x precision: f32 (what export validated), and bf16 where the CPU has it (OpenVINO's own default
+        there, validated as a candidate of its own); the THROUGHPUT hint where a batch can be split into streams."""
+        precisions = ["f32", "bf16"] if machine.has_bf16 else ["f32"]
+        hints = ["LATENCY", "THROUGHPUT"] if batch_size > 1 else ["LATENCY"]
+        settings = []
+        for threads in machine.thread_counts:
+            for precision in precisions:
+                for hint in hints:
+                    label = f"{threads} thread{'s' if threads > 1 else ''}, {precision}" + (f", {hint}" if batch_size > 1 else "")
+                    options = {"inference_precision": precision, "performance_hint": hint}
+                    settings.append(Setting(threads, options, label, changes_numerics=precision != "f32"))
+        return settings
+
+    def app_code(self, file_name: str, setting: Setting, example: Example, session_config: dict[str, str] | None = None) -> AppCode:
+        config = compile_config(setting.threads, setting.options)
+        python = "\n".join(
+            [
+                "import numpy as np",
+                "import openvino as ov",
+                "",
+                "core = ov.Core()",
+                "# set the precision explicitly: OpenVINO's default on CPUs with bf16 is bf16, not what was validated",
+                f"compiled = core.compile_model({file_name!r}, 'CPU', {config!r})",
+                "request = compiled.create_infer_request()",
+                f"batch = np.zeros({example.shape!r}, np.{example.dtype})  # {example.comment}",
+                "logits = request.infer({0: batch})[compiled.output(0)]",
+            ]
+        )
+        hint = {"LATENCY": "LATENCY", "THROUGHPUT": "THROUGHPUT"}.get(config["PERFORMANCE_HINT"], "LATENCY")
+        cpp = "\n".join(
+            [
+                "ov::Core core;",
+                f'auto compiled = core.compile_model("{file_name}", "CPU",',
+                f"    ov::hint::performance_mode(ov::hint::PerformanceMode::{hint}),",
+                f"    ov::hint::inference_precision(ov::element::{config['INFERENCE_PRECISION_HINT']}),",
+                f"    ov::inference_num_threads({config.get('INFERENCE_NUM_THREADS', 0)}));",
+                "auto request = compiled.create_infer_request();",
+            ]
+        )
+        return AppCode(python, cpp, ", ".join(f"{k}={v}" for k, v in config.items()))
 
 
 def _read(artifact: Path):

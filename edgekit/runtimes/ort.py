@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device.ort import SPINNING_KEY
 from ..errors import EdgekitError, ModelError, first_line
 from ..metadata import InputKind
 from . import Session
+from .tuning import AppCode, Example, Machine, Setting
 
-GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 _PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider"}
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8, "tensor(double)": np.float64}
 
@@ -69,6 +70,7 @@ class OrtRuntime:
     def load(self, artifact: Path, threads: int | None, options: dict) -> Session:
         import onnxruntime as ort
 
+        from ..device.ort import GRAPH_OPTIMIZATION_LEVELS, session_options
         from ..hardware import ort_session_config_here
         from ..metadata import read_onnx_metadata
         from ..safety import check_onnx_file
@@ -76,28 +78,6 @@ class OrtRuntime:
         level = options.get("graph_optimization_level", "all")
         if level not in GRAPH_OPTIMIZATION_LEVELS:
             raise EdgekitError(f"graph optimization level {level!r} is not one of {', '.join(GRAPH_OPTIMIZATION_LEVELS)}")
-        session_options = ort.SessionOptions()
-        session_options.log_severity_level = 3  # errors only: ORT's provider-assignment warnings are noise in a report
-        session_options.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[level]
-        if threads is not None:
-            session_options.intra_op_num_threads = threads
-        if options.get("inter_op_threads") is not None:
-            session_options.inter_op_num_threads = int(options["inter_op_threads"])
-        if options.get("allow_spinning") is not None:
-            # Idle intra-op threads spin for a while after each run; with several sessions interleaved on few
-            # cores that spinning can slow the next session, so it is settable (and recorded).
-            session_options.add_session_config_entry("session.intra_op.allow_spinning", "1" if options["allow_spinning"] else "0")
-        if options.get("profile_dir") is not None:
-            # ORT's own per-node trace, and the graph it really runs (after fusions and layout changes), side by side.
-            profile_dir = Path(options["profile_dir"])
-            session_options.enable_profiling = True
-            session_options.profile_file_prefix = str(profile_dir / "ort-profile")
-            session_options.optimized_model_filepath = str(profile_dir / "optimized.onnx")
         provider_options = {str(k): str(v) for k, v in (options.get("provider_options") or {}).items()}
         providers: list = [(self.provider, provider_options)]
         if self.provider != "CPUExecutionProvider":
@@ -109,10 +89,15 @@ class OrtRuntime:
         # option wins, for experiments.
         here = ort_session_config_here(metadata.ort_session_config, metadata.validated_isa)
         session_config = {**here, **{str(k): str(v) for k, v in (options.get("session_config") or {}).items()}}
-        for key, value in session_config.items():
-            session_options.add_session_config_entry(key, value)
+        settings = {**{k: v for k, v in options.items() if k not in ("provider_options", "profile_dir")}, "session_config": session_config}
+        sess_options = session_options(threads, settings)
+        if options.get("profile_dir") is not None:
+            # ORT's own per-node trace, and the graph it really runs (after fusions and layout changes), side by side.
+            sess_options.enable_profiling = True
+            sess_options.profile_file_prefix = str(Path(options["profile_dir"]) / "ort-profile")
+            sess_options.optimized_model_filepath = str(Path(options["profile_dir"]) / "optimized.onnx")
         try:
-            session = ort.InferenceSession(str(artifact), sess_options=session_options, providers=providers)
+            session = ort.InferenceSession(str(artifact), sess_options=sess_options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all without a common base
             first = first_line(exc)
             raise ModelError(f"{artifact} cannot be loaded by onnxruntime ({first}); re-export it") from exc
@@ -151,6 +136,46 @@ class OrtRuntime:
             info=info,
             parameters=onnx_parameter_count(proto),
         )
+
+    # ---- tuning (see runtimes/tuning.py) ------------------------------------------------------------------
+
+    def settings_to_try(self, machine: Machine, batch_size: int) -> list[Setting]:
+        """Every thread count worth trying, each with idle-thread spinning on (ORT's default) and off."""
+        settings = []
+        for threads in machine.thread_counts:
+            for spinning in (True, False):
+                label = f"{threads} thread{'s' if threads > 1 else ''}, spinning {'on' if spinning else 'off'}"
+                settings.append(Setting(threads, {"allow_spinning": spinning}, label))
+        return settings
+
+    def app_code(self, file_name: str, setting: Setting, example: Example, session_config: dict[str, str] | None = None) -> AppCode:
+        entries = {SPINNING_KEY: "1" if setting.options.get("allow_spinning", True) else "0", **(session_config or {})}
+        threads = setting.threads or 0
+        python = "\n".join(
+            [
+                "import numpy as np",
+                "import onnxruntime as ort",
+                "",
+                "options = ort.SessionOptions()",
+                f"options.intra_op_num_threads = {threads}",
+                *(f"options.add_session_config_entry({key!r}, {value!r})" for key, value in entries.items()),
+                f"session = ort.InferenceSession({file_name!r}, options, providers=[{self.provider!r}])",
+                "name = session.get_inputs()[0].name",
+                f"batch = np.zeros({example.shape!r}, np.{example.dtype})  # {example.comment}",
+                "logits = session.run(None, {name: batch})[0]",
+            ]
+        )
+        cpp = "\n".join(
+            [
+                "Ort::Env env;",
+                "Ort::SessionOptions options;",
+                f"options.SetIntraOpNumThreads({threads});",
+                *(f'options.AddConfigEntry("{key}", "{value}");' for key, value in entries.items()),
+                f'Ort::Session session(env, "{file_name}", options);',
+            ]
+        )
+        line = ", ".join([f"intra_op_num_threads={threads}", *(f"{k}={v}" for k, v in entries.items())])
+        return AppCode(python, cpp, line)
 
 
 def onnx_parameter_count(proto) -> int:

@@ -1,5 +1,5 @@
 """OpenVINO int8 with NNCF: plain post-training quantization, and the accuracy-aware fallback built on NNCF's own
-``quantize_with_accuracy_control`` (the OpenVINO counterpart of ``fallback.py``'s search for ONNX Runtime).
+``quantize_with_accuracy_control`` (the OpenVINO counterpart of ``ort_search.py``'s search for ONNX Runtime).
 
 How NNCF's loop works (nncf 3.4, ``quantization/algorithms/accuracy_control``): it quantizes, validates the float
 and the int8 model on the validation images, and while the drop exceeds ``max_drop`` it ranks the groups of

@@ -10,6 +10,8 @@ open (idle) for the rest.
 
 The probe is injectable (``bench(contention_probe=...)`` or this module's ``probe``), so tests can force the
 signal: a probe is a function that starts a window and returns the function that ends it with a ``Reading``.
+
+Part of ``edgekit.device``: it runs on the host and, inside the runner, on a target (stdlib only).
 """
 
 from __future__ import annotations
@@ -42,14 +44,18 @@ Probe = Callable[[], Callable[[], Reading]]
 
 
 def _cpu_counters() -> tuple[float, int]:
-    """(busy CPU seconds of every process on the machine since boot, number of CPUs the counters cover)."""
-    import psutil
-
-    times = psutil.cpu_times()
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    # guest time is already inside user time on Linux; counting it again would double it
-    total = sum(value for name, value in times._asdict().items() if name not in ("guest", "guest_nice"))
-    return total - idle, psutil.cpu_count() or os.cpu_count() or 1
+    """(busy CPU seconds of every process on the machine since boot, number of CPUs the counters cover), from the
+    kernel's /proc/stat (no psutil: this module also runs on the device, with numpy and the runtime only)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as handle:
+            fields = handle.readline().split()
+    except OSError:
+        return time.process_time(), os.cpu_count() or 1  # not Linux: only this process is seen
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice, in ticks; guest time is already inside
+    # user time, so counting it again would double it
+    ticks = [int(value) for value in fields[1:9]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) * _tick_seconds(), os.cpu_count() or 1
 
 
 def _tick_seconds() -> float:

@@ -1,8 +1,7 @@
-"""What to bench: the artifacts behind the targets a user names, their variant names, and runtime pairing."""
+"""What to bench: the artifacts a user names (run directories and model files), their variant names, and runtime pairing."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Sequence
 from .. import runtimes as registry  # "runtimes" is also bench()'s parameter name
 from ..errors import EdgekitError
 from ..formats import all_formats, find_format, known_suffixes
-from ..variants import AUTO, AUTO_CHOICE_FILE, AUTO_FILE, Variant
+from ..variants import Variant
 
 
 @dataclass
@@ -20,7 +19,7 @@ class Candidate:
 
     model: str
     path: Path
-    variant: str  # a Variant's name, "fp32" for a run's model.pt, or auto_label(...) for model.auto.onnx
+    variant: str  # a Variant's name, "fp32" for a run's model.pt
     kind: str  # ".onnx", ".pt2", ".xml", ".pte" or "run"
     run_dir: Path | None = None
 
@@ -31,12 +30,10 @@ class Candidate:
 def variant_of(path: Path) -> str:
     """The variant name of an artifact, as ``Variant.of_artifact`` says (its metadata, else its graph, else its file
     name): model.int8.onnx -> int8, model.pt2 -> torch-export, model.xml -> openvino-fp32, model.int8.pte ->
-    executorch-int8. A run's model.pt is the fp32 model. ``model.auto.onnx`` is labelled by :func:`auto_label`."""
+    executorch-int8. A run's model.pt is the fp32 model."""
     path = Path(path)
     if path.is_dir() or path.suffix in (".pt", ".pth"):
         return "fp32"
-    if path.name == AUTO_FILE:
-        return auto_label(_auto_choice(path) or _variant_name(path))
     return _variant_name(path)
 
 
@@ -47,36 +44,15 @@ def _variant_name(path: Path) -> str:
         return path.name
 
 
-def auto_label(chosen: str) -> str:
-    """The row name of ``model.auto.onnx``: "auto (int8)" when `--quantize auto` chose int8."""
-    return f"{AUTO} ({chosen})"
-
-
-def auto_chosen(variant: str) -> str | None:
-    """The variant an :func:`auto_label` names ("auto (int8)" -> "int8"); None for any other name."""
-    prefix = f"{AUTO} ("
-    return variant[len(prefix) : -1] if variant.startswith(prefix) and variant.endswith(")") else None
-
-
 def as_variant(name: str) -> Variant | None:
-    """The Variant a bench row's name stands for (an auto row: the variant auto chose); None for a name none has."""
+    """The Variant a bench row's name stands for; None for a name none has."""
     try:
-        return Variant.parse(auto_chosen(name) or name)
+        return Variant.parse(name)
     except EdgekitError:
         return None
 
 
-def _auto_choice(path: Path) -> str | None:
-    """Which variant `edgekit export --quantize auto` copied to ``path``, from exports/auto.json beside it."""
-    choice = path.parent / AUTO_CHOICE_FILE
-    try:
-        chosen = json.loads(choice.read_text(encoding="utf-8")).get("chosen")
-        return Variant.parse(str(chosen)).name if chosen else None
-    except (OSError, ValueError, AttributeError, EdgekitError):  # absent, not JSON, or a name from another hand
-        return None
-
-
-def collect_candidates(targets: Sequence[str | os.PathLike]) -> list[Candidate]:
+def collect_candidates(artifacts: Sequence[str | os.PathLike]) -> list[Candidate]:
     """Expand run directories into their artifacts; name each artifact's model and variant. Duplicates dropped."""
     from ..runs import CARD_NAME, MODEL_NAME
 
@@ -89,8 +65,8 @@ def collect_candidates(targets: Sequence[str | os.PathLike]) -> list[Candidate]:
             seen.add(key)
             found.append(candidate)
 
-    for target in targets:
-        path = Path(target)
+    for given in artifacts:
+        path = Path(given)
         if not path.exists():
             raise EdgekitError(f"{path} does not exist; pass a run directory or model files ({known_suffixes()})")
         if path.is_dir():
@@ -114,13 +90,13 @@ def collect_candidates(targets: Sequence[str | os.PathLike]) -> list[Candidate]:
     return found
 
 
-def common_run(targets: Sequence[str | os.PathLike]) -> Path | None:
-    """The one run directory all ``targets`` belong to (the run itself or files in it), else None."""
+def common_run(artifacts: Sequence[str | os.PathLike]) -> Path | None:
+    """The one run directory all ``artifacts`` belong to (the run itself or files in it), else None."""
     from ..runs import CARD_NAME
 
     runs = set()
-    for target in targets:
-        path = Path(target)
+    for given in artifacts:
+        path = Path(given)
         run_dir = path if path.is_dir() and (path / CARD_NAME).is_file() else _run_of(path)
         if run_dir is None:
             return None
@@ -180,13 +156,13 @@ def pair_with_runtimes(candidates, names, options) -> tuple[list[tuple[Candidate
         if not matching:
             kinds = ", ".join("a run directory" if s == "run" else s for s in runtime.suffixes)
             hint = "; create one with `edgekit export`" if any(c.kind == "run" for c in candidates) else ""
-            skipped[name] = f"no artifact it can load among the targets (it loads {kinds}){hint}"
+            skipped[name] = f"no artifact it can load among the given ones (it loads {kinds}){hint}"
             continue
         ok, reason = runtime.available()
         if not ok:
             if name in named:
                 skipped[name] = reason
-            else:  # found in the targets, but its runtime's extra is not installed: skip these files, bench the rest
+            else:  # found among the artifacts, but its runtime's extra is not installed: skip these files, bench the rest
                 skipped.update({f"{name}: {c.path}": reason for c in matching})
             continue
         pairs.extend((candidate, name) for candidate in matching)

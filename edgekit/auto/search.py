@@ -1,0 +1,103 @@
+"""Timing auto's candidates fairly and within a time bound.
+
+Every candidate row runs alone, in blocks of a few calls, the blocks alternating in cycles (A B C, then C B A...)
+with a pause between blocks longer than ONNX Runtime's idle threads spin (``device.timing.block``): each setting is
+measured as an app that uses only it would see it, and slow drift on a shared machine still hits every row alike.
+After a few cycles, a row that lost its block to the current leader in so many cycles that chance alone would do so
+less than 1% of the time (a one-sided sign test, as export's quick speed check uses) is dropped, so the time bound
+goes to the rows still in the race.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .. import runtimes
+from ..device import contention, timing
+from ..errors import first_line
+from .rows import Row
+
+MIN_CYCLES = 4  # cycles every row gets before any is dropped
+MAX_CYCLES = 60
+SIGNIFICANCE = 0.01
+WARMUP = 3
+
+
+@dataclass
+class RowTiming:
+    """One row's kept timings: every call's seconds, its block medians per cycle, and where it stopped."""
+
+    row: Row
+    times: list[float] = field(default_factory=list)
+    blocks: dict[int, float] = field(default_factory=dict)  # cycle -> block median (seconds)
+    chunks: list[contention.Chunk] = field(default_factory=list)
+    dropped_after: int | None = None  # the cycle after which it was dropped as clearly slower
+    error: str = ""  # it could not be loaded or run here
+    library: str = ""  # the runtime library and version that ran it
+
+    @property
+    def p50_ms(self) -> float | None:
+        return float(np.median(self.times)) * 1000 if self.times else None
+
+
+def time_rows(
+    rows: list[Row], batch_size: int, seconds: float, monitor: contention.Monitor, say: Callable[[str], None] | None = None
+) -> list[RowTiming]:
+    """Time the rows that hold their budget (the others are not timed) for about ``seconds``, dropping the clearly
+    slower ones on the way."""
+    say = say or (lambda text: None)
+    timings = [RowTiming(row) for row in rows if row.within_budget]
+    calls = {id(t): _call(t, batch_size) for t in timings}
+    active = [t for t in timings if calls[id(t)] is not None]
+    started, budget, cycle = time.perf_counter(), [monitor.retries_per_pass], 0
+    while active and cycle < MAX_CYCLES:
+        order = active if cycle % 2 == 0 else active[::-1]
+        for t in order:
+            times, chunk, _ = timing.block(calls[id(t)], timing.BLOCK_ROUNDS, monitor, budget)
+            t.times.extend(times)
+            t.blocks[cycle] = float(np.median(times))
+            t.chunks.append(chunk)
+        cycle += 1
+        if cycle >= MIN_CYCLES:
+            active = _drop_the_slower(active, cycle)
+        say(f"auto: cycle {cycle}, {len(active)} of {len(timings)} candidates still in the race")
+        if cycle >= MIN_CYCLES and (time.perf_counter() - started > seconds or len(active) == 1):
+            break
+    return timings
+
+
+def _call(t: RowTiming, batch_size: int):
+    """The timed call of a row (its session loaded and warmed up), or None with the reason in ``t.error``."""
+    row = t.row
+    try:
+        session = runtimes.load(row.path, row.runtime, row.setting.threads, **row.setting.options)
+        t.library = str(session.info.get("library", ""))
+        batch = session.example_batch(batch_size if session.fixed_batch in (None, batch_size) else session.fixed_batch)
+        for _ in range(WARMUP):
+            session.run(batch)
+    except Exception as exc:  # a runtime that cannot load or run this file with this setting: said, not fatal
+        t.error = f"{type(exc).__name__}: {first_line(exc, 200)}"
+        return None
+
+    def call():
+        session.run(batch)
+        session.synchronize()
+
+    return call
+
+
+def _drop_the_slower(active: list[RowTiming], cycle: int) -> list[RowTiming]:
+    leader = min(active, key=lambda t: t.p50_ms or float("inf"))
+    kept = []
+    for t in active:
+        paired = [c for c in t.blocks if c in leader.blocks]
+        losses = sum(t.blocks[c] > leader.blocks[c] for c in paired)
+        if t is not leader and paired and timing.sign_test(losses, len(paired)) < SIGNIFICANCE:
+            t.dropped_after = cycle
+        else:
+            kept.append(t)
+    return kept
