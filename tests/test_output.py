@@ -63,7 +63,7 @@ def test_a_piped_bench_keeps_every_column_and_bracket(bracketed_run, photo_folde
     assert done.returncode == 0, done.stderr[-2000:]
     output = _whole(done.stdout)
     header = next(line for line in output.splitlines() if "variant" in line and "runtime" in line)
-    for column in ("p50 ms deployed (CI)", "p90/p99 ms", "top-1", "top-5", "load/1st ms", "size MB", "RSS MB load/1st/all", "others' CPU"):
+    for column in ("p50 ms (CI)", "p90/p99 ms", "top-1", "top-5", "load/1st ms", "size MB", "RSS MB load/1st/all", "others' CPU"):
         assert column in header, (column, header)
     assert len(header) > 80  # it was not squeezed into the 80 columns COLUMNS asked for
     assert f"wrote {report}" in output
@@ -128,10 +128,11 @@ def test_gate_tables_keep_every_cell_and_say_mb(capsys):
 def test_the_demo_says_which_pip_install_adds_a_missing_extra(monkeypatch, tmp_path, capsys):
     """Both the library's progress note and the command's summary keep `edgekit[openvino]` whole."""
     from edgekit import demo, runtimes
+    from edgekit.formats import all_formats
 
-    for name in demo.EDGE_FORMATS:
-        monkeypatch.setattr(runtimes.get_runtime(name), "available", lambda name=name: (False, f"pip install 'edgekit[{name}]'"))
-    _, missing = demo.export_edge_targets(tmp_path, progress=True)
+    for fmt in (f for f in all_formats() if f.extra is not None):
+        monkeypatch.setattr(runtimes.get_runtime(fmt.runtime), "available", lambda fmt=fmt: (False, fmt.install_hint))
+    _, missing = demo.edge_formats(progress=True)
     assert "pip install 'edgekit[openvino]'" in capsys.readouterr().err
 
     from edgekit.prediction import PredictResult
@@ -143,7 +144,6 @@ def test_the_demo_says_which_pip_install_adds_a_missing_extra(monkeypatch, tmp_p
         predictions=PredictResult.model_construct(predictions=[]),
         export=None,
         auto=None,
-        edge_targets=None,
         edge_targets_missing=missing,
         bench=None,
         gate=None,

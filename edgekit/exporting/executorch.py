@@ -62,6 +62,11 @@ _DATA_MOVEMENT = ("view_copy", "_to_dim_order_copy", "squeeze_copy", "unsqueeze_
 
 def require_executorch():
     """Import ExecuTorch's export side, or a one-line error naming the extra."""
+    import logging
+
+    # torchao registers its enums as pytree constants at import, and torch logs a deprecation for each: a note for
+    # torchao's authors, not for an edgekit user
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         import executorch.exir  # noqa: F401
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
