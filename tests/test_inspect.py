@@ -276,7 +276,7 @@ def test_export_message_for_an_int8_past_its_budget_ends_with_the_inspect_comman
     search = SimpleNamespace(within_budget=False, stopped="stopped after 24 layers back in float", kept_float=[], quantized_nodes=20)
     variant = SimpleNamespace(variant="int8", path="runs/flowers/exports/model.int8.onnx", size_bytes=2**20, passed=False,
                               parity=SimpleNamespace(metrics=metrics), int8=SimpleNamespace(search=search), failures=[],
-                              warnings=[], mobile=None)  # fmt: skip
+                              warnings=[], notes=[], mobile=None)  # fmt: skip
     result = SimpleNamespace(run_dir="runs/flowers", parity_data=DataSource.images("photos/val"), variants=[variant])
     show_export(result)
     line = next(line for line in capsys.readouterr().err.splitlines() if "no int8 within the budget" in line)
