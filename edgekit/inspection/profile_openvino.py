@@ -94,10 +94,9 @@ def _executable_graph(runtime_model, layers: set[str]) -> dict[str, tuple[str | 
 
 
 def _meant(artifact: Path) -> dict[str, str]:
+    from ..formats import format_of
     from ..runtimes.openvino import read_ir
     from .openvino_numerics import ir_layer_precisions
-
-    from ..formats import format_of
 
     if format_of(artifact).name != "openvino":  # an .onnx read by OpenVINO: no FakeQuantize says what is meant
         return {}
