@@ -9,6 +9,7 @@ The library is the product; the `edgekit` command line only parses, calls these 
     edgekit.parity(run, artifact, data=None) -> ParityResult
     edgekit.bench(targets, runtimes=..., batch_sizes=..., data=None) -> BenchResult
     edgekit.gate(GateConfig.from_yaml(path), baseline=None) -> GateResult
+    edgekit.inspect(run, artifact, data=None) -> InspectResult         (per-layer numerics, per-op profile)
 
 Every result is a pydantic model with to_json() / from_json() and a schema_version.
 """
@@ -23,6 +24,7 @@ from .errors import EdgekitError  # noqa: E402
 from .exporting import ExportResult, export  # noqa: E402
 from .finetuning import FinetuneConfig, FinetuneResult, finetune  # noqa: E402
 from .gating import GateConfig, GateResult, gate  # noqa: E402
+from .inspection import InspectResult, inspect  # noqa: E402
 from .models import get_spec, list_specs  # noqa: E402
 from .parity_check import ParityResult, parity  # noqa: E402
 from .prediction import PredictResult, predict  # noqa: E402
@@ -44,6 +46,8 @@ __all__ = [
     "GateConfig",
     "GateResult",
     "gate",
+    "InspectResult",
+    "inspect",
     "get_spec",
     "list_specs",
     "ParityResult",

@@ -151,10 +151,22 @@ def add_ratios(measurements: list[Measurement]) -> list[str]:
                     warnings.append(
                         f"{model}, batch {batch_size}: {m.variant} on {m.runtime} is NOT faster than its fp32 parent {baseline.variant} "
                         f"({m.p50_ms:.2f} ms vs {m.p50_ms / m.ratio_to_fp32:.2f} ms, {m.ratio_to_fp32:.2f}x"
-                        f"{', within noise' if overlap else ''}{accuracy}); ship {baseline.variant} on {m.runtime} instead"
+                        f"{', within noise' if overlap else ''}{accuracy}); ship {baseline.variant} on {m.runtime} instead; "
+                        f"where its time goes: {inspect_command(m.artifact, m.variant)}"
                     )
                     m.notes.append(f"not faster than {baseline.label} ({m.ratio_to_fp32:.2f}x)")
     return warnings
+
+
+def inspect_command(artifact: str, variant: str) -> str:
+    """The `edgekit inspect` command for a measured file: its run and variant name when it lies in a run's exports/."""
+    from pathlib import Path
+
+    path = Path(artifact)
+    parsed = as_variant(variant)
+    if path.parent.name == "exports" and parsed is not None and parsed.file_name == path.name:
+        return f"edgekit inspect {path.parent.parent} {parsed.name} --data DIR"
+    return f"edgekit inspect RUN {artifact} --data DIR"
 
 
 def fp32_parent_variant(variant: str) -> str:

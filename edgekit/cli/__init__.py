@@ -36,6 +36,7 @@ def cli():
       edgekit finetune --data photos/train --out runs/flowers
       edgekit export runs/flowers --format all --quantize none,fp16,int8
       edgekit bench runs/flowers --runtime torch,ort-cpu
+      edgekit inspect runs/flowers int8 --html inspect.html
       edgekit gate --config configs/gate.yaml
       edgekit target info ssh://pi@raspberrypi.local
     """
@@ -50,8 +51,9 @@ from . import demo as _demo
 from . import export as _export
 from . import finetune as _finetune
 from . import gate as _gate
+from . import inspect as _inspect
 from . import target as _target
 
-for _module in (_finetune, _export, _bench, _gate, _target, _demo):
+for _module in (_finetune, _export, _bench, _inspect, _gate, _target, _demo):
     for _command in _module.COMMANDS:
         cli.add_command(_command)

@@ -166,7 +166,14 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
             else:
                 fp32 = Variant.parse(variant.variant).fp32_parent.file_name
                 answer = f"fp32 ({fp32}) stays the answer" if budget_failures_are_final else "not a candidate"
-                errors.print(styled((f"{variant.variant}: no int8 within the budget was found", "red"), f" ({search.stopped}); {answer}"))
+                data = result.parity_data.path if not result.parity_data.is_random else "DIR"
+                where = f"edgekit inspect {result.run_dir} {variant.variant} --data {data}"
+                errors.print(
+                    styled(
+                        (f"{variant.variant}: no int8 within the budget was found", "red"),
+                        f" ({search.stopped}); {answer}; to see which layers lose it: {where}",
+                    )
+                )
         for failure in variant.failures:
             errors.print(styled((f"{variant.variant} failed", "red"), f" ({Path(variant.path).name}): {failure}"))
         metrics = variant.parity.metrics

@@ -52,13 +52,18 @@ def set_pool_threads(threads: int | None):
 
 def load_method(path: str, threads: int | None = None):
     """(the program's "forward" method, the threads in use); the method is None when the program has none."""
+    program, used = load_program(path, threads)
+    return program.load_method("forward"), used
+
+
+def load_program(path: str, threads: int | None = None, etdump: bool = False):
+    """(the program, the threads in use); ``etdump`` turns on ExecuTorch's event tracer (per-op times)."""
     from executorch.runtime import Runtime, Verification
 
     with native_stderr_quiet():  # its cpuinfo probe prints ARM-only sysfs misses to fd 2 on x86
         used = set_pool_threads(threads)
         _STATE["programs_loaded"] = True
-        program = Runtime.get().load_program(str(path), verification=Verification.InternalConsistency)
-        return program.load_method("forward"), used
+        return Runtime.get().load_program(str(path), verification=Verification.InternalConsistency, enable_etdump=etdump), used
 
 
 def execute(method, batch: np.ndarray, max_batch: int | None) -> np.ndarray:

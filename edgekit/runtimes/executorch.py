@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..device.executorch import PoolResized, execute, load_method, version
+from ..device.executorch import PoolResized, execute, load_method, load_program, version
 from ..errors import EdgekitError, ModelError, first_line
 from ..files import sha256_file
 from ..metadata import ModelMetadata
@@ -29,10 +29,16 @@ _PROGRAM_KEYS = {"sha256", "bytes", "max_batch", "dynamic_batch"}
 class ExecuTorchSession(Session):
     runtime = "executorch"
 
-    def __init__(self, method, artifact: Path, max_batch: int | None, **kwargs):
+    def __init__(self, method, artifact: Path, max_batch: int | None, program=None, **kwargs):
         super().__init__(artifact, **kwargs)
         self._method = method
         self._max_batch = max_batch
+        self._program = program
+
+    def write_etdump(self, path: Path) -> Path:
+        """Write the ETDump of every run so far (loaded with the ``etdump`` option) to ``path``."""
+        self._program.write_etdump_result_to_file(str(path), str(path.with_suffix(".debug")))
+        return path
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return execute(self._method, batch, self._max_batch)
@@ -45,7 +51,7 @@ class ExecuTorch:
     name = "executorch"
     description = "ExecuTorch runtime with the XNNPACK delegate (optional extra), reads .pte"
     suffixes = (".pte",)
-    options = ()
+    options = ("etdump",)
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -60,8 +66,13 @@ class ExecuTorch:
 
     def load(self, artifact: Path, threads: int | None, options: dict) -> Session:
         metadata, program_facts = read_side_file(artifact)  # digest-checked against the .pte, validated like ONNX metadata
+        program = None
         try:
-            method, used_threads = load_method(str(artifact), threads)
+            if options.get("etdump"):  # ExecuTorch's event tracer: per-op times of the XNNPACK delegate (devtools' Inspector)
+                program, used_threads = load_program(str(artifact), threads, etdump=True)
+                method = program.load_method("forward")
+            else:
+                method, used_threads = load_method(str(artifact), threads)
         except PoolResized as exc:
             raise EdgekitError(str(exc)) from None
         except Exception as exc:  # the pybindings raise RuntimeError with an error code
@@ -90,6 +101,7 @@ class ExecuTorch:
             method,
             artifact,
             max_batch if dynamic else None,
+            program=program,
             input_kind=metadata.input_kind,
             input_shape=tuple(sizes[1:]),
             fixed_batch=None if dynamic else max_batch,

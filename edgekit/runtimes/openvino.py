@@ -44,6 +44,11 @@ class OpenVinoSession(Session):
         result = self._request.infer({0: np.ascontiguousarray(batch)})
         return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
 
+    def profiling_info(self) -> list:
+        """The per-node counters of the last run (loaded with ``perf_count=True``), and the executable graph they
+        name: (request.get_profiling_info(), compiled.get_runtime_model())."""
+        return [self._request.get_profiling_info(), self._compiled.get_runtime_model()]
+
 
 class OpenVino:
     """OpenVINO on its CPU plugin by default: an IR (.xml + .bin), or an .onnx read directly."""
@@ -51,7 +56,7 @@ class OpenVino:
     name = "openvino"
     description = "OpenVINO runtime (optional extra), reads .xml IR and .onnx"
     suffixes = (".xml", ".onnx")
-    options = ("device", "performance_hint", "inference_precision", "num_streams")
+    options = ("device", "performance_hint", "inference_precision", "num_streams", "perf_count")
 
     def available(self) -> tuple[bool, str]:
         try:
@@ -72,7 +77,10 @@ class OpenVino:
             raise EdgekitError(str(exc)) from None
         model, metadata = _read(artifact)
         try:
-            compiled = compile_model(model, threads, options, device)
+            if options.get("perf_count"):  # per-node counters with the kernel that ran (benchmark_app -pc), same config
+                compiled = ov.Core().compile_model(model, device, {**config, "PERF_COUNT": True})
+            else:
+                compiled = compile_model(model, threads, options, device)
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             raise ModelError(f"{artifact} cannot be compiled by OpenVINO on {device} ({ov_message(exc)})") from exc
         if len(compiled.inputs) != 1:

@@ -36,12 +36,16 @@ class OrtSession(Session):
         (logits,) = self._session.run([self._output_name], {self._input_name: np.ascontiguousarray(batch)})
         return np.asarray(logits, dtype=np.float32)
 
+    def end_profiling(self) -> Path:
+        """Stop ORT's profiler (loaded with the ``profile_dir`` option) and return its JSON trace."""
+        return Path(self._session.end_profiling())
+
 
 class OrtRuntime:
     """ONNX Runtime with one execution provider (CPU or CUDA)."""
 
     suffixes = (".onnx",)
-    options = ("graph_optimization_level", "inter_op_threads", "allow_spinning", "provider_options", "session_config")
+    options = ("graph_optimization_level", "inter_op_threads", "allow_spinning", "provider_options", "session_config", "profile_dir")
 
     def __init__(self, name: str):
         self.name = name
@@ -85,9 +89,15 @@ class OrtRuntime:
         # option wins, for experiments.
         here = ort_session_config_here(metadata.ort_session_config, metadata.validated_isa)
         session_config = {**here, **{str(k): str(v) for k, v in (options.get("session_config") or {}).items()}}
-        settings = {**{k: v for k, v in options.items() if k != "provider_options"}, "session_config": session_config}
+        settings = {**{k: v for k, v in options.items() if k not in ("provider_options", "profile_dir")}, "session_config": session_config}
+        sess_options = session_options(threads, settings)
+        if options.get("profile_dir") is not None:
+            # ORT's own per-node trace, and the graph it really runs (after fusions and layout changes), side by side.
+            sess_options.enable_profiling = True
+            sess_options.profile_file_prefix = str(Path(options["profile_dir"]) / "ort-profile")
+            sess_options.optimized_model_filepath = str(Path(options["profile_dir"]) / "optimized.onnx")
         try:
-            session = ort.InferenceSession(str(artifact), sess_options=session_options(threads, settings), providers=providers)
+            session = ort.InferenceSession(str(artifact), sess_options=sess_options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/... types, all without a common base
             first = first_line(exc)
             raise ModelError(f"{artifact} cannot be loaded by onnxruntime ({first}); re-export it") from exc

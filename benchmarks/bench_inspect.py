@@ -1,0 +1,238 @@
+"""Does `edgekit inspect` point at the layers the accuracy search puts back in float, and does its profile agree with
+bench's timing of the same file?
+
+    python benchmarks/bench_inspect.py                         # zoo Lite0 (ImageNet weights) on real photo crops
+    python benchmarks/bench_inspect.py --run runs/demo/run     # a fine-tuned run (its own calibration and val images)
+    python benchmarks/bench_inspect.py --openvino --executorch # also the OpenVINO and ExecuTorch int8 files
+
+1. The accuracy search (`edgekit export --quantize int8`, defaults) records the layers it returned to float, in order.
+2. `edgekit inspect` on the *plain* int8 of the same model and calibration (no search, only the first Conv and the
+   last Gemm in float) gives each layer's own SQNR (its input taken from float) and the search's own ranking score.
+3. The overlap between inspect's three worst layers by own error and the first three layers the search returned to
+   float is the figure; so is the first search pick's rank in inspect's order.
+4. The same process runs `edgekit.bench` on each int8 file, then `inspect`'s profile, and reports profile total /
+   bench p50 (bench's interleaved p50 and its deployment p50, the setting the profile runs with).
+
+Results: benchmarks/results/inspect-<isa>-<date>.json and .md (CPU, ISA class, versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _search_order(result) -> tuple[list[str], list[str], dict]:
+    """(layers the search returned to float, in order; the ones float from the start; the search's summary)."""
+    int8 = next(v for v in result.variants if v.variant == "int8").int8
+    search = int8.search
+    order = [step.action.removeprefix("keep ").removesuffix(" in float") for step in search.steps[1:]]
+    summary = {
+        "within_budget": search.within_budget,
+        "kept_float": len(search.kept_float),
+        "steps": len(search.steps),
+        "seconds": search.seconds,
+    }
+    return order, list(search.steps[0].kept_float), summary
+
+
+def _overlap(run, plain, order: list[str], data: Path) -> dict:
+    from edgekit.inspection import inspect
+
+    result = inspect(run, plain, data, profile=False, search_ranking=True, max_images=32)
+    layers = [layer for layer in result.numerics.layers if layer.own is not None]
+    by_own = [layer.node for layer in sorted(layers, key=lambda layer: layer.own.sqnr_db)]
+    by_channel = [layer.node for layer in sorted(layers, key=lambda layer: layer.own.channel_sqnr_db)]
+    by_search = [layer.node for layer in sorted(layers, key=lambda layer: layer.search_error if layer.search_error is not None else 1e9)]
+    names = {layer.node: layer.layer for layer in result.numerics.layers}
+    first = order[:3]
+    return {
+        "search_first_three": [names.get(n, n) for n in first],
+        "inspect_top_three_own": [names.get(n, n) for n in by_own[:3]],
+        "inspect_top_three_own_channel": [names.get(n, n) for n in by_channel[:3]],
+        "inspect_top_three_search_score": [names.get(n, n) for n in by_search[:3]],
+        "overlap_own": len(set(first) & set(by_own[:3])),
+        "overlap_own_channel": len(set(first) & set(by_channel[:3])),
+        "first_pick_rank_by_own_channel": by_channel.index(order[0]) + 1 if order and order[0] in by_channel else None,
+        "first_pick_rank_by_search_score": by_search.index(order[0]) + 1 if order and order[0] in by_search else None,
+        "overlap_search_score": len(set(first) & set(by_search[:3])),
+        "first_pick_rank_by_own": by_own.index(order[0]) + 1 if order and order[0] in by_own else None,
+        "first_diverging": result.numerics.first_diverging,
+        "worst": result.numerics.worst,
+        "inspect_seconds": result.seconds,
+    }
+
+
+ROUNDS = 3  # bench and profile take turns this often per file: a neighbour's load drifts between them
+THREADS = 1  # on 2 shared cores, two intra-op threads wait on each other under a neighbour's load; one thread does not
+
+
+def _profile_vs_bench(run, artifact: Path, runtime: str, data: Path) -> dict:
+    """bench, then inspect's profile, on the same file in this process, ROUNDS times in turn; the median ratio."""
+    import statistics
+
+    from edgekit import bench
+    from edgekit.inspection import inspect
+
+    rounds = []
+    for _ in range(ROUNDS):
+        row = bench([artifact], runtimes=[runtime], iterations=60, warmup=10, threads=THREADS, save=False).measurements[0]
+        profile = inspect(run, artifact, data, numerics=False, runtime=runtime, runs=100, max_images=4, threads=THREADS).profile
+        rounds.append({"bench_p50_ms": row.p50_ms, "contended": row.contended, "contention_share": row.contention_share,
+                       "profile_total_ms": profile.total_ms, "profile_ops_ms": profile.ops_ms,
+                       "profile_unprofiled_p50_ms": profile.unprofiled_p50_ms})  # fmt: skip
+    ratios = [r["profile_total_ms"] / r["bench_p50_ms"] for r in rounds]
+    return {
+        "artifact": artifact.name,
+        "runtime": runtime,
+        "threads": THREADS,
+        "rounds": rounds,
+        "bench_p50_ms": statistics.median(r["bench_p50_ms"] for r in rounds),
+        "profile_total_ms": statistics.median(r["profile_total_ms"] for r in rounds),
+        "profile_ops_ms": statistics.median(r["profile_ops_ms"] for r in rounds),
+        "total_over_bench_p50": statistics.median(ratios),
+        "ratio_range": [min(ratios), max(ratios)],
+        "contended_rounds": sum(r["contended"] for r in rounds),
+        "flags": [flag.message for flag in profile.flags],
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="a fine-tuned run (default: zoo efficientnet_lite0 on photo crops)")
+    parser.add_argument("--openvino", action="store_true", help="also time OpenVINO int8 (NNCF, plain)")
+    parser.add_argument("--executorch", action="store_true", help="also time ExecuTorch int8 (pt2e, plain)")
+    parser.add_argument("--work", type=Path, help="keep the exports here and reuse them on a second run (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    from edgekit.hardware import isa_class
+    from edgekit.version import __version__
+
+    started = time.perf_counter()
+    report: dict = {"cpu": _cpu(), "isa": isa_class(), "edgekit": __version__, "date": datetime.date.today().isoformat()}
+    with tempfile.TemporaryDirectory(prefix="edgekit-bench-inspect-") as workdir:
+        work = args.work or Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        run, calib, search = _subject(args.run, work, report)
+        order = _searched(run, calib, search, work, report)
+        plain = work / "plain.int8.onnx"
+        if not plain.is_file():
+            from edgekit.exporting.quantize import quantize_static
+
+            quantize_static(run.exports_dir / "model.onnx", plain, _batches(run, calib))
+        report["overlap"] = _overlap(run, plain, order, search)
+        print(json.dumps(report["overlap"], indent=2), flush=True)
+        files = [(run.exports_dir / "model.int8.onnx", "ort-cpu"), (plain, "ort-cpu")]
+        for wanted, fmt, suffix, runtime in (
+            (args.openvino, "openvino", "xml", "openvino"),
+            (args.executorch, "executorch", "pte", "executorch"),
+        ):
+            if wanted:
+                path = run.exports_dir / f"model.int8.{suffix}"
+                if not path.is_file():
+                    from edgekit.exporting import export
+
+                    export(run, formats=fmt, quantize="int8", calib_data=calib, calib_size=100, parity_data=search, accuracy_aware=False)
+                files.append((path, runtime))
+        report["profile_vs_bench"] = [_profile_vs_bench(run, path, runtime, search) for path, runtime in files]
+    report["seconds"] = round(time.perf_counter() - started)
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"inspect-{report['isa']}-{report['date']}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(_markdown(report))
+    print(_markdown(report))
+    return 0
+
+
+def _subject(run_dir: Path | None, work: Path, report: dict):
+    """(the run, its calibration folder, the folder the search validates on and inspect compares on)."""
+    from bench_export import write_crops
+
+    from edgekit.runs import Run, run_from_zoo
+
+    if run_dir is not None:
+        run = Run.load(run_dir)
+        report["model"] = f"{run_dir} ({run.card.model})"
+        return run, Path(run.card.data_dir), Path(run.card.val_dir or run.card.data_dir)
+    calib = work / "calib" if (work / "calib").is_dir() else write_crops(work / "calib", 100, 2)
+    search = work / "search" if (work / "search").is_dir() else write_crops(work / "search", 200, 1)
+    run = (
+        Run.load(work / "lite0")
+        if (work / "lite0" / "edgekit.json").is_file()
+        else run_from_zoo("efficientnet_lite0", "DEFAULT", work / "lite0")
+    )
+    report["model"] = "zoo efficientnet_lite0, ImageNet weights; 100 calibration crops, 200 search crops (real photos)"
+    return run, calib, search
+
+
+def _searched(run, calib: Path, search: Path, work: Path, report: dict) -> list[str]:
+    """The layers the accuracy search returned to float, in order (exported once, then read from search.json)."""
+    from edgekit.exporting import export
+
+    saved = work / "search.json"
+    if not saved.is_file() or not (run.exports_dir / "model.int8.onnx").is_file():
+        exported = export(
+            run, formats="onnx", quantize="none,int8", calib_data=calib, calib_size=100, parity_data=search, speed_check=False
+        )
+        order, start, summary = _search_order(exported)
+        saved.write_text(json.dumps({"order": order, "start": start, "summary": summary}))
+    recorded = json.loads(saved.read_text())
+    report["search"] = {**recorded["summary"], "start_float": recorded["start"], "order": recorded["order"]}
+    print(json.dumps(report["search"]), flush=True)
+    return recorded["order"]
+
+
+def _batches(run, folder: Path):
+    from edgekit.data import load_batch
+    from edgekit.parity_check import images_in
+
+    paths = images_in(folder, max_images=100).paths
+    return [load_batch(paths[i : i + 16], run.card.preprocessing) for i in range(0, len(paths), 16)]
+
+
+def _markdown(report: dict) -> str:
+    overlap = report["overlap"]
+    lines = [
+        f"# edgekit inspect vs the accuracy search and bench ({report['date']})",
+        "",
+        f"- machine: {report['cpu']}, ISA class `{report['isa']}`; edgekit {report['edgekit']}; {report['seconds']} s in all",
+        f"- model: {report['model']}",
+        f"- search: {report['search']}",
+        f"- the search's first three layers returned to float: {', '.join(overlap['search_first_three'])}",
+        f"- inspect's three worst by own error (plain int8): {', '.join(overlap['inspect_top_three_own'])} "
+        f"(overlap {overlap['overlap_own']} of 3; the search's first pick is #{overlap['first_pick_rank_by_own']} by own error)",
+        f"- inspect's three worst by own error, every channel weighing the same: {', '.join(overlap['inspect_top_three_own_channel'])} "
+        f"(overlap {overlap['overlap_own_channel']} of 3; the search's first pick is #{overlap['first_pick_rank_by_own_channel']})",
+        f"- inspect's three worst by the search's own score: {', '.join(overlap['inspect_top_three_search_score'])} "
+        f"(overlap {overlap['overlap_search_score']} of 3)",
+        f"- first diverging layer (plain int8): {overlap['first_diverging']}; worst accumulated: {', '.join(overlap['worst'])}",
+        "",
+        f"| file | runtime | bench p50 ms | profile total ms | ops ms | profile total / bench p50 (median of {ROUNDS}) | range | contended rounds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["profile_vs_bench"]:
+        low, high = row["ratio_range"]
+        lines.append(
+            f"| {row['artifact']} | {row['runtime']} | {row['bench_p50_ms']:.3f} | {row['profile_total_ms']:.3f} | {row['profile_ops_ms']:.3f} | "
+            f"{row['total_over_bench_p50']:.2f} | {low:.2f}-{high:.2f} | {row['contended_rounds']} of {ROUNDS} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
