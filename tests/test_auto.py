@@ -20,7 +20,9 @@ from edgekit.card import CandidateFigures, DeployCard, MeasuredOn, read_card
 from edgekit.errors import EdgekitError
 
 
-def _figures(file, p50, *, runtime="ort-cpu", fmt="onnx", variant="fp32", setting="2 threads", within=True, ci=None, extra=None, size=1000, drop=None):
+def _figures(
+    file, p50, *, runtime="ort-cpu", fmt="onnx", variant="fp32", setting="2 threads", within=True, ci=None, extra=None, size=1000, drop=None
+):
     return CandidateFigures(
         file=file,
         variant=variant,
@@ -80,7 +82,13 @@ def test_the_choice_is_never_slower_beyond_noise_nor_out_of_budget(seed):
         p50 = float(rng.uniform(1, 20))
         half = float(rng.uniform(0.01, 0.5))
         candidates.append(
-            _figures(f"m{index}.onnx", p50, ci=(p50 - half, p50 + half), within=bool(rng.integers(0, 2)) or index == 0, size=int(rng.integers(1, 9)))
+            _figures(
+                f"m{index}.onnx",
+                p50,
+                ci=(p50 - half, p50 + half),
+                within=bool(rng.integers(0, 2)) or index == 0,
+                size=int(rng.integers(1, 9)),
+            )
         )
     decision = choose(candidates)
     chosen = candidates[decision.chosen]
@@ -175,7 +183,9 @@ def test_the_cards_python_snippet_really_loads_and_runs_the_chosen_file(auto_run
     run, result = auto_run
     card = result.card
     script = card.python + "\nprint(logits.shape)\n"
-    done = subprocess.run([sys.executable, "-c", script], cwd=run.exports_dir, capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=run.exports_dir, capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"({card.batch_size}, {run.card.num_classes})"
     assert f"intra_op_num_threads = {card.threads}" in card.python  # the measured setting, as the app sets it

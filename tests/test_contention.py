@@ -132,6 +132,7 @@ def test_only_the_rows_timed_under_contention_are_flagged(two_models):
     assert {m.batch_size for m in result.measurements if m.contended} == {2}
     assert all(m.contention_share == pytest.approx(0.0) for m in result.measurements if m.batch_size == 1)
 
+
 def test_threshold_and_uncertainty():
     assert contention.Reading(0.30, 0.01).contended(0.25)
     assert not contention.Reading(0.30, 0.10).contended(0.25)  # within the counters' resolution: not evidence

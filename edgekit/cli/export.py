@@ -165,9 +165,7 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
             else:
                 fp32 = Variant.parse(variant.variant).fp32_parent.file_name
                 answer = f"fp32 ({fp32}) stays the answer" if budget_failures_are_final else "not a candidate"
-                errors.print(
-                    styled((f"{variant.variant}: no int8 within the budget was found", "red"), f" ({search.stopped}); {answer}")
-                )
+                errors.print(styled((f"{variant.variant}: no int8 within the budget was found", "red"), f" ({search.stopped}); {answer}"))
         for failure in variant.failures:
             errors.print(styled((f"{variant.variant} failed", "red"), f" ({Path(variant.path).name}): {failure}"))
         metrics = variant.parity.metrics
