@@ -207,3 +207,104 @@ def test_format_row_names_and_files():
     )
     assert find_format("model.int8.tflite") is fmt and fmt.install_hint == "pip install 'edgekit[litert]'"
     assert runtimes.auto_runtime("model.tflite") == "litert"
+
+
+# ---- the accuracy-aware search on a model with one sensitive layer ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sensitive(photo_folders, tmp_path_factory):
+    """(model, calibrated LiteRtInt8, its float .tflite, calibration images, held-out inputs, their fp32 logits)."""
+    import torch
+    from sensitive_model import sensitive_setup
+
+    from edgekit.exporting.litert import convert
+    from edgekit.exporting.quantize.litert import LiteRtInt8
+
+    model, train_images, inputs = sensitive_setup(photo_folders)
+    path = convert(model, torch.from_numpy(inputs[:1]), tmp_path_factory.mktemp("sensitive") / "model.tflite")
+    calibration = train_images[::2][:32]
+    int8 = LiteRtInt8(path.read_bytes(), [calibration[i : i + 1] for i in range(len(calibration))], {n for n, _ in model.named_modules()})
+    with torch.no_grad():
+        reference = model(torch.from_numpy(inputs)).numpy()
+    return model, int8, path, calibration, inputs, reference
+
+
+def _search(sensitive, tmp_path, budget=0.99, reachable=True, **bounds):
+    from edgekit.device.litert import LiteRtModel
+    from edgekit.exporting.quantize import Validation
+    from edgekit.exporting.quantize.litert import logits_of, search_litert
+    from edgekit.parity_check import ParityThresholds, compare_logits
+    from edgekit.results import DataSource
+
+    _, int8, path, calibration, inputs, reference = sensitive
+
+    def evaluate(content):
+        return compare_logits(reference, logits_of(content, inputs, tmp_path, 1), None, DataSource.images("val"))
+
+    within = (lambda m: m.top1_agreement >= budget) if reachable else (lambda m: False)
+    ranking = calibration[:16]
+    validation = Validation(evaluate, within)
+    thresholds = ParityThresholds(min_agreement=budget)
+    reference_logits = LiteRtModel(str(path), 1).run(ranking)
+    return search_litert(int8, validation, ranking, reference_logits, thresholds, "x86-test", tmp_path, start_float=[], **bounds)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.slow
+def test_the_search_keeps_the_sensitive_conv_in_float_and_the_file_holds_the_budget(sensitive, tmp_path):
+    from edgekit.exporting.quantize.litert import logits_of
+
+    _, int8, _, _, inputs, reference = sensitive
+    assert int8.conv_layers == ["conv1", "conv2", "conv3", "head"]
+    result = _search(sensitive, tmp_path)
+    first = result.steps[0]
+    assert first.action == "quantize" and not first.within_budget and first.top1_agreement < 0.9  # the wide channel ruins it
+    assert result.within_budget and result.stopped == "within budget"
+    assert result.kept_float[0] == "conv3"  # ranked first: the conv reading the wide tensor
+    # conv3 reads float only if conv2 writes float: conv2 goes to float with it
+    assert int8.float_layers(["conv3"]) == ["conv2", "conv3"]
+    assert result.session_config == {} and result.calibration["images"] == int8.images == 30
+    logits = logits_of(int8.quantize(result.kept_float), inputs, tmp_path, 1)
+    assert float((logits.argmax(1) == reference.argmax(1)).mean()) >= 0.99  # the file itself, run by LiteRT
+
+
+@pytest.mark.slow
+def test_the_search_stops_at_its_step_bound_with_a_clear_message(sensitive, tmp_path):
+    result = _search(sensitive, tmp_path, budget=1.0, reachable=False, max_steps=1)
+    assert not result.within_budget and "raise --max-fallback-steps" in result.stopped and "\n" not in result.stopped
+    kept = result.steps[result.kept_step]
+    assert kept.top1_agreement == max(s.top1_agreement for s in result.steps) and result.kept_float == kept.kept_float
+
+
+@pytest.mark.slow
+def test_a_layer_kept_in_float_keeps_float_weights_and_its_original_bias(sensitive, tmp_path):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    _, int8, _, _, _, _ = sensitive
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(int8.quantize(["conv3"])))
+    graph = model.subgraphs[0]
+    types = {}
+    for op in graph.operators:
+        if len(op.inputs) > 1 and op.inputs[1] != -1 and len(graph.tensors[op.inputs[1]].shape) == 4:  # a conv's weight
+            types[graph.tensors[op.outputs[0]].name.decode()] = graph.tensors[op.inputs[1]].type
+    conv3 = [t for name, t in types.items() if "Conv2d_conv3" in name]
+    conv1 = [t for name, t in types.items() if "Conv2d_conv1" in name]
+    assert conv3 == [0] and conv1 == [9]  # FLOAT32 weights in float, INT8 elsewhere (TensorType)
+
+
+# ---- auto ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(900)  # two formats' exports with their int8 searches, then the timing
+@pytest.mark.slow
+def test_auto_takes_litert_candidates(run_copy):
+    from edgekit.auto import export_auto
+
+    result = export_auto(run_copy, formats="onnx,litert", batch_size=1, auto_seconds=3, calib_size=30, max_fallback_steps=2)
+    card = result.card
+    litert = [c for c in card.candidates if c.runtime == "litert"]
+    assert {c.file for c in litert} >= {"model.tflite"} and {c.format for c in litert} == {"litert"}
+    assert any(c.setting.startswith("1 thread") for c in litert) and all(c.extra == "litert" for c in litert)
+    assert any(c.runtime == "ort-cpu" for c in card.candidates)
+    assert card.path_in(run_copy.exports_dir).is_file()

@@ -116,7 +116,7 @@ class LiteRtInt8:
             for index in op.inputs:
                 readers.setdefault(index, []).append(op)
         for op in self.ops:
-            if op.is_layer and op.module not in floats and op.outputs:
+            if op.is_layer and op.module and op.module not in floats and op.outputs:
                 consumers = readers.get(op.outputs[0], [])
                 if consumers and all(c.module in kept_float for c in consumers):
                     floats.add(op.module)

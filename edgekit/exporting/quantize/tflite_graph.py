@@ -73,8 +73,7 @@ def layer_name(tensor_name: str, known: Collection[str] = ()) -> str | None:
 def _other_module(tensor_name: str, known: Collection[str]) -> str | None:
     """A non-layer op's module: the shortest module path among its fused locations (a residual ADD carries its
     block, its activation and its BatchNorm: the block names it)."""
-    names = [module_name(location, known) for location in tensor_name.split(";;")]
-    names = [name for name in names if name]
+    names = [name for name in (module_name(location, known) for location in tensor_name.split(";;")) if name]
     return min(names, key=lambda name: name.count(".")) if names else None
 
 
