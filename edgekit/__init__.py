@@ -13,6 +13,8 @@ The library is the product; the `edgekit` command line only parses, calls these 
 Every result is a pydantic model with to_json() / from_json() and a schema_version.
 """
 
+from . import device as _device  # noqa: F401  (first: it opts out of ONNX Runtime's telemetry before anything imports it)
+
 # No module shares its name with one of these functions (edgekit.export() lives in edgekit.exporting), so
 # `import edgekit.exporting as m` and `monkeypatch.setattr("edgekit.exporting.x", ...)` mean what they say.
 from .auto import AutoResult, export_auto  # noqa: E402

@@ -23,6 +23,11 @@ class ExportError(EdgekitError):
     """An export or quantization step that cannot be carried out."""
 
 
+class TargetError(EdgekitError):
+    """A target (a device reached over ssh, or this machine) that cannot be reached, set up or used; the message
+    names the target and the fix, and never carries a secret."""
+
+
 def first_line(exc: BaseException, limit: int = 200) -> str:
     """The first non-empty line of an exception's message, at most ``limit`` characters (its type name when the
     message is empty): third-party errors quoted inside edgekit's one-line messages."""

@@ -31,6 +31,7 @@ from .errors import DataError, EdgekitError
 from .metadata import InputKind
 from .preprocessing import Preprocessing, normalize_pixels
 from .results import RANDOM, DataSource, Result
+from .targets.info import MeasuredOn
 from .variants import Variant
 
 RANDOM_IMAGES = 32  # how many random inputs stand in when there is no image at all
@@ -104,7 +105,7 @@ class ParityMetrics(BaseModel):
 
 
 class ParityResult(Result):
-    """One artifact compared with the float32 PyTorch model."""
+    """One artifact compared with the float32 PyTorch model (on this machine, or on ``target``)."""
 
     SCHEMA_VERSION = 2  # 2: data_source is a DataSource (schema 1's "images:<dir>" strings still load)
 
@@ -118,6 +119,7 @@ class ParityResult(Result):
     failures: list[str]  # one line per threshold crossed: "<metric> <value> <op> <limit>"
     not_checked: list[str] = []  # thresholds set but not checkable here (accuracy without labels)
     seconds: float = 0.0
+    target: MeasuredOn | None = None  # where the artifact ran, when not on this machine
 
 
 def variant_kind(variant: str) -> str:
@@ -403,12 +405,16 @@ def parity(
     thresholds: ParityThresholds | None = None,
     variant: str | None = _PARITY_DEFAULTS.variant,
     max_images: int = _PARITY_DEFAULTS.max_images,
+    target=None,
+    target_options=None,
 ) -> ParityResult:
     """Compare ``artifact`` (.onnx / .pt2) with ``run``'s float32 PyTorch model on real images.
 
     ``run`` is a Run or a run directory. ``data`` is a folder of images or of class folders (default:
     the run's validation images). ``thresholds`` override the model's defaults for the variant, field by
     field (only the fields set explicitly). ``variant`` defaults to what the artifact says it is.
+    ``target``: where the artifact runs (``edgekit.targets``: "local", "ssh://pi@raspberrypi.local", a Target);
+    the references are computed here either way, the artifact's logits there (``target_options``: how to reach it).
     """
     from .models import get_spec
     from .runs import Run
@@ -422,4 +428,45 @@ def parity(
     variant = variant or artifact_variant(artifact)
     data_set = ParityData(run.card.preprocessing, run_parity_images(run.card, data, max_images))
     limits = merge_thresholds(thresholds_for(get_spec(run.card.model), variant, has_labels=data_set.labels is not None), thresholds)
-    return ParityChecker(run.build_model(), data_set).check(artifact, variant, limits)
+    checker = ParityChecker(run.build_model(), data_set)
+    from .targets import is_local
+
+    if is_local(target):
+        return checker.check(artifact, variant, limits)
+    return _check_on_target(checker, artifact, variant, limits, target, target_options)
+
+
+def _check_on_target(checker: ParityChecker, artifact: Path, variant: str, limits: ParityThresholds, target, options) -> ParityResult:
+    """``ParityChecker.check`` with the artifact's logits computed on ``target`` by edgekit's device runner."""
+    from . import runtimes
+    from .targets import parse_target
+    from .targets.info import info_from_facts
+    from .targets.jobs import logits_on_target
+
+    started = time.perf_counter()
+    runtime = runtimes.auto_runtime(artifact)
+    host = runtimes.load(artifact, runtime)  # the file's checks and what it says of itself, before it travels
+    kind = host.input_kind
+    opened = parse_target(target, options)
+    try:
+        info = info_from_facts(opened, opened.facts())
+        candidate, used = logits_on_target(opened, info, host, runtime, checker.data.inputs(kind))
+    finally:
+        if opened is not target:
+            opened.close()
+    metrics = compare_logits(checker.reference_logits(kind), candidate, checker.data.labels, checker.data.source)
+    failures, not_checked = judge(metrics, limits)
+    library = str(used.get("library", "")).split()
+    ran = {library[0]: library[1]} if len(library) == 2 else {}
+    return ParityResult(
+        artifact=str(artifact),
+        variant=variant,
+        input_kind=kind,
+        metrics=metrics,
+        thresholds=limits,
+        passed=not failures,
+        failures=failures,
+        not_checked=not_checked,
+        seconds=round(time.perf_counter() - started, 3),
+        target=info.measured_on(ran or None),
+    )

@@ -102,7 +102,7 @@ def test_a_toy_format_exports_parities_and_benches_with_no_other_edit(toy_format
     again = parity(run_copy, path)
     assert again.variant == "toy-fp32" and again.passed
 
-    measured = bench(run_copy, runtimes="auto", batch_sizes=(1,), iterations=3, warmup=1, save=False, data=run_copy.card.val_dir)
+    measured = bench(run_copy.path, runtimes="auto", batch_sizes=(1,), iterations=3, warmup=1, save=False, data=run_copy.card.val_dir)
     (row,) = [m for m in measured.measurements if m.runtime == "toy"]
     assert row.variant == "toy-fp32" and row.artifact == str(path) and row.top1 is not None
 

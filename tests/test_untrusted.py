@@ -230,6 +230,31 @@ def test_source_loads_torch_files_only_with_weights_only_true():
     assert not offenders, offenders
 
 
+def test_onnx_runtime_keeps_no_telemetry_files(tmp_path, trained_run):
+    """ONNX Runtime 1.32+ writes a device id and an event database under $XDG_CACHE_HOME/Microsoft (and $TMPDIR/.ses)
+    at import unless told not to: importing edgekit first opts out, so a session leaves nothing behind."""
+    import subprocess
+    import sys
+
+    from edgekit.exporting.onnx import export_onnx
+
+    model = tmp_path / "model.onnx"
+    export_onnx(trained_run.build_model(), model, torch.randn(2, 3, 48, 48))
+    cache, scratch = tmp_path / "xdg", tmp_path / "tmp"
+    cache.mkdir(), scratch.mkdir()
+    code = "import edgekit, numpy as np; from edgekit import runtimes; runtimes.load(__import__('sys').argv[1]).run(np.zeros((1, 3, 48, 48), np.float32))"
+    env = {k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(model)],
+        env={**env, "XDG_CACHE_HOME": str(cache), "TMPDIR": str(scratch)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert list(cache.iterdir()) == [] and list(scratch.iterdir()) == []
+
+
 def test_no_network_client_in_the_package():
     """Telemetry or downloads would need one of these; only torchvision's own weight download is allowed."""
     banned = ("requests", "httpx", "aiohttp", "urllib.request", "http.client", "socket", "urllib3", "ftplib", "smtplib")

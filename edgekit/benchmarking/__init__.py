@@ -23,9 +23,11 @@ from ..device.memory import PeakMemory, current_rss_mb
 from ..errors import EdgekitError
 from ..formats import known_suffixes
 from ..progress import Bar
+from ..targets import is_local
 from .accuracy import accuracy, data_folder, end_to_end_images, label_indices
 from .artifacts import Candidate, collect_candidates, common_run, pair_with_runtimes, variant_of
 from .machine import machine_info, save_to_run, stamp
+from .on_target import Measured, measure_for_bench
 from .options import BENCH_DEFAULTS
 from .passes import time_pass
 from .results import BenchResult, BenchSettings, ContentionSummary, MachineInfo, Measurement
@@ -51,6 +53,8 @@ def bench(
     save: bool = BENCH_DEFAULTS.save,
     contention_probe: contention.Probe | None = None,
     contention_threshold: float = contention.CONTENDED_SHARE,
+    target=BENCH_DEFAULTS.target,
+    target_options=None,
 ) -> BenchResult:
     """Benchmark every artifact of ``artifacts`` on every runtime in ``runtimes`` that can load it.
 
@@ -66,6 +70,10 @@ def bench(
     ``contention_probe``: measures other processes' CPU use per timed chunk (default: the kernel's counters, see
     edgekit.device.contention); a chunk where they used ``contention_threshold`` of the machine or more is measured
     again (bounded), else its rows are flagged ``contended``.
+    ``target``: where the rows are measured: "local" (this machine), "ssh://pi@raspberrypi.local", or a Target
+    (``edgekit.targets``; ``target_options`` say how to reach it). There the device times them by this protocol and
+    returns the bundled images' logits; accuracy and parity against the run's PyTorch model are computed here
+    (``on_target``), and ``result.target`` names it.
     """
     _check_counts(batch_sizes, warmup, iterations, threads, contention_threshold)
     given = [artifacts] if isinstance(artifacts, (str, os.PathLike)) else list(artifacts)
@@ -74,13 +82,53 @@ def bench(
     candidates = collect_candidates(given)
     user_options = dict(options or {})
     runtime_names = [n.strip() for n in runtimes.split(",")] if isinstance(runtimes, str) else list(runtimes)
+    folder = data_folder(data, max_images) if data is not None else None
+    counts = (batch_sizes, warmup, iterations, threads)
+    if is_local(target):
+        measured = _measure_here(
+            candidates, runtime_names, user_options, counts, folder, end_to_end, contention_probe, contention_threshold, progress
+        )
+    elif end_to_end:
+        raise EdgekitError("--end-to-end is not measured on a target (the images would travel undecoded); leave it out with --target")
+    else:
+        measured = measure_for_bench(
+            target, target_options, candidates, runtime_names, counts, folder, user_options, contention_threshold, progress
+        )
+    measurements, options = measured.measurements, measured.options
+    measurements.sort(key=row_order)
+    warnings = add_ratios(measurements) + measured.warnings
+    load = _contention_summary(measured.monitor, measurements, contention_threshold)
+    result = BenchResult(
+        artifacts=[str(a) for a in given],
+        machine=measured.machine,
+        target=measured.target,
+        settings=_settings(
+            runtime_names, batch_sizes, threads, warmup, iterations, end_to_end, data, max_images, options, contention_threshold
+        ),
+        measurements=measurements,
+        contention=load,
+        skipped=measured.skipped,
+        summary=summarize(measurements) + measured.summary + [contention_line(load, len(measurements))],
+        warnings=warnings,
+    )
+    run = common_run(given)
+    card = read_card(run / "exports") if run is not None else None
+    if card is not None:
+        result.summary.insert(len(result.summary) - 1, deploy_line(card))
+    if save and run is not None:
+        result._saved = list(save_to_run(result, run))
+    return result
+
+
+def _measure_here(candidates, runtime_names, user_options, counts, folder, end_to_end, probe, threshold, progress) -> Measured:
+    """Every row on this machine: loaded, timed interleaved at each batch size, then its accuracy on ``folder``."""
+    batch_sizes, warmup, iterations, threads = counts
     pairs, skipped = pair_with_runtimes(candidates, runtime_names, user_options)
     if not pairs:
         raise EdgekitError(f"nothing could be benched ({_reasons(skipped) or 'no runtime can load these files'})")
     options = _interleaving_defaults(user_options, pairs)
-    folder = data_folder(data, max_images) if data is not None else None
     e2e_images = end_to_end_images(folder, candidates) if end_to_end else None
-    monitor = contention.Monitor(probe=contention_probe or contention.probe, threshold=contention_threshold)
+    monitor = contention.Monitor(probe=probe or contention.probe, threshold=threshold)
     with Bar(progress) as bar:
         base_rss = current_rss_mb()
         entries = load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar)
@@ -92,28 +140,7 @@ def bench(
             time_pass(entries, batch_size, iterations, e2e_images, bar, monitor)
         _accuracy_pass(entries, folder, bar)
     measurements = [m for entry in entries for m in measurements_of(entry, batch_sizes, base_rss, end_to_end and e2e_images is not None)]
-    measurements.sort(key=row_order)
-    warnings = add_ratios(measurements)
-    load = _contention_summary(monitor, measurements, contention_threshold)
-    result = BenchResult(
-        artifacts=[str(a) for a in given],
-        machine=machine_info(),
-        settings=_settings(
-            runtime_names, batch_sizes, threads, warmup, iterations, end_to_end, data, max_images, options, contention_threshold
-        ),
-        measurements=measurements,
-        contention=load,
-        skipped=skipped,
-        summary=summarize(measurements) + [contention_line(load, len(measurements))],
-        warnings=warnings,
-    )
-    run = common_run(given)
-    card = read_card(run / "exports") if run is not None else None
-    if card is not None:
-        result.summary.insert(len(result.summary) - 1, deploy_line(card))
-    if save and run is not None:
-        result._saved = list(save_to_run(result, run))
-    return result
+    return Measured(measurements, monitor, machine_info(), options, skipped=skipped)
 
 
 def _reasons(skipped: dict[str, str]) -> str:

@@ -40,6 +40,11 @@ class BenchOptions(BaseModel):
     )
     device: str | None = Field(None, description="Device for the torch runtimes: cpu or cuda[:N] [default: cpu].")
     save: bool = Field(True, description="For a run directory, also write bench/<stamp>.json and .md into it.")
+    target: str | None = Field(
+        None,
+        description="Where to measure: local, ssh://[user@]host[:port][/cache/dir] or an ssh_config Host alias (give it a "
+        "venv first with `edgekit target setup`) [default: local].",
+    )
 
 
 BENCH_DEFAULTS = BenchOptions()

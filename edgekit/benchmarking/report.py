@@ -85,9 +85,17 @@ def _rows(result) -> list[list[str]]:
                 f"+{m.rss_delta_mb:.0f}",
                 _others(m),
                 "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
+                _parity(m),
             ]
         )
     return rows
+
+
+def _parity(m) -> str:
+    """Top-1 agreement and max |logit difference| against the run's float32 PyTorch model, where bench measured them."""
+    if m.parity is None:
+        return "-"
+    return f"{m.parity.top1_agreement:.0%}/{m.parity.max_abs_diff:.2g}"
 
 
 _HEADERS = [
@@ -111,6 +119,7 @@ _HEADERS = [
     "model RSS MB",
     "others' CPU",
     "GPU MB",
+    "vs torch fp32: top-1 agreement/max abs diff",
 ]
 
 
@@ -131,6 +140,7 @@ _TERMINAL_HEADERS = [
     "RSS MB load/1st/all",
     "others' CPU",
     "GPU MB",
+    "vs torch: agree/max|Δ|",
 ]
 
 
@@ -161,8 +171,10 @@ def table(result):
         True,
         True,
         any(m.gpu_memory_mb is not None for m in measurements),
+        any(m.parity is not None for m in measurements),
     ]
-    out = Table(*[h for h, k in zip(_TERMINAL_HEADERS, keep) if k], title="edgekit bench", caption=_caption(result))
+    title = "edgekit bench" if result.target is None else f"edgekit bench on {result.target.target}"
+    out = Table(*[h for h, k in zip(_TERMINAL_HEADERS, keep) if k], title=title, caption=_caption(result))
     for m in measurements:
         cells = [
             m.model,
@@ -181,6 +193,7 @@ def table(result):
             _rss(m),
             f"{CONTENDED_MARK} {m.contention_share:.0%}" if m.contended else f"{m.contention_share:.0%}",
             "-" if m.gpu_memory_mb is None else f"{m.gpu_memory_mb:.0f}",
+            _parity(m),
         ]
         style = "red" if m.slower_than_fp32 else "yellow" if m.contended else None
         out.add_row(*[c for c, k in zip(cells, keep) if k], style=style)  # printed literally (edgekit.display)
@@ -190,7 +203,8 @@ def table(result):
 def _caption(result) -> str:
     machine = result.machine
     threads = result.settings.get("threads") or "default"
-    return (
+    where = f"{result.target.heading()}. " if result.target is not None else ""
+    return where + (
         f"{machine.get('cpu')} ({machine.get('usable_cores')} cores usable), threads {threads}, "
         f"{result.settings.get('iterations')} iterations, every row interleaved (ORT spinning off), ratios >1 slower. "
         f"{CONTENDED_MARK}: other processes used the CPU while timing (contended), not evidence"
@@ -200,7 +214,10 @@ def _caption(result) -> str:
 def markdown(result) -> str:
     """A markdown report for a PR comment: machine line, warnings first, the table, the per-model summary."""
     machine = result.machine
-    lines = ["## edgekit bench", ""]
+    lines = ["## edgekit bench" + (f" on {result.target.target}" if result.target is not None else ""), ""]
+    if result.target is not None:
+        ran = ", ".join(f"{module} {version}" for module, version in result.target.runtimes.items())
+        lines += [f"**{result.target.heading()}.** {result.target.os or ''}, Python {result.target.python}; {ran}.", ""]
     gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
     versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items())
     lines.append(
@@ -223,12 +240,13 @@ def markdown(result) -> str:
         lines.append(">")
     if result.warnings:
         lines[-1] = ""
-    show_gpu = any(m.gpu_memory_mb is not None for m in result.measurements)
-    headers = _HEADERS if show_gpu else _HEADERS[:-1]
+    show = [True] * (len(_HEADERS) - 2) + [any(m.gpu_memory_mb is not None for m in result.measurements)]
+    show.append(any(m.parity is not None for m in result.measurements))
+    headers = [h for h, k in zip(_HEADERS, show) if k]
     lines.append("| " + " | ".join(headers) + " |")
     lines.append("|" + "---|" * len(headers))
     for row in _rows(result):
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row[: len(headers)]) + " |")
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell, k in zip(row, show) if k) + " |")
     lines.append("")
     if result.summary:
         lines += [f"- {line}" for line in result.summary]

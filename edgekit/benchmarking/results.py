@@ -7,7 +7,9 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from ..parity_check import ParityMetrics
 from ..results import Result
+from ..targets.info import MeasuredOn
 
 
 class _ReadsLikeADict(BaseModel):
@@ -121,6 +123,9 @@ class Measurement(BaseModel):
     fair_settings: dict = Field(default_factory=dict)  # the settings of the interleaved timing (p50_ms...)
     runtime_info: dict = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    # Against the run's float32 PyTorch model on the --data images, where bench computed it (bench --target does, from
+    # the logits the target returned for the bundled images).
+    parity: ParityMetrics | None = None
 
     @property
     def label(self) -> str:
@@ -152,6 +157,7 @@ class BenchResult(Result):
     settings: BenchSettings
     measurements: list[Measurement]
     contention: ContentionSummary | None = None
+    target: MeasuredOn | None = None  # where the rows were measured when not on this machine (``machine`` is then its)
     skipped: dict[str, str] = Field(default_factory=dict)  # runtime (or "runtime: artifact") -> reason
     summary: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)

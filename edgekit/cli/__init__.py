@@ -37,6 +37,7 @@ def cli():
       edgekit export runs/flowers --format all --quantize none,fp16,int8
       edgekit bench runs/flowers --runtime torch,ort-cpu
       edgekit gate --config configs/gate.yaml
+      edgekit target info ssh://pi@raspberrypi.local
     """
 
 
@@ -49,7 +50,8 @@ from . import demo as _demo
 from . import export as _export
 from . import finetune as _finetune
 from . import gate as _gate
+from . import target as _target
 
-for _module in (_finetune, _export, _bench, _gate, _demo):
+for _module in (_finetune, _export, _bench, _gate, _target, _demo):
     for _command in _module.COMMANDS:
         cli.add_command(_command)

@@ -11,6 +11,7 @@ from ..errors import EdgekitError
 from ..formats import known_suffixes
 from .options import options_from_model
 from .output import console, styled
+from .target import connection_options, target_options
 
 
 def _csv(value: str) -> list[str]:
@@ -64,7 +65,8 @@ def _print_runtimes() -> None:
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full result as JSON here.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a markdown report (for a PR comment) here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Write a latency vs accuracy PNG (needs --data) here.")
-def bench_command(artifacts, config_path, provider_pairs, json_path, md_path, plot_path, **flags):
+@connection_options
+def bench_command(artifacts, config_path, provider_pairs, json_path, md_path, plot_path, ssh_config, accept_new_host_key, **flags):
     """Latency, throughput, memory, size and accuracy of every variant of ARTIFACTS on each runtime.
 
     ARTIFACTS are run directories (model.pt and exports/*) and/or model files (.onnx, .pt2, .xml, .pte, ...).
@@ -74,6 +76,7 @@ def bench_command(artifacts, config_path, provider_pairs, json_path, md_path, pl
     edgekit bench runs/flowers/exports/*.onnx --runtime ort-cpu --threads 2 --data photos/val
     edgekit bench runs/flowers --runtime torch,ort-cpu --batch-sizes 1,8,32 --json bench.json --md bench.md --plot pareto.png
     edgekit bench model.onnx --runtime ort-cuda
+    edgekit bench runs/flowers --target ssh://pi@raspberrypi.local --data photos/val   # measured on the Pi
     """
     from .. import config, files
     from ..benchmarking import bench, report
@@ -114,6 +117,8 @@ def bench_command(artifacts, config_path, provider_pairs, json_path, md_path, pl
         options=runtime_options,
         max_images=options.max_images,
         save=options.save,
+        target=options.target,
+        target_options=target_options(ssh_config, accept_new_host_key),
     )
     show_bench(result)
     written = []

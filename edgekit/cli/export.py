@@ -14,6 +14,7 @@ from ..parity_check import NEAR_TIE, ParityOptions
 from ..variants import Variant
 from .options import options_from_model
 from .output import console, errors, styled
+from .target import TARGET_HELP, connection_options, target_options
 
 
 def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
@@ -196,12 +197,18 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
 @options_from_model(ParityOptions)
 @click.option("--out", type=click.Path(path_type=Path), help="Also write the ParityResult JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the ParityResult as JSON instead of a table.")
+@click.option("--target", "target", default=None, help=f"Where ARTIFACT runs: {TARGET_HELP} [default: local]")
+@connection_options
 @click.pass_context
-def parity_command(ctx, run_dir, artifact, config_path, out, as_json, **flags):
+def parity_command(ctx, run_dir, artifact, config_path, out, as_json, target, ssh_config, accept_new_host_key, **flags):
     """Compare an exported ARTIFACT (.onnx or .pt2) with RUN_DIR's float32 PyTorch model on real images.
+
+    With --target the artifact runs on that device (edgekit's torch-free runner; `edgekit target setup` first)
+    and the PyTorch references are computed here.
 
     \b
     edgekit parity runs/flowers runs/flowers/exports/model.int8.onnx --data photos/val
+    edgekit parity runs/flowers runs/flowers/exports/model.int8.onnx --target ssh://pi@raspberrypi.local
 
     Exit 1 if a threshold is crossed, naming the metric and its value.
     """
@@ -210,7 +217,16 @@ def parity_command(ctx, run_dir, artifact, config_path, out, as_json, **flags):
 
     options = config.load(ParityOptions, config_path, flags)  # unknown keys: a ConfigError naming the key, exit 2
     thresholds = _overrides(options.max_rel_diff, options.min_agreement, options.max_accuracy_drop)
-    result = parity(run_dir, artifact, data=options.data, thresholds=thresholds, variant=options.variant, max_images=options.max_images)
+    result = parity(
+        run_dir,
+        artifact,
+        data=options.data,
+        thresholds=thresholds,
+        variant=options.variant,
+        max_images=options.max_images,
+        target=target,
+        target_options=target_options(ssh_config, accept_new_host_key),
+    )
     if out is not None:
         result.to_json(out)
     if as_json:
@@ -241,6 +257,8 @@ def parity_command(ctx, run_dir, artifact, config_path, out, as_json, **flags):
         for row in rows:
             table.add_row(*row)
         console.print(table)
+        if result.target is not None:
+            console.print(result.target.heading(), style="bold yellow" if result.target.emulated else "bold")
         console.print("parity passed" if result.passed else "parity FAILED", style="green" if result.passed else "red")
     for failure in result.failures:
         errors.print(styled(("failed", "red"), f": {failure}"))

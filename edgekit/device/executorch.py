@@ -13,10 +13,16 @@ runtime's own dependency, not edgekit's).
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
 
+from .quiet import native_stderr_quiet
+
+# torchao, which executorch imports, registers its enums as pytree constants and torch logs a deprecation for each:
+# a note for torchao's authors, not for the person running a model
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 _POOL_LOCK = threading.Lock()
 _STATE: dict = {"pool_threads": None, "programs_loaded": False}  # the size this process set (once), and whether it ran any
 
@@ -48,10 +54,11 @@ def load_method(path: str, threads: int | None = None):
     """(the program's "forward" method, the threads in use); the method is None when the program has none."""
     from executorch.runtime import Runtime, Verification
 
-    used = set_pool_threads(threads)
-    _STATE["programs_loaded"] = True
-    program = Runtime.get().load_program(str(path), verification=Verification.InternalConsistency)
-    return program.load_method("forward"), used
+    with native_stderr_quiet():  # its cpuinfo probe prints ARM-only sysfs misses to fd 2 on x86
+        used = set_pool_threads(threads)
+        _STATE["programs_loaded"] = True
+        program = Runtime.get().load_program(str(path), verification=Verification.InternalConsistency)
+        return program.load_method("forward"), used
 
 
 def execute(method, batch: np.ndarray, max_batch: int | None) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from .stderr import quiet_stderr
+from .quiet import native_stderr_quiet
 
 METADATA_NAME = "edgekit"
 METADATA_VERSION = 1
@@ -78,7 +78,7 @@ class LiteRtModel:
     def __init__(self, path: str, threads: int):
         from ai_edge_litert.interpreter import Interpreter
 
-        with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        with native_stderr_quiet():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             self.interpreter = Interpreter(model_path=str(path), num_threads=int(threads))
             self.interpreter.allocate_tensors()
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()

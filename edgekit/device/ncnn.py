@@ -15,18 +15,24 @@ stdlib + numpy + ncnn only: this runs on a target.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
-from .stderr import quiet_stderr
+from .quiet import native_stderr_quiet
 
 MAGIC = "7767517"  # the first line of every ncnn .param
 FP16_FLAGS = ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic")
 BF16_FLAGS = ("use_bf16_storage", "use_bf16_packed")
 
 
+def weights_beside(param: str) -> str:
+    """The .bin pnnx writes beside a .param (model.fp16.ncnn.param -> model.fp16.ncnn.bin)."""
+    return param[: -len("param")] + "bin" if param.endswith("param") else param + ".bin"
+
+
 def import_ncnn():
-    with quiet_stderr():
+    with native_stderr_quiet():
         import ncnn
     return ncnn
 
@@ -73,7 +79,8 @@ def blob_io(layers) -> tuple[list[str], list[str]]:
 class NcnnModel:
     """``run(batch) -> logits`` on an ncnn Net, image by image."""
 
-    def __init__(self, param: str, weights: str, threads: int, fp16: bool = False):
+    def __init__(self, param: str, weights: Optional[str] = None, threads: int = 1, fp16: bool = False):
+        weights = weights if weights is not None else weights_beside(param)
         ncnn = import_ncnn()
         layers = param_layers(Path(param).read_text(encoding="utf-8", errors="replace"))
         inputs, outputs = blob_io(layers)
@@ -87,7 +94,7 @@ class NcnnModel:
         for flag in FP16_FLAGS + BF16_FLAGS:
             if hasattr(options, flag):
                 setattr(options, flag, bool(fp16) and flag in FP16_FLAGS)
-        with quiet_stderr():
+        with native_stderr_quiet():
             loaded = self.net.load_param(str(param)), self.net.load_model(str(weights))
         if loaded[0] != 0:
             raise ValueError("ncnn could not parse it (load_param failed)")

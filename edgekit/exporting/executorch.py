@@ -62,7 +62,7 @@ _DATA_MOVEMENT = ("view_copy", "_to_dim_order_copy", "squeeze_copy", "unsqueeze_
 
 def require_executorch():
     """Import ExecuTorch's export side, or a one-line error naming the extra."""
-    try:
+    try:  # (torch's pytree notes about torchao's enums are quieted by edgekit.device.executorch, imported above)
         import executorch.exir  # noqa: F401
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner  # noqa: F401
     except ImportError as exc:

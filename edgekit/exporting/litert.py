@@ -28,7 +28,7 @@ import numpy as np
 
 from ..data import load_batch
 from ..device.litert import DIGEST_PLACEHOLDER, METADATA_NAME, METADATA_VERSION, LiteRtModel, digest_field
-from ..device.stderr import quiet_stderr
+from ..device.quiet import native_stderr_quiet
 from ..errors import ExportError, first_line
 from ..files import write_bytes
 from ..formats import Precision, get_format
@@ -54,7 +54,7 @@ FP32_FILE = "litert-fp32.tflite"  # the job's one conversion, in its work folder
 def require() -> None:
     """litert-torch (the converter), ai-edge-litert (the runtime) and ai-edge-quantizer, or a one-line error."""
     try:
-        with quiet(), quiet_stderr():  # jax/absl start-up lines ("All log messages before absl::InitializeLog()...")
+        with quiet(), native_stderr_quiet():  # jax/absl start-up lines ("All log messages before absl::InitializeLog()...")
             import ai_edge_litert.interpreter  # noqa: F401
             import ai_edge_quantizer  # noqa: F401
             import litert_torch  # noqa: F401
@@ -107,7 +107,7 @@ def convert(model, example, path: Path) -> Path:
     litert_torch.config.show_progress = False  # its progress tree
     try:
         # the converter's C++ logs ("Estimated count of arithmetic ops") go to fd 2
-        with torch.no_grad(), quiet(), quiet_stderr():
+        with torch.no_grad(), quiet(), native_stderr_quiet():
             litert_torch.convert(model.eval(), (example.contiguous(),)).export(str(path))
     except Exception as exc:  # torch.export, the jax lowering and the converter raise many types
         raise ExportError(f"litert-torch could not convert {type(model).__name__}: {first_line(exc, 300)}") from exc

@@ -70,7 +70,7 @@ class Ncnn:
         fp16 = bool(options.get("fp16", facts.get("weights") == "fp16"))
         used = threads if threads is not None else max(1, this_machine().physical_cores)
         try:
-            model = NcnnModel(str(artifact), str(ncnn_weights(artifact)), used, fp16=fp16)
+            model = NcnnModel(str(artifact), str(ncnn_weights(artifact)), threads=used, fp16=fp16)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"{artifact} cannot be loaded by ncnn ({first_line(exc, 200)}); re-export it") from exc
         crop = metadata.preprocessing.crop if metadata.preprocessing is not None else None

@@ -27,7 +27,7 @@ from typing import Callable, Collection
 
 import numpy as np
 
-from ...device.stderr import quiet_stderr
+from ...device.quiet import native_stderr_quiet
 from ...errors import ExportError, first_line
 from ...parity_check import ParityThresholds
 from ...progress import quiet
@@ -42,7 +42,7 @@ CALIBRATION = "min/max (AEQ moving average over the calibration images)"
 @contextlib.contextmanager
 def _silenced():
     """AEQ prints tqdm bars to stderr and warns about its calibrator's settings; its interpreters announce XNNPACK."""
-    with quiet(), contextlib.redirect_stderr(io.StringIO()), quiet_stderr():
+    with quiet(), contextlib.redirect_stderr(io.StringIO()), native_stderr_quiet():
         yield
 
 
@@ -158,7 +158,7 @@ def _values(model, index: int) -> np.ndarray:
 def _input_name(float_bytes: bytes) -> str:
     from ai_edge_litert.interpreter import Interpreter
 
-    with quiet_stderr():
+    with native_stderr_quiet():
         signatures = Interpreter(model_content=float_bytes).get_signature_list()
     if SIGNATURE not in signatures or len(signatures[SIGNATURE]["inputs"]) != 1:
         raise ExportError(f"the converted model has no single-input {SIGNATURE!r} signature ({sorted(signatures)})")

@@ -95,10 +95,10 @@ def input_means(float_model_bytes: bytes, ops: list[Op], images: list[np.ndarray
     (each a batch-1 float input), on the float model with every tensor kept."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from ...device.stderr import quiet_stderr
+    from ...device.quiet import native_stderr_quiet
     from ...progress import quiet
 
-    with quiet(), quiet_stderr():  # it warns that keeping every tensor is for debugging: here it is the point
+    with quiet(), native_stderr_quiet():  # it warns that keeping every tensor is for debugging: here it is the point
         interpreter = Interpreter(model_content=float_model_bytes, num_threads=threads, experimental_preserve_all_tensors=True)
         interpreter.allocate_tensors()
     input_index = interpreter.get_input_details()[0]["index"]
