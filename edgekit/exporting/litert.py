@@ -130,8 +130,10 @@ def fp16_weights(float_path: Path) -> bytes:
         ),
         algorithm_key=AlgorithmName.FLOAT_CASTING,
     )
+    from .quantize.litert import silenced
+
     try:
-        with quiet():
+        with silenced():
             result = quantizer.Quantizer(str(float_path), manager.get_quantization_recipe()).quantize()
     except Exception as exc:
         raise ExportError(f"ai-edge-quantizer could not cast {float_path.name} to float16: {first_line(exc, 300)}") from exc

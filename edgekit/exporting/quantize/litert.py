@@ -40,7 +40,7 @@ CALIBRATION = "min/max (AEQ moving average over the calibration images)"
 
 
 @contextlib.contextmanager
-def _silenced():
+def silenced():
     """AEQ prints tqdm bars to stderr and warns about its calibrator's settings; its interpreters announce XNNPACK."""
     with quiet(), contextlib.redirect_stderr(io.StringIO()), native_stderr_quiet():
         yield
@@ -86,7 +86,7 @@ class LiteRtInt8:
         self.images = len(images)
         started = time.perf_counter()
         try:
-            with _silenced():
+            with silenced():
                 calibrator = quantizer.Quantizer(float_bytes, _recipe([]))
                 name = _input_name(float_bytes)
                 self.qsvs = calibrator.calibrate({SIGNATURE: [{name: image} for image in images]}, num_threads=threads)
@@ -139,7 +139,7 @@ class LiteRtInt8:
         floats = set(self.float_layers(kept_float))
         scopes = [op.scope for op in self.ops if op.module in floats and op.scope]
         try:
-            with _silenced():
+            with silenced():
                 result = quantizer.Quantizer(self.float_model(floats), _recipe(scopes)).quantize(self.qsvs)
         except Exception as exc:
             raise ExportError(f"ai-edge-quantizer could not quantize the model: {first_line(exc, 300)}") from exc
