@@ -57,6 +57,7 @@ class Format:
     companions: Callable[[Path], list[Path]] = field(default=_no_companions, compare=False)  # files shipped beside it
     twins: bool = False  # has uint8-input and fixed-batch twins (ONNX)
     description: str = ""
+    missing_precisions: str = ""  # why it holds no other precision, for the one-line error of --quantize asking for one
 
     @property
     def install_hint(self) -> str:
@@ -171,6 +172,17 @@ def _side_json(path: Path) -> list[Path]:
     return [path.with_name(path.name + ".json")]
 
 
+def ncnn_weights(path: str | os.PathLike) -> Path:
+    """The .ncnn.bin that ncnn reads beside a .ncnn.param (model.fp16.ncnn.param -> model.fp16.ncnn.bin)."""
+    path = Path(path)
+    stem = path.name[: -len(".ncnn.param")] if path.name.lower().endswith(".ncnn.param") else path.stem
+    return path.with_name(stem + ".ncnn.bin")
+
+
+def _ncnn_companions(path: Path) -> list[Path]:
+    return [ncnn_weights(path), *_side_json(path)]
+
+
 ONNX = register_format(
     Format(
         "onnx",
@@ -222,5 +234,33 @@ EXECUTORCH = register_format(
         extra="executorch",
         companions=_side_json,
         description="ExecuTorch program, XNNPACK",
+    )
+)
+LITERT = register_format(
+    Format(
+        "litert",
+        ".tflite",
+        (Precision.FP32, Precision.FP16, Precision.INT8),
+        runtime="litert",
+        exporter="edgekit.exporting.litert",
+        metadata='the flatbuffer\'s Model.metadata entry "edgekit"',
+        prefix="litert-",
+        extra="litert",
+        description="LiteRT (TensorFlow Lite) flatbuffer, XNNPACK; batch 1, resized by the runtime",
+    )
+)
+NCNN = register_format(
+    Format(
+        "ncnn",
+        ".ncnn.param",
+        (Precision.FP32, Precision.FP16),
+        runtime="ncnn",
+        exporter="edgekit.exporting.ncnn",
+        metadata="a side file <file>.json",
+        prefix="ncnn-",
+        extra="ncnn",
+        companions=_ncnn_companions,
+        description="ncnn (.ncnn.param + .ncnn.bin), CPU",
+        missing_precisions="ncnn has no int8 route from pip (its ncnn2table/ncnn2int8 tools ship in no wheel)",
     )
 )

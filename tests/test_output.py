@@ -126,14 +126,17 @@ def test_gate_tables_keep_every_cell_and_say_mb(capsys):
 
 
 def test_the_demo_says_which_pip_install_adds_a_missing_extra(monkeypatch, tmp_path, capsys):
-    """Both the library's progress note and the command's summary keep `edgekit[openvino]` whole."""
+    """Both the library's progress note and the command's summary keep `edgekit[openvino]` (and every other extra) whole."""
     from edgekit import demo, runtimes
     from edgekit.formats import all_formats
 
-    for fmt in (f for f in all_formats() if f.extra is not None):
+    edge = [f for f in all_formats() if f.extra is not None]
+    for fmt in edge:
         monkeypatch.setattr(runtimes.get_runtime(fmt.runtime), "available", lambda fmt=fmt: (False, fmt.install_hint))
     _, missing = demo.edge_formats(progress=True)
-    assert "pip install 'edgekit[openvino]'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    for extra in ("openvino", "executorch", "litert", "ncnn"):
+        assert f"pip install 'edgekit[{extra}]'" in err
 
     from edgekit.prediction import PredictResult
 
@@ -152,8 +155,8 @@ def test_the_demo_says_which_pip_install_adds_a_missing_extra(monkeypatch, tmp_p
     shown = _piped("demo", "--out", tmp_path / "out")
     assert shown.exit_code == 0, shown.output
     output = _whole(shown.output)
-    assert "openvino: not exported or benched here (pip install 'edgekit[openvino]')" in output
-    assert "executorch: not exported or benched here (pip install 'edgekit[executorch]')" in output
+    for extra in ("openvino", "executorch", "litert", "ncnn"):
+        assert f"{extra}: not exported or benched here (pip install 'edgekit[{extra}]')" in output
 
 
 def test_a_bench_table_wider_than_any_terminal_is_printed_whole(capsys):

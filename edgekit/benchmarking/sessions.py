@@ -58,7 +58,9 @@ def load_all(pairs, threads, options, batch_sizes, warmup, skipped, bar) -> list
         except Exception as exc:  # a runtime that loads a model but fails to run it: report it, bench the others
             skipped[f"{name}: {candidate.path}"] = f"failed to run ({type(exc).__name__}: {first_line(exc)})"
             continue
-        entry = Entry(candidate, name, session, artifact_size(candidate), rss_delta_mb=memory.delta_mb, notes=notes, cold=cold)
+        entry = Entry(
+            candidate, name, session, artifact_size(candidate), rss_delta_mb=memory.delta_mb, notes=[*session.notes, *notes], cold=cold
+        )
         if session.device != "cpu" and gpu_before is not None:
             # device-wide memory in use after warm-up (runtimes keep their arenas, so it is the serving peak)
             entry.gpu_memory_mb = max(0.0, (gpu_used_mb() or 0.0) - gpu_before)

@@ -54,7 +54,8 @@ def plan(options: ExportOptions) -> list[Variant]:
     for precision in precisions:
         if precision is not Precision.FP32 and not any(precision in f.precisions for f in formats):
             makers = [f.name for f in all_formats() if precision in f.precisions]
-            raise ConfigError(f"--quantize {precision.quantize_choice} applies to {', '.join(makers)} only; add --format {makers[0]}")
+            why = "".join(f" ({f.missing_precisions})" for f in formats if f.missing_precisions)
+            raise ConfigError(f"--quantize {precision.quantize_choice} applies to {', '.join(makers)} only{why}; add --format {makers[0]}")
     _check_twins(options, formats)
     for fmt in formats:
         require(fmt)

@@ -32,7 +32,8 @@ class Session:
     (resized and cropped pixels; the model normalizes). ``input_shape`` is the per-image shape without the batch
     dimension, None where the model leaves a dimension dynamic. ``fixed_batch`` is the batch size when the
     model only accepts one. ``labels`` and ``preprocessing`` come from the ONNX metadata or the run card
-    (None for a bare model). ``info`` records what was used (threads, providers, optimization level...).
+    (None for a bare model). ``info`` records what was used (threads, providers, optimization level...);
+    ``notes`` are what a reader of its timings must know (bench prints them beside the row).
     """
 
     runtime: str = ""
@@ -48,6 +49,7 @@ class Session:
         preprocessing: Preprocessing | None = None,
         info: dict[str, Any] | None = None,
         parameters: int | None = None,
+        notes: list[str] | None = None,
     ):
         if input_kind not in {k.value for k in InputKind}:
             raise ModelError(f"{artifact}: unknown input kind {input_kind!r}; expected one of {', '.join(k.value for k in InputKind)}")
@@ -59,6 +61,7 @@ class Session:
         self.preprocessing = preprocessing
         self.info: dict[str, Any] = dict(info or {})
         self.parameters = parameters  # weight count where the artifact tells it, else None
+        self.notes: list[str] = list(notes or [])
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Logits (float32, shape (N, classes)) for one batch of ``input_kind`` data."""
@@ -227,7 +230,7 @@ def _ensure_loaded() -> None:
     if _BUILT_IN_LOADED:
         return
     _BUILT_IN_LOADED.append(True)
-    from . import executorch, openvino, ort, torch_eager, torch_export
+    from . import executorch, litert, ncnn, openvino, ort, torch_eager, torch_export
 
     for runtime in (
         torch_eager.TorchEager(),
@@ -236,6 +239,8 @@ def _ensure_loaded() -> None:
         ort.OrtRuntime("ort-cuda"),
         openvino.OpenVino(),
         executorch.ExecuTorch(),
+        litert.LiteRt(),
+        ncnn.Ncnn(),
     ):
         _add(runtime)
 
