@@ -57,15 +57,35 @@ class CandidateFigures(BaseModel):
 
 
 class MeasuredOn(BaseModel):
-    """Where the candidates were timed: the machine or target, its ISA class, and whether timing there is evidence."""
+    """Where figures were measured: this machine ("local") or a target, as every report records it (bench's ``target``,
+    a parity report's, the card's ``measured_on``, each gate check's). Never a credential: ``target`` is the name as
+    typed without a password, ``host`` is host[:port].
+
+    It lives here, beside the card, because the card travels with an artifact and cannot import the targets' layer;
+    ``edgekit.targets.info.TargetInfo.measured_on`` fills it from a target's facts. ``isa`` is an
+    ``edgekit.hardware.IsaClass`` value ("arm64-dotprod", "x86-avx512-vnni")."""
 
     model_config = ConfigDict(extra="forbid")
 
-    target: str = "local"
-    cpu: str | None = None
+    target: str = "local"  # "ssh://pi@raspberrypi.local", "local"
+    transport: str = "local"
+    host: str | None = None
+    arch: str | None = None  # uname -m (cards of older edgekits did not record it)
     isa: str
+    cpu: str | None = None
     cores: int | None = None
+    os: str | None = None
+    python: str | None = None
+    runtimes: dict[str, str] = Field(default_factory=dict)  # what ran there: module -> version
     emulated: bool = False  # timing under emulation is not evidence of speed
+    emulation: str | None = None  # why it looks emulated
+
+    def heading(self) -> str:
+        """ "measured on ssh://pi@raspberrypi.local (aarch64, arm64-dotprod, 4x Cortex-A76)" and, when emulated, a warning."""
+        cpu = f", {self.cpu}" if self.cpu else ""
+        arch = f"{self.arch}, " if self.arch else ""
+        emulated = "; EMULATED: timings are not evidence of the device's speed" if self.emulated else ""
+        return f"measured on {self.target} ({arch}{self.isa}{cpu}){emulated}"
 
 
 class DeployCard(Result):

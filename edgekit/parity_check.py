@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from .card import MeasuredOn
 from .data import (
     IMAGE_EXTENSIONS,
     ImageFolder,
@@ -31,7 +32,6 @@ from .errors import DataError, EdgekitError
 from .metadata import InputKind
 from .preprocessing import Preprocessing, normalize_pixels
 from .results import RANDOM, DataSource, Result
-from .targets.info import MeasuredOn
 from .variants import Variant
 
 RANDOM_IMAGES = 32  # how many random inputs stand in when there is no image at all

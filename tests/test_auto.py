@@ -15,7 +15,7 @@ import pytest
 from torch import nn
 
 from edgekit.auto import choose
-from edgekit.auto.search import RowTiming, _drop_the_slower
+from edgekit.device.timing import Raced, drop_the_slower
 from edgekit.card import CandidateFigures, DeployCard, MeasuredOn, read_card
 from edgekit.errors import EdgekitError
 
@@ -100,17 +100,26 @@ def test_the_choice_is_never_slower_beyond_noise_nor_out_of_budget(seed):
 
 def test_a_row_that_keeps_losing_its_blocks_is_dropped_and_a_close_one_is_not():
     def timing(medians):
-        t = RowTiming(row=object())
-        t.blocks = dict(enumerate(medians))
-        t.times = list(medians)
-        return t
+        return Raced(times=list(medians), blocks=dict(enumerate(medians)))
 
     leader = timing([1.00, 1.01, 0.99, 1.00, 1.02, 0.98, 1.00, 1.01])
     slow = timing([1.20, 1.21, 1.19, 1.22, 1.20, 1.18, 1.21, 1.20])  # lost all 8 blocks: p = 1/256
     close = timing([1.01, 0.99, 1.02, 1.00, 0.99, 1.01, 1.00, 1.00])  # loses about half: chance
-    kept = _drop_the_slower([leader, slow, close], cycle=8)
-    assert slow not in kept and slow.dropped_after == 8
-    assert leader in kept and close in kept and close.dropped_after is None
+    kept = drop_the_slower([leader, slow, close], [0, 1, 2], cycle=8)
+    assert kept == [0, 2] and slow.dropped_after == 8 and close.dropped_after is None
+
+
+def test_the_race_alternates_blocks_keeps_every_call_alone_and_stops_at_its_bound():
+    from edgekit.device import contention
+    from edgekit.device.timing import race
+
+    calls, order = [], []
+    for name in "abc":
+        calls.append(lambda name=name: order.append(name))
+    raced = race(calls, seconds=0.0, monitor=contention.Monitor(), block_rounds=2, min_cycles=2, max_cycles=5, pause=0.0)
+    assert [len(r.times) for r in raced] == [4, 4, 4] and all(sorted(r.blocks) == [0, 1] for r in raced)  # min_cycles, then the bound
+    # each block: one untimed call then 2 timed, alone; the second cycle in reverse order
+    assert "".join(order) == "aaabbbcccccbbbaaa"
 
 
 # ---- the card ---------------------------------------------------------------------------------------------

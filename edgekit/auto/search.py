@@ -1,4 +1,5 @@
-"""Timing auto's candidates fairly and within a time bound.
+"""Timing auto's candidates fairly and within a time bound, here (``time_rows``) or on a target
+(``edgekit.auto.on_target``), by one loop: ``edgekit.device.timing.race``.
 
 Every candidate row runs alone, in blocks of a few calls, the blocks alternating in cycles (A B C, then C B A...)
 with a pause between blocks longer than ONNX Runtime's idle threads spin (``device.timing.block``): each setting is
@@ -10,7 +11,6 @@ goes to the rows still in the race.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,9 +21,9 @@ from ..device import contention, timing
 from ..errors import first_line
 from .rows import Row
 
-MIN_CYCLES = 4  # cycles every row gets before any is dropped
-MAX_CYCLES = 60
-SIGNIFICANCE = 0.01
+MIN_CYCLES = timing.RACE_MIN_CYCLES  # cycles every row gets before any is dropped
+MAX_CYCLES = timing.RACE_MAX_CYCLES
+SIGNIFICANCE = timing.RACE_SIGNIFICANCE
 WARMUP = 3
 
 
@@ -36,12 +36,16 @@ class RowTiming:
     blocks: dict[int, float] = field(default_factory=dict)  # cycle -> block median (seconds)
     chunks: list[contention.Chunk] = field(default_factory=list)
     dropped_after: int | None = None  # the cycle after which it was dropped as clearly slower
-    error: str = ""  # it could not be loaded or run here
+    error: str = ""  # it could not be loaded or run there
     library: str = ""  # the runtime library and version that ran it
 
     @property
     def p50_ms(self) -> float | None:
         return float(np.median(self.times)) * 1000 if self.times else None
+
+    def keep(self, raced: timing.Raced) -> None:
+        """The race's figures of this row."""
+        self.times, self.blocks, self.chunks, self.dropped_after = list(raced.times), dict(raced.blocks), list(raced.chunks), raced.dropped_after
 
 
 def time_rows(
@@ -51,22 +55,14 @@ def time_rows(
     slower ones on the way."""
     say = say or (lambda text: None)
     timings = [RowTiming(row) for row in rows if row.within_budget]
-    calls = {id(t): _call(t, batch_size) for t in timings}
-    active = [t for t in timings if calls[id(t)] is not None]
-    started, budget, cycle = time.perf_counter(), [monitor.retries_per_pass], 0
-    while active and cycle < MAX_CYCLES:
-        order = active if cycle % 2 == 0 else active[::-1]
-        for t in order:
-            times, chunk, _ = timing.block(calls[id(t)], timing.BLOCK_ROUNDS, monitor, budget)
-            t.times.extend(times)
-            t.blocks[cycle] = float(np.median(times))
-            t.chunks.append(chunk)
-        cycle += 1
-        if cycle >= MIN_CYCLES:
-            active = _drop_the_slower(active, cycle)
-        say(f"auto: cycle {cycle}, {len(active)} of {len(timings)} candidates still in the race")
-        if cycle >= MIN_CYCLES and (time.perf_counter() - started > seconds or len(active) == 1):
-            break
+    prepared = [(t, call) for t in timings if (call := _call(t, batch_size)) is not None]
+
+    def on_cycle(cycle: int, left: int) -> None:
+        say(f"auto: cycle {cycle}, {left} of {len(timings)} candidates still in the race")
+
+    raced = timing.race([call for _, call in prepared], seconds, monitor, on_cycle=on_cycle)
+    for (t, _), figures in zip(prepared, raced):
+        t.keep(figures)
     return timings
 
 
@@ -88,16 +84,3 @@ def _call(t: RowTiming, batch_size: int):
         session.synchronize()
 
     return call
-
-
-def _drop_the_slower(active: list[RowTiming], cycle: int) -> list[RowTiming]:
-    leader = min(active, key=lambda t: t.p50_ms or float("inf"))
-    kept = []
-    for t in active:
-        paired = [c for c in t.blocks if c in leader.blocks]
-        losses = sum(t.blocks[c] > leader.blocks[c] for c in paired)
-        if t is not leader and paired and timing.sign_test(losses, len(paired)) < SIGNIFICANCE:
-            t.dropped_after = cycle
-        else:
-            kept.append(t)
-    return kept

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import runtimes as registry
+from ..card import MeasuredOn
 from ..device import contention
 from ..errors import EdgekitError
 from ..parity_check import ParityMetrics
 from ..targets import Target, jobs
-from ..targets.info import MeasuredOn, TargetInfo
+from ..targets.info import TargetInfo
 from ..targets.setup import DEVICE_RUNTIMES
 from .artifacts import Candidate, artifact_size
 from .bundle import Row, build_bundle, score

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from ..card import MeasuredOn
 from ..parity_check import ParityMetrics
 from ..results import Result
-from ..targets.info import MeasuredOn
 
 
 class _ReadsLikeADict(BaseModel):

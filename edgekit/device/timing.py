@@ -10,6 +10,13 @@ a bounded number of times.
 which keep a core busy for a while after each run and so tax whichever session runs next on few cores. Each call
 runs alone for a block of rounds, the blocks alternate (A B, B A, ...), and a pause longer than any spin separates
 them, so each setting is measured as an app that uses only it would see it, and drift still hits all alike.
+
+``race``: ``--quantize auto``'s search, the alternating blocks within a time bound: after a few cycles a call that
+lost its block to the current leader in so many cycles that chance alone would do so less than 1% of the time (a
+one-sided sign test) is dropped, so the time goes to the calls still in the race. It lives here, with the device
+runner, so a target races its candidates by the very loop this machine uses, on sessions it loaded once: racing in
+rounds of jobs from the host would load and warm every session again per round, and dropping the pruning would
+spend the bound on calls already clearly slower.
 """
 
 from __future__ import annotations
@@ -17,13 +24,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from . import contention
 
 Call = Callable[[], object]
 SPIN_PAUSE_SECONDS = 0.2  # ORT's idle workers spin for well under this after a run (its spin loop is bounded)
 BLOCK_ROUNDS = 5  # rounds of one call in a row per block
+RACE_MIN_CYCLES = 4  # cycles every call of a race gets before any is dropped
+RACE_MAX_CYCLES = 60
+RACE_SIGNIFICANCE = 0.01
 
 
 @dataclass
@@ -101,6 +111,71 @@ def alternating_blocks(
                     on_round()
         cycle += 1
     return timed
+
+
+@dataclass
+class Raced:
+    """One call of a race: its kept timings (seconds), its block median per cycle, the chunks, and when it was dropped."""
+
+    times: List[float] = field(default_factory=list)
+    blocks: Dict[int, float] = field(default_factory=dict)  # cycle -> block median (seconds)
+    chunks: List[contention.Chunk] = field(default_factory=list)
+    remeasured: int = 0
+    dropped_after: Optional[int] = None  # the cycle after which it was dropped as clearly slower
+
+    @property
+    def median(self) -> float:
+        return _median(self.times) if self.times else math.inf
+
+
+def race(
+    calls: Sequence[Call],
+    seconds: float,
+    monitor: contention.Monitor,
+    block_rounds: int = BLOCK_ROUNDS,
+    min_cycles: int = RACE_MIN_CYCLES,
+    max_cycles: int = RACE_MAX_CYCLES,
+    significance: float = RACE_SIGNIFICANCE,
+    pause: float = SPIN_PAUSE_SECONDS,
+    on_cycle: Optional[Callable[[int, int], None]] = None,
+) -> List[Raced]:
+    """Alternating blocks of ``calls`` (A B C, then C B A...) for about ``seconds`` after ``min_cycles`` cycles (at
+    most ``max_cycles``), dropping the clearly slower on the way (see the module docstring). ``on_cycle(cycle,
+    calls still in the race)`` after each cycle."""
+    raced = [Raced() for _ in calls]
+    active = list(range(len(calls)))
+    started, budget, cycle = time.perf_counter(), [monitor.retries_per_pass], 0
+    while active and cycle < max_cycles:
+        for index in active if cycle % 2 == 0 else active[::-1]:
+            times, chunk, retries = block(calls[index], block_rounds, monitor, budget, pause)
+            kept = raced[index]
+            kept.times.extend(times)
+            kept.blocks[cycle] = _median(times)
+            kept.chunks.append(chunk)
+            kept.remeasured += retries
+        cycle += 1
+        if cycle >= min_cycles:
+            active = drop_the_slower(raced, active, cycle, significance)
+        if on_cycle is not None:
+            on_cycle(cycle, len(active))
+        if cycle >= min_cycles and (time.perf_counter() - started > seconds or len(active) == 1):
+            break
+    return raced
+
+
+def drop_the_slower(raced: Sequence[Raced], active: Sequence[int], cycle: int, significance: float = RACE_SIGNIFICANCE) -> List[int]:
+    """The calls of ``active`` kept in the race: each that lost its paired blocks to the leader (the fastest median)
+    beyond chance (``sign_test`` below ``significance``) is dropped, its ``dropped_after`` set to ``cycle``."""
+    leader = min(active, key=lambda index: raced[index].median)
+    kept = []
+    for index in active:
+        paired = [c for c in raced[index].blocks if c in raced[leader].blocks]
+        losses = sum(raced[index].blocks[c] > raced[leader].blocks[c] for c in paired)
+        if index != leader and paired and sign_test(losses, len(paired)) < significance:
+            raced[index].dropped_after = cycle
+        else:
+            kept.append(index)
+    return kept
 
 
 def block(call: Call, rounds: int, monitor: contention.Monitor, budget: List[int], pause: float = SPIN_PAUSE_SECONDS):

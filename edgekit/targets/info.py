@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..card import MeasuredOn
 from ..errors import TargetError
 from ..hardware import IsaClass, flags_in_cpuinfo, isa_class
 from ..results import Result
@@ -49,31 +50,6 @@ class FrequencyReading(BaseModel):
     current_mhz: float | None = None
     max_mhz: float | None = None
     governor: str | None = None
-
-
-class MeasuredOn(BaseModel):
-    """The target a report's figures were measured on, as bench, parity and the gate record it (no credentials)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    target: str  # "ssh://pi@raspberrypi.local", "local"
-    transport: str
-    host: str | None = None
-    arch: str
-    isa: IsaClass
-    cpu: str | None = None
-    cores: int | None = None
-    os: str | None = None
-    python: str | None = None
-    runtimes: dict[str, str] = Field(default_factory=dict)  # what ran there: module -> version
-    emulated: bool = False
-    emulation: str | None = None
-
-    def heading(self) -> str:
-        """ "measured on ssh://pi@raspberrypi.local (aarch64, arm64-dotprod, 4x Cortex-A76)" and, when emulated, a warning."""
-        cpu = f", {self.cpu}" if self.cpu else ""
-        emulated = "; EMULATED: timings are not evidence of the device's speed" if self.emulated else ""
-        return f"measured on {self.target} ({self.arch}, {self.isa.value}{cpu}){emulated}"
 
 
 class TargetInfo(Result):
@@ -124,7 +100,7 @@ class TargetInfo(Result):
             transport=self.transport,
             host=self.host,
             arch=self.arch,
-            isa=self.isa,
+            isa=self.isa.value,
             cpu=self.cpu,
             cores=self.logical_cores,
             os=self.os,
