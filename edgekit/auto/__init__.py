@@ -34,7 +34,9 @@ from ..progress import Bar
 from ..results import Result
 from ..runs import Run
 from ..runtimes.tuning import Example, Machine, this_machine
+from ..targets import is_local
 from .choice import Decision, choose
+from .on_target import device_rows, open_target, race_on_target
 from .rows import Row, candidate_rows, lossy_thresholds, validate_lossy_settings
 from .search import RowTiming, time_rows
 
@@ -58,13 +60,17 @@ def export_auto(
     progress: bool = False,
     candidates: Sequence[str] | None = None,
     machine: Machine | None = None,
+    target_options=None,
     **fields,
 ) -> AutoResult:
     """Export the candidates of ``options.formats`` (fp32 and int8, each held to its budget), time every file that
     holds it on its runtime at every setting worth trying on ``machine`` (this one by default) for about
     ``options.auto_seconds``, and write the fastest, beyond noise, as ``exports/deploy.json`` + ``DEPLOY.md``.
 
-    ``candidates`` (the ``--quantize`` names, "none" being fp32) default to :func:`default_candidates`."""
+    ``candidates`` (the ``--quantize`` names, "none" being fp32) default to :func:`default_candidates`.
+
+    ``options.target`` (``target_options``: how to reach it): the files are validated there, the settings are the
+    target's and the race runs there (``auto/on_target.py``); the card records where it was measured."""
     options = resolve_options(options, fields)
     check_auto(options)
     run = run if isinstance(run, Run) else Run.load(run)
@@ -73,8 +79,18 @@ def export_auto(
         candidates, left_out = default_candidates(run)
     # auto times every candidate itself, longer and fairer, so export's quick speed check is skipped
     exported = export(
-        run, options.model_copy(update={"quantize": tuple(candidates), "speed_check": False}), thresholds=thresholds, progress=progress
+        run,
+        options.model_copy(update={"quantize": tuple(candidates), "speed_check": False}),
+        thresholds=thresholds,
+        progress=progress,
+        target_options=target_options,
     )
+    if not is_local(options.target):
+        where = open_target(str(options.target), target_options)
+        try:
+            return _auto_on_target(run, options, thresholds, exported, where, left_out, progress)
+        finally:
+            where.close()
     machine = machine or this_machine()
     rows, skipped = candidate_rows(exported, machine, options.batch_size)
     left_out.update(skipped)
@@ -83,13 +99,33 @@ def export_auto(
         if any(r.setting.changes_numerics for r in rows):
             _validate_lossy(run, options, thresholds, rows, bar)
         timings = time_rows(rows, options.batch_size, options.auto_seconds, contention.Monitor(), say=bar.describe)
+    measured_on = MeasuredOn(cpu=_cpu_name(), isa=machine.isa.value, cores=machine.logical_cores)
+    return _decide(run, options, exported, rows, timings, measured_on, left_out, started)
+
+
+def _auto_on_target(run: Run, options: ExportOptions, thresholds, exported: ExportResult, where, left_out, progress) -> AutoResult:
+    rows, skipped = candidate_rows(exported, where.machine, options.batch_size)
+    left_out.update(skipped)
+    rows = device_rows(rows, left_out)
+    started = time.perf_counter()
+    images = run_parity_images(run.card, options.parity_data, options.max_parity_images)
+    checker = ParityChecker(run.build_model(), ParityData(run.card.preprocessing, images))
+    budget = lossy_thresholds(get_spec(run.card.model), checker.data.labels is not None, thresholds)
+    with Bar(progress) as bar:
+        timings = race_on_target(where, rows, options.batch_size, options.auto_seconds, checker, budget, say=bar.describe)
+    return _decide(run, options, exported, rows, timings, where.measured_on(timings), left_out, started)
+
+
+def _decide(run: Run, options: ExportOptions, exported, rows, timings, measured_on: MeasuredOn, left_out, started) -> AutoResult:
+    """The choice among the timed rows, written as the card."""
     figures = [_figures(row, timings, options.batch_size) for row in rows]
     decision = choose(figures, options.batch_size)
     if decision is None:
-        raise ExportError(f"no candidate held its budget and ran here ({_why_none(figures)}); see the export table above")
+        where = "here" if measured_on.target == "local" else f"on {measured_on.target}"
+        raise ExportError(f"no candidate held its budget and ran {where} ({_why_none(figures)}); see the export table above")
     library = next((t.library for t in timings if t.row is rows[decision.chosen]), "")
     card = _card(
-        run, exported, rows[decision.chosen], figures, decision, machine, options.batch_size, left_out, time.perf_counter() - started
+        run, exported, rows[decision.chosen], figures, decision, measured_on, options.batch_size, left_out, time.perf_counter() - started
     )
     card.runtime_version = library
     card.write(run.exports_dir)
@@ -138,7 +174,9 @@ def _why_none(figures: list[CandidateFigures]) -> str:
     return "; ".join(sorted(reasons))[:300]
 
 
-def _card(run: Run, exported, row: Row, figures, decision: Decision, machine: Machine, batch_size: int, left_out, seconds) -> DeployCard:
+def _card(
+    run: Run, exported, row: Row, figures, decision: Decision, measured_on: MeasuredOn, batch_size: int, left_out, seconds
+) -> DeployCard:
     chosen = figures[decision.chosen]
     runtime = runtimes.get_runtime(row.runtime)
     result = next(v for v in exported.variants if Path(v.path) == row.path)
@@ -164,7 +202,7 @@ def _card(run: Run, exported, row: Row, figures, decision: Decision, machine: Ma
         p50_ci_ms=chosen.p50_ci_ms,
         images_per_second=chosen.images_per_second,
         contended=chosen.contended,
-        measured_on=MeasuredOn(cpu=_cpu_name(), isa=machine.isa.value, cores=machine.logical_cores),
+        measured_on=measured_on,
         accuracy_drop=metrics.accuracy_drop if metrics else None,
         top1_agreement=metrics.top1_agreement if metrics else None,
         reference_accuracy=metrics.reference_accuracy if metrics else None,

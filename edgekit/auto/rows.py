@@ -74,7 +74,8 @@ def _settings(runtime, machine: Machine, batch_size: int) -> list[Setting]:
 
 def _row(result: VariantResult, variant: Variant, runtime: str, setting: Setting, extra: str | None) -> Row:
     note = "" if result.passed else "; ".join(result.failures)[:300]
-    return Row(variant, Path(result.path), runtime, setting, result.passed, result.parity.metrics, note, result.size_bytes, extra)
+    parity = result.target_parity or result.parity  # with --target, the figures the target gave
+    return Row(variant, Path(result.path), runtime, setting, result.passed, parity.metrics, note, result.size_bytes, extra)
 
 
 def lossy_thresholds(spec, has_labels: bool, overrides: ParityThresholds | None) -> ParityThresholds:

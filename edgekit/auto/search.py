@@ -45,7 +45,12 @@ class RowTiming:
 
     def keep(self, raced: timing.Raced) -> None:
         """The race's figures of this row."""
-        self.times, self.blocks, self.chunks, self.dropped_after = list(raced.times), dict(raced.blocks), list(raced.chunks), raced.dropped_after
+        self.times, self.blocks, self.chunks, self.dropped_after = (
+            list(raced.times),
+            dict(raced.blocks),
+            list(raced.chunks),
+            raced.dropped_after,
+        )
 
 
 def time_rows(

@@ -34,15 +34,17 @@ def _overrides(max_rel_diff, min_agreement, max_accuracy_drop):
 @click.option("--out", type=click.Path(path_type=Path), help="Run directory created for --model [default: runs/<model>].")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file with the options below as keys; flags win.")
 @options_from_model(ExportOptions)
+@connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the ExportResult as JSON instead of a table.")
 @click.pass_context
-def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **flags):
+def export_command(ctx, run_dir, model, weights, out, config_path, as_json, ssh_config, accept_new_host_key, **flags):
     """Export a run (or a zoo model) to ONNX / torch.export, quantize, and check every variant's parity.
 
     \b
     edgekit export runs/flowers --format onnx --quantize int8
     edgekit export runs/flowers --format all --quantize none,fp16,int8,int8-dynamic
     edgekit export --model efficientnet_lite0 --weights DEFAULT --format onnx
+    edgekit export runs/flowers --quantize auto --target ssh://pi@raspberrypi.local
 
     Files land in <run>/exports/: model.onnx (fp32), model.<variant>.onnx, model.pt2, and a
     <variant>.parity.json per variant. Exit 1 if any variant fails its parity thresholds (its file is
@@ -65,13 +67,16 @@ def export_command(ctx, run_dir, model, weights, out, config_path, as_json, **fl
     if "auto" in options.quantize:
         from ..auto import export_auto
 
-        chosen = export_auto(run_dir, options, thresholds=thresholds, progress=True)  # auto's rules: ConfigError, exit 2
+        reach = target_options(ssh_config, accept_new_host_key)
+        chosen = export_auto(
+            run_dir, options, thresholds=thresholds, progress=True, target_options=reach
+        )  # auto's rules: ConfigError, exit 2
         if as_json:
             click.echo(chosen.to_json())
         else:
             show_auto(chosen)
         return  # the answer holds its budget: exit 0 (no candidate within budget raised, exit 2)
-    result = export(run_dir, options, thresholds=thresholds, progress=True)
+    result = export(run_dir, options, thresholds=thresholds, progress=True, target_options=target_options(ssh_config, accept_new_host_key))
     if as_json:
         click.echo(result.to_json())
     else:
@@ -122,6 +127,26 @@ def show_runtime_settings(result, only: str | None = None) -> None:
         )
 
 
+def show_target_parity(result) -> None:
+    """The same parity, from the logits the target returned."""
+    console.print(result.target.heading(), style="bold yellow" if result.target.emulated else "bold")
+    table = Table(
+        "variant", "max abs diff", "rel diff", "agreement", "accuracy drop", "parity there", title=f"parity on {result.target.target}"
+    )
+    for variant in result.variants:
+        there = variant.target_parity
+        if there is None:
+            table.add_row(variant.variant, "", "", "", "", "not run there")
+            continue
+        metrics = there.metrics
+        drop = "n/a" if metrics.accuracy_drop is None else f"{metrics.accuracy_drop:+.1%}"
+        verdict = styled(("pass", "green")) if there.passed else styled(("FAIL", "red"))
+        table.add_row(
+            variant.variant, f"{metrics.max_abs_diff:.2e}", f"{metrics.max_rel_diff:.2e}", f"{metrics.top1_agreement:.1%}", drop, verdict
+        )
+    console.print(table)
+
+
 def show_export(result, budget_failures_are_final: bool = True) -> None:
     """Print every variant's parity as a table; failures (and random-input parity) on stderr, and for int8 what the
     accuracy-aware search did."""
@@ -149,6 +174,8 @@ def show_export(result, budget_failures_are_final: bool = True) -> None:
             styled(("pass", "green")) if variant.passed else styled(("FAIL", "red")),
         )
     console.print(table)
+    if result.target is not None:
+        show_target_parity(result)
     if result.parity_data.is_random:
         errors.print("parity ran on random inputs (no images at hand); pass --parity-data DIR to check on real images", style="yellow")
     for variant in result.variants:

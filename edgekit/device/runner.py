@@ -9,6 +9,8 @@ session config such as ORT's int8 precision option), and:
 - measures each one's cold figures alone (load time, first inference, peak RSS through loading and the first run,
   ``memory.PeakMemory``) and warms it up at every batch size;
 - times them all interleaved at each batch size (``timing.interleaved``) under the contention monitor;
+- or, for ``--quantize auto`` (``"race": {"seconds": S, "batch_size": B}``), races them in alternating blocks at
+  batch B for about S seconds, dropping the clearly slower (``timing.race``, the loop auto uses on the host);
 - runs the job's bundle of preprocessed inputs (``bundle.npz``, loaded with ``allow_pickle=False``) through each,
   for logits the host compares with its PyTorch references (the comparison itself happens on the host, so parity
   has one implementation).
@@ -22,7 +24,7 @@ Standard library + numpy + the artifact's runtime; Python >= 3.9.
 Job (``job_version`` 1)::
 
     {"job_version": 1, "batch_sizes": [1, 8], "warmup": 3, "iterations": 20, "timing": true,
-     "contention_threshold": 0.25, "bundle": "bundle.npz" or null,
+     "contention_threshold": 0.25, "bundle": "bundle.npz" or null, "race": null or {"seconds": 20, "batch_size": 1},
      "artifacts": [{"id": "a0", "path": ".../model.int8.onnx", "files": {"model.int8.onnx": "<sha256>"},
                     "runtime": "ort-cpu", "threads": 2, "settings": {...},
                     "input": {"kind": "float32-nchw", "shape": [3, 224, 224]}, "fixed_batch": null,
@@ -259,6 +261,20 @@ def time_interleaved(loaded: List, job: Dict[str, Any], monitor) -> None:
             record["times"][key], record["chunks"][key], record["remeasured"][key] = timed.times, _chunks(timed.chunks), timed.remeasured
 
 
+def race_blocks(loaded: List, race: Dict[str, Any], monitor) -> None:
+    """auto's race at one batch size: each record gets its times, block medians by cycle and when it was dropped."""
+    from . import timing
+
+    batch_size = int(race["batch_size"])
+    active = [(artifact, opened, record) for artifact, opened, record in loaded if takes(artifact, batch_size)]
+    calls = [_call(opened, example_batch(artifact, batch_size)) for artifact, opened, _ in active]
+    for (_, _, record), raced in zip(active, timing.race(calls, float(race["seconds"]), monitor)):
+        key = str(batch_size)
+        record["times"][key], record["chunks"][key], record["remeasured"][key] = raced.times, _chunks(raced.chunks), raced.remeasured
+        record["blocks"] = {str(cycle): median for cycle, median in raced.blocks.items()}
+        record["dropped_after"] = raced.dropped_after
+
+
 def _call(opened: Opened, batch) -> Callable[[], object]:
     return lambda: opened.run(batch)
 
@@ -311,7 +327,9 @@ def run_job(job: Dict[str, Any], folder: str) -> Dict[str, Any]:
         records.append(record)
         if opened is not None:
             loaded.append((artifact, opened, record))
-    if job.get("timing", True):
+    if job.get("race"):
+        race_blocks(loaded, job["race"], monitor)
+    elif job.get("timing", True):
         time_interleaved(loaded, job, monitor)
     logits = bundle_logits(loaded, bundle)
     write_atomically(os.path.join(folder, "logits.npz"), lambda path: _save_npz(path, logits))

@@ -11,6 +11,7 @@ Files (under <run>/exports/, each written atomically; names from ``Variant.file_
     model[.int8].xml + .bin            OpenVINO IR (edgekit[openvino])
     model[.int8].pte + .pte.json       ExecuTorch program (edgekit[executorch])
     <variant>.parity.json              a ParityResult per variant
+    <variant>.target-parity.json       with --target: the same, from the logits the target returned
 
 Each format is a row in ``edgekit.formats`` whose exporter module makes its variants (``export_variant(job,
 variant)``, see ``job.py``); this module only plans, sets up the job and collects the results.
@@ -28,8 +29,10 @@ from ..parity_check import LabelledImages, ParityChecker, ParityData, ParityThre
 from ..progress import Bar
 from ..results import DataSource
 from ..runs import Run
+from ..targets import is_local
 from ..variants import Variant
 from .job import ExportJob, exporter_of
+from .on_target import open_target, validate_on_target
 from .options import EXPORT_DEFAULTS, ExportOptions
 from .plan import QUANTIZATIONS, check_auto, chosen_formats, parse_choices, plan
 from .results import ExportResult, Int8Facts, VariantResult
@@ -41,6 +44,7 @@ def export(
     *,
     thresholds: ParityThresholds | None = None,
     progress: bool = False,
+    target_options=None,
     **fields,
 ) -> ExportResult:
     """Export ``run`` (a Run or run directory) as ``options`` say (an ``ExportOptions``; keyword ``fields`` are
@@ -52,12 +56,24 @@ def export(
     sensitive first, until it holds. Parity runs on the run's validation images (or ``parity_data``; random inputs
     for a zoo model without it). ``thresholds`` override the model's defaults field by field. A variant that fails
     parity is kept, its report says failed, and ``result.passed`` is False.
+
+    ``options.target`` (a device: "ssh://pi@raspberrypi.local"; ``target_options`` say how to reach it): every file
+    that runs there is validated again there, from the logits it returns (``exporting/on_target.py``).
     """
     started = time.perf_counter()
     options = resolve_options(options, fields)
     run = run if isinstance(run, Run) else Run.load(run)
     variants = plan(options)
     results: list[VariantResult] = []
+    device = None if is_local(options.target) else open_target(options.target, target_options)
+    try:
+        return _export(run, options, thresholds, variants, results, device, progress, started)
+    finally:
+        if device is not None:
+            device[0].close()
+
+
+def _export(run: Run, options: ExportOptions, thresholds, variants, results, device, progress: bool, started: float) -> ExportResult:
     with Bar(progress) as bar, tempfile.TemporaryDirectory(prefix="edgekit-export-") as workdir:
         job = _job(run, options, thresholds, Path(workdir), bar, needs_calibration=any(v.is_compressed for v in variants))
         run.exports_dir.mkdir(parents=True, exist_ok=True)  # a format's exporter writes into it, whichever comes first
@@ -65,12 +81,14 @@ def export(
         for variant in variants:
             bar.step(f"exporting {variant.name}")
             results.append(exporter_of(variant.format)(job, variant))
+        where = validate_on_target(job, results, device[0], device[1], bar) if device is not None else None
     return ExportResult(
         run_dir=str(run.path),
         variants=results,
         passed=all(v.passed for v in results),
         parity_data=job.checker.data.source,
         seconds=round(time.perf_counter() - started, 3),
+        target=where,
     )
 
 

@@ -83,6 +83,11 @@ class ExportOptions(BaseModel):
         "for NNAPI/CoreML), with ORT's mobile-usability verdict in its report.",
     )
     ort_format: bool = Field(False, description="Also write an .ort file (ORT Mobile) beside each ONNX variant.")
+    target: str | None = Field(
+        None,
+        description="The device the app runs on (ssh://[user@]host[:port] or an ssh_config alias; `edgekit target setup` "
+        "first): every file is validated again there, and --quantize auto times its candidates there [default: this machine].",
+    )
     max_rel_diff: float | None = _threshold("max_rel_diff")
     min_agreement: float | None = _threshold("min_agreement")
     max_accuracy_drop: float | None = _threshold("max_accuracy_drop")

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..card import MeasuredOn
 from ..hardware import IsaClass
 from ..metadata import InputKind
 from ..parity_check import ParityResult
@@ -82,6 +83,7 @@ class VariantResult(_Typed):
     parity: ParityResult
     passed: bool
     failures: list[str] = Field(default_factory=list)  # parity failures, plus a batch-size check that failed
+    target_parity: ParityResult | None = None  # with --target: the same check from the logits the target returned
     int8: Int8Facts | None = None
     speed_vs_fp32: PairedTiming | None = None  # ONNX int8: the quick check against fp32 on this CPU
     fixed_from: str | None = None  # a fixed-batch twin: the file it was made from
@@ -111,6 +113,7 @@ class ExportResult(Result):
     passed: bool
     parity_data: DataSource
     seconds: float = 0.0
+    target: MeasuredOn | None = None  # with --target: where every file was validated again
 
     def get(self, variant: str | Variant) -> VariantResult | None:
         """The result of one variant, None if it was not exported."""
