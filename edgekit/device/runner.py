@@ -24,7 +24,7 @@ Standard library + numpy + the artifact's runtime; Python >= 3.9.
 Job (``job_version`` 1)::
 
     {"job_version": 1, "batch_sizes": [1, 8], "warmup": 3, "iterations": 20, "timing": true,
-     "contention_threshold": 0.25, "bundle": "bundle.npz" or null, "race": null or {"seconds": 20, "batch_size": 1},
+     "contention_threshold": 0.25, "bundle": "bundle.npz" or null, "race": null or {"seconds": 20, "batch_size": 1} (optionally block_rounds, min_cycles, max_cycles),
      "artifacts": [{"id": "a0", "path": ".../model.int8.onnx", "files": {"model.int8.onnx": "<sha256>"},
                     "runtime": "ort-cpu", "threads": 2, "settings": {...},
                     "input": {"kind": "float32-nchw", "shape": [3, 224, 224]}, "fixed_batch": null,
@@ -268,7 +268,8 @@ def race_blocks(loaded: List, race: Dict[str, Any], monitor) -> None:
     batch_size = int(race["batch_size"])
     active = [(artifact, opened, record) for artifact, opened, record in loaded if takes(artifact, batch_size)]
     calls = [_call(opened, example_batch(artifact, batch_size)) for artifact, opened, _ in active]
-    for (_, _, record), raced in zip(active, timing.race(calls, float(race["seconds"]), monitor)):
+    rounds = {key: int(race[key]) for key in ("block_rounds", "min_cycles", "max_cycles") if race.get(key)}
+    for (_, _, record), raced in zip(active, timing.race(calls, float(race["seconds"]), monitor, **rounds)):
         key = str(batch_size)
         record["times"][key], record["chunks"][key], record["remeasured"][key] = raced.times, _chunks(raced.chunks), raced.remeasured
         record["blocks"] = {str(cycle): median for cycle, median in raced.blocks.items()}
