@@ -112,10 +112,14 @@ class GateConfig(_Strict):
     strict_contention: bool = Field(
         False, description="exit 3 when a latency check was not measured because other processes used the CPU (default: exit 0)"
     )
-    target: TargetText | None = Field(None, description="where to measure: local, ssh://[user@]host[:port][/cache/dir] or an ssh_config alias")
+    target: TargetText | None = Field(
+        None, description="where to measure: local, ssh://[user@]host[:port][/cache/dir] or an ssh_config alias"
+    )
     targets: list[TargetText] | None = Field(None, min_length=1, description="several devices: every check is made on each")
     ssh_config: Path | None = Field(None, description="OpenSSH config file for the targets (ssh -F); default ~/.ssh/config")
-    accept_new_host_key: bool = Field(False, description="accept and remember the key of a device known_hosts lacks (a changed key is refused)")
+    accept_new_host_key: bool = Field(
+        False, description="accept and remember the key of a device known_hosts lacks (a changed key is refused)"
+    )
     variants: dict[VariantName, VariantThresholds] = Field(min_length=1)
     baseline: BaselinePolicy = Field(default_factory=BaselinePolicy)
 

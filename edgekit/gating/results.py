@@ -97,6 +97,7 @@ class Comparison(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variant: str
+    target: str | None = None  # measured on this target, now and in the baseline; None: this machine
     metric: str  # relative_latency (p50 / anchor p50), accuracy, agreement, size_bytes
     baseline: float
     current: float
