@@ -32,16 +32,14 @@ def _variant_name(name: str) -> str:
 VariantName = Annotated[str, AfterValidator(_variant_name)]
 
 
-def _target_text(text: str) -> str:
-    """A target as `--target` takes it (local, ssh://..., an ssh_config alias); pydantic names the key."""
+def _target_name(key: str, text: str) -> str:
+    """The name of a target as `--target` takes it (local, ssh://..., an ssh_config alias); a ValueError naming
+    ``key`` otherwise. Checked on the whole model, not the field: a field's error would quote the value, and a
+    target may carry a password that must never be repeated."""
     try:
-        parse_address(text)
+        return parse_address(text).name
     except TargetError as exc:
-        raise ValueError(str(exc).removeprefix("--target ")) from None
-    return text.strip()
-
-
-TargetText = Annotated[str, AfterValidator(_target_text)]
+        raise ValueError(f"{key}: {str(exc).removeprefix('--target ')}") from None
 
 
 class _Strict(BaseModel):
@@ -112,10 +110,8 @@ class GateConfig(_Strict):
     strict_contention: bool = Field(
         False, description="exit 3 when a latency check was not measured because other processes used the CPU (default: exit 0)"
     )
-    target: TargetText | None = Field(
-        None, description="where to measure: local, ssh://[user@]host[:port][/cache/dir] or an ssh_config alias"
-    )
-    targets: list[TargetText] | None = Field(None, min_length=1, description="several devices: every check is made on each")
+    target: str | None = Field(None, description="where to measure: local, ssh://[user@]host[:port][/cache/dir] or an ssh_config alias")
+    targets: list[str] | None = Field(None, min_length=1, description="several devices: every check is made on each")
     ssh_config: Path | None = Field(None, description="OpenSSH config file for the targets (ssh -F); default ~/.ssh/config")
     accept_new_host_key: bool = Field(
         False, description="accept and remember the key of a device known_hosts lacks (a changed key is refused)"
@@ -130,7 +126,9 @@ class GateConfig(_Strict):
     def _one_way_to_name_targets(self):
         if self.target is not None and self.targets is not None:
             raise ValueError("give `target:` (one device) or `targets:` (a list), not both")
-        names = [parse_address(text).name for text in self.targets or []]
+        if self.target is not None:
+            _target_name("target", self.target)
+        names = [_target_name(f"targets.{i}", text) for i, text in enumerate(self.targets or [])]
         twice = next((name for name in names if names.count(name) > 1), None)
         if twice is not None:
             # checks are named by the target's name, so one device twice would give two checks one name
