@@ -205,7 +205,6 @@ def test_two_targets_give_each_check_once_per_target(exported, photo_folders, bo
     for metric in ("accuracy", "max_abs_diff", "agreement"):
         assert names.count(f"fp32.{metric}@local") == 1 and names.count(f"fp32.{metric}@{name}") == 1
     assert {m.target for m in report.variants} == {"local", name}
-    assert str(exported.exports_dir / "fp32.parity.json") in report.reports  # this machine reuses export's own report
     cases = [case.get("name") for case in ET.parse(tmp_path / "gate.xml").getroot().iter("testcase")]
     assert sorted(cases) == sorted(names)
 

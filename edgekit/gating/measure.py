@@ -17,7 +17,7 @@ from ..benchmarking import DEFAULT_ITERATIONS, DEFAULT_WARMUP, BenchResult, Meas
 from ..benchmarking import bench as run_bench
 from ..benchmarking.artifacts import artifact_bytes
 from ..card import MeasuredOn, read_card
-from ..errors import EdgekitError
+from ..errors import EdgekitError, TargetError
 from ..exporting import export as run_export
 from ..formats import ONNX, find_format
 from ..hardware import isa_class, validated_here
@@ -94,6 +94,11 @@ def opened_target(text: str | None, config: GateConfig):
     target = parse_target(text, config.target_options())
     try:
         yield Where(label=target.name, target=target, info=info_from_facts(target, target.facts()))
+    except TargetError as exc:
+        if target.name in str(exc):
+            raise
+        # with several targets, a message naming only host:port must still say which configured target failed
+        raise TargetError(f"target {target.name}: {exc}") from exc
     finally:
         target.close()
 
