@@ -274,9 +274,16 @@ class ParityChecker:
             self._reference[kind] = np.concatenate(chunks).astype(np.float32)
         return self._reference[kind]
 
-    def check(self, artifact: str | os.PathLike, variant: str, thresholds: ParityThresholds, session=None) -> ParityResult:
+    def check(
+        self, artifact: str | os.PathLike, variant: str, thresholds: ParityThresholds, session=None, target=None, target_options=None
+    ) -> ParityResult:
         """Run ``artifact`` (through ``session`` if already loaded) on the data, compare with the reference,
-        and judge against ``thresholds``."""
+        and judge against ``thresholds``. ``target``: run it there instead (``parity``'s), the references staying
+        here and computed once for every artifact this checker sees."""
+        from .targets import is_local
+
+        if not is_local(target):
+            return _check_on_target(self, Path(artifact), variant, thresholds, target, target_options)
         started = time.perf_counter()
         session = session if session is not None else open_artifact(artifact)
         kind = session.input_kind
@@ -428,12 +435,7 @@ def parity(
     variant = variant or artifact_variant(artifact)
     data_set = ParityData(run.card.preprocessing, run_parity_images(run.card, data, max_images))
     limits = merge_thresholds(thresholds_for(get_spec(run.card.model), variant, has_labels=data_set.labels is not None), thresholds)
-    checker = ParityChecker(run.build_model(), data_set)
-    from .targets import is_local
-
-    if is_local(target):
-        return checker.check(artifact, variant, limits)
-    return _check_on_target(checker, artifact, variant, limits, target, target_options)
+    return ParityChecker(run.build_model(), data_set).check(artifact, variant, limits, target=target, target_options=target_options)
 
 
 def _check_on_target(checker: ParityChecker, artifact: Path, variant: str, limits: ParityThresholds, target, options) -> ParityResult:

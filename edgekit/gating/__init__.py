@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import os
 
-from .baseline import compare_with_baseline, load_baseline
+from .baseline import compare_with_baseline, load_baseline_by_target, where_key
 from .checks import evaluate
 from .config import BaselinePolicy, GateConfig, VariantThresholds, load_config
-from .measure import measure_variants
+from .measure import Measured, measure_variants
 from .results import EXIT_FAILED, EXIT_NOT_MEASURED, EXIT_PASSED, Check, Comparison, GateResult, VariantMeasure
 
 
@@ -36,10 +36,14 @@ def gate(config: GateConfig | str | os.PathLike, baseline: str | os.PathLike | N
     ``config`` is a GateConfig or the path of a YAML gate config."""
     if not isinstance(config, GateConfig):
         config = load_config(config)
-    baseline_measures = load_baseline(baseline, config) if baseline is not None else None
+    baselines = load_baseline_by_target(baseline, config) if baseline is not None else None
     measured = measure_variants(config, need_anchor=baseline is not None, progress=progress)
-    comparisons = compare_with_baseline(config, measured.measures, baseline_measures) if baseline_measures is not None else []
-    checks = evaluate(config, measured.measures, comparisons, baseline_given=baseline is not None)
+    comparisons: list[Comparison] = []
+    checks: list[Check] = []
+    for on_target in measured:
+        found, target_checks = _judged(config, on_target, baselines)
+        comparisons += found
+        checks += target_checks
     failures = [check.message for check in checks if check.failed]
     return GateResult(
         config=str(config.source) if config.source else None,
@@ -48,16 +52,40 @@ def gate(config: GateConfig | str | os.PathLike, baseline: str | os.PathLike | N
         runtime=config.runtime,
         threads=config.threads,
         batch_size=config.batch_size,
-        variants=list(measured.measures.values()),
+        variants=[measure for on_target in measured for measure in on_target.measures.values()],
         checks=checks,
         comparisons=comparisons,
         baseline=str(baseline) if baseline is not None else None,
-        reports=list(measured.reports),
-        machine=measured.machine,
+        reports=[report for on_target in measured for report in on_target.reports],
+        machine=next((m.machine for m in measured if m.machine is not None), None),
+        targets=[m.target for m in measured if m.target is not None],
+        measured_on={m.target: m.measured_on for m in measured if m.target is not None and m.measured_on is not None},
         strict_contention=config.strict_contention,
         passed=not failures,
         failures=failures,
     )
+
+
+def _judged(
+    config: GateConfig, measured: Measured, baselines: dict[str, dict[str, VariantMeasure]] | None
+) -> tuple[list[Comparison], list[Check]]:
+    """The baseline comparisons and the checks of what one target measured: a baseline compares like with like,
+    so only with the baseline's figures from the same target."""
+    then = baselines.get(where_key(measured.target), {}) if baselines is not None else {}
+    found = compare_with_baseline(config, measured.measures, then) if then else []
+    comparisons = [comparison.model_copy(update={"target": measured.target}) for comparison in found]
+    where = measured.measured_on
+    emulation = (where.emulation or "emulated") if where is not None and where.emulated else None
+    checks = evaluate(
+        config,
+        measured.measures,
+        comparisons,
+        baseline_given=baselines is not None,
+        target=measured.target,
+        emulation=emulation,
+        baseline_on_target=bool(then),
+    )
+    return comparisons, checks
 
 
 __all__ = [

@@ -9,13 +9,24 @@ import os
 from pathlib import Path
 
 from ..errors import EdgekitError
+from ..targets import LOCAL
 from .config import GateConfig
 from .results import Comparison, GateResult, VariantMeasure
 
 
-def load_baseline(path: str | os.PathLike, config: GateConfig) -> dict[str, VariantMeasure]:
+def where_key(target: str | None) -> str:
+    """The target figures were measured on, as baselines are matched: "local" for this machine (None)."""
+    return target or LOCAL
+
+
+def load_baseline(path: str | os.PathLike, config: GateConfig, target: str | None = None) -> dict[str, VariantMeasure]:
     """Variant measures from an earlier GateResult JSON (its ``variants``) or BenchResult JSON (its
-    ``measurements`` on the config's runtime and batch size)."""
+    ``measurements`` on the config's runtime and batch size) measured on ``target`` (None: this machine)."""
+    return load_baseline_by_target(path, config).get(where_key(target), {})
+
+
+def load_baseline_by_target(path: str | os.PathLike, config: GateConfig) -> dict[str, dict[str, VariantMeasure]]:
+    """``load_baseline`` for every target the report measured on: {target ("local" for this machine): measures}."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -26,9 +37,14 @@ def load_baseline(path: str | os.PathLike, config: GateConfig) -> dict[str, Vari
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EdgekitError(f"--baseline {path} is not a readable JSON report ({exc}); regenerate it") from exc
     if isinstance(data, dict) and "checks" in data and "variants" in data:
-        return {m.variant: m for m in GateResult.from_json(path).variants}
+        grouped: dict[str, dict[str, VariantMeasure]] = {}
+        for measure in GateResult.from_json(path).variants:
+            grouped.setdefault(where_key(measure.target), {})[measure.variant] = measure
+        return grouped
     if isinstance(data, dict) and isinstance(data.get("measurements"), list):
-        return _from_bench(data, path, config)
+        measured_on = data.get("target")
+        target = measured_on.get("target") if isinstance(measured_on, dict) else None
+        return {where_key(target): _from_bench(data, path, config)}
     raise EdgekitError(f"--baseline {path} is neither a gate report (edgekit gate --json) nor a bench report (edgekit bench --json)")
 
 

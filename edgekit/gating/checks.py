@@ -26,8 +26,30 @@ _THRESHOLDS: dict[str, tuple[str, str, Op, str, bool]] = {
 }
 
 
-def evaluate(config: GateConfig, measures: dict[str, VariantMeasure], comparisons: list[Comparison], baseline_given: bool) -> list[Check]:
-    """One Check per configured threshold, in config order, then the baseline checks."""
+def evaluate(
+    config: GateConfig,
+    measures: dict[str, VariantMeasure],
+    comparisons: list[Comparison],
+    baseline_given: bool,
+    target: str | None = None,
+    emulation: str | None = None,
+    baseline_on_target: bool = True,
+) -> list[Check]:
+    """One Check per configured threshold, in config order, then the baseline checks.
+
+    ``target``: the target ``measures`` were measured on; every check is then named "<variant>.<metric>@<target>"
+    and carries it. ``emulation``: why that target is emulated, if it is: its latency checks are skipped, since
+    timings under emulation are not evidence of any device's speed (accuracy and parity there are real).
+    ``baseline_on_target``: False when the baseline report has no figures from ``target`` (nothing is compared)."""
+    checks = _thresholds(config, measures)
+    if baseline_given:
+        checks += baseline_checks(config, comparisons, None if baseline_on_target else (target or "this machine"))
+    if target is None:
+        return checks
+    return [_on_target(check, target, emulation) for check in checks]
+
+
+def _thresholds(config: GateConfig, measures: dict[str, VariantMeasure]) -> list[Check]:
     checks: list[Check] = []
     for variant, limits in config.variants.items():
         measure = measures.get(variant) or VariantMeasure(variant=variant)
@@ -42,9 +64,21 @@ def evaluate(config: GateConfig, measures: dict[str, VariantMeasure], comparison
             checks.append(_threshold(variant, metric, value, threshold, op, words, suffix))
         for other, ratio in limits.min_speedup_vs.items():
             checks.append(_speedup(variant, other, measure, measures.get(other), ratio))
-    if baseline_given:
-        checks += baseline_checks(config, comparisons)
     return checks
+
+
+def _is_latency(metric: str) -> bool:
+    return metric.startswith("speedup_vs_") or metric == "baseline_relative_latency"
+
+
+def _on_target(check: Check, target: str, emulation: str | None) -> Check:
+    """``check`` named after, and carrying, the target it was measured on; a latency check of an emulated target skipped."""
+    name = f"{check.name}@{target}"
+    if emulation is not None and _is_latency(check.metric):
+        message = f"{name}: skipped: {target} is emulated ({emulation}); its latencies are not evidence of any device's speed"
+        return check.model_copy(update={"name": name, "target": target, "status": "skipped", "message": message})
+    message = name + check.message.removeprefix(check.name)  # every message starts with its check's name
+    return check.model_copy(update={"name": name, "target": target, "message": message})
 
 
 def _threshold(variant: str, metric: str, value: float | None, threshold: float, op: Op, what: str, suffix: str = "") -> Check:
@@ -138,10 +172,11 @@ _BASELINE_LIMITS = {  # metric -> (policy field, how the limit reads)
 }
 
 
-def baseline_checks(config: GateConfig, comparisons: list[Comparison]) -> list[Check]:
+def baseline_checks(config: GateConfig, comparisons: list[Comparison], lacking_target: str | None = None) -> list[Check]:
     """A check per compared metric that has a limit: it fails only for a move that is worse than the limit AND
     outside the noise; a latency move measured under contention is not measured. A configured variant the
-    baseline lacks is skipped, not failed: a new variant has no past."""
+    baseline lacks is skipped, not failed: a new variant has no past. ``lacking_target``: a target the baseline
+    has no figures from (every variant is then skipped, saying so: a baseline compares like with like)."""
     policy = config.baseline
     checks = []
     for comparison in comparisons:
@@ -161,7 +196,12 @@ def baseline_checks(config: GateConfig, comparisons: list[Comparison]) -> list[C
                     threshold=None,
                     op="<=",
                     status="skipped",
-                    message=f"{variant}.baseline: not in the baseline report; nothing to compare",
+                    message=f"{variant}.baseline: "
+                    + (
+                        f"the baseline report has no figures measured on {lacking_target}; nothing to compare"
+                        if lacking_target
+                        else "not in the baseline report; nothing to compare"
+                    ),
                 )
             )
     return checks

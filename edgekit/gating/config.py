@@ -14,7 +14,8 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from .. import config as config_io
-from ..errors import ConfigError, EdgekitError
+from ..errors import ConfigError, EdgekitError, TargetError
+from ..targets import TargetOptions, parse_address
 from ..variants import AUTO, Variant
 
 
@@ -29,6 +30,16 @@ def _variant_name(name: str) -> str:
 
 
 VariantName = Annotated[str, AfterValidator(_variant_name)]
+
+
+def _target_name(key: str, text: str) -> str:
+    """The name of a target as `--target` takes it (local, ssh://..., an ssh_config alias); a ValueError naming
+    ``key`` otherwise. Checked on the whole model, not the field: a field's error would quote the value, and a
+    target may carry a password that must never be repeated."""
+    try:
+        return parse_address(text).name
+    except TargetError as exc:
+        raise ValueError(f"{key}: {str(exc).removeprefix('--target ')}") from None
 
 
 class _Strict(BaseModel):
@@ -99,11 +110,30 @@ class GateConfig(_Strict):
     strict_contention: bool = Field(
         False, description="exit 3 when a latency check was not measured because other processes used the CPU (default: exit 0)"
     )
+    target: str | None = Field(None, description="where to measure: local, ssh://[user@]host[:port][/cache/dir] or an ssh_config alias")
+    targets: list[str] | None = Field(None, min_length=1, description="several devices: every check is made on each")
+    ssh_config: Path | None = Field(None, description="OpenSSH config file for the targets (ssh -F); default ~/.ssh/config")
+    accept_new_host_key: bool = Field(
+        False, description="accept and remember the key of a device known_hosts lacks (a changed key is refused)"
+    )
     variants: dict[VariantName, VariantThresholds] = Field(min_length=1)
     baseline: BaselinePolicy = Field(default_factory=BaselinePolicy)
 
     _base_dir: Path | None = None  # the config file's folder; None -> the working directory
     _source: Path | None = None  # the config file, for the report
+
+    @model_validator(mode="after")
+    def _one_way_to_name_targets(self):
+        if self.target is not None and self.targets is not None:
+            raise ValueError("give `target:` (one device) or `targets:` (a list), not both")
+        if self.target is not None:
+            _target_name("target", self.target)
+        names = [_target_name(f"targets.{i}", text) for i, text in enumerate(self.targets or [])]
+        twice = next((name for name in names if names.count(name) > 1), None)
+        if twice is not None:
+            # checks are named by the target's name, so one device twice would give two checks one name
+            raise ValueError(f"targets: {twice} is listed twice; gate each device once")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -129,6 +159,8 @@ class GateConfig(_Strict):
         """Load and validate a YAML config; relative paths then resolve against its ``root``."""
         path = Path(path)
         data = config_io.read_yaml(path)
+        if (overrides or {}).get("targets"):
+            data.pop("target", None)  # --target replaces the config's devices, whichever key named them
         data.update({k: v for k, v in (overrides or {}).items() if v is not None})
         loaded = config_io.validate(cls, data, str(path))
         loaded._base_dir = path.resolve().parent
@@ -162,6 +194,18 @@ class GateConfig(_Strict):
         if need_anchor and self.baseline.anchor not in names:
             names.append(self.baseline.anchor)
         return names
+
+    @property
+    def target_names(self) -> list[str | None]:
+        """The targets to measure on, as given; [None] when the config names none (this machine, as before targets,
+        and its checks carry no target)."""
+        if self.targets is not None:
+            return list(self.targets)
+        return [self.target] if self.target is not None else [None]
+
+    def target_options(self) -> TargetOptions:
+        """How to reach the targets (``ssh_config`` resolved like every path of the config)."""
+        return TargetOptions(ssh_config=self.resolve(self.ssh_config), accept_new_host_key=self.accept_new_host_key)
 
     @property
     def needs_latency(self) -> bool:

@@ -7,7 +7,8 @@ Nothing passed in is modified."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,16 @@ from ..auto import export_auto
 from ..benchmarking import DEFAULT_ITERATIONS, DEFAULT_WARMUP, BenchResult, Measurement, machine_info
 from ..benchmarking import bench as run_bench
 from ..benchmarking.artifacts import artifact_bytes
-from ..card import read_card
-from ..errors import EdgekitError
+from ..card import MeasuredOn, read_card
+from ..errors import EdgekitError, TargetError
 from ..exporting import export as run_export
 from ..formats import ONNX, find_format
 from ..hardware import isa_class, validated_here
 from ..metadata import read_onnx_metadata
 from ..parity_check import ParityChecker, ParityData, ParityResult, ParityThresholds, images_in, run_parity_images
 from ..runs import Run
+from ..targets import Target, is_local, parse_address, parse_target
+from ..targets.info import TargetInfo, info_from_facts
 from ..variants import AUTO, InputKind, Variant
 from .config import GateConfig
 from .results import VariantMeasure
@@ -39,31 +42,86 @@ class Found:
 
 @dataclass(frozen=True)
 class Measured:
-    """Everything the gate measured: one VariantMeasure per variant, the reports used or written (and exports
-    made), and the machine the bench ran on (None without a bench)."""
+    """Everything the gate measured on one target: one VariantMeasure per variant, the reports used or written
+    (and exports made), the machine the bench ran on (None without a bench), and the target (None: this machine,
+    no target named; ``measured_on`` for a remote one)."""
 
     measures: dict[str, VariantMeasure]
     reports: tuple[str, ...] = ()
     machine: dict | None = None
+    target: str | None = None
+    measured_on: MeasuredOn | None = None
 
 
-def measure_variants(config: GateConfig, need_anchor: bool = False, progress: bool = False) -> Measured:
-    """Measure what ``config``'s checks need (and, with ``need_anchor``, the baseline's latency anchor)."""
+@dataclass(frozen=True)
+class Where:
+    """A target the gate measures on: its name in checks (None: this machine, none named), the opened Target
+    (None: this machine, measured in this process as before targets) and its facts."""
+
+    label: str | None = None
+    target: Target | None = None
+    info: TargetInfo | None = None
+
+    @property
+    def emulated(self) -> bool:
+        return bool(self.info is not None and self.info.emulated)
+
+
+HERE = Where()
+
+
+def measure_variants(config: GateConfig, need_anchor: bool = False, progress: bool = False) -> list[Measured]:
+    """Measure what ``config``'s checks need (and, with ``need_anchor``, the baseline's latency anchor) on each of
+    its targets, in order. Artifacts are found (or exported) once, here; every target measures the same files."""
     run_dir = config.resolve(config.run)
     run = Run.load(run_dir) if run_dir is not None else None
     data = _data_folder(config)
     artifacts, exported = locate_artifacts(config, run, config.measured_variants(need_anchor), progress)
-    measures = {name: VariantMeasure(variant=name, artifact=str(path), size_bytes=artifact_bytes(path)) for name, path in artifacts.items()}
-    reports, machine = list(exported), None
+    checker = _ParityOnce(run, data, config.max_images) if run is not None else None
+    results = []
+    for text in config.target_names:
+        with opened_target(text, config) as where:
+            results.append(_measure_on(where, config, run, data, artifacts, checker, need_anchor, progress))
+    return [replace(results[0], reports=exported + results[0].reports), *results[1:]]
+
+
+@contextmanager
+def opened_target(text: str | None, config: GateConfig):
+    """``text`` as a Where, its connection open (and closed after) and its facts read, once for all its checks."""
+    if text is None or is_local(text):
+        yield Where(label=parse_address(text).name if text is not None else None)
+        return
+    target = parse_target(text, config.target_options())
+    try:
+        yield Where(label=target.name, target=target, info=info_from_facts(target, target.facts()))
+    except TargetError as exc:
+        if target.name in str(exc):
+            raise
+        # with several targets, a message naming only host:port must still say which configured target failed
+        raise TargetError(f"target {target.name}: {exc}") from exc
+    finally:
+        target.close()
+
+
+def _measure_on(where: Where, config: GateConfig, run, data, artifacts, checker, need_anchor: bool, progress: bool) -> Measured:
+    measures = {
+        name: VariantMeasure(variant=name, target=where.label, artifact=str(path), size_bytes=artifact_bytes(path))
+        for name, path in artifacts.items()
+    }
+    reports: list[str] = []
+    machine = None
     if run is not None:
-        parity = measure_parity(config, run, artifacts, data)
+        parity = measure_parity(config, run, artifacts, data, where, checker)
         measures, reports = _merged(measures, parity), reports + list(parity.reports)
         _require_labels(config, run, data, measures)
     bench_accuracy = run is None and any(t.min_accuracy is not None for t in config.variants.values())
-    if need_anchor or config.needs_latency or bench_accuracy:
-        latency = measure_latency(config, run, artifacts, data if bench_accuracy else None, progress)
+    # An emulated target's timings are not evidence: its latency checks are skipped, so nothing is timed there for them.
+    timed = (need_anchor or config.needs_latency) and not where.emulated
+    if timed or bench_accuracy:
+        latency = measure_latency(config, run, artifacts, data if bench_accuracy else None, progress, where)
         measures, reports, machine = _merged(measures, latency), reports + list(latency.reports), latency.machine
-    return Measured(measures, tuple(reports), machine)
+    measured_on = where.info.measured_on() if where.info is not None else None
+    return Measured(measures, tuple(reports), machine, where.label, measured_on)
 
 
 def _merged(measures: dict[str, VariantMeasure], found: Found) -> dict[str, VariantMeasure]:
@@ -189,18 +247,21 @@ def _export_request(run: Run, missing: list[str]) -> _ExportRequest:
 # --- parity ---------------------------------------------------------------------------------------
 
 
-def measure_parity(config: GateConfig, run: Run, artifacts: dict[str, Path], data: Path | None) -> Found:
+def measure_parity(
+    config: GateConfig, run: Run, artifacts: dict[str, Path], data: Path | None, where: Where = HERE, checker: _ParityOnce | None = None
+) -> Found:
     """Accuracy, agreement and logit differences of every configured variant vs the run's PyTorch model, from
-    export's parity reports where they are fresh, else measured on the gate's images."""
-    checker = _ParityOnce(run, data, config.max_images)
+    parity reports where they are fresh and were measured on ``where``, else measured there on the gate's images
+    (``checker``: the references, shared by every target)."""
+    checker = checker or _ParityOnce(run, data, config.max_images)
     values, reports = {}, []
     for name in config.variants:
-        fresh = _fresh_parity(run, artifacts[name], name, data, config.max_images) if config.reuse_reports else None
+        fresh = _fresh_parity(run, artifacts[name], name, data, config.max_images, where) if config.reuse_reports else None
         if fresh is not None:
             report, path = fresh
             reports.append(str(path))
         else:
-            report = checker.check(artifacts[name], name, deployed_setting(config, run, name))
+            report = checker.check(artifacts[name], name, deployed_setting(config, run, name), where.target)
         values[name] = _parity_values(report)
     return Found(values, tuple(reports))
 
@@ -218,12 +279,14 @@ def _parity_values(report: ParityResult) -> dict[str, Any]:
     }
 
 
-def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max_images: int) -> tuple[ParityResult, Path] | None:
+def _fresh_parity(
+    run: Run, artifact: Path, variant: str, data: Path | None, max_images: int, where: Where = HERE
+) -> tuple[ParityResult, Path] | None:
     """The parity report export wrote for this artifact, if it is newer than both the artifact and the
-    model and was measured on the same labelled images; otherwise None."""
+    model, was measured where the gate measures (``where``) and on the same labelled images; otherwise None."""
     if variant == AUTO:
         return None  # the card's file runs with the card's settings, which may change its numerics: measured here
-    if find_format(artifact) is ONNX and not _validated_here(artifact):
+    if where.target is None and find_format(artifact) is ONNX and not _validated_here(artifact):
         return None  # int8 proven on another CPU class: measure it again here
     path = run.exports_dir / Variant.parse(variant).parity_file_name
     if not path.is_file() or path.stat().st_mtime < max(artifact.stat().st_mtime, run.model_path.stat().st_mtime):
@@ -234,6 +297,8 @@ def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max
         return None  # an unreadable old report is recomputed, not trusted
     if os.path.realpath(report.artifact) != os.path.realpath(artifact) or report.variant != variant:
         return None
+    if not measured_where(report.target, where):
+        return None  # figures of another device (or of this machine, for a target gate) are not this one's
     source = report.metrics.data_source
     if source.is_random or report.metrics.variant_accuracy is None:
         return None  # random inputs say nothing about accuracy
@@ -244,6 +309,18 @@ def _fresh_parity(run: Run, artifact: Path, variant: str, data: Path | None, max
     expected = len(images_in(data, run.card.class_names, max_images).paths)  # a listing, no decoding
     # made on another sample size: the gate's numbers would not be comparable
     return (report, path) if report.metrics.n_images == expected else None
+
+
+def measured_where(measured_on: MeasuredOn | None, where: Where) -> bool:
+    """Whether a report measured on ``measured_on`` (None: this machine) holds for ``where``: this machine's
+    reports for this machine; a target's for the same target with the same ISA class, CPU and runtime versions."""
+    if where.target is None or where.info is None:
+        return measured_on is None or measured_on.transport == "local"
+    if measured_on is None or measured_on.target != where.label:
+        return False
+    now = where.info.measured_on()
+    same_runtimes = all(now.runtimes.get(module) == version for module, version in measured_on.runtimes.items())
+    return measured_on.isa == now.isa and measured_on.cpu == now.cpu and same_runtimes
 
 
 def _validated_here(artifact: Path) -> bool:
@@ -258,11 +335,14 @@ class _ParityOnce:
         self.run, self.data, self.max_images = run, data, max_images
         self._checker: ParityChecker | None = None
 
-    def check(self, artifact: Path, variant: str, setting: tuple[str, dict] | None = None) -> ParityResult:
-        """Parity of ``artifact`` on its format's runtime, or on ``setting`` (runtime, options) where one is given."""
+    def check(self, artifact: Path, variant: str, setting: tuple[str, dict] | None = None, target: Target | None = None) -> ParityResult:
+        """Parity of ``artifact`` on its format's runtime, or on ``setting`` (runtime, options) where one is given;
+        on ``target`` when one is (there the target's CPU decides the settings, as for `edgekit parity --target`)."""
         if self._checker is None:
             images = run_parity_images(self.run.card, self.data, self.max_images)
             self._checker = ParityChecker(self.run.build_model(), ParityData(self.run.card.preprocessing, images))
+        if target is not None:
+            return self._checker.check(artifact, variant, ParityThresholds(), target=target)
         session = None
         if setting is not None:
             from .. import runtimes
@@ -275,16 +355,19 @@ class _ParityOnce:
 # --- bench ----------------------------------------------------------------------------------------
 
 
-def measure_latency(config: GateConfig, run: Run | None, artifacts: dict[str, Path], data: Path | None, progress: bool = False) -> Found:
-    """One bench run with every variant interleaved (latency ratios are only ever taken inside it), or a fresh
-    `edgekit bench` report that timed them all; with ``data``, also bench's top-1 accuracy. A row bench timed
-    under CPU contention keeps its flag and share, so its latency checks become "not measured"."""
+def measure_latency(
+    config: GateConfig, run: Run | None, artifacts: dict[str, Path], data: Path | None, progress: bool = False, where: Where = HERE
+) -> Found:
+    """One bench run on ``where`` with every variant interleaved (latency ratios are only ever taken inside it),
+    or a fresh `edgekit bench` report that timed them all there; with ``data``, also bench's top-1 accuracy. A row
+    bench timed under CPU contention keeps its flag and share, so its latency checks become "not measured"."""
     deployed = {name: s for name in artifacts if (s := deployed_setting(config, run, name)) is not None}
     runtime_of = {os.path.realpath(path): deployed[name][0] if name in deployed else config.runtime for name, path in artifacts.items()}
     # The card's runtime and the options that change what runs (its precision hint); spinning stays at the
     # interleaving default, since every row here takes turns with the others
     options = {k: v for _, opts in deployed.values() for k, v in opts.items() if k != "allow_spinning"}
-    fresh = _fresh_bench(run, artifacts, config) if config.reuse_reports and run is not None and data is None and not deployed else None
+    reusable = config.reuse_reports and data is None and not deployed
+    fresh = _fresh_bench(run, artifacts, config, where) if reusable and run is not None else None
     if fresh is not None:
         result, path = fresh
         reports: tuple[str, ...] = (str(path),)
@@ -301,6 +384,7 @@ def measure_latency(config: GateConfig, run: Run | None, artifacts: dict[str, Pa
             iterations=config.iterations if config.iterations is not None else DEFAULT_ITERATIONS,
             progress=progress,
             save=False,
+            target=where.target,
         )  # the gate writes only exports and the reports its caller asks for
         reports = ()
     rows = _rows_by_artifact(result, config, runtime_of)
@@ -339,14 +423,14 @@ def _rows_by_artifact(result: BenchResult, config: GateConfig, runtime_of: dict[
     }
 
 
-def _fresh_bench(run: Run, artifacts: dict[str, Path], config: GateConfig) -> tuple[BenchResult, Path] | None:
+def _fresh_bench(run: Run, artifacts: dict[str, Path], config: GateConfig, where: Where = HERE) -> tuple[BenchResult, Path] | None:
     """The newest `edgekit bench` report in <run>/bench that timed every needed artifact in one run, with the
-    gate's runtime, batch size and threads, on this machine, after every artifact was last written, on a quiet
-    machine (a report with a contended row is timed again rather than reused)."""
+    gate's runtime, batch size and threads, on this machine (or on ``where``'s target), after every artifact was
+    last written, on a quiet machine (a report with a contended row is timed again rather than reused)."""
     if not run.bench_dir.is_dir():
         return None
     newest_artifact = max(path.stat().st_mtime for path in artifacts.values())
-    here = machine_info()
+    here = machine_info() if where.target is None else None
     for path in sorted(run.bench_dir.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
         if path.stat().st_mtime < newest_artifact:
             break  # older reports can only be staler
@@ -354,20 +438,26 @@ def _fresh_bench(run: Run, artifacts: dict[str, Path], config: GateConfig) -> tu
             result = BenchResult.from_json(path)
         except EdgekitError:
             continue
-        if _applies(result, artifacts, config, here):
+        if _applies(result, artifacts, config, here, where):
             return result, path
     return None
 
 
-def _applies(result: BenchResult, artifacts: dict[str, Path], config: GateConfig, here: Any) -> bool:
-    """Whether ``result`` timed every artifact with the gate's settings on this machine (``here``: machine_info())."""
+def _applies(result: BenchResult, artifacts: dict[str, Path], config: GateConfig, here: Any, where: Where = HERE) -> bool:
+    """Whether ``result`` timed every artifact with the gate's settings on this machine (``here``: machine_info()),
+    or on ``where``'s target when it names one."""
     settings = result.settings
     same_settings = (
         settings.get("threads") == config.threads
         and not settings.get("end_to_end")
         and (config.iterations is None or settings.get("iterations") == config.iterations)
     )
-    same_machine = all(result.machine.get(key) == here.get(key) for key in ("cpu", "usable_cores", "versions"))
+    if where.target is None:
+        same_machine = measured_where(result.target, where) and all(
+            result.machine.get(key) == here.get(key) for key in ("cpu", "usable_cores", "versions")
+        )
+    else:
+        same_machine = measured_where(result.target, where)
     rows = _rows_by_artifact(result, config)
     needed = [rows.get(os.path.realpath(path)) for path in artifacts.values()]
     return same_settings and same_machine and all(row is not None and not row.contended for row in needed)

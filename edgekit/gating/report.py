@@ -76,6 +76,20 @@ def metric_label(metric: str, anchor: str = "fp32") -> str:
     return {"relative_latency": f"latency/{anchor}", "size_bytes": "size"}.get(metric, metric)
 
 
+def comparison_label(comparison: Comparison) -> str:
+    """The variant a comparison is of, with the target both figures come from when one is named."""
+    return f"{comparison.variant}@{comparison.target}" if comparison.target else comparison.variant
+
+
+def where_lines(result: GateResult) -> list[str]:
+    """One line per remote target: where it measured, and that an emulated one's latency checks were skipped."""
+    lines = []
+    for where in result.measured_on.values():
+        emulated = "; its latency checks are skipped, its accuracy and parity judged" if where.emulated else ""
+        lines.append(where.heading() + emulated)
+    return lines
+
+
 def format_comparison(comparison: Comparison) -> tuple[str, str, str, str]:
     """(baseline, now, change, noise) of a baseline comparison as text."""
     return (
@@ -98,10 +112,11 @@ def verdict_line(result: GateResult) -> str:
     """One line: passed / FAILED, with how many checks could not be measured."""
     failed = [c for c in result.checks if c.failed]
     unmeasured = len(result.not_measured)
+    on = f" on {', '.join(result.targets)}" if result.targets else ""
     if failed:
-        verdict = f"FAILED ({len(failed)} of {len(result.checks)} checks)"
+        verdict = f"FAILED ({len(failed)} of {len(result.checks)} checks{on})"
     else:
-        verdict = f"passed ({len(result.checks)} checks)"
+        verdict = f"passed ({len(result.checks)} checks{on})"
     if unmeasured:
         strict = ", exit 3 under strict_contention" if result.strict_contention else ""
         verdict += f"; {unmeasured} latency check{'s' if unmeasured > 1 else ''} not measured: the CPU was contended{strict}"
@@ -133,6 +148,7 @@ def junit_xml(result: GateResult) -> str:
         ("runtime", result.runtime),
         ("threads", result.threads),
         ("baseline", result.baseline),
+        ("targets", ", ".join(result.targets) or None),
     ):
         if value is not None:
             ET.SubElement(properties, "property", {"name": key, "value": str(value)})
@@ -169,7 +185,10 @@ def markdown(result: GateResult) -> str:
         context.append(f"{result.threads} threads")
     if result.data:
         context.append(f"data `{result.data}`")
+    if result.targets:
+        context.append("on " + ", ".join(f"`{target}`" for target in result.targets))
     lines += ["Latency is judged only as ratios between variants timed in the same run; " + ", ".join(context) + ".", ""]
+    lines += [f"- {_cell(line)}" for line in where_lines(result)] + ([""] if result.measured_on else [])
     if failed:
         lines += ["**Failures**", ""] + [f"- {_cell(c.message)}" for c in failed] + [""]
     if result.not_measured:
@@ -189,7 +208,7 @@ def markdown(result: GateResult) -> str:
         ]
         for comparison in result.comparisons:
             cells = " | ".join(format_comparison(comparison))
-            lines.append(f"| {comparison.variant} | {comparison.metric} | {cells} | {comparison.verdict} |")
+            lines.append(f"| {_cell(comparison_label(comparison))} | {comparison.metric} | {cells} | {comparison.verdict} |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
+from ..card import MeasuredOn
 from ..results import Result
 
 CheckStatus = Literal["pass", "fail", "not_measured", "skipped"]
@@ -23,6 +24,7 @@ class VariantMeasure(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variant: str
+    target: str | None = None  # the target it was measured on ("ssh://pi@board", "local"); None: this machine, no target named
     artifact: str | None = None
     size_bytes: int | None = None
     n_images: int | None = None
@@ -49,8 +51,9 @@ class Check(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str  # "<variant>.<metric>", unique in a report
+    name: str  # "<variant>.<metric>", or "<variant>.<metric>@<target>" on a named target: unique in a report
     variant: str
+    target: str | None = None  # the target its figures were measured on; None: this machine (reports before targets)
     metric: str
     value: float | None
     threshold: float | None
@@ -94,6 +97,7 @@ class Comparison(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variant: str
+    target: str | None = None  # measured on this target, now and in the baseline; None: this machine
     metric: str  # relative_latency (p50 / anchor p50), accuracy, agreement, size_bytes
     baseline: float
     current: float
@@ -130,12 +134,15 @@ class GateResult(Result):
     baseline: str | None = None
     reports: list[str] = Field(default_factory=list)  # parity/bench reports reused or produced, and exports made
     machine: dict | None = None
+    targets: list[str] = Field(default_factory=list)  # the targets gated, in config order (empty: this machine, none named)
+    measured_on: dict[str, MeasuredOn] = Field(default_factory=dict)  # target -> where it measured (the remote ones)
     strict_contention: bool = False
     passed: bool
     failures: list[str]  # one line per failed check
 
-    def measure(self, variant: str) -> VariantMeasure | None:
-        return next((m for m in self.variants if m.variant == variant), None)
+    def measure(self, variant: str, target: str | None = None) -> VariantMeasure | None:
+        """The variant's figures (on ``target``; default the first target that measured it)."""
+        return next((m for m in self.variants if m.variant == variant and target in (None, m.target)), None)
 
     @property
     def not_measured(self) -> list[Check]:
