@@ -15,8 +15,8 @@ import pytest
 from torch import nn
 
 from edgekit.auto import choose
-from edgekit.device.timing import Raced, drop_the_slower
 from edgekit.card import CandidateFigures, DeployCard, MeasuredOn, read_card
+from edgekit.device.timing import Raced, drop_the_slower
 from edgekit.errors import EdgekitError
 
 

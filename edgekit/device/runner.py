@@ -268,8 +268,15 @@ def race_blocks(loaded: List, race: Dict[str, Any], monitor) -> None:
     batch_size = int(race["batch_size"])
     active = [(artifact, opened, record) for artifact, opened, record in loaded if takes(artifact, batch_size)]
     calls = [_call(opened, example_batch(artifact, batch_size)) for artifact, opened, _ in active]
-    rounds = {key: int(race[key]) for key in ("block_rounds", "min_cycles", "max_cycles") if race.get(key)}
-    for (_, _, record), raced in zip(active, timing.race(calls, float(race["seconds"]), monitor, **rounds)):
+    raced_calls = timing.race(
+        calls,
+        float(race["seconds"]),
+        monitor,
+        block_rounds=int(race.get("block_rounds") or timing.BLOCK_ROUNDS),
+        min_cycles=int(race.get("min_cycles") or timing.RACE_MIN_CYCLES),
+        max_cycles=int(race.get("max_cycles") or timing.RACE_MAX_CYCLES),
+    )
+    for (_, _, record), raced in zip(active, raced_calls):
         key = str(batch_size)
         record["times"][key], record["chunks"][key], record["remeasured"][key] = raced.times, _chunks(raced.chunks), raced.remeasured
         record["blocks"] = {str(cycle): median for cycle, median in raced.blocks.items()}
