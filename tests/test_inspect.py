@@ -277,7 +277,7 @@ def test_export_message_for_an_int8_past_its_budget_ends_with_the_inspect_comman
     variant = SimpleNamespace(variant="int8", path="runs/flowers/exports/model.int8.onnx", size_bytes=2**20, passed=False,
                               parity=SimpleNamespace(metrics=metrics), int8=SimpleNamespace(search=search), failures=[],
                               warnings=[], notes=[], mobile=None)  # fmt: skip
-    result = SimpleNamespace(run_dir="runs/flowers", parity_data=DataSource.images("photos/val"), variants=[variant])
+    result = SimpleNamespace(run_dir="runs/flowers", parity_data=DataSource.images("photos/val"), variants=[variant], target=None)
     show_export(result)
     line = next(line for line in capsys.readouterr().err.splitlines() if "no int8 within the budget" in line)
     assert line.rstrip().endswith("edgekit inspect runs/flowers int8 --data photos/val")
