@@ -394,7 +394,7 @@ def test_self_referencing_link_beside_the_class_folders_is_ignored(tmp_path):
         (["export", "{run}", "--max-accuracy-drop", "2"], ["max_accuracy_drop", "2"]),
         (
             ["export", "{run}", "--format", "torch-export", "--quantize", "int8"],
-            ["--quantize int8", "applies to onnx, openvino, executorch only"],
+            ["--quantize int8", "applies to onnx, openvino, executorch, litert only"],
         ),
         (["export", "{run}", "--quantize", "int4"], ["int4"]),
         (["export", "{run}", "--calib-size", "0"], ["--calib-size 0"]),

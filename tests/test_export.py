@@ -172,7 +172,7 @@ def test_opset_is_selectable(trained_run, tmp_path):
 def test_bad_choices_are_user_errors(trained_run):
     with pytest.raises(ConfigError, match="'int4' is not one of"):
         export(trained_run, quantize="int4")
-    with pytest.raises(ConfigError, match="applies to onnx, openvino, executorch only"):
+    with pytest.raises(ConfigError, match="applies to onnx, openvino, executorch, litert only"):
         export(trained_run, formats="torch-export", quantize="int8")
     with pytest.raises(ConfigError, match="calib_method"):
         export(trained_run, quantize="int8", calib_method="mse")

@@ -102,8 +102,7 @@ def test_int8_searched_here_is_validated_again_on_the_emulated_arm64_board(run, 
     assert (there.target.arch, there.target.isa, there.target.emulated) == ("aarch64", IsaClass.ARM64.value, True)
     assert there.metrics.n_images == here.metrics.n_images == 16 and there.passed, there.failures
     assert any("re-validated on" in note for note in int8.notes)
-    # ARM int8 kernels round differently: the logits there are not bit for bit those here
-    assert there.metrics.max_abs_diff != here.metrics.max_abs_diff
+    assert there.metrics.top1_agreement >= 0.9 and there.metrics.max_abs_diff < 0.2  # int8 rounding, not a broken file
     fp32 = result.get("fp32")
     assert fp32 is not None and fp32.target_parity is not None and fp32.target_parity.metrics.max_abs_diff < 1e-3
     print(

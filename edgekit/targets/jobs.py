@@ -20,6 +20,7 @@ from ..errors import TargetError
 from ..files import sha256_file
 from ..formats import find_format
 from ..hardware import ORT_PRECISION_KEY, ort_session_config_here
+from ..safety import load_npz
 from . import Target, ship
 from .info import TargetInfo
 from .setup import missing_runtime
@@ -114,8 +115,7 @@ def execute(target: Target, info: TargetInfo, job: dict, host_sessions: list, bu
                 np.savez(handle, **bundle)  # type: ignore[arg-type]  # (numpy's stub reads **kwds as allow_pickle)
         back = Path(folder) / "back"
         result = ship.run_job(target, info.cache_dir, runner, job, inputs, ["logits.npz"], back)
-        with np.load(back / "logits.npz", allow_pickle=False) as logits:
-            return result, {key: logits[key] for key in logits.files}
+        return result, load_npz(back / "logits.npz")
 
 
 def logits_on_target(
