@@ -113,7 +113,7 @@ def _cores(info) -> str | None:
 @click.option(
     "--runtime",
     "runtimes",
-    help="Runtimes to install, comma-separated: ort-cpu, openvino, executorch [default: those this machine has, at least ort-cpu; executorch only when named].",
+    help="Runtimes to install, comma-separated: ort-cpu, openvino, executorch, litert, ncnn [default: those this machine has, at least ort-cpu; executorch, litert and ncnn only when named].",
 )
 @click.option(
     "--from-host",

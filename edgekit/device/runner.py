@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, List, Optional
 JOB_VERSION = 1
 FAILED = 3
 LOGITS_BATCH = 16
-RUNTIME_MODULES = {"ort-cpu": "onnxruntime", "openvino": "openvino", "executorch": "executorch"}
+RUNTIME_MODULES = {"ort-cpu": "onnxruntime", "openvino": "openvino", "executorch": "executorch", "litert": "ai_edge_litert", "ncnn": "ncnn"}
 
 
 class JobError(Exception):
@@ -122,6 +122,10 @@ def open_artifact(artifact: Dict[str, Any], settings: Dict[str, Any]) -> Opened:
         return _open_ort(artifact["path"], threads, settings)
     if runtime == "openvino":
         return _open_openvino(artifact["path"], threads, settings)
+    if runtime == "litert":
+        return _open_litert(artifact["path"], threads)
+    if runtime == "ncnn":
+        return _open_ncnn(artifact["path"], threads, settings)
     return _open_executorch(artifact["path"], threads)
 
 
@@ -172,6 +176,24 @@ def _open_openvino(path: str, threads: Optional[int], settings: Dict[str, Any]) 
 
     info = {"library": f"openvino {openvino.version()}", "config": openvino.compile_config(threads, settings)}
     return Opened(run, info)
+
+
+def _open_litert(path: str, threads: Optional[int]) -> Opened:
+    from .litert import LiteRtModel, version
+
+    used = threads or os.cpu_count() or 1
+    model = LiteRtModel(path, used)
+    return Opened(model.run, {"library": f"ai-edge-litert {version()}", "threads": used, "delegate": "XNNPACK (default)"})
+
+
+def _open_ncnn(path: str, threads: Optional[int], settings: Dict[str, Any]) -> Opened:
+    from .ncnn import NcnnModel, version, weights_beside
+
+    used = threads or os.cpu_count() or 1
+    fp16 = bool(settings.get("fp16"))
+    model = NcnnModel(path, weights_beside(path), threads=used, fp16=fp16)
+    info = {"library": f"ncnn {version()}", "threads": used, "vulkan": "off", "fp16_storage_and_arithmetic": "on" if fp16 else "off"}
+    return Opened(model.run, info)
 
 
 def _open_executorch(path: str, threads: Optional[int]) -> Opened:

@@ -39,6 +39,8 @@ def settings_for_target(runtime: str, host_session, options: dict, info: TargetI
     session config an int8 file needs on the *target's* ISA class (``hardware.ort_session_config_here``), not on this
     machine's: an int8 file validated with VNNI gets U8U8 kernels on an x86 target without it, nothing on ARM."""
     settings = {k: v for k, v in options.items() if k not in ("provider_options", "device")}
+    if runtime == "ncnn":  # fp16 arithmetic as the host ran it (an fp16 export's side file asks for it)
+        settings.setdefault("fp16", host_session.info.get("fp16_storage_and_arithmetic") == "on")
     if runtime == "ort-cpu":
         recorded = dict(host_session.info.get("session_config") or {})
         validated = host_session.info.get("validated_isa")

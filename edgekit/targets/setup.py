@@ -69,6 +69,9 @@ DEVICE_RUNTIMES = {
         DeviceRuntime("openvino", "openvino", "openvino"),
         # executorch's Python runtime links against libtorch, so it brings torch to the device: only when asked for.
         DeviceRuntime("executorch", "executorch", "executorch", by_default=False),
+        # LiteRT and ncnn have aarch64 wheels; set up on request (`--runtime litert,ncnn`), like ExecuTorch
+        DeviceRuntime("litert", "ai_edge_litert", "ai-edge-litert", by_default=False),
+        DeviceRuntime("ncnn", "ncnn", "ncnn", by_default=False),
     )
 }
 
