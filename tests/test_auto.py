@@ -55,6 +55,22 @@ def test_the_fastest_within_budget_wins_across_formats_and_settings():
     assert "model.int8.pte on executorch" in decision.reason and "-0.3 pt" in decision.reason and "1.46x" in decision.reason
 
 
+def test_a_noisy_wide_interval_does_not_tie_a_far_slower_candidate():
+    """From a contended CI run: ORT int8 at 2 threads with spinning had a median of 8.59 ms but an interval reaching
+    down to 2.99 ms, which overlaps the fastest's; it must not win the simplicity rule over a 3.15 ms candidate."""
+    noisy = _figures("model.int8.onnx", 8.59, variant="int8", setting="2 threads, spinning on", ci=(2.99, 8.99), size=4_000_000)
+    steady = _figures("model.int8.onnx", 4.56, variant="int8", setting="2 threads, spinning off", ci=(4.39, 4.68), size=4_000_000)
+    fastest = _figures(
+        "model.int8.xml", 3.15, runtime="openvino", fmt="openvino", variant="openvino-int8", ci=(3.03, 3.51), extra="openvino"
+    )
+    close = _figures(
+        "model.xml", 3.26, runtime="openvino", fmt="openvino", variant="openvino-fp32", ci=(3.07, 3.55), extra="openvino", size=13_000_000
+    )
+    decision = choose([noisy, steady, fastest, close])
+    assert decision is not None and decision.chosen == 2  # tied with the fp32 IR only; the smaller file wins
+    assert decision.tied == [3]
+
+
 def test_a_tie_goes_to_fewer_dependencies_then_the_smaller_file():
     core = _figures("model.onnx", 5.02, ci=(4.9, 5.1), size=13_000_000)
     extra = _figures("model.xml", 5.0, runtime="openvino", fmt="openvino", variant="openvino-fp32", ci=(4.95, 5.05), extra="openvino")

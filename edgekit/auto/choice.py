@@ -2,8 +2,10 @@
 
 Rules, in order:
 - a candidate outside its budget, or one that could not be timed, is never chosen;
-- the fastest by median latency wins, beyond noise: every candidate whose median's 95% interval overlaps the
-  fastest's, and that no candidate beats beyond noise, is tied with it;
+- the fastest by median latency wins, beyond noise: a candidate is tied with it when each median lies within the
+  other's 95% interval (its median within the fastest's noise, the fastest's median within its own) and no
+  candidate beats it beyond noise. Overlapping intervals are not enough: one wide, noisy interval would tie a
+  candidate whose median is far slower, and the simplicity rule below would then deploy it;
 - among tied candidates the simpler deployment wins: fewer dependencies (a core-install runtime before an extra's),
   then the smaller file, then the faster median.
 """
@@ -36,7 +38,8 @@ def choose(candidates: list[CandidateFigures], batch_size: int = 1) -> Decision 
     tied = [
         i
         for i in eligible
-        if _overlaps(candidates[i], candidates[fastest]) and not any(_beyond_noise_faster(candidates[o], candidates[i]) for o in eligible)
+        if _within_noise(candidates[i], candidates[fastest])
+        and not any(_beyond_noise_faster(candidates[o], candidates[i]) for o in eligible)
     ]
     chosen = min(tied, key=lambda i: (candidates[i].extra is not None, candidates[i].size_bytes, _p50(candidates[i])))
     best = candidates[chosen]
@@ -54,11 +57,12 @@ def _p50(candidate: CandidateFigures) -> float:
     return candidate.p50_ms if candidate.p50_ms is not None else float("inf")
 
 
-def _overlaps(a: CandidateFigures, b: CandidateFigures) -> bool:
-    """Whether two medians are within each other's noise: their 95% intervals overlap (no interval: equal medians)."""
+def _within_noise(a: CandidateFigures, b: CandidateFigures) -> bool:
+    """Whether two medians are within each other's noise: each lies inside the other's 95% interval (no interval:
+    equal medians)."""
     if a.p50_ci_ms is None or b.p50_ci_ms is None:
         return _p50(a) == _p50(b)
-    return a.p50_ci_ms[0] <= b.p50_ci_ms[1] and b.p50_ci_ms[0] <= a.p50_ci_ms[1]
+    return a.p50_ci_ms[0] <= _p50(b) <= a.p50_ci_ms[1] and b.p50_ci_ms[0] <= _p50(a) <= b.p50_ci_ms[1]
 
 
 def _beyond_noise_faster(a: CandidateFigures, b: CandidateFigures) -> bool:
