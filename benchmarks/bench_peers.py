@@ -218,7 +218,9 @@ def openvino_paths(fp32: Path, images: list[np.ndarray], folder: Path) -> tuple[
 def openvino_default_precision() -> str:
     import openvino as ov
 
-    return str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")).lower()
+    value = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")  # an ov.Type: "<Type: 'bfloat16'>" as a string
+    name = value.get_type_name() if hasattr(value, "get_type_name") else str(value).split("'")[-2 if "'" in str(value) else 0]
+    return {"bfloat16": "bf16", "float32": "f32", "float16": "f16"}.get(name.lower(), name.lower())
 
 
 def executorch_paths(run, images: list[np.ndarray], folder: Path) -> tuple[Path, Path]:
