@@ -289,6 +289,13 @@ class ParityChecker:
         kind = session.input_kind
         inputs = self.data.inputs(kind)
         candidate = np.concatenate([session.run(inputs[i : i + self.batch_size]) for i in range(0, len(inputs), self.batch_size)])
+        return self.judged(artifact, variant, kind, candidate, thresholds, started)
+
+    def judged(
+        self, artifact, variant: str, kind, candidate: np.ndarray, thresholds: ParityThresholds, started=None, where=None
+    ) -> ParityResult:
+        """The verdict on ``candidate``, the artifact's logits for the data's ``kind`` inputs (computed here, or on
+        the target ``where``, a MeasuredOn), against the reference; ``started``: when the check began (perf_counter)."""
         metrics = compare_logits(self.reference_logits(kind), candidate, self.data.labels, self.data.source)
         failures, not_checked = judge(metrics, thresholds)
         return ParityResult(
@@ -300,7 +307,8 @@ class ParityChecker:
             passed=not failures,
             failures=failures,
             not_checked=not_checked,
-            seconds=round(time.perf_counter() - started, 3),
+            seconds=round(time.perf_counter() - started, 3) if started is not None else 0.0,
+            target=where,
         )
 
 
@@ -442,7 +450,7 @@ def _check_on_target(checker: ParityChecker, artifact: Path, variant: str, limit
     """``ParityChecker.check`` with the artifact's logits computed on ``target`` by edgekit's device runner."""
     from . import runtimes
     from .targets import parse_target
-    from .targets.info import info_from_facts
+    from .targets.info import info_from_facts, library_versions
     from .targets.jobs import logits_on_target
 
     started = time.perf_counter()
@@ -456,19 +464,4 @@ def _check_on_target(checker: ParityChecker, artifact: Path, variant: str, limit
     finally:
         if opened is not target:
             opened.close()
-    metrics = compare_logits(checker.reference_logits(kind), candidate, checker.data.labels, checker.data.source)
-    failures, not_checked = judge(metrics, limits)
-    library = str(used.get("library", "")).split()
-    ran = {library[0]: library[1]} if len(library) == 2 else {}
-    return ParityResult(
-        artifact=str(artifact),
-        variant=variant,
-        input_kind=kind,
-        metrics=metrics,
-        thresholds=limits,
-        passed=not failures,
-        failures=failures,
-        not_checked=not_checked,
-        seconds=round(time.perf_counter() - started, 3),
-        target=info.measured_on(ran or None),
-    )
+    return checker.judged(artifact, variant, kind, candidate, limits, started, where=info.measured_on(library_versions(used) or None))

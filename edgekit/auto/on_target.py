@@ -15,10 +15,10 @@ from .. import runtimes
 from ..card import MeasuredOn
 from ..device import contention
 from ..errors import EdgekitError
-from ..parity_check import ParityChecker, ParityThresholds, compare_logits, judge
+from ..parity_check import ParityChecker, ParityThresholds
 from ..runtimes.tuning import Machine
-from ..targets import Target, jobs, parse_target
-from ..targets.info import TargetInfo, info_from_facts
+from ..targets import Target, jobs
+from ..targets.info import TargetInfo, library_versions, open_with_info
 from ..targets.setup import DEVICE_RUNTIMES
 from .rows import Row
 from .search import WARMUP, RowTiming
@@ -44,7 +44,7 @@ class OnTarget:
         return Machine(physical_cores=physical, logical_cores=logical, flags=frozenset(self.info.cpu_features), isa=self.info.isa)
 
     def measured_on(self, timings: list[RowTiming]) -> MeasuredOn:
-        ran = {t.library.split()[0]: t.library.split()[1] for t in timings if len(t.library.split()) == 2}
+        ran = {name: version for t in timings for name, version in library_versions({"library": t.library}).items()}
         return self.info.measured_on(ran or None)
 
     def close(self) -> None:
@@ -52,12 +52,7 @@ class OnTarget:
 
 
 def open_target(target: str, options=None) -> OnTarget:
-    opened = parse_target(target, options)
-    try:
-        return OnTarget(opened, info_from_facts(opened, opened.facts()))
-    except BaseException:
-        opened.close()
-        raise
+    return OnTarget(*open_with_info(target, options))
 
 
 def device_rows(rows: list[Row], left_out: dict[str, str]) -> list[Row]:
@@ -121,7 +116,6 @@ def _keep(t: RowTiming, record: dict, batch_size: int) -> None:
 
 
 def _judge(row: Row, found, checker: ParityChecker, budget: ParityThresholds, kind, target: str) -> None:
-    metrics = compare_logits(checker.reference_logits(kind), found, checker.data.labels, checker.data.source)
-    failures, _ = judge(metrics, budget)
-    row.metrics, row.within_budget = metrics, not failures
-    row.note = f"{row.setting.label} on {target}: " + ("; ".join(failures) if failures else "its own parity holds the budget")
+    report = checker.judged(row.path, row.variant.name, kind, found, budget)
+    row.metrics, row.within_budget = report.metrics, report.passed
+    row.note = f"{row.setting.label} on {target}: " + ("; ".join(report.failures) if report.failures else "its own parity holds the budget")

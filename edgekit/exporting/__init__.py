@@ -30,9 +30,10 @@ from ..progress import Bar
 from ..results import DataSource
 from ..runs import Run
 from ..targets import is_local
+from ..targets.info import open_with_info
 from ..variants import Variant
 from .job import ExportJob, exporter_of
-from .on_target import open_target, validate_on_target
+from .on_target import validate_on_target
 from .options import EXPORT_DEFAULTS, ExportOptions
 from .plan import QUANTIZATIONS, check_auto, chosen_formats, parse_choices, plan
 from .results import ExportResult, Int8Facts, VariantResult
@@ -65,7 +66,7 @@ def export(
     run = run if isinstance(run, Run) else Run.load(run)
     variants = plan(options)
     results: list[VariantResult] = []
-    device = None if is_local(options.target) else open_target(options.target, target_options)
+    device = None if is_local(options.target) else open_with_info(options.target, target_options)
     try:
         return _export(run, options, thresholds, variants, results, device, progress, started)
     finally:

@@ -15,9 +15,8 @@ import numpy as np
 
 from .. import runtimes
 from ..card import MeasuredOn
-from ..parity_check import ParityResult, compare_logits, judge
-from ..targets import Target, jobs, parse_target
-from ..targets.info import TargetInfo, info_from_facts
+from ..targets import Target, jobs
+from ..targets.info import TargetInfo, library_versions
 from ..targets.setup import DEVICE_RUNTIMES
 from .job import ExportJob
 from .results import VariantResult
@@ -25,20 +24,11 @@ from .results import VariantResult
 SEARCHED_HERE = "int8 searched on this machine ({isa}); the final file re-validated on {target}"
 
 
-def open_target(target, options=None) -> tuple[Target, TargetInfo]:
-    """The target and its facts, before anything is exported: an unreachable device fails first, in one line."""
-    opened = parse_target(target, options)
-    try:
-        return opened, info_from_facts(opened, opened.facts())
-    except BaseException:
-        opened.close()
-        raise
-
-
 def validate_on_target(job: ExportJob, results: list[VariantResult], target: Target, info: TargetInfo, bar=None) -> MeasuredOn:
     """Parity of each of ``results`` that runs on a device runtime, measured on ``target``; sets ``target_parity``,
     adds a failure naming the target where it breaks the budget there, and notes the files that cannot run there."""
-    chosen = [r for r in results if runtimes.auto_runtime(r.path) in DEVICE_RUNTIMES]
+    runtime_of = {r.path: runtimes.auto_runtime(r.path) for r in results}
+    chosen = [r for r in results if runtime_of[r.path] in DEVICE_RUNTIMES]
     for result in results:
         if result not in chosen:
             result.notes.append(f"not validated on {info.target}: its runtime does not run on a target ({', '.join(DEVICE_RUNTIMES)})")
@@ -46,10 +36,10 @@ def validate_on_target(job: ExportJob, results: list[VariantResult], target: Tar
         return info.measured_on()
     if bar is not None:
         bar.describe(f"validating {len(chosen)} file(s) on {info.target}" + (" (emulated: slow)" if info.emulated else ""))
-    hosts = [runtimes.load(r.path, runtimes.auto_runtime(r.path)) for r in chosen]
-    jobs.require_runtimes(info, [runtimes.auto_runtime(r.path) for r in chosen])
+    jobs.require_runtimes(info, [runtime_of[r.path] for r in chosen])
+    hosts = [runtimes.load(r.path, runtime_of[r.path]) for r in chosen]
     inputs = {_key(host.input_kind.value): job.checker.data.inputs(host.input_kind) for host in hosts}
-    entries = [_entry(i, host, info) for i, host in enumerate(hosts)]
+    entries = [_entry(i, host, runtime_of[r.path], info) for i, (r, host) in enumerate(zip(chosen, hosts))]
     done, logits = jobs.execute(target, info, jobs.new_job(entries, timing=False, bundle=True), hosts, inputs)
     where = info.measured_on()
     for i, (variant, host, record) in enumerate(zip(chosen, hosts, done["artifacts"])):
@@ -57,8 +47,7 @@ def validate_on_target(job: ExportJob, results: list[VariantResult], target: Tar
     return where
 
 
-def _entry(index: int, host, info) -> dict:
-    runtime = runtimes.auto_runtime(host.artifact)
+def _entry(index: int, host, runtime: str, info) -> dict:
     settings = jobs.settings_for_target(runtime, host, {}, info)  # int8's ORT option for the target's ISA class
     return jobs.artifact_entry(index, host, runtime, None, settings, _key(host.input_kind.value))
 
@@ -72,21 +61,12 @@ def _judge_there(job: ExportJob, variant: VariantResult, host, record: dict, fou
         variant.failures.append(f"on {where.target}: it did not run ({record.get('error') or 'no logits came back'})")
         variant.passed = False
         return
-    kind = host.input_kind
-    metrics = compare_logits(job.checker.reference_logits(kind), found, job.checker.data.labels, job.checker.data.source)
-    failures, not_checked = judge(metrics, variant.parity.thresholds)
-    library = str((record.get("info") or {}).get("library", "")).split()
-    variant.target_parity = ParityResult(
-        artifact=variant.path,
-        variant=variant.variant,
-        input_kind=kind,
-        metrics=metrics,
-        thresholds=variant.parity.thresholds,
-        passed=not failures,
-        failures=failures,
-        not_checked=not_checked,
-        target=where.model_copy(update={"runtimes": {library[0]: library[1]}} if len(library) == 2 else {}),
+    ran = library_versions(record.get("info") or {})
+    there = where.model_copy(update={"runtimes": ran} if ran else {})
+    variant.target_parity = job.checker.judged(
+        variant.path, variant.variant, host.input_kind, found, variant.parity.thresholds, where=there
     )
+    failures = variant.target_parity.failures
     variant.target_parity.to_json(job.run.exports_dir / f"{variant.variant}.target-parity.json")
     if variant.int8 is not None:
         variant.notes.append(SEARCHED_HERE.format(isa=variant.int8.isa.value, target=where.target))

@@ -172,6 +172,23 @@ def info_from_facts(target: Target, facts: dict) -> TargetInfo:
         ) from exc
 
 
+def library_versions(used: dict) -> dict[str, str]:
+    """{library: version} from what the device runner reported it ran with ("onnxruntime 1.32.0"); {} if unknown."""
+    words = str(used.get("library", "")).split()
+    return {words[0]: words[1]} if len(words) == 2 else {}
+
+
+def open_with_info(target, options: TargetOptions | None = None) -> tuple[Target, TargetInfo]:
+    """``target`` connected and its facts read, for a command that uses it for a while (the caller closes it); an
+    unreachable or unreadable device fails here, in one line, before any work is done for it."""
+    opened = parse_target(target, options)
+    try:
+        return opened, info_from_facts(opened, opened.facts())
+    except BaseException:
+        opened.close()
+        raise
+
+
 def target_info(target: str | Target | None = None, options: TargetOptions | None = None) -> TargetInfo:
     """What edgekit knows of ``target`` (a Target, or a ``--target`` text; default: this machine)."""
     if target is not None and not isinstance(target, str):
