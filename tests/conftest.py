@@ -4,6 +4,7 @@ random EfficientNet/MobileNet logits are ~1e-20 and make any parity check pass).
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,41 @@ pytest_plugins = ["rig.fixtures"]  # ssh_board and arm64_board (tests/rig) for t
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
-# Every test's feature cache lives in its own temporary folder, never in the user's ~/.cache.
+# Every test's feature cache lives in its own temporary folder, never in the user's ~/.cache, and goes with the test.
 @pytest.fixture(autouse=True)
 def _private_feature_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(tmp_path_factory.mktemp("feature-cache")))
+    folder = tmp_path_factory.mktemp("feature-cache")
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(folder))
+    yield
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class ModuleTemp:
+    """``tmp_path_factory.mktemp`` for module fixtures, remembering what it made."""
+
+    def __init__(self, factory):
+        self.factory, self.made = factory, []
+
+    def mktemp(self, basename: str) -> Path:
+        path = self.factory.mktemp(basename)
+        self.made.append(path)
+        return path
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request):
+    """Folders for a module's fixtures, removed once its tests are done unless a test failed.
+
+    Exported runs hold every format's file (tens of MB each): kept to the end, a whole run of the suite left about
+    14 GB in the temporary folder and filled a CI runner's disk. pyproject's ``tmp_path_retention_policy`` does
+    the same for each test's own ``tmp_path``.
+    """
+    temp = ModuleTemp(tmp_path_factory)
+    failed_before = request.session.testsfailed
+    yield temp
+    if request.session.testsfailed == failed_before:
+        for path in temp.made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 PHOTOS = ("chelsea", "coffee", "rocket")  # three real photos from scikit-image -> three classes
@@ -90,25 +122,29 @@ def trained_run(tmp_path_factory, photo_folders):
     return Run.load(out)
 
 
-@pytest.fixture(scope="session")
-def copy_trained_run(trained_run, tmp_path_factory):
-    """A factory for private, writable copies of ``trained_run``, for module fixtures that export into one."""
-    import shutil
-
+def _copy_run(source, target: Path, **copytree_options):
     from edgekit.runs import Run
 
+    shutil.copytree(source.path, target, **copytree_options)
+    return Run.load(target)
+
+
+@pytest.fixture(scope="module")
+def copy_trained_run(trained_run, module_tmp):
+    """A factory for private, writable copies of ``trained_run``, for module fixtures that export into one
+    (removed with the module's other folders)."""
+
     def copy(label: str = "run", name: str = "run", **copytree_options):
-        target = tmp_path_factory.mktemp(label) / name  # the directory's name is the run's name in reports
-        shutil.copytree(trained_run.path, target, **copytree_options)
-        return Run.load(target)
+        # the directory's name is the run's name in reports
+        return _copy_run(trained_run, module_tmp.mktemp(label) / name, **copytree_options)
 
     return copy
 
 
 @pytest.fixture
-def run_copy(copy_trained_run):
-    """A private, writable copy of ``trained_run`` for one test."""
-    return copy_trained_run()
+def run_copy(trained_run, tmp_path):
+    """A private, writable copy of ``trained_run`` for one test, in its ``tmp_path``."""
+    return _copy_run(trained_run, tmp_path / "run")
 
 
 def pytest_collection_modifyitems(config, items):

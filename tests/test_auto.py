@@ -174,13 +174,13 @@ def test_the_card_round_trips_with_relative_paths_and_refuses_one_that_escapes(t
 
 
 @pytest.fixture(scope="module")
-def auto_run(tmp_path_factory, trained_run):
+def auto_run(module_tmp, trained_run):
     import shutil
 
     from edgekit.auto import export_auto
     from edgekit.runs import Run
 
-    target = tmp_path_factory.mktemp("auto") / "run"
+    target = module_tmp.mktemp("auto") / "run"
     shutil.copytree(trained_run.path, target)
     run = Run.load(target)
     return run, export_auto(run, auto_seconds=3, max_fallback_steps=4, calib_size=30)

@@ -274,8 +274,8 @@ def test_spaces_and_non_ascii_names_train_and_predict(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    return write_photo_folder(tmp_path_factory.mktemp("cfg") / "data", 3, seed=0, size=40)
+def small_data(module_tmp):
+    return write_photo_folder(module_tmp.mktemp("cfg") / "data", 3, seed=0, size=40)
 
 
 def _config(tmp_path: Path, text: str) -> Path:

@@ -50,8 +50,8 @@ def _tiny_onnx(path: Path, channels: int = 8) -> Path:
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("contention")
+def two_models(module_tmp) -> list[Path]:
+    folder = module_tmp.mktemp("contention")
     return [_tiny_onnx(folder / "small.onnx", 8), _tiny_onnx(folder / "wide.onnx", 16)]
 
 

@@ -80,8 +80,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    return write_photo_folder(tmp_path_factory.mktemp("ddp") / "data", 6, seed=3, size=40)
+def tiny_data(module_tmp):
+    return write_photo_folder(module_tmp.mktemp("ddp") / "data", 6, seed=3, size=40)
 
 
 def torchrun(tmp_path: Path, *args, env_extra=None, nproc: int = 2) -> subprocess.Popen:

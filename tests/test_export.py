@@ -23,10 +23,10 @@ ALL_VARIANTS = ("fp32", "fp16", "int8", "int8-dynamic", "fp32-uint8in", "int8-ui
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
+def exported(trained_run, module_tmp):
     """One export of a copy of the trained run with every format and quantization, run from an empty
     working directory (which must stay empty: no temporary files in the CWD)."""
-    base = tmp_path_factory.mktemp("export")
+    base = module_tmp.mktemp("export")
     run_dir = base / "run"
     shutil.copytree(trained_run.path, run_dir)
     cwd = base / "cwd"

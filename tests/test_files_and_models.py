@@ -32,11 +32,11 @@ def assert_user_error(result, *needles):
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
+def exported(trained_run, module_tmp):
     """fp32 ONNX and .pt2 of the trained test run, exported once for this module (read-only)."""
     from edgekit.exporting import export
 
-    root = tmp_path_factory.mktemp("exported") / "run"
+    root = module_tmp.mktemp("exported") / "run"
     shutil.copytree(trained_run.path, root)
     result = export(root, formats="all", quantize="none", max_parity_images=8)
     paths = {variant.format: Path(variant.path) for variant in result.variants}

@@ -547,12 +547,12 @@ PARITY_ONLY = {
 
 
 @pytest.fixture(scope="module")
-def gated(tmp_path_factory, trained_run, photo_folders):
+def gated(module_tmp, trained_run, photo_folders):
     """A copy of the trained run with no exports, gated once through the CLI: the gate exports fp32 and
     int8 itself, checks parity on the validation photos and writes all three reports."""
     import shutil
 
-    base = tmp_path_factory.mktemp("gate")
+    base = module_tmp.mktemp("gate")
     run_dir = base / "run"
     shutil.copytree(trained_run.path, run_dir, ignore=shutil.ignore_patterns("exports", "bench"))
     config = _write_config(base / "gate.yaml", run="run", data=str(photo_folders[1]), variants=PARITY_ONLY)

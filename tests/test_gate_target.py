@@ -140,9 +140,9 @@ def exported(copy_trained_run):
 
 
 @pytest.fixture(scope="module")
-def board_target(ssh_board, tmp_path_factory):
+def board_target(ssh_board, module_tmp):
     """The x86 board with edgekit's venv in a private cache folder: (its --target URL, its name in checks)."""
-    url = f"{ssh_board.url}{tmp_path_factory.mktemp('gate-cache')}/cache"
+    url = f"{ssh_board.url}{module_tmp.mktemp('gate-cache')}/cache"
     setup_target(url, ["ort-cpu"], from_host=True, progress=False, options=TargetOptions(ssh_config=ssh_board.config_path))
     return url, ssh_board.url
 

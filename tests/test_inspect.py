@@ -32,12 +32,12 @@ def _onnx_and_prepared(model, work: Path, example) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def sensitive(tmp_path_factory, photo_folders):
+def sensitive(module_tmp, photo_folders):
     """The model with one sensitive layer (conv3 reads a tensor with one huge channel), its plain int8 ONNX
     (per-tensor uint8 activations, no search) and the held-out crops."""
     from edgekit.exporting.quantize import quantize_static
 
-    work = tmp_path_factory.mktemp("inspect-sensitive")
+    work = module_tmp.mktemp("inspect-sensitive")
     model, train_images, val_images = sensitive_setup(photo_folders)
     base, prepared = _onnx_and_prepared(model, work, torch.randn(2, 3, 32, 32))
     int8 = quantize_static(base, work / "model.int8.onnx", [train_images[i : i + 8] for i in range(0, 32, 8)], method="minmax")
@@ -71,12 +71,12 @@ def test_search_ranking_scores_the_sensitive_layer_as_the_search_would(sensitive
 
 
 @pytest.fixture(scope="module")
-def float_conv_variant(trained_run, tmp_path_factory, photo_folders):
+def float_conv_variant(trained_run, module_tmp, photo_folders):
     """The trained ResNet's int8 with one mid-network Conv (layer2.1.conv2) kept in float, as the search keeps layers."""
     from edgekit.data import load_batch
     from edgekit.exporting.quantize import load_model, quantize_static
 
-    work = tmp_path_factory.mktemp("inspect-float-conv")
+    work = module_tmp.mktemp("inspect-float-conv")
     model = trained_run.build_model()
     base, prepared = _onnx_and_prepared(model, work, torch.randn(2, 3, 48, 48))
     node = next(n.name for n in load_model(prepared).graph.node if n.op_type == "Conv" and n.input[1] == "layer2.1.conv2.weight")
@@ -153,8 +153,8 @@ def test_json_has_the_documented_fields_and_round_trips(exported_run, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cli_reports(exported_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("inspect-cli")
+def cli_reports(exported_run, module_tmp):
+    out = module_tmp.mktemp("inspect-cli")
     paths = {kind: out / f"report.{kind}" for kind in ("json", "md", "html")}
     flags = [f"--{kind}={path}" for kind, path in paths.items()]
     result = CliRunner().invoke(main, ["inspect", str(exported_run.path), "int8", "fp32", "--runs", "8", "--warmup", "2", *flags])

@@ -13,11 +13,11 @@ from edgekit.results import DataSource
 
 
 @pytest.fixture(scope="module")
-def sensitive(tmp_path_factory, photo_folders):
+def sensitive(module_tmp, photo_folders):
     """(fp32 onnx, prepared, calibration batches, validation inputs, fp32 logits) for OneSensitiveLayer on real photo crops."""
     from edgekit.exporting.onnx import export_onnx
 
-    work = tmp_path_factory.mktemp("sensitive")
+    work = module_tmp.mktemp("sensitive")
     model, train_images, inputs = sensitive_setup(photo_folders)
     base = work / "model.onnx"
     export_onnx(model, base, torch.randn(2, 3, 32, 32))

@@ -166,14 +166,14 @@ FINETUNE = [
 
 
 @pytest.fixture(scope="module")
-def kill_data(tmp_path_factory):
-    return write_photo_folder(tmp_path_factory.mktemp("kill") / "data", 6, seed=3, size=40)
+def kill_data(module_tmp):
+    return write_photo_folder(module_tmp.mktemp("kill") / "data", 6, seed=3, size=40)
 
 
 @pytest.fixture(scope="module")
-def reference_run(kill_data, tmp_path_factory):
+def reference_run(kill_data, module_tmp):
     """The same fine-tune, never interrupted (run in a subprocess like the interrupted ones)."""
-    out = tmp_path_factory.mktemp("reference") / "run"
+    out = module_tmp.mktemp("reference") / "run"
     done = run_edgekit("finetune", "--data", kill_data, "--out", out, *FINETUNE)
     assert done.returncode == 0, done.stderr
     return out

@@ -213,7 +213,7 @@ def test_format_row_names_and_files():
 
 
 @pytest.fixture(scope="module")
-def sensitive(photo_folders, tmp_path_factory):
+def sensitive(photo_folders, module_tmp):
     """(model, calibrated LiteRtInt8, its float .tflite, calibration images, held-out inputs, their fp32 logits)."""
     import torch
     from sensitive_model import sensitive_setup
@@ -222,7 +222,7 @@ def sensitive(photo_folders, tmp_path_factory):
     from edgekit.exporting.quantize.litert import LiteRtInt8
 
     model, train_images, inputs = sensitive_setup(photo_folders)
-    path = convert(model, torch.from_numpy(inputs[:1]), tmp_path_factory.mktemp("sensitive") / "model.tflite")
+    path = convert(model, torch.from_numpy(inputs[:1]), module_tmp.mktemp("sensitive") / "model.tflite")
     calibration = train_images[::2][:32]
     int8 = LiteRtInt8(path.read_bytes(), [calibration[i : i + 1] for i in range(len(calibration))], {n for n, _ in model.named_modules()})
     with torch.no_grad():

@@ -14,11 +14,11 @@ from edgekit.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
-def mobile_run(trained_run, tmp_path_factory):
+def mobile_run(trained_run, module_tmp):
     from edgekit.exporting import export
     from edgekit.runs import Run
 
-    target = tmp_path_factory.mktemp("mobile") / "run"
+    target = module_tmp.mktemp("mobile") / "run"
     shutil.copytree(trained_run.path, target)
     run = Run.load(target)
     return run, export(run, formats="onnx", quantize="none,int8", calib_size=30, fixed_batch=1, ort_format=True)

@@ -27,12 +27,12 @@ FAST = {"warmup": 1, "iterations": 3, "threads": 1, "save": False}
 
 
 @pytest.fixture(scope="module")
-def nc_run(copy_trained_run, tmp_path_factory):
+def nc_run(copy_trained_run, module_tmp):
     """A private copy of the trained run exported to ncnn-fp32 and ncnn-fp16, from an empty working directory."""
     from edgekit.exporting import export
 
     run = copy_trained_run("ncnn")
-    cwd = tmp_path_factory.mktemp("cwd")
+    cwd = module_tmp.mktemp("cwd")
     before = os.getcwd()
     os.chdir(cwd)
     try:

@@ -192,23 +192,23 @@ def test_images_in_class_folders_and_flat_folders(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def fp32_onnx(trained_run, tmp_path_factory):
+def fp32_onnx(trained_run, module_tmp):
     from edgekit.exporting.onnx import export_onnx
 
-    path = tmp_path_factory.mktemp("parity") / "model.onnx"
+    path = module_tmp.mktemp("parity") / "model.onnx"
     crop = trained_run.card.preprocessing.crop
     return export_onnx(trained_run.build_model(), path, torch.randn(2, 3, crop, crop))
 
 
 @pytest.fixture(scope="module")
-def perturbed_onnx(trained_run, tmp_path_factory):
+def perturbed_onnx(trained_run, module_tmp):
     """The same model with its classifier bias nudged: a broken export parity must catch."""
     from edgekit.exporting.onnx import export_onnx
 
     model = trained_run.build_model()
     with torch.no_grad():
         model.fc.bias += torch.tensor([0.5, 0.0, -0.5])
-    path = tmp_path_factory.mktemp("parity") / "model.onnx"
+    path = module_tmp.mktemp("parity") / "model.onnx"
     crop = trained_run.card.preprocessing.crop
     return export_onnx(model, path, torch.randn(2, 3, crop, crop))
 

@@ -14,8 +14,8 @@ from edgekit.prediction import predict
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("real")
+def photos(module_tmp):
+    root = module_tmp.mktemp("real")
     for name in ("coffee", "chelsea"):
         Image.fromarray(real_photo(name)).save(root / f"{name}.png")
     return root

@@ -26,8 +26,8 @@ from edgekit.metadata import ModelMetadata, read_onnx_metadata
 
 
 @pytest.fixture(scope="module")
-def float_model(trained_run, tmp_path_factory):
-    path = tmp_path_factory.mktemp("quant") / "model.onnx"
+def float_model(trained_run, module_tmp):
+    path = module_tmp.mktemp("quant") / "model.onnx"
     metadata = ModelMetadata(trained_run.card.class_names, trained_run.card.preprocessing, {"variant": "fp32"})
     return export_onnx(trained_run.build_model(), path, torch.randn(2, 3, 48, 48), metadata)
 

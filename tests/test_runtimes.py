@@ -53,12 +53,12 @@ def write_exports(run, with_quantized: bool = False) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
+def exported(trained_run, module_tmp):
     """A private copy of the trained run with exports/model.onnx, model.fp32-uint8in.onnx, model.pt2, and a
     bare.onnx and exports/plain.pt2 without edgekit metadata."""
     from edgekit.runs import Run
 
-    target = tmp_path_factory.mktemp("runtimes") / "run"
+    target = module_tmp.mktemp("runtimes") / "run"
     shutil.copytree(trained_run.path, target)
     run = Run.load(target)
     paths = write_exports(run)

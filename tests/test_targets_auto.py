@@ -43,8 +43,8 @@ def test_the_runners_race_keeps_blocks_and_drops_the_clearly_slower():
 
 
 @pytest.fixture(scope="module")
-def x86_target(ssh_board, tmp_path_factory):
-    url = f"{ssh_board.url}{tmp_path_factory.mktemp('x86-auto-cache')}/cache"
+def x86_target(ssh_board, module_tmp):
+    url = f"{ssh_board.url}{module_tmp.mktemp('x86-auto-cache')}/cache"
     options = TargetOptions(ssh_config=ssh_board.config_path)
     setup_target(url, ["ort-cpu"], from_host=True, progress=False, options=options)
     return url, options

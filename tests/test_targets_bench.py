@@ -133,9 +133,9 @@ def test_a_password_in_the_bench_target_is_one_line(exported):
 
 
 @pytest.fixture(scope="module")
-def x86_target(ssh_board, tmp_path_factory):
+def x86_target(ssh_board, module_tmp):
     """The x86 board with edgekit's venv in a private cache folder (never the home of the user running the tests)."""
-    url = f"{ssh_board.url}{tmp_path_factory.mktemp('x86-cache')}/cache"
+    url = f"{ssh_board.url}{module_tmp.mktemp('x86-cache')}/cache"
     options = TargetOptions(ssh_config=ssh_board.config_path)
     setup_target(url, ["ort-cpu"], from_host=True, progress=False, options=options)
     return url, options

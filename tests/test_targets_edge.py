@@ -24,8 +24,8 @@ def exported(copy_trained_run):
 
 @pytest.mark.slow
 @pytest.mark.board
-def test_litert_and_ncnn_files_are_benched_on_the_board(exported, ssh_board, photo_folders, tmp_path_factory):
-    url = f"{ssh_board.url}{tmp_path_factory.mktemp('edge-cache')}/cache"
+def test_litert_and_ncnn_files_are_benched_on_the_board(exported, ssh_board, photo_folders, module_tmp):
+    url = f"{ssh_board.url}{module_tmp.mktemp('edge-cache')}/cache"
     options = TargetOptions(ssh_config=ssh_board.config_path)
     setup = setup_target(url, ["litert", "ncnn"], from_host=True, progress=False, options=options)
     assert setup.installed.get("ai_edge_litert") and setup.installed.get("ncnn"), setup.installed
