@@ -166,3 +166,40 @@ def test_inference_precision_option_is_checked(ov_run):
     run, _ = ov_run
     with pytest.raises(EdgekitError, match="inference precision"):
         runtimes.load(run.exports_dir / "model.xml", inference_precision="int4")
+
+
+@pytest.mark.slow
+def test_throughput_runs_a_batch_on_every_stream_and_the_cards_code_does_the_same(ov_run, tmp_path):
+    """Under THROUGHPUT one synchronous request keeps one stream busy (a batch of 8 ran at one thread's speed with
+    2 streams on 2 cores), so auto would have timed the hint unfairly. The session splits the batch over the
+    requests the compiled model asks for, and the app code the card writes does the same, with the same logits."""
+    import subprocess
+
+    import numpy as np
+
+    from edgekit.data import load_batch
+    from edgekit.parity_check import images_in
+    from edgekit.runtimes.tuning import Example, Setting
+
+    run, _ = ov_run
+    images = images_in(run.card.val_dir, run.card.class_names, max_images=8)
+    batch = load_batch(images.paths, run.card.preprocessing).astype(np.float32)
+    xml = run.exports_dir / "model.xml"
+    latency = runtimes.load(xml, "openvino", threads=2, performance_hint="LATENCY")
+    streams = runtimes.load(xml, "openvino", threads=2, performance_hint="THROUGHPUT", num_streams=2)
+    assert getattr(streams._run, "requests", 1) == 2 and not hasattr(latency._run, "requests")
+    expected = latency.run(batch)
+    assert expected.shape == (8, run.card.num_classes) and np.ptp(expected) > 1  # trained logits, not a flat output
+    np.testing.assert_allclose(streams.run(batch), expected, rtol=1e-4, atol=1e-4)
+    assert (streams.run(batch[:3]).argmax(1) == expected[:3].argmax(1)).all()  # a batch smaller than the streams
+
+    setting = Setting(2, {"inference_precision": "f32", "performance_hint": "THROUGHPUT"}, "2 threads, f32, THROUGHPUT")
+    code = runtimes.get_runtime("openvino").app_code("model.xml", setting, Example(batch.shape))
+    assert "start_async" in code.python and "optimal_number_of_infer_requests" in code.cpp
+    np.save(tmp_path / "batch.npy", batch)
+    (zeros,) = [line for line in code.python.splitlines() if line.startswith("batch = np.zeros(")]
+    script = code.python.replace(zeros, f"batch = np.load({str(tmp_path / 'batch.npy')!r})")  # the real images
+    script += f"\nnp.save({str(tmp_path / 'out.npy')!r}, logits)\n"
+    done = subprocess.run([sys.executable, "-c", script], cwd=run.exports_dir, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, rtol=1e-4, atol=1e-4)

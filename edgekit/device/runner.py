@@ -164,16 +164,10 @@ def _open_ort(path: str, threads: Optional[int], settings: Dict[str, Any]) -> Op
 
 
 def _open_openvino(path: str, threads: Optional[int], settings: Dict[str, Any]) -> Opened:
-    import numpy as np
-
     from . import openvino
 
     compiled = openvino.compile_model(path, threads, settings)
-    request = compiled.create_infer_request()
-
-    def run(batch):
-        return np.asarray(request.infer([np.ascontiguousarray(batch)])[compiled.output(0)], dtype=np.float32)
-
+    run = openvino.batch_runner(compiled)  # one request, or the batch split over THROUGHPUT's streams
     info = {"library": f"openvino {openvino.version()}", "config": openvino.compile_config(threads, settings)}
     return Opened(run, info)
 
