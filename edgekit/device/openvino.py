@@ -36,7 +36,7 @@ def compile_model(model, threads: int | None = None, settings: dict[str, Any] | 
     return ov.Core().compile_model(model, device, compile_config(threads, settings))
 
 
-def batch_runner(compiled):
+def batch_runner(compiled, request=None):
     """batch -> float32 logits on ``compiled``, the way its performance hint means it to be used.
 
     Under LATENCY OpenVINO runs one stream, and one synchronous request uses all of it. Under THROUGHPUT it runs
@@ -44,13 +44,14 @@ def batch_runner(compiled):
     ran at one thread's speed with 2 streams on 2 cores). So where the compiled model asks for more than one request
     in flight (OPTIMAL_NUMBER_OF_INFER_REQUESTS) and its batch dimension is dynamic, the batch is split into that many
     slices, run at once (one request per stream, as benchmark_app keeps them) and joined in order; the app code edgekit
-    writes for such a setting does the same."""
+    writes for such a setting does the same. Given ``request``, every batch runs on that one request, unsplit (a
+    profiled session reads that request's counters)."""
     import numpy as np
 
     output = compiled.output(0)
-    requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    requests = 1 if request is not None else int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
     if requests <= 1 or not compiled.input(0).get_partial_shape()[0].is_dynamic:
-        request = compiled.create_infer_request()
+        request = compiled.create_infer_request() if request is None else request
         return lambda batch: np.asarray(request.infer({0: np.ascontiguousarray(batch)})[output], dtype=np.float32)
 
     # Plain requests waited on from the calling thread: an AsyncInferQueue with a Python callback aborted the process
@@ -58,7 +59,7 @@ def batch_runner(compiled):
     pool = [compiled.create_infer_request() for _ in range(requests)]
 
     def run(batch):
-        slices = np.array_split(np.ascontiguousarray(batch), min(requests, len(batch)))
+        slices = np.array_split(batch, min(requests, len(batch)))
         busy = pool[: len(slices)]
         for request, part in zip(busy, slices):
             request.start_async({0: np.ascontiguousarray(part)})

@@ -35,19 +35,15 @@ _DIGEST_IN_XML = re.compile(rb"<edgekit>.*?<%s value=\"([0-9a-f]{64})\"" % DIGES
 class OpenVinoSession(Session):
     runtime = "openvino"
 
-    def __init__(self, compiled, artifact: Path, **kwargs):
+    def __init__(self, compiled, artifact: Path, profiled: bool = False, **kwargs):
         super().__init__(artifact, **kwargs)
         self._compiled = compiled
         self._request = compiled.create_infer_request()  # the one whose counters profiling_info reads
-        # the batch split over THROUGHPUT's streams where it asks for that; a profiled session keeps one request
-        profiled = str(compiled.get_property("PERF_COUNT")).upper() in ("YES", "TRUE")  # a str ("NO") here
-        self._run = None if profiled else batch_runner(compiled)
+        # the batch split over THROUGHPUT's streams where it asks for that; a profiled session runs on _request alone
+        self._run = batch_runner(compiled, self._request if profiled else None)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        if self._run is not None:
-            return self._run(batch)
-        result = self._request.infer({0: np.ascontiguousarray(batch)})
-        return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
+        return self._run(batch)
 
     def profiling_info(self) -> list:
         """The per-node counters of the last run (loaded with ``perf_count=True``), and the executable graph they
@@ -106,6 +102,7 @@ class OpenVino:
         return OpenVinoSession(
             compiled,
             artifact,
+            profiled=bool(options.get("perf_count")),
             input_kind=input_kind,
             input_shape=tuple(dims[1:]),
             fixed_batch=dims[0],
