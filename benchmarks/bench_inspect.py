@@ -13,7 +13,7 @@ bench's timing of the same file?
 4. The same process runs `edgekit.bench` on each int8 file, then `inspect`'s profile, and reports profile total /
    bench p50 (bench's interleaved p50 and its deployment p50, the setting the profile runs with).
 
-Results: benchmarks/results/inspect-<isa>-<date>.json and .md (CPU, ISA class, versions).
+Results: benchmarks/results/inspect-<model>-<isa>-<date>.json and .md (CPU, ISA class, versions).
 """
 
 from __future__ import annotations
@@ -54,8 +54,9 @@ def _search_order(result) -> tuple[list[str], list[str], dict]:
 
 def _overlap(run, plain, order: list[str], data: Path) -> dict:
     from edgekit.inspection import inspect
+    from edgekit.inspection.ranking import RANKING_IMAGES
 
-    result = inspect(run, plain, data, profile=False, search_ranking=True, max_images=32)
+    result = inspect(run, plain, data, profile=False, max_images=32)
     layers = [layer for layer in result.numerics.layers if layer.own is not None]
     by_own = [layer.node for layer in sorted(layers, key=lambda layer: layer.own.sqnr_db)]
     by_channel = [layer.node for layer in sorted(layers, key=lambda layer: layer.own.channel_sqnr_db)]
@@ -72,10 +73,13 @@ def _overlap(run, plain, order: list[str], data: Path) -> dict:
         "first_pick_rank_by_own_channel": by_channel.index(order[0]) + 1 if order and order[0] in by_channel else None,
         "first_pick_rank_by_search_score": by_search.index(order[0]) + 1 if order and order[0] in by_search else None,
         "overlap_search_score": len(set(first) & set(by_search[:3])),
+        "search_picks_ranks_by_search_score": [by_search.index(n) + 1 if n in by_search else None for n in first],
+        "search_picks_ranks_by_own": [by_own.index(n) + 1 if n in by_own else None for n in first],
         "first_pick_rank_by_own": by_own.index(order[0]) + 1 if order and order[0] in by_own else None,
         "first_diverging": result.numerics.first_diverging,
         "worst": result.numerics.worst,
         "inspect_seconds": result.seconds,
+        "ranking_images": min(RANKING_IMAGES, result.numerics.images),
     }
 
 
@@ -107,6 +111,7 @@ def _profile_vs_bench(run, artifact: Path, runtime: str, data: Path) -> dict:
         "profile_total_ms": statistics.median(r["profile_total_ms"] for r in rounds),
         "profile_ops_ms": statistics.median(r["profile_ops_ms"] for r in rounds),
         "total_over_bench_p50": statistics.median(ratios),
+        "ops_over_bench_p50": statistics.median(r["profile_ops_ms"] / r["bench_p50_ms"] for r in rounds),
         "ratio_range": [min(ratios), max(ratios)],
         "contended_rounds": sum(r["contended"] for r in rounds),
         "flags": [flag.message for flag in profile.flags],
@@ -152,7 +157,8 @@ def main(argv=None) -> int:
         report["profile_vs_bench"] = [_profile_vs_bench(run, path, runtime, search) for path, runtime in files]
     report["seconds"] = round(time.perf_counter() - started)
     RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"inspect-{report['isa']}-{report['date']}"
+    subject = "zoo-lite0" if args.run is None else args.run.name if args.run.name != "run" else args.run.parent.name
+    stem = RESULTS / f"inspect-{subject}-{report['isa']}-{report['date']}"  # one file per model and day
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     stem.with_suffix(".md").write_text(_markdown(report))
     print(_markdown(report))
@@ -215,21 +221,23 @@ def _markdown(report: dict) -> str:
         f"- search: {report['search']}",
         f"- the search's first three layers returned to float: {', '.join(overlap['search_first_three'])}",
         f"- inspect's three worst by own error (plain int8): {', '.join(overlap['inspect_top_three_own'])} "
-        f"(overlap {overlap['overlap_own']} of 3; the search's first pick is #{overlap['first_pick_rank_by_own']} by own error)",
+        f"(overlap {overlap['overlap_own']} of {len(overlap['search_first_three'])}; the search's picks rank "
+        f"{overlap.get('search_picks_ranks_by_own')} by own error)",
         f"- inspect's three worst by own error, every channel weighing the same: {', '.join(overlap['inspect_top_three_own_channel'])} "
         f"(overlap {overlap['overlap_own_channel']} of 3; the search's first pick is #{overlap['first_pick_rank_by_own_channel']})",
         f"- inspect's three worst by the search's own score: {', '.join(overlap['inspect_top_three_search_score'])} "
-        f"(overlap {overlap['overlap_search_score']} of 3)",
+        f"(overlap {overlap['overlap_search_score']} of {len(overlap['search_first_three'])}; the search's picks rank "
+        f"{overlap.get('search_picks_ranks_by_search_score')} by it; scored on {overlap.get('ranking_images')} images, as many as the search ranks on)",
         f"- first diverging layer (plain int8): {overlap['first_diverging']}; worst accumulated: {', '.join(overlap['worst'])}",
         "",
-        f"| file | runtime | bench p50 ms | profile total ms | ops ms | profile total / bench p50 (median of {ROUNDS}) | range | contended rounds |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| file | runtime | bench p50 ms | profile total ms | ops ms | profile total / bench p50 (median of {ROUNDS}) | range | ops / bench p50 | contended rounds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["profile_vs_bench"]:
         low, high = row["ratio_range"]
         lines.append(
             f"| {row['artifact']} | {row['runtime']} | {row['bench_p50_ms']:.3f} | {row['profile_total_ms']:.3f} | {row['profile_ops_ms']:.3f} | "
-            f"{row['total_over_bench_p50']:.2f} | {low:.2f}-{high:.2f} | {row['contended_rounds']} of {ROUNDS} |"
+            f"{row['total_over_bench_p50']:.2f} | {low:.2f}-{high:.2f} | {row['ops_over_bench_p50']:.2f} | {row['contended_rounds']} of {ROUNDS} |"
         )
     return "\n".join(lines) + "\n"
 

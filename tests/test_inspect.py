@@ -52,6 +52,7 @@ def test_the_sensitive_layer_is_the_first_diverging_one(sensitive):
     assert set(by_name) == {"conv1", "conv2", "conv3", "head"}  # named after the modules owning the weights
     assert numerics.first_diverging == "conv3"
     assert numerics.worst_own[0] == "conv3"  # on its own too: its input's per-tensor range is what ruins it
+    assert numerics.search_first[0] == "conv3"  # and the search's own score, computed by default, puts it first
     assert by_name["conv3"].precision == "int8" and by_name["conv1"].precision == "fp32"  # first Conv kept float
     assert by_name["conv2"].accumulated.sqnr_db > numerics.threshold_db > by_name["conv3"].accumulated.sqnr_db
     # conv3 is followed by a functional relu: matched through its pre-activation, the graph's Relu applied
@@ -64,10 +65,13 @@ def test_search_ranking_scores_the_sensitive_layer_as_the_search_would(sensitive
     model, base, prepared, int8, val_images = sensitive
     images = Images(val_images, val_images, DataSource.images("val"))
     # no float graphs given: exported again here, and the exporter names the nodes as it did for the int8 file
-    result = inspect_model(model, int8, images, profile=False, search_ranking=True)
+    result = inspect_model(model, int8, images, profile=False)
     scores = {layer.layer: layer.search_error for layer in result.numerics.layers if layer.search_error is not None}
     assert set(scores) == {"conv2", "conv3"}  # the quantized layers
     assert min(scores, key=scores.get) == "conv3"  # the layer whose float version helps most: the search's first pick
+    assert result.numerics.search_first == ["conv3", "conv2"]
+    skipped = inspect_model(model, int8, images, profile=False, search_ranking=False).numerics
+    assert skipped.search_first == [] and all(layer.search_error is None for layer in skipped.layers)
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +169,7 @@ def test_cli_end_to_end_writes_json_markdown_and_html(cli_reports):
     result, paths = cli_reports
     assert result.exit_code == 0, result.output
     assert "SQNR dB" in result.output and "time per op type" in result.output and "per inference as profiled" in result.output
+    assert "the accuracy search would return to float first: " in result.output  # int8 only, by default
     report = json.loads(paths["json"].read_text())
     assert [r["variant"] for r in report["results"]] == ["int8", "fp32"]
     markdown = paths["md"].read_text()
@@ -306,11 +311,14 @@ def test_pt2e_eager_fallback_names_the_sensitive_layer_too(sensitive, photo_fold
     pytest.importorskip("torchao")
     from edgekit.inspection.executorch_pt2e import pt2e_layers
     from edgekit.inspection.metrics import first_below
+    from edgekit.inspection.ranking import search_first
 
     model, _, _, _, val_images = sensitive
     _, train_images, _ = sensitive_setup(photo_folders)
-    layers, notes = pt2e_layers(model, val_images, [train_images[i : i + 8] for i in range(0, 32, 8)])
+    layers, notes = pt2e_layers(model, val_images, [train_images[i : i + 8] for i in range(0, 32, 8)], search_ranking=True)
     assert [layer.layer for layer in layers] == ["conv1", "conv2", "conv3", "head"]
     assert first_below(layers, 20.0) == "conv3"
+    # the ExecuTorch search's own score, as its rank_layers gives it: conv3 back in float helps most
+    assert all(layer.search_error is not None for layer in layers) and search_first(layers)[0] == "conv3"
     assert "then clamped" in layers[2].reference  # conv3's functional relu, applied to the module's output
     assert "pt2e eager fallback" in notes[0] and "not the .pte" in notes[0]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .metrics import ErrorAccumulator, first_below, worst
+from .ranking import search_first
 from .results import LayerNumerics, Numerics
 from .sources import Images
 from .torch_capture import ModuleOutputs
@@ -25,10 +26,11 @@ NOT_PER_LAYER = (
 
 
 def executorch_numerics(
-    model, artifact: Path, images: Images, threshold: tuple[float, str], calibration: list[np.ndarray] | None
+    model, artifact: Path, images: Images, threshold: tuple[float, str], calibration: list[np.ndarray] | None, search_ranking: bool = False
 ) -> Numerics:
     """The program's logits against ``model``'s; for an int8 program with ``calibration`` batches also the pt2e
-    eager fallback's layers (``executorch_pt2e``, labelled as such), else none (see the module docstring)."""
+    eager fallback's layers (``executorch_pt2e``, labelled as such, with the ExecuTorch search's score per layer
+    when ``search_ranking``), else none (see the module docstring)."""
     from .. import runtimes
 
     session = runtimes.load(artifact, "executorch")
@@ -42,7 +44,7 @@ def executorch_numerics(
     if calibration:
         from .executorch_pt2e import pt2e_layers
 
-        layers, notes = pt2e_layers(model, images.reference, calibration)
+        layers, notes = pt2e_layers(model, images.reference, calibration, search_ranking)
         notes = [NOT_PER_LAYER.replace("; logits compared only", ""), *notes]
     return Numerics(
         images=len(images),
@@ -52,6 +54,7 @@ def executorch_numerics(
         layers=layers,
         first_diverging=first_below(layers, threshold[0]),
         worst=worst(layers),
+        search_first=search_first(layers),
         logits=logits.stats(),
         notes=notes,
     )

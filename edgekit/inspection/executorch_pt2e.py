@@ -130,12 +130,17 @@ def _outputs(graph_module, names: set[str], batch: np.ndarray) -> dict[str, np.n
     return captured
 
 
-def pt2e_layers(model, reference_inputs: np.ndarray, calibration: list[np.ndarray]) -> tuple[list[LayerNumerics], list[str]]:
-    """(the layers compared, notes) for ``model`` quantized with edgekit's pt2e recipe on ``calibration``."""
+def pt2e_layers(
+    model, reference_inputs: np.ndarray, calibration: list[np.ndarray], search_ranking: bool = False
+) -> tuple[list[LayerNumerics], list[str]]:
+    """(the layers compared, notes) for ``model`` quantized with edgekit's pt2e recipe on ``calibration``;
+    ``search_ranking``: also each layer's score as the ExecuTorch accuracy search ranks it (``rank_layers``)."""
     import torch
 
     from ..exporting.executorch import int8_quantizer
-    from ..exporting.quantize.pt2e import EAGER_BATCH, Pt2eInt8
+    from ..exporting.quantize.fallback import RANKING_IMAGES
+    from ..exporting.quantize.pt2e import EAGER_BATCH, Pt2eInt8, rank_layers, run_eager
+    from .ranking import apply_scores
 
     example = torch.from_numpy(reference_inputs[:2])
     program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=EAGER_BATCH)},))
@@ -167,6 +172,10 @@ def pt2e_layers(model, reference_inputs: np.ndarray, calibration: list[np.ndarra
                 assert layer.sums is not None
                 layer.sums.add(_reference(layer, captured), quantized[layer.tensor])
     results = [_result(index, layer) for index, layer in enumerate(kept)]
+    if search_ranking:
+        inputs = reference_inputs[:RANKING_IMAGES]
+        ranked = rank_layers(int8.converted([], fold=False), int8.layers, inputs, run_eager(int8.module, inputs))
+        apply_scores(results, {name: error for error, name in ranked}, by_node=False)
     notes = [
         f"per-layer figures: pt2e eager fallback, the model quantized again here with edgekit's XNNPACKQuantizer recipe "
         f"(every layer int8, calibrated on {int8.images} images) and run in PyTorch eager; not the .pte's XNNPACK kernels "

@@ -32,7 +32,7 @@ def inspect(
     warmup: int = profiling.WARMUP,
     runs: int = profiling.RUNS,
     share_threshold: float = profiling.SHARE_THRESHOLD,
-    search_ranking: bool = False,
+    search_ranking: bool = True,
 ) -> InspectResult:
     """Where ``artifact`` (a file, or a variant name of ``run``) loses accuracy and spends its time.
 
@@ -40,7 +40,8 @@ def inspect(
     (``data``, else the run's validation images), SQNR/cosine/max abs diff, accumulated and (int8) own; the first
     layer under ``threshold_db`` (default per precision, ``metrics.THRESHOLDS_DB``) and the worst five. Profile: the
     runtime's own profiler after ``warmup`` runs, ``runs`` profiled runs at batch 1, per op type and node, with
-    flags (``profile`` module). ``search_ranking`` adds, for ONNX int8, the accuracy search's own score per layer."""
+    flags (``profile`` module). ``search_ranking``: for ONNX int8 also the accuracy search's own score per layer and
+    the layers it would return to float first (one run per layer; False skips it)."""
     from ..runs import Run
 
     if not numerics and not profile:
@@ -81,7 +82,7 @@ def inspect_model(
     warmup: int = profiling.WARMUP,
     runs: int = profiling.RUNS,
     share_threshold: float = profiling.SHARE_THRESHOLD,
-    search_ranking: bool = False,
+    search_ranking: bool = True,
 ) -> InspectResult:
     """``inspect`` for a PyTorch module and an artifact exported from it, without a run directory (``float_onnx``:
     its float32 ONNX graphs, else exported here)."""
@@ -162,7 +163,7 @@ def _numerics(fmt, model, run, artifact, images, graphs, threshold, search_ranki
     if Variant.of_artifact(artifact).precision.value == "int8":
         calibration, where = calibration_batches(run, images, CALIBRATION_IMAGES)
         notes.append(f"the pt2e eager fallback calibrated on {where}")
-    return executorch_numerics(model, artifact, images, threshold, calibration)
+    return executorch_numerics(model, artifact, images, threshold, calibration, search_ranking)
 
 
 def _profile(runtime, artifact, sample, threads, warmup, runs, share_threshold, known: dict[str, str]) -> Profile:

@@ -36,6 +36,8 @@ class InspectOptions(BaseModel):
     numerics: bool = Field(True, json_schema_extra={"flag": "--no-numerics"}, description="Skip the per-layer comparison with PyTorch.")
     profile: bool = Field(True, json_schema_extra={"flag": "--no-profile"}, description="Skip the per-op profile.")
     search_ranking: bool = Field(
-        False,
-        description="For ONNX int8 also score each layer as the accuracy search does (logit error with it alone in float; one run per layer).",
+        True,
+        json_schema_extra={"flag": "--no-search-ranking"},
+        description="Skip scoring each ONNX int8 layer as the accuracy search does (the logits' error with it alone back in float; "
+        "one run per layer, which is most of inspect's time on a large model).",
     )

@@ -43,6 +43,8 @@ def verdict_lines(result: InspectResult) -> list[str]:
             lines.append(
                 "worst layers (accumulated): " + ", ".join(f"{name} {_db(layers[name].accumulated.sqnr_db)} dB" for name in numerics.worst)
             )
+        if numerics.search_first:
+            lines.append("the accuracy search would return to float first: " + ", ".join(numerics.search_first))
         if numerics.worst_own:
             own = [(name, layers[name].own) for name in numerics.worst_own]
             lines.append("worst layers on their own: " + ", ".join(f"{name} {_db(stats.sqnr_db)} dB" for name, stats in own if stats))
@@ -52,15 +54,13 @@ def verdict_lines(result: InspectResult) -> list[str]:
                 "worst on their own, every channel weighing the same: "
                 + ", ".join(f"{name} {_db(stats.channel_sqnr_db)} dB" for name, stats in own if stats and stats.channel_sqnr_db is not None)
             )
-        ranked = sorted((layer.search_error, layer.index, layer.layer) for layer in numerics.layers if layer.search_error is not None)
-        if ranked:
-            lines.append("the accuracy search would return to float first: " + ", ".join(name for _, _, name in ranked[:5]))
         lines.append(f"logits vs PyTorch: {_db(numerics.logits.sqnr_db)} dB, cosine {numerics.logits.cosine:.4f}")
     profile = result.profile
     if profile is not None:
         plain = f", {profile.unprofiled_p50_ms:.3f} ms p50 unprofiled" if profile.unprofiled_p50_ms else ""
+        ratio = f" ({profile.ops_ms / profile.unprofiled_p50_ms:.2f}x the unprofiled p50)" if profile.unprofiled_p50_ms else ""
         lines.append(
-            f"{profile.runtime}: {profile.total_ms:.3f} ms per inference as profiled{plain}; ops add up to {profile.ops_ms:.3f} ms"
+            f"{profile.runtime}: {profile.total_ms:.3f} ms per inference as profiled{plain}; ops add up to {profile.ops_ms:.3f} ms{ratio}"
         )
         lines += [f"flag ({flag.kind}): {flag.message}" for flag in profile.flags]
     return lines + [f"note: {note}" for note in result.notes + (numerics.notes if numerics else []) + (profile.notes if profile else [])]

@@ -33,7 +33,7 @@ class LayerNumerics(_Model):
     included). ``own``: the same layer fed its input from float (the float model's tensor, then the layer's own input
     quantization), so the error it adds alone; None where the layer is not quantized or the runtime cannot say.
     ``search_error``: the accuracy search's score for the layer (``Ranking``: the logits' error with this layer alone
-    put back in float, lower = the layer matters more), where it was asked for."""
+    put back in float, lower = the layer matters more), for ONNX int8 unless skipped (``--no-search-ranking``)."""
 
     index: int  # position along the network's depth (0 = nearest the input)
     layer: str  # the PyTorch module that owns the layer's weights ("layer1.0.conv1"), else the node's name
@@ -61,6 +61,7 @@ class Numerics(_Model):
     worst: list[str]  # up to five layers, lowest accumulated SQNR first
     worst_own: list[str] = []  # up to five layers, lowest own SQNR first (quantized artifacts)
     worst_own_channel: list[str] = []  # the same by own channel_sqnr_db: a range that crushes a few channels shows here
+    search_first: list[str] = []  # up to five int8 layers the accuracy search would return to float first (lowest search_error)
     logits: ErrorStats  # the model's output
     notes: list[str] = []  # what could not be compared and why, one line each
 
