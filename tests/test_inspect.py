@@ -250,6 +250,7 @@ def test_openvino_int8_numerics_and_profile(exported_run, copy_trained_run):
     assert result.runtime == "openvino" and len(numerics.layers) == 21
     assert sum(layer.precision == "int8" for layer in numerics.layers) >= 15  # NNCF quantizes the convolutions
     assert numerics.logits.cosine > 0.99 and numerics.first_diverging in {layer.layer for layer in numerics.layers} | {None}
+    assert len(numerics.search_first) == 5 and all(layer.search_error is not None for layer in numerics.layers if layer.precision == "int8")
     profile = result.profile
     assert profile.source.startswith("openvino") and profile.total_ms > 0
     convolutions = [node for node in profile.nodes if node.op_type == "Convolution"]

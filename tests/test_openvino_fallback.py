@@ -80,6 +80,13 @@ def test_accuracy_control_reaches_the_budget_plain_nncf_int8_breaks(tmp_path, ph
     plain = _export(run, thresholds=AGREEMENT, accuracy_aware=False)
     assert not plain.passed and plain.parity.metrics.top1_agreement < 0.9  # per-tensor int8 ruins conv3's input
     assert plain.int8.search is None and plain.int8.search_skipped == "accuracy-aware search off"
+    # inspect scores the plain IR's layers as the searches do, and names first the layer NNCF's search returns below
+    from edgekit.inspection import inspect
+
+    scored = inspect(run, plain.path, profile=False).numerics
+    int8_layers = {layer.layer for layer in scored.layers if layer.precision == "int8"}
+    assert int8_layers == {"conv1", "conv2", "conv3", "head"}  # plain NNCF int8 quantizes every layer
+    assert scored.search_first[0] == "conv3" and {layer.layer for layer in scored.layers if layer.search_error is not None} == int8_layers
 
     int8 = _export(run, thresholds=AGREEMENT)
     search = int8.int8.search

@@ -40,7 +40,7 @@ def inspect(
     (``data``, else the run's validation images), SQNR/cosine/max abs diff, accumulated and (int8) own; the first
     layer under ``threshold_db`` (default per precision, ``metrics.THRESHOLDS_DB``) and the worst five. Profile: the
     runtime's own profiler after ``warmup`` runs, ``runs`` profiled runs at batch 1, per op type and node, with
-    flags (``profile`` module). ``search_ranking``: for ONNX int8 also the accuracy search's own score per layer and
+    flags (``profile`` module). ``search_ranking``: for int8 also the accuracy search's own score per layer and
     the layers it would return to float first (one run per layer; False skips it)."""
     from ..runs import Run
 
@@ -155,7 +155,7 @@ def _numerics(fmt, model, run, artifact, images, graphs, threshold, search_ranki
     if fmt == "openvino":
         from .openvino_numerics import openvino_numerics
 
-        return openvino_numerics(model, artifact, graphs, images.artifact, images.reference, images.source, threshold)
+        return openvino_numerics(model, artifact, graphs, images.artifact, images.reference, images.source, threshold, search_ranking)
     from .executorch_numerics import executorch_numerics
     from .executorch_pt2e import CALIBRATION_IMAGES
 

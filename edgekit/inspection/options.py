@@ -38,6 +38,6 @@ class InspectOptions(BaseModel):
     search_ranking: bool = Field(
         True,
         json_schema_extra={"flag": "--no-search-ranking"},
-        description="Skip scoring each ONNX int8 layer as the accuracy search does (the logits' error with it alone back in float; "
+        description="Skip scoring each int8 layer as the accuracy search does (the logits' error with it alone back in float; "
         "one run per layer, which is most of inspect's time on a large model).",
     )

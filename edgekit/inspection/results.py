@@ -33,7 +33,7 @@ class LayerNumerics(_Model):
     included). ``own``: the same layer fed its input from float (the float model's tensor, then the layer's own input
     quantization), so the error it adds alone; None where the layer is not quantized or the runtime cannot say.
     ``search_error``: the accuracy search's score for the layer (``Ranking``: the logits' error with this layer alone
-    put back in float, lower = the layer matters more), for ONNX int8 unless skipped (``--no-search-ranking``)."""
+    put back in float, lower = the layer matters more), for int8 unless skipped (``--no-search-ranking``)."""
 
     index: int  # position along the network's depth (0 = nearest the input)
     layer: str  # the PyTorch module that owns the layer's weights ("layer1.0.conv1"), else the node's name

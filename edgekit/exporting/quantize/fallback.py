@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 from pydantic import BaseModel
 
 from ...parity_check import ParityMetrics, ParityThresholds
@@ -55,6 +56,12 @@ class Int8Search(BaseModel):
     kept_step: int = -1  # which step's model the file is: the last (within budget), else the best validated one
     stopped: str  # why the search ended, one line
     seconds: float
+
+
+def output_error(logits: np.ndarray, reference: np.ndarray) -> float:
+    """The score every format's ranking orders layers by: the logits' mean absolute error against float32's, in
+    units of the reference's spread (comparable across models and batches)."""
+    return float(np.mean(np.abs(np.asarray(logits) - reference)) / (np.std(reference) + 1e-12))
 
 
 @dataclass

@@ -31,7 +31,7 @@ from ...device.quiet import native_stderr_quiet
 from ...errors import ExportError, first_line
 from ...parity_check import ParityThresholds
 from ...progress import quiet
-from .fallback import MAX_SECONDS, MAX_STEPS, Int8Search, Validation, search_layers
+from .fallback import MAX_SECONDS, MAX_STEPS, Int8Search, Validation, output_error, search_layers
 from .tflite_graph import Op, graph_ops, privatize_constants, set_float_array
 from .tflite_rounding import corrected_biases, editable_layers, fix_bias_overflow, input_means
 
@@ -200,11 +200,10 @@ def search_litert(
 
     def rank(kept_float: list[str], candidates: list[str]) -> list[str]:
         scored = []
-        spread = float(np.std(ranking_reference)) + 1e-12
         for name in candidates:
             progress(f"ranking {name}")
             logits = logits_of(int8.quantize([*kept_float, name]), ranking_inputs, workdir, threads)
-            scored.append((float(np.mean(np.abs(logits - ranking_reference))) / spread, name))
+            scored.append((output_error(logits, ranking_reference), name))
         return [name for _, name in sorted(scored)]
 
     search = search_layers(

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ...parity_check import ParityMetrics, ParityThresholds
-from .fallback import MAX_SECONDS, MAX_STEPS, Int8Search, Validation, search_layers
+from .fallback import MAX_SECONDS, MAX_STEPS, Int8Search, Validation, output_error, search_layers
 from .ort import Ranges, load_model, run_onnx, sort_topologically
 from .qdq import FloatActivations, quantize_with_ranges
 
@@ -50,7 +50,7 @@ class Ranking:
 
     def error(self, model: bytes | str) -> float:
         logits = run_onnx(model, self.inputs, self.session_config)
-        return float(np.mean(np.abs(logits - self.reference)) / (np.std(self.reference) + 1e-12))
+        return output_error(logits, self.reference)
 
 
 def search_int8(

@@ -20,7 +20,7 @@ import numpy as np
 
 from ...errors import ExportError
 from ...parity_check import ParityThresholds
-from .fallback import MAX_SECONDS, MAX_STEPS, Int8Search, Validation, search_layers
+from .fallback import MAX_SECONDS, MAX_STEPS, Int8Search, Validation, output_error, search_layers
 
 # Model inputs per forward call: the exported program's batch is bounded by ExecuTorch's memory plan.
 EAGER_BATCH = 8
@@ -233,7 +233,7 @@ def rank_layers(converted, candidates: list[str], inputs: np.ndarray, reference:
             for reader, args in reversed(undo):
                 reader.args = args
             converted.recompile()
-        scored.append((float(np.mean(np.abs(logits - reference)) / (np.std(reference) + 1e-12)), name))
+        scored.append((output_error(logits, reference), name))
     return sorted(scored)
 
 
