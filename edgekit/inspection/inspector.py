@@ -155,7 +155,15 @@ def _numerics(fmt, model, run, artifact, images, graphs, threshold, search_ranki
     if fmt == "openvino":
         from .openvino_numerics import openvino_numerics
 
-        return openvino_numerics(model, artifact, graphs, images.artifact, images.reference, images.source, threshold, search_ranking)
+        found = openvino_numerics(model, artifact, graphs, images.artifact, images.reference, images.source, threshold)
+        candidates = [layer.node for layer in found.layers if layer.precision == "int8"]
+        if search_ranking and candidates:
+            from .openvino_ranking import search_errors
+            from .ranking import apply_scores, search_first
+
+            apply_scores(found.layers, search_errors(artifact, graphs[0], images.artifact, candidates), by_node=True)
+            found.search_first = search_first(found.layers)
+        return found
     from .executorch_numerics import executorch_numerics
     from .executorch_pt2e import CALIBRATION_IMAGES
 

@@ -58,17 +58,9 @@ def ir_layer_precisions(ov_model) -> dict[str, str]:
 
 
 def openvino_numerics(
-    model,
-    artifact: Path,
-    float_candidates: list[Path],
-    inputs: np.ndarray,
-    reference_inputs: np.ndarray,
-    source: DataSource,
-    threshold,
-    search_ranking: bool = False,
+    model, artifact: Path, float_candidates: list[Path], inputs: np.ndarray, reference_inputs: np.ndarray, source: DataSource, threshold
 ) -> Numerics:
-    """Compare every layer of the IR ``artifact`` with ``model`` (float32 PyTorch) on the same images;
-    ``search_ranking``: also each int8 layer's accuracy-search score (``openvino_ranking``)."""
+    """Compare every layer of the IR ``artifact`` with ``model`` (float32 PyTorch) on the same images."""
     import onnx
     import openvino as ov
 
@@ -120,12 +112,4 @@ def openvino_numerics(
     if any(layer.reference is not None and layer.reference.key is None for layer in layers):
         notes.append("layers without a matching PyTorch module are left out for the IR (the ONNX file of the run shows them)")
     notes.append("own error per layer is not computed for OpenVINO IR (the run's ONNX int8 file shows it)")
-    numerics = verdict(layers, logits, len(inputs), source, threshold, notes)
-    candidates = [layer.node for layer in numerics.layers if layer.precision == "int8"]
-    if search_ranking and candidates:
-        from .openvino_ranking import search_errors
-        from .ranking import apply_scores, search_first
-
-        apply_scores(numerics.layers, search_errors(artifact, float_candidates[0], inputs, candidates), by_node=True)
-        numerics.search_first = search_first(numerics.layers)
-    return numerics
+    return verdict(layers, logits, len(inputs), source, threshold, notes)
