@@ -26,6 +26,7 @@ from .results import Numerics
 from .torch_capture import ModuleOutputs
 
 LAYER_TYPES = ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData")
+COMPILE_CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}  # as edgekit's openvino runtime
 
 
 def _tensor_outputs(ov_model) -> dict[str, object]:
@@ -88,8 +89,7 @@ def openvino_numerics(
     for port, name in zip(chosen, names):
         port.get_tensor().add_names({name})  # FakeQuantize outputs have no name; added outputs are found by these
     ov_model.add_outputs(names)
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
-    compiled = ov.Core().compile_model(ov_model, "CPU", config)
+    compiled = ov.Core().compile_model(ov_model, "CPU", COMPILE_CONFIG)
     request = compiled.create_infer_request()
     by_name = {name: output for output in compiled.outputs for name in output.get_names()}
     extra = [by_name[name] for name in names]

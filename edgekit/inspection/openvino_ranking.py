@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from ..progress import track
-from .openvino_numerics import LAYER_TYPES, onnx_node_name
+from .onnx_numerics import BATCH
+from .openvino_numerics import COMPILE_CONFIG, LAYER_TYPES, onnx_node_name
 
-CONFIG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 FOLDABLE = ("Reshape", "Squeeze", "Unsqueeze", "Convert")  # between a float weight Constant and its layer
 
 
@@ -63,8 +63,7 @@ def _constant(port) -> np.ndarray | None:
 
 
 def _logits(core, model, inputs: np.ndarray) -> np.ndarray:
-    compiled = core.compile_model(model, "CPU", CONFIG)
+    compiled = core.compile_model(model, "CPU", COMPILE_CONFIG)
     request = compiled.create_infer_request()
-    return np.concatenate(
-        [np.asarray(request.infer({0: inputs[start : start + 8]})[compiled.output(0)]) for start in range(0, len(inputs), 8)]
-    )
+    batches = range(0, len(inputs), BATCH)
+    return np.concatenate([np.asarray(request.infer({0: inputs[start : start + BATCH]})[compiled.output(0)]) for start in batches])

@@ -34,9 +34,8 @@ def add_search_errors(numerics: Numerics, artifact: Path, float_graphs: list[Pat
         return
     inputs = images.artifact[:RANKING_IMAGES]
     ranking = Ranking(inputs, run_onnx(float_graphs[0], inputs, {}), session_config)
-    scores = {}
-    for name in track(candidates, "scoring layers as the accuracy search does"):
-        scores.update({node: error for error, node in ranking.scores(artifact, float_graphs[-1], [name], lambda _: None)})
+    tracked = track(candidates, "scoring layers as the accuracy search does")  # the two graphs are loaded once
+    scores = {node: error for error, node in ranking.scores(artifact, float_graphs[-1], tracked, lambda _: None)}
     apply_scores(numerics.layers, scores, by_node=True)
     numerics.search_first = search_first(numerics.layers)
 

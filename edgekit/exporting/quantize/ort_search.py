@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -36,8 +36,9 @@ class Ranking:
     reference: np.ndarray  # fp32 logits for those inputs
     session_config: dict[str, str]
 
-    def scores(self, qdq_path: Path, float_path: Path, candidates: list[str], tick: Callable[[str], None]) -> list[tuple[float, str]]:
-        """(error with the node in float, node), lowest error first: the node whose float version helps most."""
+    def scores(self, qdq_path: Path, float_path: Path, candidates: Iterable[str], tick: Callable[[str], None]) -> list[tuple[float, str]]:
+        """(error with the node in float, node), lowest error first: the node whose float version helps most.
+        ``candidates`` is read once, in order (a progress bar's iterator will do)."""
         qdq, float_model = load_model(qdq_path), load_model(float_path)
         scored = []
         for name in candidates:
