@@ -251,6 +251,11 @@ def test_openvino_int8_numerics_and_profile(exported_run, copy_trained_run):
     assert sum(layer.precision == "int8" for layer in numerics.layers) >= 15  # NNCF quantizes the convolutions
     assert numerics.logits.cosine > 0.99 and numerics.first_diverging in {layer.layer for layer in numerics.layers} | {None}
     assert len(numerics.search_first) == 5 and all(layer.search_error is not None for layer in numerics.layers if layer.precision == "int8")
+    # own error: every int8 layer fed from float; a layer deep in the network adds less on its own than it has
+    # accumulated by then (the logits carry every layer's error, the last layer's own only its own)
+    int8 = [layer for layer in numerics.layers if layer.precision == "int8"]
+    assert all(layer.own is not None for layer in int8) and len(numerics.worst_own) == 5
+    assert int8[-1].own.sqnr_db > int8[-1].accumulated.sqnr_db  # type: ignore[union-attr]
     profile = result.profile
     assert profile.source.startswith("openvino") and profile.total_ms > 0
     convolutions = [node for node in profile.nodes if node.op_type == "Convolution"]

@@ -87,6 +87,12 @@ def test_accuracy_control_reaches_the_budget_plain_nncf_int8_breaks(tmp_path, ph
     int8_layers = {layer.layer for layer in scored.layers if layer.precision == "int8"}
     assert int8_layers == {"conv1", "conv2", "conv3", "head"}  # plain NNCF int8 quantizes every layer
     assert scored.search_first[0] == "conv3" and {layer.layer for layer in scored.layers if layer.search_error is not None} == int8_layers
+    # and the error each layer adds on its own (fed from the float graph): conv3's input quantization is the damage
+    by_name = {layer.layer: layer for layer in scored.layers}
+    assert all(by_name[name].own is not None for name in int8_layers) and scored.worst_own[0] == "conv3"
+    conv1 = by_name["conv1"]  # reads the image itself, so fed from float or not it computes the same
+    assert conv1.own.sqnr_db == pytest.approx(conv1.accumulated.sqnr_db, abs=0.1)  # type: ignore[union-attr]
+    assert by_name["conv3"].own.sqnr_db < 10 < by_name["conv1"].own.sqnr_db  # type: ignore[union-attr]
 
     int8 = _export(run, thresholds=AGREEMENT)
     search = int8.int8.search

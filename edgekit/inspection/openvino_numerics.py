@@ -6,8 +6,8 @@ that name; in an NNCF int8 IR the FakeQuantize that reads it gives what the next
 output is added as an extra output of the ov.Model (``Model.add_outputs``), compiled in float32 as edgekit's
 openvino runtime compiles. Matching to PyTorch modules and the verdict are shared with ONNX (``onnx_numerics``).
 
-Own error (a layer fed from float) is not computed for the IR: it would need each layer's FakeQuantize pair rebuilt
-around it; the ONNX int8 file of the same run shows it.
+Own error (a layer fed from float): a second copy of the IR in which every int8 layer reads the float32 graph's
+tensor through its own FakeQuantize (``openvino_own``), run on the same batches.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from ..safety import check_onnx_file
 from .metrics import ErrorAccumulator
 from .onnx_layers import ExposedTensor, Graph, float_layers
 from .onnx_numerics import BATCH, MATCH_IMAGES, Layer, match_layers, verdict
+from .openvino_own import own_outputs
 from .results import Numerics
 from .torch_capture import ModuleOutputs
 
@@ -48,13 +49,36 @@ def onnx_node_name(friendly_name: str) -> str:
     return friendly_name.split("/")[0]
 
 
+def _own_error(core, artifact: Path, float_onnx: Path, layers: list[Layer]):
+    """(an infer request on the own-error copy of the IR, layer node -> its compiled output port), or (None, {})
+    when the IR has no int8 layer to feed from float (see ``openvino_own``)."""
+    from ..runtimes.openvino import read_ir
+
+    copy, _ = read_ir(artifact)
+    ops = {onnx_node_name(op.get_friendly_name()): op for op in copy.get_ordered_ops() if _quantized(op)}
+    wanted = {layer.float_layer.node: layer.float_layer.tensor for layer in layers if layer.float_layer.node in ops}
+    ports = own_outputs(copy, core.read_model(str(float_onnx)), {name: ops[name] for name in wanted}, wanted)
+    if not ports:
+        return None, {}
+    names = {node: f"edgekit_inspect_own_{index}" for index, node in enumerate(ports)}
+    for node, port in ports.items():
+        port.get_tensor().add_names({names[node]})  # type: ignore[attr-defined]
+    copy.add_outputs(list(ports.values()))  # by port: the name cache predates the rewiring
+    compiled = core.compile_model(copy, "CPU", COMPILE_CONFIG)
+    by_name = {name: output for output in compiled.outputs for name in output.get_names()}
+    return compiled.create_infer_request(), {node: by_name[name] for node, name in names.items()}
+
+
+def _quantized(op) -> bool:
+    return op.get_type_name() in LAYER_TYPES and op.input(0).get_source_output().get_node().get_type_name() == "FakeQuantize"
+
+
 def ir_layer_precisions(ov_model) -> dict[str, str]:
     """ONNX node name -> what the IR asks of each layer: int8 where a FakeQuantize feeds its data input."""
     precisions = {}
     for op in ov_model.get_ordered_ops():
         if op.get_type_name() in LAYER_TYPES:
-            source = op.input(0).get_source_output().get_node()
-            precisions[onnx_node_name(op.get_friendly_name())] = "int8" if source.get_type_name() == "FakeQuantize" else "fp32"
+            precisions[onnx_node_name(op.get_friendly_name())] = "int8" if _quantized(op) else "fp32"
     return precisions
 
 
@@ -88,8 +112,10 @@ def openvino_numerics(
     names = [f"edgekit_inspect_{index}" for index in range(len(chosen))]
     for port, name in zip(chosen, names):
         port.get_tensor().add_names({name})  # FakeQuantize outputs have no name; added outputs are found by these
+    core = ov.Core()
     ov_model.add_outputs(names)
-    compiled = ov.Core().compile_model(ov_model, "CPU", COMPILE_CONFIG)
+    compiled = core.compile_model(ov_model, "CPU", COMPILE_CONFIG)
+    own_request, own_ports = _own_error(core, artifact, float_candidates[0], layers)
     request = compiled.create_infer_request()
     by_name = {name: output for output in compiled.outputs for name in output.get_names()}
     extra = [by_name[name] for name in names]
@@ -99,17 +125,25 @@ def openvino_numerics(
     logits = ErrorAccumulator()
     for layer in layers:
         layer.accumulated_sums = ErrorAccumulator()
+        if layer.float_layer.node in own_ports:
+            layer.own_sums = ErrorAccumulator()
     wanted = {layer.reference.key[0] for layer in layers if layer.reference is not None and layer.reference.key is not None}
     with ModuleOutputs(model, wanted) as hooks:
         for start in range(0, len(inputs), step):
             reference_logits, captured = hooks.run(reference_inputs[start : start + step])
-            result = request.infer({0: np.ascontiguousarray(inputs[start : start + step])})
+            batch = np.ascontiguousarray(inputs[start : start + step])
+            result = request.infer({0: batch})
+            own = own_request.infer({0: batch}) if own_request is not None else {}
             logits.add(reference_logits, np.asarray(result[logits_port]))
             for layer, port in zip(layers, extra):
                 reference = layer.reference.value(captured, None) if layer.reference is not None else None
                 if reference is not None and layer.accumulated_sums is not None:
                     layer.accumulated_sums.add(reference, np.asarray(result[port], dtype=np.float32))
+                if reference is not None and layer.own_sums is not None:
+                    layer.own_sums.add(reference, np.asarray(own[own_ports[layer.float_layer.node]], dtype=np.float32))
     if any(layer.reference is not None and layer.reference.key is None for layer in layers):
         notes.append("layers without a matching PyTorch module are left out for the IR (the ONNX file of the run shows them)")
-    notes.append("own error per layer is not computed for OpenVINO IR (the run's ONNX int8 file shows it)")
+    int8 = sum(layer.precision == "int8" for layer in layers)
+    if len(own_ports) < int8:
+        notes.append(f"own error computed for {len(own_ports)} of the IR's {int8} int8 layers (the float graph lacks the others' input tensor)")
     return verdict(layers, logits, len(inputs), source, threshold, notes)
