@@ -25,9 +25,10 @@ def inspect_command(run_dir, artifacts, config_path, json_path, md_path, html_pa
     RUN_DIR is the run the variants were exported from; each VARIANT_OR_FILE is a variant name of the run (int8,
     fp16, openvino-int8, executorch-int8) or a file (.onnx, .xml, .pte). Every layer that maps back to a PyTorch
     module is compared with the run's float32 model on real images (SQNR, cosine, max abs diff; for int8 also the
-    error each layer adds on its own), and the runtime's own profiler gives the time per op, the precision each
-    layer really ran in, and flags: layers meant to be int8 that ran float, float layers wrapped in reorders, and
-    data movement over --share of the time.
+    error each layer adds on its own, and the accuracy search's own score: the logits' error with that layer alone
+    back in float, which names the layers the search would return to float first), and the runtime's own profiler
+    gives the time per op, the precision each layer really ran in, and flags: layers meant to be int8 that ran
+    float, float layers wrapped in reorders, and data movement over --share of the time.
 
     \b
     edgekit inspect runs/flowers int8 --data photos/val

@@ -76,7 +76,7 @@ def summarize(
     (PyTorch module paths)."""
     nodes = sorted(measured.nodes, key=lambda n: -n.ms)
     ops_ms = sum(n.ms for n in nodes) or 1e-12
-    total = statistics.median(measured.run_ms) if measured.run_ms else ops_ms
+    profiled_run = statistics.median(measured.run_ms) if measured.run_ms else ops_ms
     by_type: dict[str, list[RanNode]] = {}
     for node in nodes:
         by_type.setdefault(node.op_type, []).append(node)
@@ -106,8 +106,8 @@ def summarize(
         batch_size=batch_size,
         runs=len(measured.run_ms),
         warmup=warmup,
-        total_ms=round(total, 4),
-        ops_ms=round(ops_ms, 4),
+        total_ms=round(ops_ms, 4),
+        profiled_run_ms=round(profiled_run, 4),
         unprofiled_p50_ms=round(statistics.median(measured.unprofiled_ms), 4) if measured.unprofiled_ms else None,
         op_types=op_types,
         nodes=rows,

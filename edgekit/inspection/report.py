@@ -58,9 +58,9 @@ def verdict_lines(result: InspectResult) -> list[str]:
     profile = result.profile
     if profile is not None:
         plain = f", {profile.unprofiled_p50_ms:.3f} ms p50 unprofiled" if profile.unprofiled_p50_ms else ""
-        ratio = f" ({profile.ops_ms / profile.unprofiled_p50_ms:.2f}x the unprofiled p50)" if profile.unprofiled_p50_ms else ""
+        ratio = f" ({profile.total_ms / profile.unprofiled_p50_ms:.2f}x the unprofiled p50)" if profile.unprofiled_p50_ms else ""
         lines.append(
-            f"{profile.runtime}: {profile.total_ms:.3f} ms per inference as profiled{plain}; ops add up to {profile.ops_ms:.3f} ms{ratio}"
+            f"{profile.runtime}: {profile.profiled_run_ms:.3f} ms per inference as profiled{plain}; ops add up to {profile.total_ms:.3f} ms{ratio}"
         )
         lines += [f"flag ({flag.kind}): {flag.message}" for flag in profile.flags]
     return lines + [f"note: {note}" for note in result.notes + (numerics.notes if numerics else []) + (profile.notes if profile else [])]

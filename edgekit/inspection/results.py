@@ -101,10 +101,12 @@ class Flag(_Model):
 class Profile(_Model):
     """Time per op of one artifact on one runtime, from the runtime's own profiler, after warm-up.
 
-    ``total_ms`` is the profiler's own time per inference (median over the profiled runs); ``ops_ms`` what its ops
-    add up to (the rest is the runtime's overhead between them). ``unprofiled_p50_ms`` is the same file timed without
-    the profiler, as bench times it (perf_counter around run, batch 1), in the same process and alternating with the
-    profiled runs, so ``total_ms / unprofiled_p50_ms`` says what profiling itself costs."""
+    ``total_ms`` is what the per-op profile adds up to: the sum of its nodes' medians, the total every ``share`` is
+    of. ``profiled_run_ms`` is the profiler's own time per inference (median over the profiled runs: the ops, the
+    runtime's overhead between them and the profiler's own recording). ``unprofiled_p50_ms`` is the same file timed
+    without the profiler, as bench times it (perf_counter around run, batch 1), in the same process and alternating
+    with the profiled runs, so ``total_ms / unprofiled_p50_ms`` says how far the profile's total is from the
+    deployed figure and ``profiled_run_ms / unprofiled_p50_ms`` what profiling itself costs."""
 
     runtime: str
     source: str  # which profiler: "onnxruntime enable_profiling", "openvino PERF_COUNT", "executorch ETDump"
@@ -112,7 +114,7 @@ class Profile(_Model):
     runs: int
     warmup: int
     total_ms: float
-    ops_ms: float
+    profiled_run_ms: float
     unprofiled_p50_ms: float | None = None
     op_types: list[OpTypeTime]
     nodes: list[NodeTime]  # every node that ran, slowest first
