@@ -6,12 +6,15 @@ bench's timing of the same file?
     python benchmarks/bench_inspect.py --openvino --executorch # also the OpenVINO and ExecuTorch int8 files
 
 1. The accuracy search (`edgekit export --quantize int8`, defaults) records the layers it returned to float, in order.
-2. `edgekit inspect` on the *plain* int8 of the same model and calibration (no search, only the first Conv and the
-   last Gemm in float) gives each layer's own SQNR (its input taken from float) and the search's own ranking score.
-3. The overlap between inspect's three worst layers by own error and the first three layers the search returned to
-   float is the figure; so is the first search pick's rank in inspect's order.
-4. The same process runs `edgekit.bench` on each int8 file, then `inspect`'s profile, and reports profile total /
-   bench p50 (bench's interleaved p50 and its deployment p50, the setting the profile runs with).
+2. `edgekit inspect` on the file the search starts from (the same export with the search off: the same calibration
+   ranges, only the first Conv and the last Gemm in float) gives each layer's own SQNR (its input taken from float)
+   and the search's own ranking score, on 32 held-out images and on the 32 calibration images the search ranks on.
+3. The overlap between inspect's three worst layers by own error (and by the search's score) and the first three
+   layers the search returned to float is the figure; so are the ranks of the search's picks in inspect's orders.
+   With --openvino / --executorch, the same for NNCF's accuracy control and the pt2e search (the layers each
+   returned to float, ranked by inspect on that format's plain int8 file).
+4. The same process runs `edgekit.bench` on each int8 file, then `inspect`'s profile, and reports the profile's
+   total (its ops' sum) / bench p50, and the profiled run's time / bench p50.
 
 Results: benchmarks/results/inspect-<model>-<isa>-<date>.json and .md (CPU, ISA class, versions).
 """
@@ -135,13 +138,11 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         run, calib, search = _subject(args.run, work, report)
         order = _searched(run, calib, search, work, report)
-        plain = work / "plain.int8.onnx"
-        if not plain.is_file():
-            from edgekit.exporting.quantize import quantize_static
-
-            quantize_static(run.exports_dir / "model.onnx", plain, _batches(run, calib))
+        plain = _exported(run, calib, search, work / "start", "onnx", accuracy_aware=False).path  # the search's step 0
         report["overlap"] = _overlap(run, plain, order, search)
-        print(json.dumps(report["overlap"], indent=2), flush=True)
+        report["overlap_on_ranking_images"] = _overlap(run, plain, order, _ranking_images(calib, work))
+        print(json.dumps({k: report[k] for k in ("overlap", "overlap_on_ranking_images")}, indent=2), flush=True)
+        report["other_searches"] = {}
         files = [(run.exports_dir / "model.int8.onnx", "ort-cpu"), (plain, "ort-cpu")]
         for wanted, fmt, suffix, runtime in (
             (args.openvino, "openvino", "xml", "openvino"),
@@ -154,6 +155,8 @@ def main(argv=None) -> int:
 
                     export(run, formats=fmt, quantize="int8", calib_data=calib, calib_size=100, parity_data=search, accuracy_aware=False)
                 files.append((path, runtime))
+                report["other_searches"][fmt] = _other_search(run, path, calib, search, work, fmt)
+                print(json.dumps(report["other_searches"][fmt], indent=2), flush=True)
         report["profile_vs_bench"] = [_profile_vs_bench(run, path, runtime, search) for path, runtime in files]
     report["seconds"] = round(time.perf_counter() - started)
     RESULTS.mkdir(exist_ok=True)
@@ -203,12 +206,83 @@ def _searched(run, calib: Path, search: Path, work: Path, report: dict) -> list[
     return recorded["order"]
 
 
-def _batches(run, folder: Path):
-    from edgekit.data import load_batch
+def _exported(run, calib: Path, search: Path, copy: Path, fmt: str, accuracy_aware: bool):
+    """The int8 variant of ``fmt`` exported into a copy of ``run`` (kept in ``copy`` and reused), as the search's
+    export is (same calibration and validation images), with the search on or off."""
+    import shutil
+
+    from edgekit.exporting import export
+    from edgekit.runs import Run
+
+    saved = copy / "int8.json"
+    if saved.is_file():
+        from edgekit.exporting.results import VariantResult
+
+        return VariantResult.model_validate_json(saved.read_text())
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(run.path, copy, ignore=shutil.ignore_patterns("exports"))
+    exported = export(
+        Run.load(copy), formats=fmt, quantize="int8", calib_data=calib, calib_size=100, parity_data=search,
+        accuracy_aware=accuracy_aware, speed_check=False,
+    )  # fmt: skip
+    (int8,) = [v for v in exported.variants if v.int8 is not None]
+    saved.write_text(int8.model_dump_json())
+    return int8
+
+
+def _ranking_images(calib: Path, work: Path) -> Path:
+    """The calibration images the ONNX search ranks layers on (the first RANKING_IMAGES, as export orders them)."""
+    import shutil
+
+    from edgekit.exporting.quantize.fallback import RANKING_IMAGES
     from edgekit.parity_check import images_in
 
-    paths = images_in(folder, max_images=100).paths
-    return [load_batch(paths[i : i + 16], run.card.preprocessing) for i in range(0, len(paths), 16)]
+    folder = work / "ranking-images"
+    if not folder.is_dir():
+        folder.mkdir()
+        for path in images_in(calib, max_images=100).paths[:RANKING_IMAGES]:
+            shutil.copy(path, folder / Path(path).name)
+    return folder
+
+
+def _other_search(run, plain: Path, calib: Path, search: Path, work: Path, fmt: str) -> dict:
+    """The layers NNCF's accuracy control (openvino) or the pt2e search (executorch) returned to float, and where
+    inspect ranks them on that format's plain int8 file (held-out images)."""
+    from edgekit.inspection import inspect
+
+    searched = _exported(run, calib, search, work / f"{fmt}-search", fmt, accuracy_aware=True).int8.search
+    result = inspect(run, plain, search, profile=False, max_images=32).numerics
+    names = {layer.node: layer.layer for layer in result.layers}
+    start = {layer.layer for layer in result.layers if layer.precision != "int8"}
+    if searched is None:
+        picks = []  # plain int8 was within the budget: nothing to return to float
+    elif fmt == "openvino":
+        from edgekit.inspection.openvino_numerics import onnx_node_name
+
+        picks = [names.get(onnx_node_name(n), onnx_node_name(n)) for n in searched.kept_float]
+        picks = [p for p in picks if p not in start]  # NNCF reports the final set, not the order
+    else:
+        picks = [step.action.removeprefix("keep ").removesuffix(" in float") for step in searched.steps[1:]]
+    ranked = {
+        "own": [layer.layer for layer in sorted((x for x in result.layers if x.own is not None), key=lambda x: x.own.sqnr_db)],
+        "search_score": [
+            layer.layer for layer in sorted((x for x in result.layers if x.search_error is not None), key=lambda x: x.search_error)
+        ],
+    }
+    return {
+        "search": {
+            "within_budget": searched.within_budget if searched else True,
+            "steps": len(searched.steps) if searched else 0,
+            "seconds": searched.seconds if searched else 0,
+            "returned_to_float": picks,
+        },
+        "ranks_by_own": [ranked["own"].index(p) + 1 if p in ranked["own"] else None for p in picks],
+        "ranks_by_search_score": [ranked["search_score"].index(p) + 1 if p in ranked["search_score"] else None for p in picks],
+        "inspect_top_three_own": ranked["own"][:3],
+        "inspect_top_three_search_score": ranked["search_score"][:3],
+        "int8_layers": len(ranked["search_score"]),
+    }
 
 
 def _markdown(report: dict) -> str:
@@ -229,6 +303,23 @@ def _markdown(report: dict) -> str:
         f"(overlap {overlap['overlap_search_score']} of {len(overlap['search_first_three'])}; the search's picks rank "
         f"{overlap.get('search_picks_ranks_by_search_score')} by it; scored on {overlap.get('ranking_images')} images, as many as the search ranks on)",
         f"- first diverging layer (plain int8): {overlap['first_diverging']}; worst accumulated: {', '.join(overlap['worst'])}",
+    ]
+    own_images = report.get("overlap_on_ranking_images")
+    if own_images:
+        lines.append(
+            f"- on the {own_images['ranking_images']} calibration images the search itself ranks on: its picks rank "
+            f"{own_images['search_picks_ranks_by_search_score']} by the search's score (overlap {own_images['overlap_search_score']} of "
+            f"{len(own_images['search_first_three'])}), {own_images['search_picks_ranks_by_own']} by own error (overlap {own_images['overlap_own']})"
+        )
+    for fmt, other in report.get("other_searches", {}).items():
+        picks = other["search"]["returned_to_float"]
+        lines.append(
+            f"- {fmt}: its search returned {', '.join(picks) or 'no layer'} to float ({other['search']['steps']} steps, within budget: "
+            f"{other['search']['within_budget']}); on its plain int8 ({other['int8_layers']} int8 layers) they rank "
+            f"{other['ranks_by_search_score']} by the search's score, {other['ranks_by_own']} by own error; inspect's top three: "
+            f"{', '.join(other['inspect_top_three_search_score'])} (score), {', '.join(other['inspect_top_three_own'])} (own)"
+        )
+    lines += [
         "",
         f"| file | runtime | bench p50 ms | profile total ms (ops' sum) | profiled run ms | profile total / bench p50 (median of {ROUNDS}) | range | profiled run / bench p50 | contended rounds |",
         "|---|---|---|---|---|---|---|---|---|",

@@ -327,4 +327,10 @@ def test_pt2e_eager_fallback_names_the_sensitive_layer_too(sensitive, photo_fold
     # the ExecuTorch search's own score, as its rank_layers gives it: conv3 back in float helps most
     assert all(layer.search_error is not None for layer in layers) and search_first(layers)[0] == "conv3"
     assert "then clamped" in layers[2].reference  # conv3's functional relu, applied to the module's output
+    # own error: each layer fed the float twin's tensor; conv1 reads the image either way, conv3's own input
+    # quantization is the damage
+    own = {layer.layer: layer.own for layer in layers}
+    assert all(stats is not None for stats in own.values()) and min(own, key=lambda name: own[name].sqnr_db) == "conv3"  # type: ignore[union-attr]
+    assert own["conv1"].sqnr_db == pytest.approx(layers[0].accumulated.sqnr_db, abs=0.1)  # type: ignore[union-attr]
+    assert own["head"].sqnr_db > layers[3].accumulated.sqnr_db  # type: ignore[union-attr]
     assert "pt2e eager fallback" in notes[0] and "not the .pte" in notes[0]

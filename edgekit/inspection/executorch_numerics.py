@@ -4,8 +4,7 @@ Per-layer numerics are not available from a .pte made by edgekit with the execut
 runs the whole program as one call, so ETDump's debug buffer holds only the delegate's outputs, and
 ``Inspector.calculate_numeric_gap`` needs an ETRecord written at export time, which edgekit's export does not
 write. For an int8 program the pt2e eager fallback (``executorch_pt2e``) gives per-layer figures of the model
-quantized again the same way, labelled as such; the run's ONNX int8 file shows the picture with each layer's own
-error."""
+quantized again the same way (with each layer's own error beside the accumulated one), labelled as such."""
 
 from __future__ import annotations
 
@@ -54,6 +53,8 @@ def executorch_numerics(
         layers=layers,
         first_diverging=first_below(layers, threshold[0]),
         worst=worst(layers),
+        worst_own=worst(layers, own=True),
+        worst_own_channel=worst(layers, own=True, per_channel=True),
         search_first=search_first(layers),
         logits=logits.stats(),
         notes=notes,

@@ -5,6 +5,11 @@ its module (``nn_module_stack``); its tensor is the one the next layer reads (af
 quantize/dequantize). The float twin of that tensor (the prepared model, whose observers pass values through, with
 BatchNorm folded the same way) ties it to a PyTorch module output by value, as ``matching`` does for ONNX.
 
+Own error (a layer fed from float): a second run of the converted graph in which every int8 layer reads, through
+its own input quantize/dequantize, the prepared graph's float value of the tensor it quantizes (same node names in
+both graphs) instead of its input; only that edge changes, so the previous layer's chain (which ends in the same
+quantize) is untouched, and one run gives every layer's figure.
+
 This is not the .pte's own arithmetic (XNNPACK kernels), nor its layers kept in float by the accuracy search; the
 result says so. The .pte's own logits are compared beside it."""
 
@@ -34,7 +39,9 @@ class Pt2eLayer:
     shape: tuple[int, ...] = ()
     float_tensor: str = ""  # the same point in the prepared (float) graph
     activation: tuple[float, float] | None = None  # a functional relu/hardtanh on the way: its (min, max), applied here
+    source: str | None = None  # the float tensor its input quantize reads (int8 layers)
     sums: ErrorAccumulator | None = None
+    own_sums: ErrorAccumulator | None = None
 
 
 def _reads(node) -> str:
@@ -108,22 +115,46 @@ def _layers(converted) -> list[Pt2eLayer]:
             continue
         source = node.args[0]
         precision = "int8" if _op(source) == "dequantize_per_tensor" else "fp32"
-        found.append(Pt2eLayer(node.name, _reads(node), module, precision))
+        found.append(Pt2eLayer(node.name, _reads(node), module, precision, source=_quantized_source(source)))
     return found
 
 
-def _outputs(graph_module, names: set[str], batch: np.ndarray) -> dict[str, np.ndarray]:
-    """The outputs of the nodes ``names`` for one batch, copied as they are made (in-place ops follow)."""
+def _quantized_source(dequantize) -> str | None:
+    """The float node a dequantize(quantize(x)) pair reads: the layer's input before its own quantization."""
+    if _op(dequantize) != "dequantize_per_tensor" or not dequantize.args:
+        return None
+    quantize = dequantize.args[0]
+    if _op(quantize) != "quantize_per_tensor" or not quantize.args:
+        return None
+    return getattr(quantize.args[0], "name", None)
+
+
+def _outputs(graph_module, names: set[str], batch: np.ndarray, feed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The outputs of the nodes ``names`` for one batch, copied as they are made (in-place ops follow). Each layer
+    node in ``feed`` reads the value given there through its own input quantize/dequantize instead of its input
+    (only that edge: the quantize node's other readers, the previous layer's chain among them, are left as they are)."""
     import torch
 
     captured: dict[str, np.ndarray] = {}
+    feed = feed or {}
 
     class Recorder(torch.fx.Interpreter):
         def run_node(self, node):
-            value = super().run_node(node)
+            value = self._fed(node) if node.name in feed else super().run_node(node)
             if node.name in names and isinstance(value, torch.Tensor):
                 captured[node.name] = value.detach().float().clone().numpy()
             return value
+
+        def _fed(self, node):
+            dequantize = node.args[0]
+            quantize = dequantize.args[0]
+            # the pair's scales and zero points only: the env may already have dropped the tensor they read
+            args, kwargs = self.fetch_args_kwargs_from_env(node)
+            q_args, q_kwargs = self.map_nodes_to_values(quantize.args[1:], quantize), self.map_nodes_to_values(quantize.kwargs, quantize)
+            dq_args = self.map_nodes_to_values(dequantize.args[1:], dequantize)
+            dq_kwargs = self.map_nodes_to_values(dequantize.kwargs, dequantize)
+            quantized = quantize.target(torch.from_numpy(feed[node.name]), *q_args, **q_kwargs)
+            return node.target(dequantize.target(quantized, *dq_args, **dq_kwargs), *args[1:], **kwargs)
 
     with torch.no_grad():
         Recorder(graph_module).run(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
@@ -161,16 +192,24 @@ def pt2e_layers(
     for layer in layers:
         _match(layer, floats, captured, calls)
         layer.sums = ErrorAccumulator()
+        layer.own_sums = ErrorAccumulator() if layer.source in prepared_nodes else None
         layer.shape = tuple(floats[layer.float_tensor].shape[1:])
     kept = [layer for layer in layers if layer.key is not None]
+    sources = {layer.source for layer in kept if layer.own_sums is not None}
     with ModuleOutputs(model, {layer.key[0] for layer in kept if layer.key is not None}) as hooks:
         for start in range(0, len(reference_inputs), EAGER_BATCH):
             batch = reference_inputs[start : start + EAGER_BATCH]
             _, captured = hooks.run(batch)
             quantized = _outputs(converted, names, batch)
+            floats = _outputs(prepared, sources, batch) if sources else {}  # type: ignore[arg-type]
+            fed = {layer.node: floats[layer.source] for layer in kept if layer.own_sums is not None and layer.source in floats}
+            own = _outputs(converted, names, batch, feed=fed) if fed else {}
             for layer in kept:
                 assert layer.sums is not None
-                layer.sums.add(_reference(layer, captured), quantized[layer.tensor])
+                reference = _reference(layer, captured)
+                layer.sums.add(reference, quantized[layer.tensor])
+                if layer.own_sums is not None and layer.node in fed:
+                    layer.own_sums.add(reference, own[layer.tensor])
     results = [_result(index, layer) for index, layer in enumerate(kept)]
     if search_ranking:
         inputs = reference_inputs[:RANKING_IMAGES]
@@ -199,4 +238,5 @@ def _result(index: int, layer: Pt2eLayer) -> LayerNumerics:
         reference=layer.description,
         matched_by="value, against the pt2e model's float twin (pt2e eager fallback)",
         accumulated=layer.sums.stats(),
+        own=layer.own_sums.stats() if layer.own_sums is not None and layer.own_sums.cosines else None,
     )

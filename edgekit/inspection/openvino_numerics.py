@@ -145,5 +145,7 @@ def openvino_numerics(
         notes.append("layers without a matching PyTorch module are left out for the IR (the ONNX file of the run shows them)")
     int8 = sum(layer.precision == "int8" for layer in layers)
     if len(own_ports) < int8:
-        notes.append(f"own error computed for {len(own_ports)} of the IR's {int8} int8 layers (the float graph lacks the others' input tensor)")
+        notes.append(
+            f"own error computed for {len(own_ports)} of the IR's {int8} int8 layers (the float graph lacks the others' input tensor)"
+        )
     return verdict(layers, logits, len(inputs), source, threshold, notes)

@@ -30,7 +30,7 @@ def own_outputs(copy, float_model, layers: dict[str, object], tensors: dict[str,
     ports = {}
     for name, layer, quantize, source in rewired:
         port = copy_ports[tensors[name]]
-        reader = next((t.get_node() for t in port.get_target_inputs() if t.get_node().get_type_name() == FAKE_QUANTIZE), None)
+        reader = next((t.get_node() for t in port.get_target_inputs() if t.get_node().get_type_name() == FAKE_QUANTIZE), None)  # type: ignore[attr-defined]
         layer.input(0).replace_source_output(_fake_quantize(quantize, source))  # type: ignore[attr-defined]
         ports[name] = reader.output(0) if reader is not None else port  # the reader still reads this layer's output
     if ports:
@@ -51,6 +51,8 @@ def _fake_quantize(like, value):
 
     attributes = like.get_attributes()
     ranges = [like.input_value(i) for i in range(1, 5)]
-    made = ov.opset13.fake_quantize(value, *ranges, levels=int(attributes["levels"]), auto_broadcast=str(attributes["auto_broadcast"]).upper())
+    made = ov.opset13.fake_quantize(
+        value, *ranges, levels=int(attributes["levels"]), auto_broadcast=str(attributes["auto_broadcast"]).upper()
+    )
     made.set_friendly_name(like.get_friendly_name() + "/edgekit_own")
     return made.output(0)
