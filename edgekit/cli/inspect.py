@@ -9,6 +9,7 @@ import click
 from ..inspection.options import InspectOptions
 from .options import options_from_model
 from .output import console
+from .target import connection_options, target_options
 
 
 @click.command("inspect")
@@ -16,10 +17,11 @@ from .output import console
 @click.argument("artifacts", nargs=-1, required=True, metavar="VARIANT_OR_FILE...")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="YAML file with the options below as keys; flags win.")
 @options_from_model(InspectOptions)
+@connection_options
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the full report (InspectReport) as JSON here.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write a markdown report (for a PR comment) here.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write an HTML page with the SQNR and time-per-op charts here.")
-def inspect_command(run_dir, artifacts, config_path, json_path, md_path, html_path, **flags):
+def inspect_command(run_dir, artifacts, config_path, json_path, md_path, html_path, ssh_config, accept_new_host_key, **flags):
     """Where an exported variant loses accuracy and where it spends its time, layer by layer.
 
     RUN_DIR is the run the variants were exported from; each VARIANT_OR_FILE is a variant name of the run (int8,
@@ -36,6 +38,7 @@ def inspect_command(run_dir, artifacts, config_path, json_path, md_path, html_pa
     edgekit inspect runs/flowers openvino-int8 executorch-int8 --threshold 25
     edgekit inspect runs/flowers int8 --runtime openvino            # the ONNX file profiled on OpenVINO
     edgekit inspect runs/flowers runs/flowers/exports/model.int8.onnx --no-numerics --runs 200
+    edgekit inspect runs/flowers int8 --target ssh://pi@raspberrypi.local   # the profile taken on the Pi
     """
     from .. import config, files
     from ..inspection import inspect
@@ -58,6 +61,8 @@ def inspect_command(run_dir, artifacts, config_path, json_path, md_path, html_pa
             runs=options.runs,
             share_threshold=options.share,
             search_ranking=options.search_ranking,
+            target=options.target,
+            target_options=target_options(ssh_config, accept_new_host_key),
         )
         show_inspection(result)
         results.append(result)

@@ -11,6 +11,8 @@ session config such as ORT's int8 precision option), and:
 - times them all interleaved at each batch size (``timing.interleaved``) under the contention monitor;
 - or, for ``--quantize auto`` (``"race": {"seconds": S, "batch_size": B}``), races them in alternating blocks at
   batch B for about S seconds, dropping the clearly slower (``timing.race``, the loop auto uses on the host);
+- or, for `edgekit inspect --target` (``"profile": {"warmup": W, "runs": R}``), profiles each one with its runtime's
+  own profiler at batch 1 and leaves the raw profile in the job folder for the host to read (``profiling``);
 - runs the job's bundle of preprocessed inputs (``bundle.npz``, loaded with ``allow_pickle=False``) through each,
   for logits the host compares with its PyTorch references (the comparison itself happens on the host, so parity
   has one implementation).
@@ -355,6 +357,13 @@ def run_job(job: Dict[str, Any], folder: str) -> Dict[str, Any]:
         race_blocks(loaded, job["race"], monitor)
     elif job.get("timing", True):
         time_interleaved(loaded, job, monitor)
+    if job.get("profile"):
+        from . import profiling
+
+        for artifact, _, record in loaded:
+            record["profile"] = profiling.profile(
+                artifact, example_batch(artifact, artifact.get("fixed_batch") or 1), job["profile"], folder
+            )
     logits = bundle_logits(loaded, bundle)
     write_atomically(os.path.join(folder, "logits.npz"), lambda path: _save_npz(path, logits))
     return {

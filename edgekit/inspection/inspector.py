@@ -33,6 +33,8 @@ def inspect(
     runs: int = profiling.RUNS,
     share_threshold: float = profiling.SHARE_THRESHOLD,
     search_ranking: bool = True,
+    target=None,
+    target_options=None,
 ) -> InspectResult:
     """Where ``artifact`` (a file, or a variant name of ``run``) loses accuracy and spends its time.
 
@@ -41,7 +43,9 @@ def inspect(
     layer under ``threshold_db`` (default per precision, ``metrics.THRESHOLDS_DB``) and the worst five. Profile: the
     runtime's own profiler after ``warmup`` runs, ``runs`` profiled runs at batch 1, per op type and node, with
     flags (``profile`` module). ``search_ranking``: for int8 also the accuracy search's own score per layer and
-    the layers it would return to float first (one run per layer; False skips it)."""
+    the layers it would return to float first (one run per layer; False skips it). ``target``: take the profile
+    there (a --target text: ssh://... or an ssh_config alias; ``target_options`` its TargetOptions) by edgekit's
+    device runner; the numerics stay on this machine."""
     from ..runs import Run
 
     if not numerics and not profile:
@@ -64,6 +68,8 @@ def inspect(
         runs=runs,
         share_threshold=share_threshold,
         search_ranking=search_ranking,
+        target=target,
+        target_options=target_options,
     )
 
 
@@ -83,6 +89,8 @@ def inspect_model(
     runs: int = profiling.RUNS,
     share_threshold: float = profiling.SHARE_THRESHOLD,
     search_ranking: bool = True,
+    target=None,
+    target_options=None,
 ) -> InspectResult:
     """``inspect`` for a PyTorch module and an artifact exported from it, without a run directory (``float_onnx``:
     its float32 ONNX graphs, else exported here)."""
@@ -113,7 +121,8 @@ def inspect_model(
         if profile:
             known = {layer.node: layer.layer for layer in result.numerics.layers} if result.numerics is not None else {}
             batch = variant.fixed_batch or 1
-            result.profile = _profile(chosen, artifact, images.artifact[:batch], threads, warmup, runs, share_threshold, known)
+            sample = images.artifact[:batch]
+            result.profile = _profile(chosen, artifact, sample, threads, warmup, runs, share_threshold, known, target, target_options)
     result.seconds = round(time.perf_counter() - started, 2)
     return result
 
@@ -174,9 +183,20 @@ def _numerics(fmt, model, run, artifact, images, graphs, threshold, search_ranki
     return executorch_numerics(model, artifact, images, threshold, calibration, search_ranking)
 
 
-def _profile(runtime, artifact, sample, threads, warmup, runs, share_threshold, known: dict[str, str]) -> Profile:
-    """The runtime's profile on ``sample`` (one batch); ``known`` names layers (node -> PyTorch module) where the
-    numerics found them."""
+def _profile(
+    runtime, artifact, sample, threads, warmup, runs, share_threshold, known: dict[str, str], target=None, options=None
+) -> Profile:
+    """The runtime's profile on ``sample`` (one batch), here or on ``target``; ``known`` names layers (node -> PyTorch
+    module) where the numerics found them."""
+    from ..targets import is_local
+
+    if not is_local(target):
+        from .profile_target import measure_on_target
+
+        measured, names = measure_on_target(target, options, artifact, runtime, threads, warmup, runs)
+        return profiling.summarize(
+            runtime, "onnxruntime enable_profiling (on the target)", measured, len(sample), warmup, share_threshold, {**names, **known}
+        )
     if runtime == "ort-cpu":
         from .profile_ort import measure_ort as measure
 

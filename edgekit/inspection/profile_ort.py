@@ -56,6 +56,17 @@ def measure_ort(artifact: Path, sample: np.ndarray, threads: int | None, warmup:
         unprofiled = alternate(lambda: profiled.run(sample), lambda: plain.run(sample), warmup, runs)
         trace = json.loads(profiled.end_profiling().read_text(encoding="utf-8"))  # type: ignore[attr-defined]
         optimized = onnx.load(str(Path(workdir) / "optimized.onnx"))  # written by ORT itself from the checked file
+    settings = {
+        k: str(v) for k, v in plain.info.items() if k in ("library", "intra_op_threads", "session_config", "graph_optimization_level")
+    }
+    return read_profile(artifact, trace, optimized, runs, unprofiled, settings)
+
+
+def read_profile(artifact: Path, trace: list[dict], optimized, runs: int, unprofiled: list[float], settings: dict[str, str]):
+    """(Measured, layer -> module names) from ORT's trace and the graph it ran, made here or on a target (the device
+    runner returns both files: ``device/profiling.py``)."""
+    import onnx
+
     check_onnx_file(artifact)
     file_graph = Graph(onnx.load(str(artifact)))
     run_ms, node_ms, input_types = _parse_trace(trace, runs)
@@ -64,9 +75,6 @@ def measure_ort(artifact: Path, sample: np.ndarray, threads: int | None, warmup:
         for node in optimized.graph.node
         if node.name in node_ms
     ]
-    settings = {
-        k: str(v) for k, v in plain.info.items() if k in ("library", "intra_op_threads", "session_config", "graph_optimization_level")
-    }
     names = {n.name: module_of(file_graph, n) or n.name for n in file_graph.model.graph.node if n.op_type in LAYER_OPS}  # type: ignore[attr-defined]
     notes = [] if nodes else ["the trace had no node events; this onnxruntime build may not profile nodes"]
     return Measured(nodes, run_ms, unprofiled, settings, notes), names

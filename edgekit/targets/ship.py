@@ -26,7 +26,7 @@ import time
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .. import files
 from ..device import facts as device_facts
@@ -97,10 +97,20 @@ def send_artifacts(target: Target, cache: str, groups: Sequence[Sequence[Path]])
     return [f"{folder}/{group[0].name}" for folder, group in zip(folders, groups)]
 
 
-def run_job(target: Target, cache: str, runner: str, job: dict, inputs: dict[str, Path], outputs: Sequence[str], into: Path) -> dict:
+def run_job(
+    target: Target,
+    cache: str,
+    runner: str,
+    job: dict,
+    inputs: dict[str, Path],
+    outputs: Sequence[str],
+    into: Path,
+    more: Callable[[dict], Sequence[str]] | None = None,
+) -> dict:
     """Run one job: its JSON and ``inputs`` (name -> local file) go to a fresh job folder, the runner answers with
-    ``result.json`` and the files named in ``outputs``, which come back into ``into`` (atomically, each). Returns the
-    result JSON. The job folder is removed afterwards, also after a failure."""
+    ``result.json`` and the files named in ``outputs`` (and in ``more(result)``: files the result says it wrote),
+    which come back into ``into`` (atomically, each). Returns the result JSON. The job folder is removed afterwards,
+    also after a failure."""
     folder = f"{cache}/{JOBS_DIR}/{uuid.uuid4().hex}"
     _remove_stale_jobs(target, cache)
     try:
@@ -113,7 +123,10 @@ def run_job(target: Target, cache: str, runner: str, job: dict, inputs: dict[str
             raise runner_failure(target, done.rc, done.stderr)
         for name in ["result.json", *outputs]:
             target.get(f"{folder}/{name}", into / name, doing=f"copying {name} back")
-        return json.loads((into / "result.json").read_text(encoding="utf-8"))
+        result = json.loads((into / "result.json").read_text(encoding="utf-8"))
+        for name in more(result) if more is not None else ():
+            target.get(f"{folder}/{name}", into / name, doing=f"copying {name} back")
+        return result
     finally:
         _remove(target, folder)
 
