@@ -41,11 +41,22 @@ def session_options(threads: int | None = None, settings: dict[str, Any] | None 
     return options
 
 
-def open_session(path: str, threads: int | None = None, settings: dict[str, Any] | None = None, providers: list | None = None):
-    """An ``onnxruntime.InferenceSession`` for ``path`` with ``settings`` (see ``session_options``)."""
+def open_session(
+    path: str,
+    threads: int | None = None,
+    settings: dict[str, Any] | None = None,
+    providers: list | None = None,
+    profile: tuple[str, str] | None = None,
+):
+    """An ``onnxruntime.InferenceSession`` for ``path`` with ``settings`` (see ``session_options``); ``profile``:
+    (trace file prefix, where to write the graph ORT runs) to turn ORT's profiler on."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), sess_options=session_options(threads, settings), providers=providers or ["CPUExecutionProvider"])
+    options = session_options(threads, settings)
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix, options.optimized_model_filepath = profile
+    return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
 
 
 def version() -> str:

@@ -28,17 +28,12 @@ def profile(artifact: Dict[str, Any], batch, spec: Dict[str, Any], folder: str) 
     ``graph_name``. Returns what the host needs beside them (the unprofiled times, the runs taken)."""
     if artifact["runtime"] not in PROFILED_RUNTIMES:
         return {"error": f"no per-op profile of {artifact['runtime']} on a target (ONNX Runtime only)"}
-    import onnxruntime
-
     from . import ort
 
     settings = {**(artifact.get("settings") or {}), "allow_spinning": False}
     threads = artifact.get("threads")
-    options = ort.session_options(threads, settings)
-    options.enable_profiling = True
-    options.profile_file_prefix = os.path.join(folder, f".profile-{artifact['id']}")
-    options.optimized_model_filepath = os.path.join(folder, graph_name(artifact["id"]))
-    profiled = onnxruntime.InferenceSession(artifact["path"], sess_options=options, providers=["CPUExecutionProvider"])
+    where = (os.path.join(folder, f".profile-{artifact['id']}"), os.path.join(folder, graph_name(artifact["id"])))
+    profiled = ort.open_session(artifact["path"], threads, settings, profile=where)  # a file the runner verified
     plain = ort.open_session(artifact["path"], threads, settings)
     feed = {profiled.get_inputs()[0].name: batch}
     warmup, runs = int(spec.get("warmup", 10)), int(spec.get("runs", 50))
