@@ -37,7 +37,7 @@ def profile(artifact: Dict[str, Any], batch, spec: Dict[str, Any], folder: str) 
     plain = ort.open_session(artifact["path"], threads, settings)
     feed = {profiled.get_inputs()[0].name: batch}
     warmup, runs = int(spec.get("warmup", 10)), int(spec.get("runs", 50))
-    unprofiled = _alternate(lambda: profiled.run(None, feed), lambda: plain.run(None, feed), warmup, runs)
+    unprofiled = alternate(lambda: profiled.run(None, feed), lambda: plain.run(None, feed), warmup, runs)
     os.replace(profiled.end_profiling(), os.path.join(folder, trace_name(artifact["id"])))
     return {
         "trace": trace_name(artifact["id"]),
@@ -48,8 +48,10 @@ def profile(artifact: Dict[str, Any], batch, spec: Dict[str, Any], folder: str) 
     }
 
 
-def _alternate(profiled: Callable[[], object], plain: Callable[[], object], warmup: int, runs: int) -> List[float]:
-    """The host's ``inspection.profile.alternate``: one profiled and one timed plain run in turn, after warm-up."""
+def alternate(profiled: Callable[[], object], plain: Callable[[], object], warmup: int, runs: int) -> List[float]:
+    """Warm both up, then alternate one profiled and one timed plain run (so both see the same machine); the plain
+    runs' milliseconds, timed with perf_counter around the call as bench does. The host's profiles (``inspection``)
+    use this too."""
     for _ in range(warmup):
         profiled()
         plain()

@@ -14,9 +14,7 @@ op type, ranks the nodes, and raises the flags:
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .results import Flag, NodeTime, OpTypeTime, Profile
 
@@ -50,23 +48,6 @@ class Measured:
     unprofiled_ms: list[float]  # the same file without the profiler, timed as bench times it
     settings: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def alternate(profiled: Callable[[], object], plain: Callable[[], object] | None, warmup: int, runs: int) -> list[float]:
-    """Warm both up, then alternate one profiled and one timed plain run (so both see the same machine); the plain
-    runs' milliseconds, timed with perf_counter around the call as bench does."""
-    for _ in range(warmup):
-        profiled()
-        if plain is not None:
-            plain()
-    timed = []
-    for _ in range(runs):
-        profiled()
-        if plain is not None:
-            started = time.perf_counter()
-            plain()
-            timed.append((time.perf_counter() - started) * 1000.0)
-    return timed
 
 
 def summarize(

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .profile import DATA_MOVEMENT, Measured, RanNode, alternate
+from ..device.profiling import alternate  # the device runner profiles the same way
+from .profile import DATA_MOVEMENT, Measured, RanNode
 
 CONTAINERS = ("Method::execute", "DELEGATE_CALL", "OPERATOR_CALL", "Method::init", "Program::load_method")
 MOVING_OPS = ("Transpose", "Copy", "Convert", "Static Transpose", "Static Reshape", "Reshape", "Concatenate", "Slice")

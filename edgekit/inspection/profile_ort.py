@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..device.profiling import alternate  # the device runner profiles the same way
 from ..errors import ModelError
 from ..safety import check_onnx_file
 from .onnx_layers import INTEGER_OPS, LAYER_OPS, Graph, layer_precision, module_of
-from .profile import DATA_MOVEMENT, Measured, RanNode, alternate
+from .profile import DATA_MOVEMENT, Measured, RanNode
 
 ORT_DATA_MOVEMENT = ("ReorderInput", "ReorderOutput", "Transpose", "QuantizeLinear", "DequantizeLinear", "Cast", "DynamicQuantizeLinear")
 INT8_KERNELS = INTEGER_OPS + (
