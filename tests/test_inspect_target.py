@@ -16,6 +16,7 @@ from edgekit.cli import cli
 from edgekit.exporting import export
 from edgekit.inspection import inspect
 from edgekit.targets import TargetOptions, jobs, ship
+from edgekit.targets.info import target_info
 from edgekit.targets.setup import setup_target
 
 FAST = {"warmup": 1, "runs": 4, "numerics": False}
@@ -29,45 +30,72 @@ def exported(copy_trained_run):
     return run
 
 
-@pytest.mark.slow
-def test_the_runner_profiles_and_leaves_the_trace_and_graph_for_the_host(exported, tmp_path):
-    from edgekit.inspection.profile_ort import read_profile
+def _run_the_runner_here(artifact, runtime: str, folder, threads=1, runs=5):
+    """The runner's profile job for ``artifact``, run as the device runs it (the zipped runner, a clean ``-I``
+    interpreter), in ``folder``: (its record, what the host reads from its files)."""
+    from edgekit.inspection.profile_target import profiler
 
-    artifact = exported.exports_dir / "model.int8.onnx"
     name, data = ship.runner_archive()
-    runner = tmp_path / name
-    runner.write_bytes(data)
-    host = runtimes.load(artifact, "ort-cpu")
-    entry = jobs.artifact_entry(0, host, "ort-cpu", 1, {"session_config": {}}, None)
+    (folder / name).write_bytes(data)
+    host = runtimes.load(artifact, runtime)
+    entry = jobs.artifact_entry(0, host, runtime, threads, jobs.settings_for_target(runtime, host, {}, target_info()), None)
     entry["path"] = str(artifact)
     job = jobs.new_job([entry], timing=False)
-    job["profile"] = {"warmup": 1, "runs": 5}
-    folder = tmp_path / "job"
-    folder.mkdir()
+    job["profile"] = {"warmup": 1, "runs": runs}
     (folder / "job.json").write_text(json.dumps(job))
-    done = subprocess.run([sys.executable, "-I", str(runner), str(folder / "job.json")], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-I", str(folder / name), str(folder / "job.json")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (record,) = json.loads((folder / "result.json").read_text())["artifacts"]
-    profile = record["profile"]
-    assert len(profile["unprofiled_ms"]) == 5 and all(ms > 0 for ms in profile["unprofiled_ms"])
-    assert (folder / profile["trace"]).is_file() and (folder / profile["graph"]).is_file()
-    import onnx
+    assert record["error"] is None and "error" not in record["profile"], record
+    for file_name in record["profile"]["files"].values():
+        assert (folder / file_name).is_file() and "/" not in file_name
+    measured, names = profiler(runtime).from_target(artifact, folder, record["profile"], record["info"])
+    assert len(record["profile"]["unprofiled_ms"]) == runs and all(ms > 0 for ms in record["profile"]["unprofiled_ms"])
+    return record, measured, names
 
-    measured, names = read_profile(
-        artifact, json.loads((folder / profile["trace"]).read_text()), onnx.load(str(folder / profile["graph"])), 5, [], {}
-    )
+
+@pytest.mark.slow
+def test_the_runner_profiles_and_leaves_the_trace_and_graph_for_the_host(exported, tmp_path):
+    artifact = exported.exports_dir / "model.int8.onnx"
+    record, measured, names = _run_the_runner_here(artifact, "ort-cpu", tmp_path)
+    assert set(record["profile"]["files"]) == {"trace", "graph"}
     assert len(measured.run_ms) == 5 and any(node.ran_as == "int8" for node in measured.nodes)
     assert "layer1.0.conv1" in names.values()  # the file's layers, tied to the modules as a local profile ties them
 
 
-def test_a_target_profile_of_an_ir_is_one_line_before_connecting(exported, tmp_path):
+@pytest.fixture(scope="module")
+def exported_ir(exported):
+    """The same run with its NNCF int8 OpenVINO IR too."""
     pytest.importorskip("openvino")
-    export(exported, formats="openvino", quantize="none", speed_check=False)
-    # a target that does not exist: the runtime is refused before anything is sent
-    result = CliRunner().invoke(
-        cli, ["inspect", str(exported.path), "openvino-fp32", "--no-numerics", "--target", "ssh://nobody@203.0.113.1"]
-    )
-    assert result.exit_code == 2 and "ONNX Runtime's for now" in result.output and "Traceback" not in result.output
+    export(exported, formats="openvino", quantize="int8", calib_size=30, accuracy_aware=False, speed_check=False)
+    return exported
+
+
+@pytest.mark.slow
+def test_the_runner_profiles_an_ir_with_openvino_counters(exported_ir, tmp_path):
+    artifact = exported_ir.exports_dir / "model.int8.xml"
+    record, measured, _ = _run_the_runner_here(artifact, "openvino", tmp_path)
+    assert set(record["profile"]["files"]) == {"counters"} and record["info"]["config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert len(measured.run_ms) == 5
+    ran = {node.layer: node for node in measured.nodes if node.layer}
+    # the counters name the IR's layers through the executable graph, and the kernels that ran: int8 ones where the
+    # IR's FakeQuantize asks for int8, as a local profile reads them
+    assert ran and any(node.meant == "int8" and node.ran_as == "int8" for node in ran.values())
+    assert all(node.kernel for node in measured.nodes)
+
+
+@pytest.mark.slow
+def test_the_runner_profiles_a_pte_with_its_etdump(exported, tmp_path):
+    if runtimes.available_runtimes().get("executorch") is not None:
+        pytest.skip(f"executorch runtime unavailable: {runtimes.available_runtimes()['executorch']}")
+    pytest.importorskip("executorch.devtools")
+    export(exported, formats="executorch", quantize="int8", calib_size=30, speed_check=False)
+    artifact = exported.exports_dir / "model.int8.pte"
+    # a child process of its own: ExecuTorch's threadpool is sized once per process (device/executorch.py)
+    record, measured, _ = _run_the_runner_here(artifact, "executorch", tmp_path)
+    assert set(record["profile"]["files"]) == {"etdump"}
+    assert len(measured.run_ms) == 5 and measured.nodes
+    assert any(node.ran_as == "int8" for node in measured.nodes)  # XNNPACK's QS8 convolutions, named in the ETDump
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +121,25 @@ def test_inspect_on_the_x86_board_returns_the_profile(exported, x86_target, ssh_
     ran = [node for node in profile["nodes"] if node["layer"] == "layer1.0.conv1"]
     assert ran and ran[0]["ran_as"] == "int8"  # the int8 kernel, tied back to its module, as on the host
     assert inspected["numerics"]["layers"]  # the numerics are still taken here
+
+
+@pytest.mark.slow
+@pytest.mark.board
+def test_inspect_an_ir_on_the_x86_board_with_openvino_counters(exported_ir, x86_target, ssh_board):
+    url, options = x86_target
+    # the board's venv has no openvino yet: one line naming the setup that adds it, before anything is sent
+    args = ["inspect", str(exported_ir.path), "openvino-int8", "--no-numerics", "--target", url, "--ssh-config", str(ssh_board.config_path)]
+    refused = CliRunner().invoke(cli, args)
+    assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+    assert "no openvino" in refused.output and "--runtime openvino" in refused.output
+    setup_target(url, ["ort-cpu", "openvino"], from_host=True, progress=False, options=options)
+    result = inspect(exported_ir, "openvino-int8", target=url, target_options=options, **FAST)
+    profile = result.profile
+    assert profile is not None and profile.source == "openvino PERF_COUNT (get_profiling_info) (on the target)"
+    assert profile.runs == FAST["runs"] and profile.total_ms > 0 and profile.settings["target"].startswith(url.split("/tmp")[0])
+    assert profile.settings["inference_precision_hint"] == "f32"  # the precision decided for the target's CPU, as bench's
+    int8 = [node for node in profile.nodes if node.layer and node.ran_as == "int8"]
+    assert int8 and all(node.kernel for node in profile.nodes)  # the device's kernels, tied back to the IR's layers
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ PERFORMANCE_HINTS = ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT")
 
 
 def compile_config(threads: int | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The compile_model config for ``threads`` and ``settings`` (performance_hint, inference_precision, num_streams)."""
+    """The compile_model config for ``threads`` and ``settings`` (performance_hint, inference_precision, num_streams;
+    perf_count: the per-node counters with the kernel that ran, as ``benchmark_app -pc`` prints them)."""
     settings = settings or {}
     precision = str(settings.get("inference_precision", "f32"))
     if precision not in INFERENCE_PRECISIONS:
@@ -26,6 +27,8 @@ def compile_config(threads: int | None = None, settings: dict[str, Any] | None =
         config["INFERENCE_NUM_THREADS"] = int(threads)
     if settings.get("num_streams") is not None:
         config["NUM_STREAMS"] = str(settings["num_streams"])
+    if settings.get("perf_count"):
+        config["PERF_COUNT"] = True
     return config
 
 

@@ -189,25 +189,13 @@ def _profile(
     """The runtime's profile on ``sample`` (one batch), here or on ``target``; ``known`` names layers (node -> PyTorch
     module) where the numerics found them."""
     from ..targets import is_local
+    from .profile_target import measure_on_target, profiler
 
+    module = profiler(runtime)
     if not is_local(target):
-        from .profile_target import measure_on_target
-
         measured, names = measure_on_target(target, options, artifact, runtime, threads, warmup, runs)
-        return profiling.summarize(
-            runtime, "onnxruntime enable_profiling (on the target)", measured, len(sample), warmup, share_threshold, {**names, **known}
-        )
-    if runtime == "ort-cpu":
-        from .profile_ort import measure_ort as measure
-
-        source = "onnxruntime enable_profiling"
-    elif runtime == "openvino":
-        from .profile_openvino import measure_openvino as measure
-
-        source = "openvino PERF_COUNT (get_profiling_info)"
+        source = f"{module.SOURCE} (on the target)"
     else:
-        from .profile_executorch import measure_executorch as measure
-
-        source = "executorch ETDump (devtools Inspector)"
-    measured, names = measure(artifact, sample, threads, warmup, runs)
+        measured, names = module.measure(artifact, sample, threads, warmup, runs)
+        source = module.SOURCE
     return profiling.summarize(runtime, source, measured, len(sample), warmup, share_threshold, {**names, **known})

@@ -36,7 +36,8 @@ class InspectOptions(BaseModel):
     target: str | None = Field(
         None,
         description="Take the per-op profile there: ssh://[user@]host[:port][/cache/dir] or an ssh_config Host alias (give it a "
-        "venv first with `edgekit target setup`; ONNX Runtime files); the numerics stay here [default: local].",
+        "venv first with `edgekit target setup --runtime ...`: ONNX Runtime, OpenVINO or ExecuTorch); the numerics stay here "
+        "[default: local].",
     )
     numerics: bool = Field(True, json_schema_extra={"flag": "--no-numerics"}, description="Skip the per-layer comparison with PyTorch.")
     profile: bool = Field(True, json_schema_extra={"flag": "--no-profile"}, description="Skip the per-op profile.")

@@ -39,20 +39,38 @@ def ran_as(event_name: str) -> str:
     return "fp32"
 
 
-def measure_executorch(artifact: Path, sample: np.ndarray, threads: int | None, warmup: int, runs: int) -> tuple[Measured, dict[str, str]]:
-    """Profile ``artifact`` with ExecuTorch's event tracer (XNNPACK), alternating with an untraced session."""
-    from executorch.devtools import Inspector
+SOURCE = "executorch ETDump (devtools Inspector)"
+NOTE = "ExecuTorch events are not tied to module paths (edgekit's export writes no ETRecord): layers and meant-int8 flags are not shown"
 
+
+def measure(artifact: Path, sample: np.ndarray, threads: int | None, warmup: int, runs: int) -> tuple[Measured, dict[str, str]]:
+    """Profile ``artifact`` with ExecuTorch's event tracer (XNNPACK), alternating with an untraced session."""
     from .. import runtimes
-    from ..progress import quiet
 
     profiled = runtimes.load(artifact, "executorch", threads, etdump=True)
     plain = runtimes.load(artifact, "executorch", threads)
     unprofiled = alternate(lambda: profiled.run(sample), lambda: plain.run(sample), warmup, runs)
+    settings = {k: str(v) for k, v in plain.info.items() if k in ("library", "threads", "delegate")}
     with tempfile.TemporaryDirectory(prefix="edgekit-inspect-et-") as workdir:
         dump = profiled.write_etdump(Path(workdir) / "run.etdp")  # type: ignore[attr-defined]
-        with quiet():
-            inspector = Inspector(etdump_path=str(dump))
+        return read_etdump(dump, warmup, unprofiled, settings), {}
+
+
+def from_target(artifact: Path, folder: Path, done: dict, used: dict) -> tuple[Measured, dict[str, str]]:
+    """The ETDump the device runner wrote (``device/profiling.py``), read as a local one is."""
+    settings = {key: str(used[key]) for key in ("library", "threads") if key in used}
+    return read_etdump(folder / done["files"]["etdump"], int(done["warmup"]), list(done["unprofiled_ms"]), settings), {}
+
+
+def read_etdump(dump: Path, warmup: int, unprofiled: list[float], settings: dict[str, str]) -> Measured:
+    """RanNode rows from an ETDump (a flatbuffer; devtools' Inspector parses it, nothing is unpickled): each XNNPACK
+    operator's median time over the runs after ``warmup``, and the precision its name's data types say."""
+    from executorch.devtools import Inspector
+
+    from ..progress import quiet
+
+    with quiet():
+        inspector = Inspector(etdump_path=str(dump))
     run_ms: list[float] = []
     nodes: list[RanNode] = []
     for block in inspector.event_blocks:
@@ -69,8 +87,4 @@ def measure_executorch(artifact: Path, sample: np.ndarray, threads: int | None, 
                 nodes.append(
                     RanNode(node=event.name, op_type=op_type, ms=statistics.median(times), ran_as=ran_as(event.name), kernel=event.name)
                 )
-    settings = {k: str(v) for k, v in plain.info.items() if k in ("library", "threads", "delegate")}
-    notes = [
-        "ExecuTorch events are not tied to module paths (edgekit's export writes no ETRecord): layers and meant-int8 flags are not shown"
-    ]
-    return Measured(nodes, run_ms, unprofiled, settings, notes), {}
+    return Measured(nodes, run_ms, unprofiled, settings, [NOTE])

@@ -40,9 +40,10 @@ INT8_KERNELS = INTEGER_OPS + (
     "DynamicQuantizeMatMul",
 )
 _TOKEN = re.compile(r"(_token_\d+)+$")
+SOURCE = "onnxruntime enable_profiling"
 
 
-def measure_ort(artifact: Path, sample: np.ndarray, threads: int | None, warmup: int, runs: int) -> tuple[Measured, dict[str, str]]:
+def measure(artifact: Path, sample: np.ndarray, threads: int | None, warmup: int, runs: int) -> tuple[Measured, dict[str, str]]:
     """Profile ``artifact`` on ONNX Runtime's CPU provider with edgekit's runtime settings (the file's session config
     for this CPU); returns the measurement and the artifact's layer -> PyTorch module names."""
     import onnx
@@ -61,6 +62,15 @@ def measure_ort(artifact: Path, sample: np.ndarray, threads: int | None, warmup:
         k: str(v) for k, v in plain.info.items() if k in ("library", "intra_op_threads", "session_config", "graph_optimization_level")
     }
     return read_profile(artifact, trace, optimized, runs, unprofiled, settings)
+
+
+def from_target(artifact: Path, folder: Path, done: dict, used: dict) -> tuple[Measured, dict[str, str]]:
+    """The trace and graph the device runner wrote (``device/profiling.py``), read as a local profile is. The graph
+    came from the device, so it is parsed as any untrusted ONNX file is: without external data."""
+    trace = json.loads((folder / done["files"]["trace"]).read_text(encoding="utf-8"))  # plain JSON, nothing unpickled
+    optimized = check_onnx_file(folder / done["files"]["graph"])
+    settings = {k: str(v) for k, v in used.items() if k in ("library", "intra_op_threads", "session_config")}
+    return read_profile(artifact, trace, optimized, int(done["runs"]), list(done["unprofiled_ms"]), settings)
 
 
 def read_profile(artifact: Path, trace: list[dict], optimized, runs: int, unprofiled: list[float], settings: dict[str, str]):

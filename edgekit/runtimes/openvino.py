@@ -78,10 +78,7 @@ class OpenVino:
             raise EdgekitError(str(exc)) from None
         model, metadata = _read(artifact)
         try:
-            if options.get("perf_count"):  # per-node counters with the kernel that ran (benchmark_app -pc), same config
-                compiled = ov.Core().compile_model(model, device, {**config, "PERF_COUNT": True})
-            else:
-                compiled = compile_model(model, threads, options, device)
+            compiled = compile_model(model, threads, options, device)  # perf_count: the counters, same config otherwise
         except Exception as exc:  # OpenVINO raises RuntimeError subclasses with multi-line messages
             raise ModelError(f"{artifact} cannot be compiled by OpenVINO on {device} ({ov_message(exc)})") from exc
         if len(compiled.inputs) != 1:
