@@ -312,6 +312,33 @@ def test_executorch_profile_from_etdump_and_logits(copy_trained_run):
     assert len(convolutions) == 20 and all(node.ran_as == "fp32" and "F32" in node.kernel for node in convolutions)
 
 
+def test_a_pte_with_one_conv_kept_in_float_shows_that_conv_running_float(copy_trained_run, monkeypatch):
+    """XNNPACK's events carry no module names: inspect ties them to the model's convs by order. A program with one
+    conv kept in float checks that order: its one F32 convolution event must be the one named after that conv."""
+    pytest.importorskip("executorch.devtools")
+    from edgekit import runtimes
+    from edgekit.exporting import executorch as executorch_export
+    from edgekit.exporting import export
+
+    if runtimes.available_runtimes().get("executorch") is not None:
+        pytest.skip(f"executorch runtime unavailable: {runtimes.available_runtimes()['executorch']}")
+    kept = "layer2.0.conv1"
+    monkeypatch.setattr(executorch_export, "search_float_layers", lambda job, variant, record: lambda int8: [kept])
+    run = copy_trained_run("inspect-executorch-float-conv")
+    export(run, formats="executorch", quantize="int8", calib_size=30, speed_check=False)
+    side = json.loads((run.exports_dir / "model.int8.pte.json").read_text())
+    assert json.loads(side["metadata"]["edgekit.source"])["quantization"]["float_layers"] == [kept]
+    result = inspect(run, "executorch-int8", numerics=False, warmup=1, runs=5)
+    tied = {node.layer: node for node in result.profile.nodes if node.layer}
+    assert len(tied) == 21 and "fc" in tied  # 20 convolutions and the fully-connected head
+    assert tied[kept].ran_as == "fp32" and "F32" in tied[kept].kernel
+    assert all(node.ran_as == "int8" for name, node in tied.items() if name != kept)
+    flags = {(flag.kind, flag.layer) for flag in result.profile.flags}
+    assert ("float layer in an int8 graph", kept) in flags  # by name, as for ONNX and OpenVINO files
+    assert not any(kind == "meant int8, ran float" for kind, _ in flags)  # the side file says it is meant float
+    assert not any("not tied" in note for note in result.profile.notes)
+
+
 def test_pt2e_eager_fallback_names_the_sensitive_layer_too(sensitive, photo_folders):
     """ExecuTorch int8's per-layer figures come from the pt2e eager fallback (the .pte's delegate is one call)."""
     pytest.importorskip("torchao")

@@ -15,7 +15,7 @@ from edgekit import runtimes
 from edgekit.cli import cli
 from edgekit.exporting import export
 from edgekit.inspection import inspect
-from edgekit.targets import TargetOptions, jobs, ship
+from edgekit.targets import jobs, ship
 from edgekit.targets.info import target_info
 from edgekit.targets.setup import setup_target
 
@@ -98,14 +98,6 @@ def test_the_runner_profiles_a_pte_with_its_etdump(exported, tmp_path):
     assert any(node.ran_as == "int8" for node in measured.nodes)  # XNNPACK's QS8 convolutions, named in the ETDump
 
 
-@pytest.fixture(scope="module")
-def x86_target(ssh_board, module_tmp):
-    url = f"{ssh_board.url}{module_tmp.mktemp('inspect-x86-cache')}/cache"
-    options = TargetOptions(ssh_config=ssh_board.config_path)
-    setup_target(url, ["ort-cpu"], from_host=True, progress=False, options=options)
-    return url, options
-
-
 @pytest.mark.slow
 @pytest.mark.board
 def test_inspect_on_the_x86_board_returns_the_profile(exported, x86_target, ssh_board, tmp_path):
@@ -125,13 +117,14 @@ def test_inspect_on_the_x86_board_returns_the_profile(exported, x86_target, ssh_
 
 @pytest.mark.slow
 @pytest.mark.board
-def test_inspect_an_ir_on_the_x86_board_with_openvino_counters(exported_ir, x86_target, ssh_board):
+def test_inspect_an_ir_on_the_x86_board_with_openvino_counters(exported_ir, x86_target, ssh_board, tmp_path):
     url, options = x86_target
-    # the board's venv has no openvino yet: one line naming the setup that adds it, before anything is sent
+    # the shared venv has ONNX Runtime only: one line naming the setup that adds openvino, before anything is sent
     args = ["inspect", str(exported_ir.path), "openvino-int8", "--no-numerics", "--target", url, "--ssh-config", str(ssh_board.config_path)]
     refused = CliRunner().invoke(cli, args)
     assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
     assert "no openvino" in refused.output and "--runtime openvino" in refused.output
+    url = f"{ssh_board.url}{tmp_path}/openvino-cache"  # a venv of this test's own, with openvino
     setup_target(url, ["ort-cpu", "openvino"], from_host=True, progress=False, options=options)
     result = inspect(exported_ir, "openvino-int8", target=url, target_options=options, **FAST)
     profile = result.profile
@@ -140,13 +133,6 @@ def test_inspect_an_ir_on_the_x86_board_with_openvino_counters(exported_ir, x86_
     assert profile.settings["inference_precision_hint"] == "f32"  # the precision decided for the target's CPU, as bench's
     int8 = [node for node in profile.nodes if node.layer and node.ran_as == "int8"]
     assert int8 and all(node.kernel for node in profile.nodes)  # the device's kernels, tied back to the IR's layers
-
-
-@pytest.fixture(scope="module")
-def arm64_target(arm64_board):
-    options = TargetOptions(ssh_config=arm64_board.config_path)
-    setup_target(arm64_board.url, ["ort-cpu"], from_host=True, progress=False, options=options)
-    return arm64_board.url, options
 
 
 @pytest.mark.slow

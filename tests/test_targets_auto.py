@@ -15,8 +15,6 @@ from edgekit.device import contention
 from edgekit.device.runner import race_blocks
 from edgekit.exporting import export
 from edgekit.hardware import IsaClass
-from edgekit.targets import TargetOptions
-from edgekit.targets.setup import setup_target
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +38,6 @@ def test_the_runners_race_keeps_blocks_and_drops_the_clearly_slower():
     assert len(fast["blocks"]) >= 4 and set(fast["times"]) == {"1"}
     assert slow["dropped_after"] is not None and fast["dropped_after"] is None
     assert sorted(slow["times"]["1"])[len(slow["times"]["1"]) // 2] > 3 * sorted(fast["times"]["1"])[len(fast["times"]["1"]) // 2]
-
-
-@pytest.fixture(scope="module")
-def x86_target(ssh_board, module_tmp):
-    url = f"{ssh_board.url}{module_tmp.mktemp('x86-auto-cache')}/cache"
-    options = TargetOptions(ssh_config=ssh_board.config_path)
-    setup_target(url, ["ort-cpu"], from_host=True, progress=False, options=options)
-    return url, options
 
 
 @pytest.mark.slow
@@ -81,13 +71,6 @@ def test_an_unreachable_target_ends_export_in_one_line(run):
     )
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert "127.0.0.1" in result.output.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="module")
-def arm64_target(arm64_board):
-    options = TargetOptions(ssh_config=arm64_board.config_path)
-    setup_target(arm64_board.url, ["ort-cpu"], from_host=True, progress=False, options=options)
-    return arm64_board.url, options
 
 
 @pytest.mark.slow

@@ -23,8 +23,8 @@ from edgekit.exporting import export
 from edgekit.hardware import IsaClass, isa_class
 from edgekit.models import get_spec
 from edgekit.parity_check import parity, thresholds_for
-from edgekit.targets import TargetOptions, jobs, ship
-from edgekit.targets.setup import host_version, setup_target
+from edgekit.targets import jobs, ship
+from edgekit.targets.setup import host_version
 
 FEW = {"warmup": 1, "iterations": 3, "batch_sizes": (1,), "threads": 1}
 
@@ -132,15 +132,6 @@ def test_a_password_in_the_bench_target_is_one_line(exported):
 # ---- through the rig ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def x86_target(ssh_board, module_tmp):
-    """The x86 board with edgekit's venv in a private cache folder (never the home of the user running the tests)."""
-    url = f"{ssh_board.url}{module_tmp.mktemp('x86-cache')}/cache"
-    options = TargetOptions(ssh_config=ssh_board.config_path)
-    setup_target(url, ["ort-cpu"], from_host=True, progress=False, options=options)
-    return url, options
-
-
 def _cli(*args: str):
     return CliRunner().invoke(cli, list(args))
 
@@ -239,13 +230,6 @@ def test_a_full_disk_on_the_device_is_one_line_and_leaves_no_report(exported, ss
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
     assert result.output.startswith(f"error: the disk of {ssh_board.url} is full while copying model.onnx") and "df -h" in result.output
     assert not report.exists() and not list((small_disk / "cache" / "artifacts").rglob("*.onnx"))  # no half file there either
-
-
-@pytest.fixture(scope="module")
-def arm64_target(arm64_board):
-    options = TargetOptions(ssh_config=arm64_board.config_path)
-    setup_target(arm64_board.url, ["ort-cpu"], from_host=True, progress=False, options=options)
-    return arm64_board.url, options
 
 
 @pytest.mark.slow

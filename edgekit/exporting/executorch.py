@@ -298,7 +298,7 @@ def export_variant(job: "ExportJob", variant: Variant) -> VariantResult:
     )
     facts = _int8_facts(job, details, record) if int8 else None
     path = job.path_of(variant)
-    metadata = job.metadata(variant, _quantization_facts(facts))
+    metadata = job.metadata(variant, _quantization_facts(facts, details.get("float_layers")))
     save_program(buffer, path, metadata, MAX_BATCH, dynamic=True)
     warnings, notes = details.pop("warnings", []), details.pop("notes", [])
     details["side_file"] = side_file_path(path).name
@@ -322,7 +322,10 @@ def _int8_facts(job: "ExportJob", details: dict, record: dict) -> Int8Facts:
     )
 
 
-def _quantization_facts(int8: Int8Facts | None) -> dict:
+def _quantization_facts(int8: Int8Facts | None, float_layers: list[str] | None = None) -> dict:
+    """What the program's side file says of its quantization; ``float_layers`` (module paths computed in float) is
+    what `edgekit inspect` holds the kernels that ran to, since a .pte does not say which layers it quantized."""
     if int8 is None:
         return {}
-    return {"quantization": {"calibration_images": int8.calibration_images, "activations": int8.activations, "weights": int8.weights}}
+    facts = {"calibration_images": int8.calibration_images, "activations": int8.activations, "weights": int8.weights}
+    return {"quantization": {**facts, "float_layers": list(float_layers or [])}}

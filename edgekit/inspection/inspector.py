@@ -122,9 +122,23 @@ def inspect_model(
             known = {layer.node: layer.layer for layer in result.numerics.layers} if result.numerics is not None else {}
             batch = variant.fixed_batch or 1
             sample = images.artifact[:batch]
-            result.profile = _profile(chosen, artifact, sample, threads, warmup, runs, share_threshold, known, target, target_options)
+            tie = _executorch_tie(model, images.reference[:1], artifact, variant) if chosen == "executorch" else None
+            result.profile = _profile(chosen, artifact, sample, threads, warmup, runs, share_threshold, known, target, target_options, tie)
     result.seconds = round(time.perf_counter() - started, 2)
     return result
+
+
+def _executorch_tie(model, example, artifact: Path, variant: Variant):
+    """``tie`` for a .pte's profile: its XNNPACK layer events named after ``model``'s modules by order, each held to
+    what the side file says it computes in (``profile_executorch.tie_layers``)."""
+    from ..runtimes.executorch import read_side_file
+    from .profile_executorch import module_order, tie_layers
+
+    modules = module_order(model, example)
+    quantization = read_side_file(artifact)[0].source.get("quantization") or {}
+    float_layers = quantization.get("float_layers")
+    int8 = variant.precision.value == "int8"
+    return lambda measured: tie_layers(measured, modules, list(float_layers) if isinstance(float_layers, list) else None, int8)
 
 
 def _judge_by_the_graph(result: InspectResult) -> None:
@@ -184,10 +198,10 @@ def _numerics(fmt, model, run, artifact, images, graphs, threshold, search_ranki
 
 
 def _profile(
-    runtime, artifact, sample, threads, warmup, runs, share_threshold, known: dict[str, str], target=None, options=None
+    runtime, artifact, sample, threads, warmup, runs, share_threshold, known: dict[str, str], target=None, options=None, tie=None
 ) -> Profile:
     """The runtime's profile on ``sample`` (one batch), here or on ``target``; ``known`` names layers (node -> PyTorch
-    module) where the numerics found them."""
+    module) where the numerics found them; ``tie`` names them in a profile whose events carry no names."""
     from ..targets import is_local
     from .profile_target import measure_on_target, profiler
 
@@ -198,4 +212,6 @@ def _profile(
     else:
         measured, names = module.measure(artifact, sample, threads, warmup, runs)
         source = module.SOURCE
+    if tie is not None:
+        tie(measured)
     return profiling.summarize(runtime, source, measured, len(sample), warmup, share_threshold, {**names, **known})

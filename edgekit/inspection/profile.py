@@ -31,7 +31,7 @@ class RanNode:
     node: str
     op_type: str
     ms: float  # mean per inference
-    ran_as: str  # int8, fp32, fp16, bf16 or DATA_MOVEMENT
+    ran_as: str  # int8, fp32, fp16, bf16, DATA_MOVEMENT or "unknown"
     kernel: str = ""
     layer: str | None = None  # the artifact's layer (ONNX node name / IR friendly name) it computes
     meant: str | None = None  # the precision the file asks of that layer

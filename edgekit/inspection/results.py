@@ -82,7 +82,7 @@ class NodeTime(_Model):
     op_type: str
     ms: float  # mean per inference
     share: float
-    ran_as: str  # int8, fp32, fp16, bf16 or "data movement" (reorders, transposes, Q/DQ)
+    ran_as: str  # int8, fp32, fp16, bf16, "data movement" (reorders, transposes, Q/DQ) or unknown (no type given)
     kernel: str = ""  # the kernel or exec type where the runtime says it ("jit_avx512_I8", "QLinearConv")
     layer: str | None = None  # the artifact's layer it computes, where it maps back to one
 

@@ -5,6 +5,9 @@
 
 ``ssh_board`` is the host's sshd on loopback (x86, real speed); ``arm64_board`` is an emulated arm64
 Debian with python3 and no numpy or onnxruntime. Both are ``LoopbackSshd`` objects (see sshd.py).
+``x86_target`` and ``arm64_target`` are those boards with edgekit's venv set up for ONNX Runtime from this
+machine's wheels, as ``(url, TargetOptions)``; a test that needs another runtime sets up a cache folder of its own
+rather than changing theirs.
 
 A board whose tools are missing skips its tests with a line naming what to install, except where
 EDGEKIT_REQUIRE_BOARDS=1 (CI): there it fails them, so the ARM tests can never be skipped silently.
@@ -67,3 +70,27 @@ def arm64_board(tmp_path_factory):
     board.start()
     yield board
     board.stop()
+
+
+@pytest.fixture(scope="session")
+def x86_target(ssh_board, tmp_path_factory):
+    """The x86 board with edgekit's venv (ONNX Runtime) in a private cache folder, never the home of the user
+    running the tests."""
+    from edgekit.targets import TargetOptions
+    from edgekit.targets.setup import setup_target
+
+    url = f"{ssh_board.url}{tmp_path_factory.mktemp('x86-cache')}/cache"
+    options = TargetOptions(ssh_config=ssh_board.config_path)
+    setup_target(url, ["ort-cpu"], from_host=True, progress=False, options=options)
+    return url, options
+
+
+@pytest.fixture(scope="session")
+def arm64_target(arm64_board):
+    """The emulated arm64 board with edgekit's venv (ONNX Runtime) in its default cache folder."""
+    from edgekit.targets import TargetOptions
+    from edgekit.targets.setup import setup_target
+
+    options = TargetOptions(ssh_config=arm64_board.config_path)
+    setup_target(arm64_board.url, ["ort-cpu"], from_host=True, progress=False, options=options)
+    return arm64_board.url, options
