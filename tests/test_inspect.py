@@ -276,6 +276,9 @@ def test_bench_warning_for_a_slow_int8_ends_with_the_inspect_command(tmp_path):
 
     (warning,) = add_ratios([measured("fp32", 2.0), measured("int8", 3.0)])
     assert warning.endswith(f"edgekit inspect {tmp_path / 'runs' / 'flowers'} int8 --data DIR")
+    # slow on a target: the command takes the profile there
+    (warning,) = add_ratios([measured("fp32", 2.0), measured("int8", 3.0)], target="ssh://pi@raspberrypi.local")
+    assert warning.endswith(f"edgekit inspect {tmp_path / 'runs' / 'flowers'} int8 --data DIR --target ssh://pi@raspberrypi.local")
 
 
 def test_export_message_for_an_int8_past_its_budget_ends_with_the_inspect_command(capsys):

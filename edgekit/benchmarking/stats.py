@@ -125,9 +125,9 @@ def is_fp32(variant: str) -> bool:
     return parsed is not None and parsed.precision is Precision.FP32
 
 
-def add_ratios(measurements: list[Measurement]) -> list[str]:
+def add_ratios(measurements: list[Measurement], target: str | None = None) -> list[str]:
     """Fill ratio_to_fastest / ratio_to_fp32 within each (model, batch size); return warnings for compressed
-    variants that are not faster than their fp32 parent on the same runtime."""
+    variants that are not faster than their fp32 parent on the same runtime (measured on ``target``, None: here)."""
     warnings = []
     groups: dict[tuple[str, int], list[Measurement]] = {}
     for m in measurements:
@@ -152,21 +152,23 @@ def add_ratios(measurements: list[Measurement]) -> list[str]:
                         f"{model}, batch {batch_size}: {m.variant} on {m.runtime} is NOT faster than its fp32 parent {baseline.variant} "
                         f"({m.p50_ms:.2f} ms vs {m.p50_ms / m.ratio_to_fp32:.2f} ms, {m.ratio_to_fp32:.2f}x"
                         f"{', within noise' if overlap else ''}{accuracy}); ship {baseline.variant} on {m.runtime} instead; "
-                        f"where its time goes: {inspect_command(m.artifact, m.variant)}"
+                        f"where its time goes: {inspect_command(m.artifact, m.variant, target)}"
                     )
                     m.notes.append(f"not faster than {baseline.label} ({m.ratio_to_fp32:.2f}x)")
     return warnings
 
 
-def inspect_command(artifact: str, variant: str) -> str:
-    """The `edgekit inspect` command for a measured file: its run and variant name when it lies in a run's exports/."""
+def inspect_command(artifact: str, variant: str, target: str | None = None) -> str:
+    """The `edgekit inspect` command for a measured file: its run and variant name when it lies in a run's exports/,
+    and ``--target`` where it was measured on one (the profile is taken where the file was slow)."""
     from pathlib import Path
 
     path = Path(artifact)
     parsed = as_variant(variant)
+    where = f" --target {target}" if target else ""
     if path.parent.name == "exports" and parsed is not None and parsed.file_name == path.name:
-        return f"edgekit inspect {path.parent.parent} {parsed.name} --data DIR"
-    return f"edgekit inspect RUN {artifact} --data DIR"
+        return f"edgekit inspect {path.parent.parent} {parsed.name} --data DIR{where}"
+    return f"edgekit inspect RUN {artifact} --data DIR{where}"
 
 
 def fp32_parent_variant(variant: str) -> str:
