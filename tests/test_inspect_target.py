@@ -108,7 +108,7 @@ def test_inspect_on_the_x86_board_returns_the_profile(exported, x86_target, ssh_
     assert result.exit_code == 0, result.output
     (inspected,) = json.loads(report.read_text())["results"]
     profile = inspected["profile"]
-    assert profile["source"].endswith("(on the target)") and profile["runs"] == 5 and profile["total_ms"] > 0
+    assert profile["source"] == "onnxruntime enable_profiling, on the target" and profile["runs"] == 5 and profile["total_ms"] > 0
     assert profile["settings"]["target"].startswith(url.split("/tmp")[0]) and any(url.split("/tmp")[0] in n for n in profile["notes"])
     ran = [node for node in profile["nodes"] if node["layer"] == "layer1.0.conv1"]
     assert ran and ran[0]["ran_as"] == "int8"  # the int8 kernel, tied back to its module, as on the host
@@ -128,7 +128,7 @@ def test_inspect_an_ir_on_the_x86_board_with_openvino_counters(exported_ir, x86_
     setup_target(url, ["ort-cpu", "openvino"], from_host=True, progress=False, options=options)
     result = inspect(exported_ir, "openvino-int8", target=url, target_options=options, **FAST)
     profile = result.profile
-    assert profile is not None and profile.source == "openvino PERF_COUNT (get_profiling_info) (on the target)"
+    assert profile is not None and profile.source == "openvino PERF_COUNT (get_profiling_info), on the target"
     assert profile.runs == FAST["runs"] and profile.total_ms > 0 and profile.settings["target"].startswith(url.split("/tmp")[0])
     assert profile.settings["inference_precision_hint"] == "f32"  # the precision decided for the target's CPU, as bench's
     int8 = [node for node in profile.nodes if node.layer and node.ran_as == "int8"]

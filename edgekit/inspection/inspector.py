@@ -208,7 +208,7 @@ def _profile(
     module = profiler(runtime)
     if not is_local(target):
         measured, names = measure_on_target(target, options, artifact, runtime, threads, warmup, runs)
-        source = f"{module.SOURCE} (on the target)"
+        source = f"{module.SOURCE}, on the target"
     else:
         measured, names = module.measure(artifact, sample, threads, warmup, runs)
         source = module.SOURCE
