@@ -96,7 +96,7 @@ def bench(
         )
     measurements, options = measured.measurements, measured.options
     measurements.sort(key=row_order)
-    warnings = add_ratios(measurements, None if is_local(target) else _target_text(target)) + measured.warnings
+    warnings = add_ratios(measurements, measured.target.target if measured.target is not None else None) + measured.warnings
     load = _contention_summary(measured.monitor, measurements, contention_threshold)
     result = BenchResult(
         artifacts=[str(a) for a in given],
@@ -239,8 +239,3 @@ __all__ = [
     "stamp",
     "variant_of",
 ]
-
-
-def _target_text(target) -> str:
-    """How a --target is written back in a command: its text, or a Target's name."""
-    return target if isinstance(target, str) else str(target.name)

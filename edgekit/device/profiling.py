@@ -19,18 +19,15 @@ import os
 import time
 from typing import Any, Callable, Dict, List
 
-PROFILED_RUNTIMES = ("ort-cpu", "openvino", "executorch")
-
 
 def profile(artifact: Dict[str, Any], batch, spec: Dict[str, Any], folder: str) -> Dict[str, Any]:
     """Profile one artifact on ``batch``, writing its runtime's profile files into ``folder``. Returns their names
     (``files``: what each is, -> file name) and what the host needs beside them (the unprofiled times, the runs)."""
     runtime = artifact["runtime"]
-    profilers = {"ort-cpu": _ort, "openvino": _openvino, "executorch": _executorch}
-    if runtime not in profilers:
+    if runtime not in PROFILERS:
         return {"error": f"no per-op profile of {runtime} on a target ({', '.join(PROFILED_RUNTIMES)} only)"}
     warmup, runs = int(spec.get("warmup", 10)), int(spec.get("runs", 50))
-    files, unprofiled = profilers[runtime](artifact, batch, warmup, runs, folder)
+    files, unprofiled = PROFILERS[runtime](artifact, batch, warmup, runs, folder)
     return {"files": files, "unprofiled_ms": unprofiled, "warmup": warmup, "runs": runs}
 
 
@@ -128,3 +125,7 @@ def alternate(profiled: Callable[[], object], plain: Callable[[], object], warmu
         plain()
         timed.append((time.perf_counter() - started) * 1000.0)
     return timed
+
+
+PROFILERS = {"ort-cpu": _ort, "openvino": _openvino, "executorch": _executorch}  # runtime -> its profile on the device
+PROFILED_RUNTIMES = tuple(PROFILERS)

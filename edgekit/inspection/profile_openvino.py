@@ -41,9 +41,8 @@ def measure(artifact: Path, sample: np.ndarray, threads: int | None, warmup: int
 
     profiled = runtimes.load(artifact, "openvino", threads, perf_count=True)
     plain = runtimes.load(artifact, "openvino", threads)
-    read = lambda: profiled.profiling_info()[0]  # type: ignore[attr-defined]  # noqa: E731
-    runtime_model = profiled.profiling_info()[1]  # type: ignore[attr-defined]
-    record = counters(lambda: profiled.run(sample), read, runtime_model, lambda: plain.run(sample), warmup, runs)
+    request, runtime_model = profiled.request, profiled.compiled.get_runtime_model()  # type: ignore[attr-defined]
+    record = counters(lambda: profiled.run(sample), request.get_profiling_info, runtime_model, lambda: plain.run(sample), warmup, runs)
     settings = {k: str(v) for k, v in plain.info.items() if k in ("library", "threads", "inference_precision_hint", "performance_hint")}
     return read_counters(artifact, record, record["unprofiled_ms"], settings), {}
 

@@ -37,18 +37,13 @@ class OpenVinoSession(Session):
 
     def __init__(self, compiled, artifact: Path, profiled: bool = False, **kwargs):
         super().__init__(artifact, **kwargs)
-        self._compiled = compiled
-        self._request = compiled.create_infer_request()  # the one whose counters profiling_info reads
-        # the batch split over THROUGHPUT's streams where it asks for that; a profiled session runs on _request alone
-        self._run = batch_runner(compiled, self._request if profiled else None)
+        self.compiled = compiled  # its get_runtime_model() is the executable graph the counters name
+        self.request = compiled.create_infer_request()  # loaded with perf_count=True: get_profiling_info() after a run
+        # the batch split over THROUGHPUT's streams where it asks for that; a profiled session runs on request alone
+        self._run = batch_runner(compiled, self.request if profiled else None)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         return self._run(batch)
-
-    def profiling_info(self) -> list:
-        """The per-node counters of the last run (loaded with ``perf_count=True``), and the executable graph they
-        name: (request.get_profiling_info(), compiled.get_runtime_model())."""
-        return [self._request.get_profiling_info(), self._compiled.get_runtime_model()]
 
 
 class OpenVino:
